@@ -1,0 +1,103 @@
+"""Command line: `python -m bot [serve|migrate]`. The only module that configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.config import Settings, SettingsError, load_settings
+
+log = logging.getLogger("bot")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request URL at INFO; keep that at WARNING.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _migrate(settings: Settings) -> None:
+    from bot.store.db import make_engine, migrate
+
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+def _serve(settings: Settings) -> None:
+    from slack_bolt.error import BoltError
+
+    from bot.app import create_app
+
+    settings.require_http()
+    _migrate(settings)
+    try:
+        app = create_app(settings)
+    except BoltError as exc:
+        raise SettingsError(
+            f"Slack rejected SLACK_BOT_TOKEN or could not be reached ({exc})"
+        ) from None
+    if settings.socket_mode:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        assert settings.slack_app_token is not None
+        log.info("starting in Socket Mode")
+        SocketModeHandler(app.bolt, settings.slack_app_token.get_secret_value()).start()
+        return
+    import waitress
+
+    log.info("serving HTTP on port %d (POST /slack/events, GET /healthz)", settings.port)
+    try:
+        waitress.serve(
+            app.wsgi(),
+            host="0.0.0.0",
+            port=settings.port,
+            threads=settings.http_threads,
+            ident="bot",
+        )
+    finally:
+        app.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bot` console script and `python -m bot`."""
+    parser = argparse.ArgumentParser(prog="bot", description="Slack thread bot with prompt caching")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="migrate the database, then serve (default)")
+    sub.add_parser("migrate", help="upgrade the database to the latest schema and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        if args.command == "migrate":
+            _migrate(settings)
+            log.info("database is at the latest schema")
+        else:
+            _serve(settings)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"database error: {type(exc).__name__}: {cause}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

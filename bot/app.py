@@ -1,0 +1,178 @@
+"""Application factory: builds the Bolt app, clients and database; importing builds nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import listeners
+from bot.config import Settings
+from bot.llm import MessagesClient
+from bot.service import AnswerService
+from bot.store import data
+from bot.store.db import make_engine, make_session_factory, ping
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1_000_000
+
+
+class WorkExecutor(ThreadPoolExecutor):
+    """The pool for slow work after the ack; it can tell when everything submitted has finished."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="work")
+        self._pending: set[Future[Any]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until all work submitted so far (and work it submits) is done; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+            if not pending:
+                return True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            _, not_done = wait(pending, timeout=remaining)
+            if not_done:
+                return False
+
+
+def make_slack_client(settings: Settings) -> WebClient:
+    """A Web API client that retries 429s (honouring Retry-After), 5xx and dropped connections."""
+    return WebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=30,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=3),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+def make_llm(settings: Settings) -> MessagesClient:
+    """The Messages API client configured from settings."""
+    return MessagesClient(
+        settings.anthropic_base_url,
+        settings.anthropic_api_key.get_secret_value(),
+        timeout=settings.anthropic_timeout,
+        max_retries=settings.anthropic_max_retries,
+    )
+
+
+@dataclass
+class BotApp:
+    """Everything one running bot needs, built by `create_app`."""
+
+    settings: Settings
+    bolt: App
+    engine: Engine
+    sessions: sessionmaker[Session]
+    service: AnswerService
+    llm: MessagesClient
+    executor: WorkExecutor
+
+    def wsgi(self) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+        """The WSGI application: POST /slack/events and GET /healthz."""
+        handler = SlackRequestHandler(self.bolt, path="/slack/events")
+
+        def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                ok = ping(self.engine)
+                return _plain(start_response, 200 if ok else 503, "ok" if ok else "database down")
+            if path == "/slack/events" and environ.get("REQUEST_METHOD") == "POST":
+                try:
+                    length = int(environ.get("CONTENT_LENGTH") or 0)
+                except ValueError:
+                    return _plain(start_response, 400, "bad content-length")
+                if length > MAX_BODY_BYTES:
+                    return _plain(start_response, 413, "request body too large")
+            return handler(environ, start_response)
+
+        return application
+
+    def close(self) -> None:
+        """Stop accepting work, finish what is in hand, release connections."""
+        self.executor.shutdown(wait=True)
+        self.llm.close()
+        self.engine.dispose()
+
+
+def _plain(start_response: Callable[..., Any], status: int, text: str) -> list[bytes]:
+    reason = {200: "OK", 400: "Bad Request", 413: "Payload Too Large", 503: "Unavailable"}
+    start_response(f"{status} {reason.get(status, '')}", [("content-type", "text/plain")])
+    return [text.encode()]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    slack_client: WebClient | None = None,
+    llm: MessagesClient | None = None,
+    engine: Engine | None = None,
+) -> BotApp:
+    """Build the bot. Pass clients or an engine to replace the ones settings would make."""
+    engine = engine or make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    client = slack_client or make_slack_client(settings)
+    llm = llm or make_llm(settings)
+    executor = WorkExecutor(settings.worker_threads)
+    secret = settings.slack_signing_secret
+    bolt = App(
+        client=client,
+        signing_secret=secret.get_secret_value() if secret else None,
+        request_verification_enabled=not settings.socket_mode,
+        listener_executor=executor,
+        logger=logging.getLogger("bot.bolt"),
+    )
+    bolt.middleware(_dedupe_events(sessions))
+    service = AnswerService(settings=settings, client=client, llm=llm, sessions=sessions)
+    listeners.register(bolt, service)
+    return BotApp(settings, bolt, engine, sessions, service, llm, executor)
+
+
+def _dedupe_events(sessions: sessionmaker[Session]) -> Callable[..., Any]:
+    def dedupe_events(body: dict[str, Any], next: Callable[[], Any]) -> Any:  # noqa: A002
+        event_id = body.get("event_id") if isinstance(body, dict) else None
+        if body.get("type") == "event_callback" and event_id:
+            with sessions.begin() as s:
+                fresh = data.claim_event(s, str(event_id), datetime.now(UTC))
+            if not fresh:
+                log.info("event %s already taken; ignoring redelivery", event_id)
+                return BoltResponse(status=200, body=json.dumps({"ok": True}))
+        return next()
+
+    return dedupe_events

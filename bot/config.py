@@ -1,0 +1,130 @@
+"""Settings: the one place that reads the environment (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+
+
+class SettingsError(Exception):
+    """Configuration is missing or malformed; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    """Everything the bot reads from its environment."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    slack_bot_token: SecretStr = Field(description="Bot token (xoxb-…).")
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="Signing secret; required in HTTP mode."
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, description="App-level token (xapp-…); when set, the bot runs in Socket Mode."
+    )
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL.")
+    anthropic_api_key: SecretStr = Field(description="Key for the Messages endpoint.")
+    anthropic_base_url: str = Field(
+        "https://api.anthropic.com",
+        description="Messages endpoint base URL (Anthropic or a relay that mirrors its API).",
+    )
+    anthropic_model: str = Field(DEFAULT_MODEL, description="Model id.")
+    anthropic_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for one Messages API response."
+    )
+    anthropic_max_retries: int = Field(
+        3, ge=0, le=10, description="Retries on 429, 529, 5xx and connection errors."
+    )
+    max_output_tokens: int = Field(2048, ge=64, description="max_tokens for each answer.")
+    context_budget_tokens: int = Field(
+        150_000, ge=2_000, description="Largest prompt (estimated tokens) sent for one thread."
+    )
+    cache_ttl: str = Field("5m", description="Prompt cache TTL: 5m or 1h.")
+    database_url: str = Field(
+        "sqlite:///bot.db", description="SQLAlchemy URL; an SQLite file by default."
+    )
+    port: int = Field(3000, ge=1, le=65535, description="HTTP port.")
+    worker_threads: int = Field(
+        16, ge=1, le=256, description="Threads for slow work (model calls) after the ack."
+    )
+    http_threads: int = Field(8, ge=1, le=256, description="HTTP server threads.")
+    log_level: str = Field("INFO", description="Logging level.")
+
+    @field_validator("cache_ttl")
+    @classmethod
+    def _ttl(cls, value: str) -> str:
+        if value not in ("5m", "1h"):
+            raise ValueError("must be 5m or 1h")
+        return value
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("xox"):
+            raise ValueError("must be a bot token starting with xoxb-")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token starting with xapp-")
+        return value
+
+    @field_validator("slack_api_url", "anthropic_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @property
+    def socket_mode(self) -> bool:
+        """True when an app-level token is configured."""
+        return self.slack_app_token is not None
+
+    def require_http(self) -> None:
+        """Raise SettingsError unless HTTP mode can verify requests."""
+        if not self.socket_mode and not _secret(self.slack_signing_secret):
+            raise SettingsError(
+                "SLACK_SIGNING_SECRET is required in HTTP mode "
+                "(or set SLACK_APP_TOKEN to use Socket Mode)"
+            )
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+def load_settings(env: dict[str, str] | None = None, *, env_file: str | None = ".env") -> Settings:
+    """Read settings from `env` (or the process environment); one-line SettingsError on failure."""
+    try:
+        if env is not None:
+            return Settings(_env_file=env_file, **{k.lower(): v for k, v in env.items()})
+        return Settings(_env_file=env_file)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        if err["type"] == "missing":
+            problems.append(f"{name} is required")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{name} {msg}" if not msg.startswith(name) else msg)
+    return "; ".join(problems)

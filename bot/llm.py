@@ -1,0 +1,236 @@
+"""Client for an Anthropic-format `POST /v1/messages` endpoint (Anthropic or a relay).
+
+Errors are one class, `LLMError`, whose `kind` says what went wrong:
+    auth | billing | permission | rate_limited | overloaded | too_large | bad_request |
+    not_found | server | timeout | connection | bad_response
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from bot.pricing import Usage
+
+log = logging.getLogger(__name__)
+
+ANTHROPIC_VERSION = "2023-06-01"
+_MAX_RETRY_AFTER = 60.0
+
+_KIND_BY_STATUS = {
+    400: "bad_request",
+    401: "auth",
+    402: "billing",
+    403: "permission",
+    404: "not_found",
+    408: "timeout",
+    413: "too_large",
+    429: "rate_limited",
+    500: "server",
+    502: "server",
+    503: "overloaded",
+    504: "timeout",
+    529: "overloaded",
+}
+_KIND_BY_TYPE = {
+    "authentication_error": "auth",
+    "billing_error": "billing",
+    "permission_error": "permission",
+    "not_found_error": "not_found",
+    "request_too_large": "too_large",
+    "rate_limit_error": "rate_limited",
+    "overloaded_error": "overloaded",
+    "api_error": "server",
+    "timeout_error": "timeout",
+}
+
+
+class LLMError(Exception):
+    """A call to the Messages endpoint failed; `kind` classifies it, `detail` is for operators."""
+
+    def __init__(self, kind: str, detail: str, *, status: int | None = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model answer and what it cost in tokens."""
+
+    text: str
+    usage: Usage
+    model: str
+    stop_reason: str | None
+    request_id: str | None = None
+
+
+def parse_usage(raw: dict[str, Any] | None) -> Usage:
+    """Usage from a response's `usage`; absent or null counts become 0."""
+    raw = raw or {}
+
+    def num(value: Any) -> int:
+        return int(value) if isinstance(value, int | float) else 0
+
+    creation = raw.get("cache_creation") if isinstance(raw.get("cache_creation"), dict) else {}
+    return Usage(
+        input_tokens=num(raw.get("input_tokens")),
+        cache_creation_tokens=num(raw.get("cache_creation_input_tokens")),
+        cache_read_tokens=num(raw.get("cache_read_input_tokens")),
+        output_tokens=num(raw.get("output_tokens")),
+        creation_5m=num(creation.get("ephemeral_5m_input_tokens")),
+        creation_1h=num(creation.get("ephemeral_1h_input_tokens")),
+    )
+
+
+def _error_from_response(resp: httpx.Response) -> LLMError:
+    """Classify an error response in Anthropic's shape, OpenAI's shape, or neither."""
+    err_type = ""
+    message = ""
+    try:
+        body = resp.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        err_type = str(err.get("type") or err.get("code") or "")
+        message = str(err.get("message") or "")
+    elif isinstance(body, dict) and isinstance(body.get("error"), str):
+        message = body["error"]
+    else:
+        ctype = resp.headers.get("content-type", "")
+        message = f"non-JSON error body ({ctype or 'no content-type'})"
+    kind = _KIND_BY_TYPE.get(err_type) or _KIND_BY_STATUS.get(resp.status_code)
+    if kind is None:
+        kind = "server" if resp.status_code >= 500 else "bad_request"
+    if kind == "bad_request" and "too long" in message.lower():
+        kind = "too_large"
+    detail = f"HTTP {resp.status_code} {err_type or '-'}: {message[:300]}"
+    return LLMError(kind, detail, status=resp.status_code)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    ms = resp.headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class MessagesClient:
+    """One long-lived HTTP client for `POST {base}/v1/messages`, with retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={
+                "x-api-key": api_key,
+                "anthropic-version": ANTHROPIC_VERSION,
+                "content-type": "application/json",
+            },
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+        )
+        self._max_retries = max_retries
+        self._sleep = sleep
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def create(self, body: dict[str, Any]) -> Completion:
+        """Send one request (non-streaming); retry what is worth retrying; raise LLMError."""
+        attempt = 0
+        while True:
+            try:
+                resp = self._client.post("/v1/messages", json=body)
+            except httpx.TimeoutException as exc:
+                error = LLMError("timeout", f"{type(exc).__name__}")
+                resp = None
+            except httpx.TransportError as exc:
+                error = LLMError("connection", f"{type(exc).__name__}")
+                resp = None
+            else:
+                if resp.status_code == 200:
+                    return self._parse(resp, body)
+                error = _error_from_response(resp)
+            if attempt >= self._max_retries or not self._should_retry(resp):
+                raise error
+            delay = self._delay(resp, attempt)
+            log.warning(
+                "messages call failed (%s), retry %d/%d in %.1fs",
+                error.detail,
+                attempt + 1,
+                self._max_retries,
+                delay,
+            )
+            self._sleep(delay)
+            attempt += 1
+
+    @staticmethod
+    def _should_retry(resp: httpx.Response | None) -> bool:
+        if resp is None:
+            return True
+        header = resp.headers.get("x-should-retry", "").lower()
+        if header in ("true", "false"):
+            return header == "true"
+        return resp.status_code in (408, 409, 429) or resp.status_code >= 500
+
+    @staticmethod
+    def _delay(resp: httpx.Response | None, attempt: int) -> float:
+        if resp is not None:
+            after = _retry_after(resp)
+            if after is not None and 0 <= after <= _MAX_RETRY_AFTER:
+                return after
+        return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
+
+    @staticmethod
+    def _parse(resp: httpx.Response, body: dict[str, Any]) -> Completion:
+        try:
+            data = resp.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            raise LLMError("bad_response", "200 with a non-JSON body", status=200) from None
+        if not isinstance(data, dict):
+            raise LLMError("bad_response", "200 with a non-object body", status=200)
+        if data.get("type") == "error" or (
+            isinstance(data.get("error"), dict) and "content" not in data
+        ):
+            raise _error_from_response(httpx.Response(500, json=data))
+        blocks = data.get("content") or []
+        text = "".join(
+            b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
+        )
+        return Completion(
+            text=text,
+            usage=parse_usage(data.get("usage")),
+            model=str(data.get("model") or body.get("model")),
+            stop_reason=data.get("stop_reason"),
+            request_id=resp.headers.get("request-id"),
+        )

@@ -1,0 +1,279 @@
+"""Answering a request about a thread: read it, build the prompt, call the model, reply, record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.config import Settings
+from bot.llm import Completion, LLMError, MessagesClient
+from bot.pricing import Usage, cost, price_for, savings
+from bot.prompt import PriorCache, build_request
+from bot.replies import build_messages, footer_line, neutralise_pings
+from bot.store import data
+from bot.store.models import UsageRecord
+from bot.threads import (
+    NameResolver,
+    ThreadReadError,
+    clean_request,
+    fetch_thread,
+    render_thread,
+    ts_key,
+)
+
+log = logging.getLogger(__name__)
+
+LLM_MESSAGES = {
+    "auth": "the model endpoint rejected the API key. An admin needs to check `ANTHROPIC_API_KEY`.",
+    "billing": "the model endpoint refused the request for billing reasons. An admin needs to "
+    "check the account's credit.",
+    "permission": "the API key is not allowed to use this model. An admin needs to check the key "
+    "and `ANTHROPIC_MODEL`.",
+    "not_found": "the configured model is not available on this endpoint. An admin needs to "
+    "check `ANTHROPIC_MODEL`.",
+    "rate_limited": "the model is rate-limited right now, even after retrying. Please try again "
+    "in a minute.",
+    "overloaded": "the model is overloaded right now, even after retrying. Please try again in a "
+    "few minutes.",
+    "too_large": "this thread is too large for the model. Ask about a narrower part of it, or an "
+    "admin can lower `CONTEXT_BUDGET_TOKENS`.",
+    "timeout": "the model did not answer in time. Please try again shortly.",
+    "connection": "I could not reach the model endpoint. Please try again shortly; if it keeps "
+    "failing, an admin should check `ANTHROPIC_BASE_URL`.",
+    "server": "the model endpoint had an internal error, even after retrying. Please try again "
+    "shortly.",
+}
+_DEFAULT_LLM_MESSAGE = (
+    "the model endpoint rejected the request. An admin can find the cause in the bot's logs."
+)
+SLACK_READ_MESSAGES = {
+    "not_in_channel": "I'm not a member of this channel, so I can't read it. Invite me with "
+    "/invite <@{bot}> and ask again.",
+    "channel_not_found": "I can't see this conversation. Invite me with /invite <@{bot}> and ask "
+    "again.",
+    "thread_not_found": "I couldn't find that thread; it may have been deleted.",
+    "missing_scope": "I'm missing a Slack permission needed to read this conversation. An admin "
+    "needs to reinstall the app with the scopes in its manifest.",
+    "ratelimited": "Slack is rate-limiting me right now. Please try again in a minute.",
+}
+_UNDELIVERABLE = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
+
+
+@dataclass(frozen=True)
+class ThreadRequest:
+    """Somebody asked about a thread: where, who, and what."""
+
+    team_id: str
+    channel_id: str
+    thread_ts: str
+    message_ts: str
+    user_id: str
+    text: str
+    bot_user_id: str
+    bot_id: str | None = None
+    kind: str = "mention"
+
+
+class AnswerService:
+    """Slack thread -> prompt with cache breakpoints -> model -> reply in thread + ledger."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        client: WebClient,
+        llm: MessagesClient,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._llm = llm
+        self._sessions = sessions
+        self._clock = clock
+        self._resolvers: dict[str, NameResolver] = {}
+
+    def _names(self, team_id: str) -> NameResolver:
+        if team_id not in self._resolvers:
+            self._resolvers[team_id] = NameResolver(self._client, self._sessions, team_id)
+        return self._resolvers[team_id]
+
+    def answer(self, req: ThreadRequest) -> None:
+        """Answer `req` in its thread; every failure ends as one short message to the user."""
+        try:
+            self._answer(req)
+        except Exception:
+            log.exception("answering %s/%s failed", req.channel_id, req.thread_ts)
+            self.tell(
+                req,
+                "Sorry, something went wrong on my side. The operator's logs have "
+                "the details; please try again.",
+            )
+
+    def _answer(self, req: ThreadRequest) -> None:
+        started = time.monotonic()
+        names = self._names(req.team_id)
+        try:
+            messages = fetch_thread(self._client, req.channel_id, req.thread_ts)
+        except ThreadReadError as exc:
+            log.warning("reading thread %s/%s failed: %s", req.channel_id, req.thread_ts, exc.error)
+            text = SLACK_READ_MESSAGES.get(
+                exc.error, "Slack wouldn't let me read this thread ({error}). Please try again."
+            )
+            self._record_failure(req, f"slack_{exc.error}", started)
+            self.tell(req, text.format(bot=req.bot_user_id, error=exc.error))
+            return
+        before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
+        turns = render_thread(before, names, bot_user_id=req.bot_user_id, bot_id=req.bot_id)
+        with self._sessions() as s:
+            state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
+            prior = (
+                PriorCache(state.cache_boundary_ts, state.cache_prefix_digest)
+                if state and state.cache_boundary_ts and state.cache_prefix_digest
+                else None
+            )
+        built = build_request(
+            model=self._settings.anthropic_model,
+            turns=turns,
+            request=clean_request(req.text, names, req.bot_user_id),
+            requester=names.name(req.user_id),
+            prior=prior,
+            ttl=self._settings.cache_ttl,
+            max_tokens=self._settings.max_output_tokens,
+            budget_tokens=self._settings.context_budget_tokens,
+        )
+        try:
+            completion = self._llm.create(built.body)
+        except LLMError as exc:
+            log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
+            self._record_failure(req, exc.kind, started)
+            self.tell(req, "Sorry, " + LLM_MESSAGES.get(exc.kind, _DEFAULT_LLM_MESSAGE))
+            return
+        latency_ms = int((time.monotonic() - started) * 1000)
+        outcome = self._post_answer(req, completion)
+        now = self._clock()
+        with self._sessions.begin() as s:
+            state = data.get_or_create_thread(s, req.team_id, req.channel_id, req.thread_ts)
+            state.messages_seen = len(messages)
+            state.last_message_ts = messages[-1]["ts"] if messages else None
+            state.last_request_at = now
+            state.requests = (state.requests or 0) + 1
+            if built.boundary_ts is not None:
+                state.cache_boundary_ts = built.boundary_ts
+                state.cache_prefix_digest = built.digest
+                state.cache_prefix_tokens = (
+                    completion.usage.cache_read_tokens + completion.usage.cache_creation_tokens
+                ) or built.prefix_tokens
+                state.cache_ttl = self._settings.cache_ttl
+                if completion.usage.cache_creation_tokens or completion.usage.cache_read_tokens:
+                    state.cache_written_at = now
+            data.add_usage(
+                s,
+                self._usage_row(req, completion.model, completion.usage, latency_ms, outcome, now),
+            )
+
+    def _post_answer(self, req: ThreadRequest, completion: Completion) -> str:
+        footer = footer_line(completion.usage, completion.model)
+        outgoing = build_messages(completion.text, footer)
+        for part in outgoing:
+            try:
+                self._client.chat_postMessage(
+                    channel=req.channel_id,
+                    thread_ts=req.thread_ts,
+                    text=part.text,
+                    blocks=part.blocks,
+                    unfurl_links=False,
+                    unfurl_media=False,
+                )
+            except SlackApiError as exc:
+                error = str(exc.response.get("error"))
+                log.warning("posting answer in %s failed: %s", req.channel_id, error)
+                if error in ("invalid_blocks", "msg_too_long", "msg_blocks_too_long"):
+                    self._client.chat_postMessage(
+                        channel=req.channel_id,
+                        thread_ts=req.thread_ts,
+                        text=part.text[:3900],
+                        unfurl_links=False,
+                        unfurl_media=False,
+                    )
+                    continue
+                self.tell(
+                    req, f"I wrote an answer but couldn't post it here (Slack said `{error}`)."
+                )
+                return f"post_{error}"
+        return "ok"
+
+    def tell(self, req: ThreadRequest, text: str) -> None:
+        """A short message to the requester in the thread; ephemeral or DM when that fails."""
+        text = neutralise_pings(text)
+        try:
+            self._client.chat_postMessage(
+                channel=req.channel_id, thread_ts=req.thread_ts, text=text
+            )
+            return
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error not in _UNDELIVERABLE:
+                log.error("could not tell user in %s: %s", req.channel_id, error)
+                return
+        try:
+            self._client.chat_postEphemeral(
+                channel=req.channel_id, user=req.user_id, thread_ts=req.thread_ts, text=text
+            )
+            return
+        except SlackApiError as exc:
+            log.info(
+                "ephemeral in %s failed (%s); sending a DM",
+                req.channel_id,
+                exc.response.get("error"),
+            )
+        try:
+            self._client.chat_postMessage(channel=req.user_id, text=text)
+        except SlackApiError as exc:
+            log.error("could not reach user %s at all: %s", req.user_id, exc.response.get("error"))
+
+    def _usage_row(
+        self,
+        req: ThreadRequest,
+        model: str,
+        usage: Usage,
+        latency_ms: int,
+        outcome: str,
+        now: datetime,
+    ) -> UsageRecord:
+        price = price_for(model)
+        return UsageRecord(
+            created_at=now,
+            team_id=req.team_id,
+            channel_id=req.channel_id,
+            thread_ts=req.thread_ts,
+            user_id=req.user_id,
+            kind=req.kind,
+            model=model,
+            input_tokens=usage.input_tokens,
+            cache_creation_tokens=usage.cache_creation_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=cost(usage, price) if price else None,
+            savings_usd=savings(usage, price) if price else None,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
+
+    def _record_failure(self, req: ThreadRequest, outcome: str, started: float) -> None:
+        now = self._clock()
+        latency_ms = int((time.monotonic() - started) * 1000)
+        with self._sessions.begin() as s:
+            data.add_usage(
+                s,
+                self._usage_row(
+                    req, self._settings.anthropic_model, Usage(), latency_ms, outcome, now
+                ),
+            )

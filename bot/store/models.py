@@ -1,0 +1,98 @@
+"""Typed SQLAlchemy models. The schema changes only through Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ThreadState(Base):
+    """What the bot knows about one Slack thread: what it read and where its cache ends."""
+
+    __tablename__ = "thread_state"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", "thread_ts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    messages_seen: Mapped[int] = mapped_column(Integer, default=0)
+    last_message_ts: Mapped[str | None] = mapped_column(String(32))
+    # The boundary of the last cache write: the ts of the last message in the cached prefix,
+    # a digest of the rendered prefix up to it, its length in tokens, its TTL and when.
+    cache_boundary_ts: Mapped[str | None] = mapped_column(String(32))
+    cache_prefix_digest: Mapped[str | None] = mapped_column(String(64))
+    cache_prefix_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_ttl: Mapped[str | None] = mapped_column(String(4))
+    cache_written_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_request_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageRecord(Base):
+    """One model call (or one failed attempt at answering), for the usage ledger."""
+
+    __tablename__ = "usage_record"
+    __table_args__ = (Index("ix_usage_record_team_created", "team_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str | None] = mapped_column(String(32))
+    user_id: Mapped[str | None] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(100))
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_creation_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    savings_usd: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+
+
+class ProcessedEvent(Base):
+    """Slack event ids already taken, so a redelivered event is answered once."""
+
+    __tablename__ = "processed_event"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SlackUser(Base):
+    """Display names, resolved once per workspace and kept so the transcript stays stable."""
+
+    __tablename__ = "slack_user"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    is_bot: Mapped[bool] = mapped_column(default=False)
+    fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,199 @@
+"""Reading a Slack thread (every page) and rendering it as a deterministic transcript."""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.store import data
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 200
+NAME_TTL = timedelta(days=7)
+FOOTER_MARK = "⚡"
+_SKIPPED_SUBTYPES = {"channel_join", "channel_leave", "tombstone", "group_join", "group_leave"}
+
+_USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
+_CHANNEL_REF = re.compile(r"<#([CGD][A-Z0-9]+)(?:\|([^>]*))?>")
+_SPECIAL_REF = re.compile(
+    r"<!(subteam\^[A-Z0-9]+|here|channel|everyone|date\^[^>|]*)(?:\|([^>]*))?>"
+)
+_LINK_REF = re.compile(r"<((?:https?|mailto):[^>|]+)(?:\|([^>]*))?>")
+
+
+class ThreadReadError(Exception):
+    """Slack refused to give the thread; `error` is Slack's error code."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the transcript, rendered once and never changed."""
+
+    ts: str
+    text: str
+    own: bool
+
+
+def fetch_thread(client: WebClient, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+    """Every message of the thread, parent first, following cursors to the last page."""
+    messages: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    cursor: str | None = None
+    while True:
+        try:
+            resp = client.conversations_replies(
+                channel=channel, ts=thread_ts, limit=PAGE_LIMIT, cursor=cursor
+            )
+        except SlackApiError as exc:
+            raise ThreadReadError(str(exc.response.get("error", "unknown_error"))) from None
+        for msg in resp.get("messages") or []:
+            ts = msg.get("ts")
+            if ts and ts not in seen:
+                seen.add(ts)
+                messages.append(msg)
+        cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
+        if not cursor:
+            break
+    messages.sort(key=lambda m: ts_key(m["ts"]))
+    return messages
+
+
+def ts_key(ts: str) -> tuple[int, int]:
+    """Slack ts as a sortable pair (string order is wrong across digit counts)."""
+    sec, _, frac = ts.partition(".")
+    return int(sec), int(frac or 0)
+
+
+class NameResolver:
+    """Display names of users, from the database or `users.info` (once per user per week)."""
+
+    def __init__(self, client: WebClient, sessions: sessionmaker[Session], team_id: str) -> None:
+        self._client = client
+        self._sessions = sessions
+        self._team_id = team_id
+        self._names: dict[str, str] = {}
+
+    def preload(self, user_ids: set[str]) -> None:
+        """Resolve many users with one query and as few API calls as needed."""
+        missing = {u for u in user_ids if u not in self._names}
+        if not missing:
+            return
+        now = datetime.now(UTC)
+        with self._sessions() as s:
+            known = data.get_user_names(s, self._team_id, missing, fresh_after=now - NAME_TTL)
+        self._names.update(known)
+        for user_id in sorted(missing - known.keys()):
+            self._names[user_id] = self._fetch(user_id, now)
+
+    def alias(self, user_id: str, name: str) -> None:
+        """Use `name` for `user_id` without asking Slack (the bot itself)."""
+        self._names[user_id] = name
+
+    def name(self, user_id: str) -> str:
+        """The user's display name (falls back to the id)."""
+        if user_id not in self._names:
+            self.preload({user_id})
+        return self._names[user_id]
+
+    def _fetch(self, user_id: str, now: datetime) -> str:
+        try:
+            user = self._client.users_info(user=user_id)["user"]
+        except SlackApiError as exc:
+            log.warning("users.info %s failed: %s", user_id, exc.response.get("error"))
+            return user_id
+        profile = user.get("profile") or {}
+        name = (
+            profile.get("display_name")
+            or profile.get("real_name")
+            or user.get("real_name")
+            or user.get("name")
+            or user_id
+        )
+        with self._sessions.begin() as s:
+            data.save_user_name(s, self._team_id, user_id, name, bool(user.get("is_bot")), now)
+        return name
+
+
+def _clean(text: str, names: NameResolver) -> str:
+    """Slack's markup to plain text: mentions become names, links show label and URL."""
+
+    def user(m: re.Match[str]) -> str:
+        return "@" + (names.name(m.group(1)) if not m.group(2) else m.group(2))
+
+    def channel(m: re.Match[str]) -> str:
+        return "#" + (m.group(2) or m.group(1))
+
+    def special(m: re.Match[str]) -> str:
+        if m.group(2):
+            return m.group(2)
+        kind = m.group(1)
+        return "@" + kind if kind in ("here", "channel", "everyone") else "@group"
+
+    def link(m: re.Match[str]) -> str:
+        url, label = m.group(1), m.group(2)
+        return f"{label} ({url})" if label and label != url else url
+
+    text = _USER_REF.sub(user, text)
+    text = _CHANNEL_REF.sub(channel, text)
+    text = _SPECIAL_REF.sub(special, text)
+    text = _LINK_REF.sub(link, text)
+    return html.unescape(text)
+
+
+def _strip_footer(text: str) -> str:
+    lines = text.rstrip().split("\n")
+    while lines and lines[-1].startswith(FOOTER_MARK):
+        lines.pop()
+    return "\n".join(lines).rstrip()
+
+
+def render_thread(
+    messages: list[dict[str, Any]], names: NameResolver, *, bot_user_id: str, bot_id: str | None
+) -> list[Turn]:
+    """Render messages as transcript turns; the same messages always give the same bytes."""
+    users = {m["user"] for m in messages if m.get("user") and not m.get("bot_id")}
+    for m in messages:
+        users.update(u for u, _ in _USER_REF.findall(m.get("text") or ""))
+    names.alias(bot_user_id, "You (assistant)")
+    names.preload(users)
+    turns = []
+    for m in messages:
+        if m.get("subtype") in _SKIPPED_SUBTYPES:
+            continue
+        own = m.get("user") == bot_user_id or (bot_id is not None and m.get("bot_id") == bot_id)
+        if own:
+            author = "You (assistant)"
+            body = _strip_footer(m.get("text") or "")
+        elif m.get("bot_id") or m.get("subtype") == "bot_message":
+            profile = m.get("bot_profile") or {}
+            author = f"{m.get('username') or profile.get('name') or 'bot'} (bot)"
+            body = m.get("text") or ""
+        else:
+            author = names.name(m["user"]) if m.get("user") else "unknown"
+            body = m.get("text") or ""
+        body = _clean(body, names).strip()
+        for f in m.get("files") or []:
+            kind = f.get("pretty_type") or f.get("filetype") or "file"
+            body += f"\n[file: {f.get('name') or f.get('title') or 'unnamed'} ({kind})]"
+        stamp = datetime.fromtimestamp(float(m["ts"]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        turns.append(Turn(ts=m["ts"], text=f"[{stamp}] {author}: {body.strip()}", own=own))
+    return turns
+
+
+def clean_request(text: str, names: NameResolver, bot_user_id: str) -> str:
+    """The mention's text without the bot's own mention, as plain text."""
+    text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", "", text)
+    return _clean(text, names).strip()

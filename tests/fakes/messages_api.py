@@ -1,0 +1,923 @@
+"""A local fake of the Anthropic Messages API (``POST /v1/messages``) with prompt caching.
+
+Standard library only. The server runs on 127.0.0.1 (random port) in a daemon thread and keeps
+all of its state behind one lock. Cache accounting follows ``shared/reference/messages-api.md``:
+entries are written at breakpoints whose cumulative prefix reaches the model's floor, and reads
+walk back at most 20 block positions from each breakpoint. Expiry uses the simulated clock
+``now`` (see :meth:`FakeMessagesAPI.advance`), never the wall clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import socket
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MIN_CACHEABLE",
+    "FakeMessagesAPI",
+    "count_tokens",
+    "default_error_type",
+]
+
+LOOKBACK = 20
+MAX_BREAKPOINTS = 4
+TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+
+DEFAULT_MIN_CACHEABLE: dict[str, int] = {
+    "": 1024,
+    "claude-opus-4-6": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+_DEFAULT_MESSAGES = {
+    "invalid_request_error": "Invalid request",
+    "authentication_error": "invalid x-api-key",
+    "billing_error": "Your credit balance is too low to access the Anthropic API.",
+    "permission_error": "Your API key does not have permission to use the specified resource.",
+    "not_found_error": "Not found",
+    "timeout_error": "Request timed out",
+    "conflict_error": "Conflict",
+    "request_too_large": "Request exceeds the maximum allowed number of bytes.",
+    "rate_limit_error": "Number of request tokens has exceeded your per-minute rate limit",
+    "api_error": "Internal server error",
+    "overloaded_error": "Overloaded",
+}
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Overloaded",
+}
+
+USAGE_STYLES = ("anthropic", "null", "missing")
+ERROR_SHAPES = ("anthropic", "openai", "html", "drop")
+
+
+def count_tokens(text: str) -> int:
+    """The fake's tokenizer: one token per 4 UTF-8 bytes, rounded up; 0 for the empty string."""
+    if not text:
+        return 0
+    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
+
+
+def default_error_type(status: int) -> str:
+    """The Anthropic error ``type`` for an HTTP status."""
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    if status >= 500:
+        return "api_error"
+    return "invalid_request_error"
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class BadRequest(Exception):
+    """A request the fake answers with an error status (raised during validation)."""
+
+    def __init__(self, message: str, status: int = 400, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_type = error_type or default_error_type(status)
+
+
+@dataclass
+class _Failure:
+    status: int
+    error_type: str
+    message: str
+    headers: dict[str, str]
+    shape: str
+
+
+@dataclass
+class _StreamFailure:
+    error_type: str
+    message: str
+    after_chars: int
+
+
+@dataclass
+class _Entry:
+    ttl: str
+    expires_at: float
+
+
+@dataclass
+class _Position:
+    """One cacheable block of the flattened prompt (tools, then system, then messages)."""
+
+    section: str  # "tools" | "system" | "messages"
+    canonical: str  # canonical JSON of the block (without cache_control) and its location
+    tokens: int
+    ttl: str | None  # set when the block carries cache_control
+
+
+@dataclass
+class CacheResult:
+    total: int
+    read: int
+    creation: int
+    creation_5m: int
+    creation_1h: int
+    hit_position: int | None = None
+    written_positions: list[int] = field(default_factory=list)
+
+    @property
+    def input_tokens(self) -> int:
+        return self.total - self.read - self.creation
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and flattening
+
+
+def _check_cache_control(value: Any, where: str) -> str:
+    if not isinstance(value, dict) or value.get("type") != "ephemeral":
+        raise BadRequest(f'{where}.cache_control: type must be "ephemeral"')
+    extra = set(value) - {"type", "ttl"}
+    if extra:
+        raise BadRequest(
+            f"{where}.cache_control.{sorted(extra)[0]}: Extra inputs are not permitted"
+        )
+    ttl = value.get("ttl", "5m")
+    if ttl not in TTL_SECONDS:
+        raise BadRequest(f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+    return str(ttl)
+
+
+def _strip_cc(block: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in block.items() if k != "cache_control"}
+
+
+def _block_tokens(block: dict[str, Any]) -> int:
+    if block.get("type") == "text":
+        return count_tokens(str(block["text"]))
+    return count_tokens(_canon(_strip_cc(block)))
+
+
+def _check_text_block(block: Any, where: str) -> None:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise BadRequest(f"{where}: each content block must be an object with a string `type`")
+    if block["type"] != "text":
+        return
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise BadRequest(f"{where}.text: Field required (string)")
+    if not text:
+        raise BadRequest(f"{where}: text content blocks must be non-empty")
+    if not text.strip():
+        raise BadRequest(f"{where}: text content blocks must contain non-whitespace text")
+
+
+def flatten_prompt(body: dict[str, Any]) -> list[_Position]:
+    """Validate the prompt parts of ``body`` and flatten them into ordered cache positions.
+
+    Raises :class:`BadRequest` for anything the real API would reject with a 400.
+    """
+    positions: list[_Position] = []
+
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("tools: Input should be a valid list")
+        for i, tool in enumerate(tools):
+            where = f"tools.{i}"
+            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                raise BadRequest(f"{where}.name: Field required")
+            ttl = None
+            if "cache_control" in tool:
+                ttl = _check_cache_control(tool["cache_control"], where)
+            stripped = _strip_cc(tool)
+            positions.append(
+                _Position("tools", _canon(["tool", stripped]), count_tokens(_canon(stripped)), ttl)
+            )
+
+    system = body.get("system")
+    if system is not None:
+        if isinstance(system, str):
+            if system:
+                block = {"type": "text", "text": system}
+                positions.append(
+                    _Position("system", _canon(["system", block]), count_tokens(system), None)
+                )
+        elif isinstance(system, list):
+            for i, block in enumerate(system):
+                where = f"system.{i}"
+                _check_text_block(block, where)
+                if block["type"] != "text":
+                    raise BadRequest(f"{where}.type: system blocks must be text blocks")
+                ttl = None
+                if "cache_control" in block:
+                    ttl = _check_cache_control(block["cache_control"], where)
+                stripped = _strip_cc(block)
+                positions.append(
+                    _Position("system", _canon(["system", stripped]), _block_tokens(block), ttl)
+                )
+        else:
+            raise BadRequest("system: Input should be a valid string or a list of text blocks")
+
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequest("messages: Field required (a list of messages)")
+    if not messages:
+        raise BadRequest("messages: at least one message is required")
+    previous_role: str | None = None
+    for m, message in enumerate(messages):
+        where = f"messages.{m}"
+        if not isinstance(message, dict):
+            raise BadRequest(f"{where}: Input should be an object")
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise BadRequest(f"{where}.role: Input should be 'user' or 'assistant'")
+        if m == 0 and role != "user":
+            raise BadRequest('messages: first message must use the "user" role')
+        if role == previous_role:
+            raise BadRequest(
+                'messages: roles must alternate between "user" and "assistant", '
+                f'but found multiple "{role}" roles in a row'
+            )
+        previous_role = role
+        content = message.get("content")
+        if isinstance(content, str):
+            if not content:
+                raise BadRequest(f"{where}: text content blocks must be non-empty")
+            block = {"type": "text", "text": content}
+            canonical = _canon(["message", m, role, 0, block])
+            positions.append(_Position("messages", canonical, count_tokens(content), None))
+        elif isinstance(content, list):
+            if not content:
+                raise BadRequest(f"{where}.content: at least one content block is required")
+            for b, block in enumerate(content):
+                bwhere = f"{where}.content.{b}"
+                _check_text_block(block, bwhere)
+                ttl = None
+                if "cache_control" in block:
+                    ttl = _check_cache_control(block["cache_control"], bwhere)
+                canonical = _canon(["message", m, role, b, _strip_cc(block)])
+                positions.append(_Position("messages", canonical, _block_tokens(block), ttl))
+        else:
+            raise BadRequest(f"{where}.content: Input should be a string or a list of blocks")
+
+    breakpoints = [p for p in positions if p.ttl is not None]
+    if len(breakpoints) > MAX_BREAKPOINTS:
+        raise BadRequest(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {len(breakpoints)}."
+        )
+    seen_5m = False
+    for p in breakpoints:
+        if p.ttl == "5m":
+            seen_5m = True
+        elif seen_5m:
+            raise BadRequest(
+                "a cache_control block with ttl='1h' must not come after a cache_control block "
+                "with ttl='5m' (1h breakpoints must precede 5m breakpoints in prefix order)"
+            )
+    return positions
+
+
+def validate_body(body: Any) -> list[_Position]:
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model: Field required (a non-empty string)")
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise BadRequest("max_tokens: Field required (an integer)")
+    if max_tokens < 1:
+        raise BadRequest("max_tokens: Input should be greater than or equal to 1")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise BadRequest("stream: Input should be a valid boolean")
+    return flatten_prompt(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, fake: FakeMessagesAPI) -> None:
+        self.fake = fake
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client hung up (e.g. stopped reading a stream): not the fake's problem
+        super().handle_error(request, client_address)
+
+    def close_open_connections(self) -> None:
+        """Hang up on kept-alive client connections so their handler threads finish."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class FakeMessagesAPI:
+    """An in-process HTTP server speaking the Anthropic Messages API, with prompt caching."""
+
+    def __init__(self, *, api_key: str = "test-key", start_time: float = 1_700_000_000.0) -> None:
+        self.api_key = api_key
+        self.url = ""
+        self.requests: list[dict[str, Any]] = []
+        self.usages: list[dict[str, Any]] = []
+        self.reply: str | Callable[[dict[str, Any]], str] = self._default_reply
+        self.output_tokens: int | None = None
+        self.caching = True
+        self.usage_style = "anthropic"
+        self.min_cacheable: dict[str, int] = dict(DEFAULT_MIN_CACHEABLE)
+        self.reject_models: set[str] = set()
+        self._now = float(start_time)
+        self._lock = threading.RLock()
+        self._cache: dict[str, _Entry] = {}
+        self._failures: deque[_Failure] = deque()
+        self._stream_failures: deque[_StreamFailure] = deque()
+        self._counter = 0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- clock --------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        with self._lock:
+            self._now = float(value)
+
+    def advance(self, seconds: float) -> None:
+        """Move the simulated clock forward."""
+        with self._lock:
+            self._now += float(seconds)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> FakeMessagesAPI:
+        if self._server is not None:
+            return self
+        server = _Server(self)
+        host, port = server.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name="fake-messages-api",
+            daemon=True,
+        )
+        self._server = server
+        self._thread = thread
+        thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = None
+        self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.close_open_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeMessagesAPI:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def floor_for(self, model: str) -> int:
+        """Minimum cacheable prefix for ``model``: the longest matching prefix in min_cacheable."""
+        with self._lock:
+            table = dict(self.min_cacheable)
+        name = model.rsplit("/", 1)[-1]  # "anthropic/claude-..." relay ids
+        best_len = -1
+        floor = 1024
+        for prefix, value in table.items():
+            if name.startswith(prefix) and len(prefix) > best_len:
+                best_len = len(prefix)
+                floor = value
+        return floor
+
+    def enqueue(
+        self,
+        status: int,
+        *,
+        error_type: str | None = None,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+        shape: str = "anthropic",
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` requests to /v1/messages fail with this error."""
+        if shape not in ERROR_SHAPES:
+            raise ValueError(f"unknown error shape {shape!r}; expected one of {ERROR_SHAPES}")
+        etype = error_type or default_error_type(status)
+        failure = _Failure(
+            status=status,
+            error_type=etype,
+            message=message if message is not None else _DEFAULT_MESSAGES.get(etype, "Error"),
+            headers=dict(headers or {}),
+            shape=shape,
+        )
+        with self._lock:
+            self._failures.extend([failure] * times)
+
+    def enqueue_stream_error(
+        self,
+        error_type: str = "overloaded_error",
+        *,
+        after_chars: int = 10,
+        message: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` stream=true requests answer HTTP 200, stream the first
+        ``after_chars`` characters of the reply, then send ``event: error``."""
+        failure = _StreamFailure(
+            error_type=error_type,
+            message=message if message is not None else _DEFAULT_MESSAGES.get(error_type, "Error"),
+            after_chars=max(0, after_chars),
+        )
+        with self._lock:
+            self._stream_failures.extend([failure] * times)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def cache_size(self) -> int:
+        """Number of unexpired cache entries."""
+        with self._lock:
+            return sum(1 for e in self._cache.values() if e.expires_at > self._now)
+
+    @staticmethod
+    def _default_reply(body: dict[str, Any]) -> str:
+        n = 0
+        system = body.get("system")
+        if isinstance(system, str) and system:
+            n += 1
+        elif isinstance(system, list):
+            n += len(system)
+        for message in body.get("messages", []):
+            content = message.get("content")
+            n += 1 if isinstance(content, str) else len(content)
+        return f"Fake reply: the prompt had {n} blocks."
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _next_id(self, prefix: str) -> str:
+        with self._lock:
+            self._counter += 1
+            return f"{prefix}_fake{self._counter:020d}"
+
+    def _record(self, headers: dict[str, str], body: Any, status: int) -> None:
+        with self._lock:
+            self.requests.append({"headers": headers, "body": body, "status": status})
+
+    def _pop_failure(self) -> _Failure | None:
+        with self._lock:
+            return self._failures.popleft() if self._failures else None
+
+    def _pop_stream_failure(self) -> _StreamFailure | None:
+        with self._lock:
+            return self._stream_failures.popleft() if self._stream_failures else None
+
+    def _account(self, model: str, positions: list[_Position]) -> CacheResult:
+        """Read and write the cache for one request (atomically) and return the token split."""
+        cumulative: list[int] = []
+        running = 0
+        for p in positions:
+            running += p.tokens
+            cumulative.append(running)
+        total = running
+        if not positions:
+            return CacheResult(total, 0, 0, 0, 0)
+
+        hasher = hashlib.sha256()
+        hasher.update(_canon(["fake-messages-api", self.api_key, model]).encode("utf-8"))
+        keys: list[str] = []
+        for p in positions:
+            hasher.update(b"\n")
+            hasher.update(p.canonical.encode("utf-8"))
+            keys.append(hasher.copy().hexdigest())
+
+        floor = self.floor_for(model)
+        breakpoints = [i for i, p in enumerate(positions) if p.ttl is not None]
+        with self._lock:
+            if not self.caching:
+                return CacheResult(total, 0, 0, 0, 0)
+            now = self._now
+            hit: int | None = None
+            for b in breakpoints:
+                for j in range(b, max(0, b - LOOKBACK + 1) - 1, -1):
+                    entry = self._cache.get(keys[j])
+                    if entry is not None and entry.expires_at > now:
+                        if hit is None or j > hit:
+                            hit = j
+                        break
+            read = 0
+            if hit is not None:
+                entry = self._cache[keys[hit]]
+                entry.expires_at = now + TTL_SECONDS[entry.ttl]
+                read = cumulative[hit]
+
+            written: list[int] = []
+            split = {"5m": 0, "1h": 0}
+            start = read
+            for b in breakpoints:
+                if hit is not None and b <= hit:
+                    continue
+                if cumulative[b] < floor:
+                    continue
+                ttl = positions[b].ttl or "5m"
+                self._cache[keys[b]] = _Entry(ttl=ttl, expires_at=now + TTL_SECONDS[ttl])
+                split[ttl] += cumulative[b] - start
+                start = cumulative[b]
+                written.append(b)
+            creation = start - read
+            return CacheResult(
+                total=total,
+                read=read,
+                creation=creation,
+                creation_5m=split["5m"],
+                creation_1h=split["1h"],
+                hit_position=hit,
+                written_positions=written,
+            )
+
+    def _usage(self, result: CacheResult, output_tokens: int) -> dict[str, Any]:
+        with self._lock:
+            style = self.usage_style
+        if style == "anthropic":
+            return {
+                "input_tokens": result.input_tokens,
+                "cache_creation_input_tokens": result.creation,
+                "cache_read_input_tokens": result.read,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": result.creation_5m,
+                    "ephemeral_1h_input_tokens": result.creation_1h,
+                },
+                "output_tokens": output_tokens,
+            }
+        # Relays that do not report caching: the whole prompt shows up as input_tokens.
+        if style == "null":
+            return {
+                "input_tokens": result.total,
+                "cache_creation_input_tokens": None,
+                "cache_read_input_tokens": None,
+                "output_tokens": output_tokens,
+            }
+        if style == "missing":
+            return {"input_tokens": result.total, "output_tokens": output_tokens}
+        raise ValueError(f"unknown usage_style {style!r}; expected one of {USAGE_STYLES}")
+
+    def _reply_text(self, body: dict[str, Any]) -> tuple[str, int, str]:
+        """Return (text, output_tokens, stop_reason), honouring max_tokens."""
+        with self._lock:
+            reply = self.reply
+            forced = self.output_tokens
+        text = reply(body) if callable(reply) else str(reply)
+        out = forced if forced is not None else count_tokens(text)
+        max_tokens = int(body["max_tokens"])
+        if out <= max_tokens:
+            return text, out, "end_turn"
+        if forced is None:
+            text = text.encode("utf-8")[: max_tokens * 4].decode("utf-8", errors="ignore")
+        return text, max_tokens, "max_tokens"
+
+
+def _split_text(text: str, pieces: int = 3) -> list[str]:
+    if not text:
+        return []
+    size = max(1, math.ceil(len(text) / pieces))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    server_version = "FakeMessagesAPI/1.0"
+    sys_version = ""
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def fake(self) -> FakeMessagesAPI:
+        return self.server.fake
+
+    def _read_body(self) -> bytes:
+        length = self.headers.get("content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                n = 0
+            return self.rfile.read(n) if n > 0 else b""
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            data = bytearray()
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(data)
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return b""
+
+    def _headers_dict(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in self.headers.items()}
+
+    def _send_bytes(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status, _REASONS.get(status))
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(payload)))
+        self.send_header("request-id", self.fake._next_id("req"))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+    def _send_json(
+        self, status: int, obj: dict[str, Any], extra: dict[str, str] | None = None
+    ) -> None:
+        self._send_bytes(status, json.dumps(obj).encode(), "application/json", extra)
+
+    def _send_error(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        shape: str = "anthropic",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        if shape == "openai":
+            obj = {"error": {"message": message, "type": error_type, "code": error_type}}
+            self._send_json(status, obj, extra)
+        elif shape == "html":
+            reason = _REASONS.get(status, "Error")
+            page = (
+                f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+                f"<center><h1>{status} {reason}</h1></center>\r\n<p>{message}</p>\r\n"
+                "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+            )
+            self._send_bytes(status, page.encode(), "text/html; charset=utf-8", extra)
+        else:
+            obj = {"type": "error", "error": {"type": error_type, "message": message}}
+            self._send_json(status, obj, extra)
+
+    def _fail(self, headers: dict[str, str], body: Any, err: BadRequest) -> None:
+        self.fake._record(headers, body, err.status)
+        self._send_error(err.status, err.error_type, err.message)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _not_found(self) -> None:
+        self._read_body()
+        self.fake._record(self._headers_dict(), None, 404)
+        self._send_error(404, "not_found_error", f"Not found: {self.command} {self.path}")
+
+    do_GET = _not_found
+    do_PUT = _not_found
+    do_PATCH = _not_found
+    do_DELETE = _not_found
+
+    def do_POST(self) -> None:
+        if self.path.split("?", 1)[0].rstrip("/") != "/v1/messages":
+            self._not_found()
+            return
+        raw = self._read_body()
+        headers = self._headers_dict()
+        body: Any
+        try:
+            body = json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        fake = self.fake
+
+        failure = fake._pop_failure()
+        if failure is not None:
+            if failure.shape == "drop":
+                fake._record(headers, body, 0)
+                self.close_connection = True
+                return
+            fake._record(headers, body, failure.status)
+            self._send_error(
+                failure.status,
+                failure.error_type,
+                failure.message,
+                shape=failure.shape,
+                extra=failure.headers,
+            )
+            return
+
+        key = fake.api_key
+        if headers.get("x-api-key") != key and headers.get("authorization") != f"Bearer {key}":
+            self._fail(headers, body, BadRequest("invalid x-api-key", 401))
+            return
+        if not headers.get("anthropic-version"):
+            self._fail(headers, body, BadRequest("anthropic-version: header is required"))
+            return
+        if body is None:
+            self._fail(headers, body, BadRequest("request body must be valid JSON"))
+            return
+        try:
+            positions = validate_body(body)
+        except BadRequest as err:
+            self._fail(headers, body, err)
+            return
+        model = body["model"]
+        with fake._lock:
+            rejected = model in fake.reject_models
+        if rejected:
+            self._fail(headers, body, BadRequest(f"model: {model}", 404))
+            return
+
+        result = fake._account(model, positions)
+        text, out_tokens, stop_reason = fake._reply_text(body)
+        usage = fake._usage(result, out_tokens)
+        message_id = fake._next_id("msg")
+
+        if body.get("stream"):
+            self._stream(headers, body, message_id, text, usage, stop_reason)
+            return
+
+        fake._record(headers, body, 200)
+        with fake._lock:
+            fake.usages.append(json.loads(json.dumps(usage)))
+        self._send_json(
+            200,
+            {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": stop_reason,
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        )
+
+    # -- streaming ----------------------------------------------------------------------------
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _stream(
+        self,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        message_id: str,
+        text: str,
+        usage: dict[str, Any],
+        stop_reason: str,
+    ) -> None:
+        fake = self.fake
+        stream_failure = fake._pop_stream_failure()
+        fake._record(headers, body, 200)
+        if stream_failure is None:
+            with fake._lock:
+                fake.usages.append(json.loads(json.dumps(usage)))
+
+        start_usage = dict(usage)
+        start_usage["output_tokens"] = 1
+        self.send_response(200, "OK")
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("request-id", fake._next_id("req"))
+        self.end_headers()
+
+        message = {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": start_usage,
+        }
+        self._write_chunk(_sse("message_start", {"type": "message_start", "message": message}))
+        self._write_chunk(_sse("ping", {"type": "ping"}))
+        block_start = {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": ""},
+        }
+        self._write_chunk(_sse("content_block_start", block_start))
+        streamed = text if stream_failure is None else text[: stream_failure.after_chars]
+        for piece in _split_text(streamed):
+            delta = {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            }
+            self._write_chunk(_sse("content_block_delta", delta))
+        if stream_failure is not None:
+            error = {"type": stream_failure.error_type, "message": stream_failure.message}
+            self._write_chunk(_sse("error", {"type": "error", "error": error}))
+            self._write_chunk(b"")
+            return
+        self._write_chunk(_sse("future_thing", {"type": "future_thing", "note": "ignore me"}))
+        self._write_chunk(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        self._write_chunk(
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
+        self._write_chunk(_sse("message_stop", {"type": "message_stop"}))
+        self._write_chunk(b"")

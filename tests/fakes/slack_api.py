@@ -1,0 +1,1188 @@
+"""A local HTTP server that plays Slack's Web API for tests.
+
+A real ``slack_sdk.WebClient(token=..., base_url=fake.url)`` works against it: every method
+accepts GET query parameters, POST form bodies (urlencoded or multipart) and POST JSON, and
+checks ``Authorization: Bearer <bot_token>`` (or a ``token`` parameter) like Slack does.
+
+Standard library only. All state sits behind one lock; the server runs on 127.0.0.1, port 0,
+in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import mimetypes
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP as HTTP_POLICY
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+MAX_LIMIT = 1000
+MAX_TEXT_CHARS = 40_000
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3_000
+MAX_SECTION_FIELDS = 10
+MAX_FIELD_TEXT = 2_000
+MAX_CONTEXT_ELEMENTS = 10
+MAX_HEADER_TEXT = 150
+MAX_MARKDOWN_TOTAL = 12_000
+MAX_BLOCK_ID = 255
+RESPONSE_URL_MAX_USES = 5
+RESPONSE_URL_TTL_SECONDS = 30 * 60
+
+KNOWN_BLOCK_TYPES = frozenset(
+    {
+        "actions",
+        "context",
+        "context_actions",
+        "divider",
+        "file",
+        "header",
+        "image",
+        "input",
+        "markdown",
+        "rich_text",
+        "section",
+        "table",
+        "video",
+    }
+)
+
+
+class SlackError(Exception):
+    """An API-level error: answered as ``{"ok": false, "error": ...}``."""
+
+    def __init__(self, error: str, *, status: int = 200, **extra: Any) -> None:
+        super().__init__(error)
+        self.error = error
+        self.status = status
+        self.extra = extra
+
+
+@dataclass
+class _Channel:
+    id: str
+    name: str
+    is_private: bool = False
+    is_im: bool = False
+    is_archived: bool = False
+    members: set[str] = field(default_factory=set)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _User:
+    id: str
+    real_name: str
+    display_name: str = ""
+    is_bot: bool = False
+    deleted: bool = False
+
+
+@dataclass
+class _Failure:
+    error: str
+    status: int
+    retry_after: int | None
+    remaining: int
+
+
+@dataclass
+class _ResponseUrl:
+    minted_at: float
+    uses: int = 0
+
+
+def ts_to_us(ts: str) -> int:
+    """Parse a Slack ts ("1700000000.000100") into integer microseconds."""
+    text = str(ts).strip()
+    whole, _, frac = text.partition(".")
+    if not whole.isdigit() or (frac and not frac.isdigit()):
+        raise ValueError(f"not a Slack ts: {ts!r}")
+    return int(whole) * 1_000_000 + int((frac + "000000")[:6])
+
+
+def us_to_ts(us: int) -> str:
+    whole, frac = divmod(us, 1_000_000)
+    return f"{whole}.{frac:06d}"
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes"}
+    return bool(value)
+
+
+def _encode_cursor(us: int) -> str:
+    return base64.b64encode(f"next_ts:{us}".encode()).decode("ascii")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.b64decode(cursor.encode("ascii"), validate=True).decode()
+        prefix, _, value = raw.partition(":")
+        if prefix != "next_ts":
+            raise ValueError(raw)
+        return int(value)
+    except (ValueError, UnicodeError) as exc:
+        raise SlackError("invalid_cursor") from exc
+
+
+def _text_len(obj: Any) -> int:
+    if isinstance(obj, dict):
+        return len(str(obj.get("text", "")))
+    if isinstance(obj, str):
+        return len(obj)
+    return 0
+
+
+def validate_blocks(blocks: Any) -> list[str]:
+    """Return Slack-style error strings for blocks Slack would reject (empty if fine)."""
+    if not isinstance(blocks, list):
+        return ["must be an array [json-pointer:/blocks]"]
+    errors: list[str] = []
+    if len(blocks) > MAX_BLOCKS:
+        errors.append(f"no more than {MAX_BLOCKS} items allowed [json-pointer:/blocks]")
+    markdown_total = 0
+    seen_ids: set[str] = set()
+    for i, block in enumerate(blocks):
+        where = f"/blocks/{i}"
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            errors.append(f"missing required field: type [json-pointer:{where}]")
+            continue
+        kind = block["type"]
+        if kind not in KNOWN_BLOCK_TYPES:
+            errors.append(f"unsupported type: {kind} [json-pointer:{where}/type]")
+            continue
+        block_id = block.get("block_id")
+        if block_id is not None:
+            if len(str(block_id)) > MAX_BLOCK_ID:
+                errors.append(
+                    f"must be less than {MAX_BLOCK_ID + 1} characters "
+                    f"[json-pointer:{where}/block_id]"
+                )
+            if block_id in seen_ids:
+                errors.append(f"duplicate block_id [json-pointer:{where}/block_id]")
+            seen_ids.add(str(block_id))
+        if kind == "section":
+            text = block.get("text")
+            fields = block.get("fields")
+            if text is None and not fields:
+                errors.append(f"must provide either text or fields [json-pointer:{where}]")
+            if text is not None and _text_len(text) > MAX_SECTION_TEXT:
+                errors.append(
+                    f"must be less than {MAX_SECTION_TEXT + 1} characters "
+                    f"[json-pointer:{where}/text/text]"
+                )
+            if fields is not None:
+                if not isinstance(fields, list) or len(fields) > MAX_SECTION_FIELDS:
+                    errors.append(
+                        f"must be less than {MAX_SECTION_FIELDS + 1} items "
+                        f"[json-pointer:{where}/fields]"
+                    )
+                else:
+                    for j, item in enumerate(fields):
+                        if _text_len(item) > MAX_FIELD_TEXT:
+                            errors.append(
+                                f"must be less than {MAX_FIELD_TEXT + 1} characters "
+                                f"[json-pointer:{where}/fields/{j}/text]"
+                            )
+        elif kind == "context":
+            elements = block.get("elements")
+            if not isinstance(elements, list) or not elements:
+                errors.append(f"must provide elements [json-pointer:{where}/elements]")
+            elif len(elements) > MAX_CONTEXT_ELEMENTS:
+                errors.append(
+                    f"must be less than {MAX_CONTEXT_ELEMENTS + 1} items "
+                    f"[json-pointer:{where}/elements]"
+                )
+        elif kind == "header":
+            if _text_len(block.get("text")) > MAX_HEADER_TEXT:
+                errors.append(
+                    f"must be less than {MAX_HEADER_TEXT + 1} characters "
+                    f"[json-pointer:{where}/text/text]"
+                )
+        elif kind == "markdown":
+            markdown_total += len(str(block.get("text", "")))
+    if markdown_total > MAX_MARKDOWN_TOTAL:
+        errors.append(
+            f"markdown blocks may hold at most {MAX_MARKDOWN_TOTAL} characters "
+            "[json-pointer:/blocks]"
+        )
+    return errors
+
+
+def _normalize_file(index: int, given: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(given)
+    name = str(out.get("name") or out.get("title") or f"file{index}.txt")
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else "binary"
+    out.setdefault("id", f"F{index:08d}")
+    out.setdefault("name", name)
+    out.setdefault("title", name)
+    out.setdefault("filetype", ext)
+    out.setdefault("pretty_type", str(out["filetype"]).upper())
+    out.setdefault("mimetype", mimetypes.guess_type(name)[0] or "application/octet-stream")
+    return out
+
+
+class FakeSlack:
+    """A fake Slack Web API. See module docstring."""
+
+    def __init__(
+        self,
+        *,
+        team_id: str = "T0001",
+        team_domain: str = "acme",
+        bot_token: str = "xoxb-test",
+        bot_user_id: str = "UBOT",
+        bot_id: str = "BBOT",
+        start_time: float = 1_700_000_000.0,
+    ) -> None:
+        self.team_id = team_id
+        self.team_domain = team_domain
+        self.bot_token = bot_token
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.now: float = start_time
+        self.page_shortfall: bool = False
+        # Extra knob (off by default): repeat the thread parent first on every replies page.
+        self.parent_on_every_page: bool = False
+
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.posts: list[dict[str, Any]] = []
+        self.ephemerals: list[dict[str, Any]] = []
+        self.updates: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
+        self.views: list[dict[str, Any]] = []
+        self.reactions: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        # chat.postMessage calls whose thread_ts was not a parent message of that channel.
+        self.misthreaded: list[dict[str, Any]] = []
+
+        self._lock = threading.RLock()
+        self._channels: dict[str, _Channel] = {}
+        self._users: dict[str, _User] = {}
+        self._failures: dict[str, list[_Failure]] = {}
+        self._response_urls: dict[str, _ResponseUrl] = {}
+        self._last_us = 0
+        self._file_counter = 0
+
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base = ""
+        self.url = ""
+        self._bind()
+        self.add_user(bot_user_id, "Bot", "bot", is_bot=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _bind(self) -> None:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        server.daemon_threads = True
+        self._server = server
+        port = server.server_address[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base}/api/"
+
+    def start(self) -> FakeSlack:
+        if self._thread is not None:
+            return self
+        if self._server is None:
+            self._bind()
+        assert self._server is not None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name="fake-slack-api",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        if server is not None:
+            if thread is not None:
+                server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeSlack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ clock
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+    def _mint_us(self) -> int:
+        us = max(int(round(self.now * 1_000_000)), self._last_us + 1)
+        self._last_us = us
+        return us
+
+    # ------------------------------------------------------------------ seeding
+
+    def add_user(
+        self,
+        user_id: str,
+        real_name: str,
+        display_name: str = "",
+        *,
+        is_bot: bool = False,
+        deleted: bool = False,
+    ) -> None:
+        with self._lock:
+            self._users[user_id] = _User(user_id, real_name, display_name, is_bot, deleted)
+
+    def add_channel(
+        self,
+        channel_id: str,
+        name: str,
+        *,
+        is_private: bool = False,
+        is_im: bool = False,
+        members: set[str] | None = None,
+        bot_member: bool = True,
+        is_archived: bool = False,
+    ) -> None:
+        with self._lock:
+            member_set = set(members or ())
+            if bot_member:
+                member_set.add(self.bot_user_id)
+            else:
+                member_set.discard(self.bot_user_id)
+            old = self._channels.get(channel_id)
+            self._channels[channel_id] = _Channel(
+                id=channel_id,
+                name=name,
+                is_private=is_private or is_im,
+                is_im=is_im,
+                is_archived=is_archived,
+                members=member_set,
+                messages=old.messages if old is not None else {},
+            )
+
+    def add_message(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str | None = "U1",
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        bot_id: str | None = None,
+        subtype: str | None = None,
+        files: list[dict] | None = None,
+        edited: bool = False,
+    ) -> str:
+        with self._lock:
+            ch = self._seed_channel(channel)
+            if ts is None:
+                ts = us_to_ts(self._mint_us())
+            else:
+                us = ts_to_us(ts)
+                ts = us_to_ts(us)
+                if ts in ch.messages:
+                    raise ValueError(f"message {ts} already exists in {channel}")
+                self._last_us = max(self._last_us, us)
+            if thread_ts is not None:
+                thread_ts = us_to_ts(ts_to_us(thread_ts))
+                parent = ch.messages.get(thread_ts)
+                if parent is None or self._is_reply(parent):
+                    raise ValueError(f"thread parent {thread_ts} not found in {channel}")
+            msg: dict[str, Any] = {"ts": ts, "user": user, "text": text, "thread_ts": thread_ts}
+            if bot_id is not None:
+                msg["bot_id"] = bot_id
+            if subtype is not None:
+                msg["subtype"] = subtype
+            if files:
+                normalized = []
+                for f in files:
+                    self._file_counter += 1
+                    normalized.append(_normalize_file(self._file_counter, f))
+                msg["files"] = normalized
+            if edited:
+                msg["edited"] = {"user": user, "ts": us_to_ts(self._mint_us())}
+            ch.messages[ts] = msg
+            return ts
+
+    def add_thread(
+        self,
+        channel: str,
+        n_replies: int,
+        *,
+        text_fn: Callable[[int], str] | None = None,
+        users: Sequence[str] = ("U1", "U2"),
+    ) -> str:
+        """Add a parent (text_fn(0)) and n replies (text_fn(1..n)); return the parent ts."""
+        fn = text_fn or (lambda i: "parent message" if i == 0 else f"reply {i}")
+        people = list(users) or ["U1"]
+        with self._lock:
+            parent = self.add_message(channel, fn(0), user=people[0])
+            for i in range(1, n_replies + 1):
+                self.add_message(channel, fn(i), user=people[i % len(people)], thread_ts=parent)
+            return parent
+
+    def edit_message(self, channel: str, ts: str, text: str) -> None:
+        with self._lock:
+            msg = self._seed_message(channel, ts)
+            msg["text"] = text
+            msg["edited"] = {"user": msg.get("user"), "ts": us_to_ts(self._mint_us())}
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        """Delete a message; a parent with replies becomes a tombstone, like Slack."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            msg = self._seed_message(channel, ts)
+            if not self._is_reply(msg) and self._replies(ch, msg["ts"]):
+                ch.messages[msg["ts"]] = {
+                    "ts": msg["ts"],
+                    "user": "USLACKBOT",
+                    "text": "This message was deleted.",
+                    "thread_ts": None,
+                    "subtype": "tombstone",
+                    "hidden": True,
+                }
+            else:
+                del ch.messages[msg["ts"]]
+
+    def thread(self, channel: str, thread_ts: str) -> list[dict]:
+        with self._lock:
+            ch = self._seed_channel(channel)
+            parent = self._seed_message(channel, thread_ts)
+            out = [self._render(ch, parent)]
+            out.extend(self._render(ch, m) for m in self._replies(ch, parent["ts"]))
+            return out
+
+    # ------------------------------------------------------------------ fault injection
+
+    def fail_next(
+        self,
+        method: str,
+        error: str = "ratelimited",
+        *,
+        status: int = 200,
+        retry_after: int | None = None,
+        times: int = 1,
+    ) -> None:
+        with self._lock:
+            self._failures.setdefault(method, []).append(
+                _Failure(error=error, status=status, retry_after=retry_after, remaining=times)
+            )
+
+    def response_url(self) -> str:
+        with self._lock:
+            rid = secrets.token_hex(8)
+            self._response_urls[rid] = _ResponseUrl(minted_at=self.now)
+            return f"{self.base}/response/{rid}"
+
+    def calls_to(self, method: str) -> list[dict]:
+        with self._lock:
+            return [copy.deepcopy(params) for name, params in self.calls if name == method]
+
+    # ------------------------------------------------------------------ internals
+
+    def _seed_channel(self, channel: str) -> _Channel:
+        ch = self._channels.get(channel)
+        if ch is None:
+            raise KeyError(f"unknown channel {channel!r}: call add_channel first")
+        return ch
+
+    def _seed_message(self, channel: str, ts: str) -> dict[str, Any]:
+        ch = self._seed_channel(channel)
+        msg = ch.messages.get(us_to_ts(ts_to_us(ts)))
+        if msg is None:
+            raise KeyError(f"unknown message {ts!r} in {channel!r}")
+        return msg
+
+    @staticmethod
+    def _is_reply(msg: dict[str, Any]) -> bool:
+        return msg.get("thread_ts") is not None and msg["thread_ts"] != msg["ts"]
+
+    def _replies(self, ch: _Channel, parent_ts: str) -> list[dict[str, Any]]:
+        replies = [
+            m
+            for m in ch.messages.values()
+            if m.get("thread_ts") == parent_ts and m["ts"] != parent_ts
+        ]
+        replies.sort(key=lambda m: ts_to_us(m["ts"]))
+        return replies
+
+    def _render(self, ch: _Channel, msg: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "message", "ts": msg["ts"]}
+        if msg.get("user") is not None:
+            out["user"] = msg["user"]
+        out["text"] = msg.get("text", "")
+        out["team"] = self.team_id
+        for key in ("bot_id", "subtype", "hidden", "edited", "files", "blocks", "reactions"):
+            if msg.get(key) is not None:
+                out[key] = copy.deepcopy(msg[key])
+        if self._is_reply(msg):
+            out["thread_ts"] = msg["thread_ts"]
+            out["parent_user_id"] = ch.messages.get(msg["thread_ts"], {}).get("user")
+            if out["parent_user_id"] is None:
+                del out["parent_user_id"]
+        else:
+            replies = self._replies(ch, msg["ts"])
+            if replies:
+                reply_users: list[str] = []
+                for r in replies:
+                    u = r.get("user")
+                    if u is not None and u not in reply_users:
+                        reply_users.append(u)
+                out["thread_ts"] = msg["ts"]
+                out["reply_count"] = len(replies)
+                out["reply_users_count"] = len(reply_users)
+                out["reply_users"] = reply_users[:5]
+                out["latest_reply"] = replies[-1]["ts"]
+        return out
+
+    def _user_dict(self, user: _User) -> dict[str, Any]:
+        name = user.display_name or user.real_name or user.id
+        handle = name.lower().replace(" ", ".")
+        return {
+            "id": user.id,
+            "team_id": self.team_id,
+            "name": handle,
+            "real_name": user.real_name,
+            "deleted": user.deleted,
+            "is_bot": user.is_bot,
+            "is_app_user": False,
+            "profile": {
+                "display_name": user.display_name,
+                "real_name": user.real_name,
+                "display_name_normalized": user.display_name,
+                "real_name_normalized": user.real_name,
+            },
+        }
+
+    def _channel_dict(self, ch: _Channel) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": ch.id,
+            "name": ch.name,
+            "is_channel": not ch.is_im,
+            "is_group": False,
+            "is_private": ch.is_private,
+            "is_im": ch.is_im,
+            "is_mpim": False,
+            "is_member": self.bot_user_id in ch.members,
+            "is_archived": ch.is_archived,
+            "is_ext_shared": False,
+        }
+        if ch.is_im:
+            others = sorted(m for m in ch.members if m != self.bot_user_id)
+            if others:
+                out["user"] = others[0]
+        return out
+
+    # ---- request-time helpers (called with the lock held)
+
+    def _channel_for_read(self, params: dict[str, Any], key: str = "channel") -> _Channel:
+        channel_id = params.get(key)
+        if not channel_id:
+            raise SlackError("channel_not_found")
+        ch = self._channels.get(str(channel_id))
+        if ch is None:
+            raise SlackError("channel_not_found")
+        if self.bot_user_id not in ch.members:
+            raise SlackError("channel_not_found" if ch.is_private else "not_in_channel")
+        return ch
+
+    def _channel_visible(self, params: dict[str, Any], key: str = "channel") -> _Channel:
+        """A channel the bot can see (public, or private where it is a member)."""
+        channel_id = params.get(key)
+        ch = self._channels.get(str(channel_id)) if channel_id else None
+        if ch is None or (ch.is_private and self.bot_user_id not in ch.members):
+            raise SlackError("channel_not_found")
+        return ch
+
+    def _channel_for_write(self, params: dict[str, Any], *, open_dm: bool) -> _Channel:
+        channel_id = str(params.get("channel") or "")
+        if not channel_id:
+            raise SlackError("channel_not_found")
+        ch = self._channels.get(channel_id)
+        if ch is None and channel_id.lstrip("#"):
+            name = channel_id.lstrip("#")
+            ch = next((c for c in self._channels.values() if c.name == name and not c.is_im), None)
+        if ch is None and open_dm and channel_id[:1] in {"U", "W"}:
+            user = self._users.get(channel_id)
+            if user is not None and user.deleted:
+                raise SlackError("user_disabled")
+            dm_id = "D" + channel_id
+            ch = self._channels.get(dm_id)
+            if ch is None:
+                ch = _Channel(
+                    id=dm_id,
+                    name=channel_id,
+                    is_private=True,
+                    is_im=True,
+                    members={channel_id, self.bot_user_id},
+                )
+                self._channels[dm_id] = ch
+        if ch is None or (ch.is_private and self.bot_user_id not in ch.members):
+            raise SlackError("channel_not_found")
+        if ch.is_archived:
+            raise SlackError("is_archived")
+        if self.bot_user_id not in ch.members:
+            raise SlackError("not_in_channel")
+        return ch
+
+    @staticmethod
+    def _limit(params: dict[str, Any], default: int) -> int:
+        raw = params.get("limit")
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except (TypeError, ValueError) as exc:
+            raise SlackError("invalid_limit") from exc
+        if value <= 0:
+            return default
+        return min(value, MAX_LIMIT)
+
+    @staticmethod
+    def _bound(params: dict[str, Any], key: str) -> int | None:
+        raw = params.get(key)
+        if raw is None or raw == "":
+            return None
+        try:
+            return ts_to_us(str(raw))
+        except ValueError:
+            try:
+                return int(float(raw) * 1_000_000)
+            except (TypeError, ValueError) as exc:
+                raise SlackError(f"invalid_ts_{key}") from exc
+
+    @staticmethod
+    def _in_window(us: int, oldest: int | None, latest: int | None, inclusive: bool) -> bool:
+        if oldest is not None and (us < oldest or (us == oldest and not inclusive)):
+            return False
+        if latest is not None and (us > latest or (us == latest and not inclusive)):
+            return False
+        return True
+
+    def _page_size(self, limit: int, available: int) -> int:
+        if available <= limit:
+            return available
+        if self.page_shortfall and limit > 1:
+            return limit - 1
+        return limit
+
+    @staticmethod
+    def _parse_blocks(params: dict[str, Any]) -> list[Any] | None:
+        blocks = params.get("blocks")
+        if blocks is None or blocks == "":
+            return None
+        if isinstance(blocks, str):
+            try:
+                blocks = json.loads(blocks)
+            except json.JSONDecodeError as exc:
+                raise SlackError("invalid_blocks_format") from exc
+        errors = validate_blocks(blocks)
+        if errors:
+            raise SlackError(
+                "invalid_blocks",
+                errors=errors,
+                response_metadata={"messages": [f"[ERROR] {e}" for e in errors]},
+            )
+        return blocks
+
+    @staticmethod
+    def _check_text(params: dict[str, Any], blocks: list[Any] | None) -> str:
+        text = params.get("text")
+        text = "" if text is None else str(text)
+        has_other = bool(params.get("attachments")) or bool(params.get("markdown_text"))
+        if not text and not blocks and not has_other:
+            raise SlackError("no_text")
+        if len(text) > MAX_TEXT_CHARS:
+            raise SlackError("msg_too_long")
+        return text
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _handle_api(
+        self, method: str, params: dict[str, Any], auth_header: str | None
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        with self._lock:
+            recorded = {k: v for k, v in params.items() if k != "token"}
+            self.calls.append((method, copy.deepcopy(recorded)))
+            handler = _METHODS.get(method)
+            if handler is None:
+                return 200, {}, {"ok": False, "error": "unknown_method"}
+            token: str | None = None
+            if auth_header and auth_header.lower().startswith("bearer "):
+                token = auth_header[7:].strip()
+            elif params.get("token"):
+                token = str(params["token"])
+            if not token:
+                return 200, {}, {"ok": False, "error": "not_authed"}
+            if token != self.bot_token:
+                return 200, {}, {"ok": False, "error": "invalid_auth"}
+            queue = self._failures.get(method)
+            if queue:
+                failure = queue[0]
+                failure.remaining -= 1
+                if failure.remaining <= 0:
+                    queue.pop(0)
+                if failure.status == 429:
+                    retry_after = 1 if failure.retry_after is None else failure.retry_after
+                    return (
+                        429,
+                        {"Retry-After": str(retry_after)},
+                        {
+                            "ok": False,
+                            "error": "ratelimited",
+                        },
+                    )
+                headers = {}
+                if failure.retry_after is not None:
+                    headers["Retry-After"] = str(failure.retry_after)
+                return failure.status, headers, {"ok": False, "error": failure.error}
+            try:
+                body = handler(self, params)
+            except SlackError as err:
+                return err.status, {}, {"ok": False, "error": err.error, **err.extra}
+            return 200, {}, {"ok": True, **body}
+
+    def _handle_response_url(self, rid: str, body: bytes) -> tuple[int, str]:
+        with self._lock:
+            entry = self._response_urls.get(rid)
+            if entry is None:
+                return 404, "no_service"
+            if self.now - entry.minted_at > RESPONSE_URL_TTL_SECONDS:
+                return 404, "expired_url"
+            if entry.uses >= RESPONSE_URL_MAX_USES:
+                return 404, "used_url"
+            try:
+                payload = json.loads(body.decode("utf-8") or "null")
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return 400, "invalid_payload"
+            if not isinstance(payload, dict):
+                return 400, "invalid_payload"
+            entry.uses += 1
+            record = copy.deepcopy(payload)
+            record["_url"] = f"{self.base}/response/{rid}"
+            self.responses.append(record)
+            return 200, "ok"
+
+    # ------------------------------------------------------------------ API methods
+
+    def _api_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": f"https://{self.team_domain}.slack.com/",
+            "team": self.team_domain,
+            "user": "bot",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _api_conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_for_read(params)
+        raw_ts = params.get("ts")
+        if not raw_ts:
+            raise SlackError("invalid_arguments")
+        try:
+            ts = us_to_ts(ts_to_us(str(raw_ts)))
+        except ValueError as exc:
+            raise SlackError("thread_not_found") from exc
+        msg = ch.messages.get(ts)
+        if msg is None:
+            raise SlackError("thread_not_found")
+        if self._is_reply(msg):
+            return {
+                "messages": [self._render(ch, msg)],
+                "has_more": False,
+                "response_metadata": {"next_cursor": ""},
+            }
+        limit = self._limit(params, MAX_LIMIT)
+        oldest = self._bound(params, "oldest")
+        latest = self._bound(params, "latest")
+        inclusive = _truthy(params.get("inclusive"))
+        cursor = params.get("cursor")
+        start_us = _decode_cursor(str(cursor)) if cursor else None
+        replies = [
+            r
+            for r in self._replies(ch, ts)
+            if self._in_window(ts_to_us(r["ts"]), oldest, latest, inclusive)
+            and (start_us is None or ts_to_us(r["ts"]) >= start_us)
+        ]
+        with_parent = start_us is None or self.parent_on_every_page
+        items: list[dict[str, Any]] = ([msg] if with_parent else []) + replies
+        size = self._page_size(limit, len(items))
+        page, rest = items[:size], items[size:]
+        return {
+            "messages": [self._render(ch, m) for m in page],
+            "has_more": bool(rest),
+            "response_metadata": {
+                "next_cursor": _encode_cursor(ts_to_us(rest[0]["ts"])) if rest else ""
+            },
+        }
+
+    def _api_conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_for_read(params)
+        limit = self._limit(params, 100)
+        oldest = self._bound(params, "oldest")
+        latest = self._bound(params, "latest")
+        inclusive = _truthy(params.get("inclusive"))
+        cursor = params.get("cursor")
+        start_us = _decode_cursor(str(cursor)) if cursor else None
+        items = [
+            m
+            for m in ch.messages.values()
+            if (not self._is_reply(m) or m.get("subtype") == "thread_broadcast")
+            and self._in_window(ts_to_us(m["ts"]), oldest, latest, inclusive)
+            and (start_us is None or ts_to_us(m["ts"]) <= start_us)
+        ]
+        items.sort(key=lambda m: ts_to_us(m["ts"]), reverse=True)
+        size = self._page_size(limit, len(items))
+        page, rest = items[:size], items[size:]
+        return {
+            "messages": [self._render(ch, m) for m in page],
+            "has_more": bool(rest),
+            "pin_count": 0,
+            "response_metadata": {
+                "next_cursor": _encode_cursor(ts_to_us(rest[0]["ts"])) if rest else ""
+            },
+        }
+
+    def _api_conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_visible(params)
+        return {"channel": self._channel_dict(ch)}
+
+    def _api_conversations_members(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_visible(params)
+        limit = self._limit(params, 100)
+        members = sorted(ch.members)
+        cursor = params.get("cursor")
+        start = 0
+        if cursor:
+            try:
+                raw = base64.b64decode(str(cursor).encode("ascii"), validate=True).decode()
+                prefix, _, value = raw.partition(":")
+                if prefix != "user":
+                    raise ValueError(raw)
+                start = next((i for i, m in enumerate(members) if m >= value), len(members))
+            except (ValueError, UnicodeError) as exc:
+                raise SlackError("invalid_cursor") from exc
+        page = members[start : start + limit]
+        rest = members[start + limit :]
+        next_cursor = base64.b64encode(f"user:{rest[0]}".encode()).decode() if rest else ""
+        return {"members": page, "response_metadata": {"next_cursor": next_cursor}}
+
+    def _api_conversations_join(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel_id = params.get("channel")
+        ch = self._channels.get(str(channel_id)) if channel_id else None
+        if ch is None:
+            raise SlackError("channel_not_found")
+        if ch.is_im or ch.is_private:
+            if ch.is_im or self.bot_user_id not in ch.members:
+                raise SlackError("method_not_supported_for_channel_type")
+        if ch.is_archived:
+            raise SlackError("is_archived")
+        out: dict[str, Any] = {}
+        if self.bot_user_id in ch.members:
+            out["warning"] = "already_in_channel"
+            out["response_metadata"] = {"warnings": ["already_in_channel"]}
+        ch.members.add(self.bot_user_id)
+        out["channel"] = self._channel_dict(ch)
+        return out
+
+    def _api_users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = self._users.get(str(params.get("user") or ""))
+        if user is None:
+            raise SlackError("user_not_found")
+        return {"user": self._user_dict(user)}
+
+    def _api_chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_for_write(params, open_dm=True)
+        blocks = self._parse_blocks(params)
+        text = self._check_text(params, blocks)
+        thread_ts: str | None = None
+        raw_thread = params.get("thread_ts")
+        if raw_thread:
+            target: dict[str, Any] | None = None
+            try:
+                target = ch.messages.get(us_to_ts(ts_to_us(str(raw_thread))))
+            except ValueError:
+                target = None
+            if target is None:
+                self.misthreaded.append({**copy.deepcopy(params), "_reason": "unknown_ts"})
+            elif self._is_reply(target):
+                # Slack files it under the reply's parent; still a caller bug.
+                self.misthreaded.append({**copy.deepcopy(params), "_reason": "reply_ts"})
+                thread_ts = target["thread_ts"]
+            else:
+                thread_ts = target["ts"]
+        ts = us_to_ts(self._mint_us())
+        msg: dict[str, Any] = {
+            "ts": ts,
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "text": text,
+            "thread_ts": thread_ts,
+        }
+        if blocks is not None:
+            msg["blocks"] = copy.deepcopy(blocks)
+        if thread_ts is not None and _truthy(params.get("reply_broadcast")):
+            msg["subtype"] = "thread_broadcast"
+        ch.messages[ts] = msg
+        record = copy.deepcopy(params)
+        record.pop("token", None)
+        if blocks is not None:
+            record["blocks"] = copy.deepcopy(blocks)
+        self.posts.append(record)
+        return {"channel": ch.id, "ts": ts, "message": self._render(ch, msg)}
+
+    def _api_chat_post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_for_write(params, open_dm=False)
+        user = str(params.get("user") or "")
+        if not user:
+            raise SlackError("user_not_found")
+        if user not in ch.members:
+            raise SlackError("user_not_in_channel")
+        blocks = self._parse_blocks(params)
+        self._check_text(params, blocks)
+        record = copy.deepcopy(params)
+        record.pop("token", None)
+        if blocks is not None:
+            record["blocks"] = copy.deepcopy(blocks)
+        self.ephemerals.append(record)
+        return {"message_ts": us_to_ts(self._mint_us())}
+
+    def _api_chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_visible(params)
+        raw_ts = params.get("ts")
+        if not raw_ts:
+            raise SlackError("message_not_found")
+        try:
+            msg = ch.messages.get(us_to_ts(ts_to_us(str(raw_ts))))
+        except ValueError:
+            msg = None
+        if msg is None:
+            raise SlackError("message_not_found")
+        if msg.get("user") != self.bot_user_id and msg.get("bot_id") != self.bot_id:
+            raise SlackError("cant_update_message")
+        if ch.is_archived:
+            raise SlackError("is_archived")
+        blocks = self._parse_blocks(params)
+        text = params.get("text")
+        if text is not None and len(str(text)) > MAX_TEXT_CHARS:
+            raise SlackError("msg_too_long")
+        if text is None and blocks is None:
+            raise SlackError("no_text")
+        if text is not None:
+            msg["text"] = str(text)
+        if blocks is not None:
+            msg["blocks"] = copy.deepcopy(blocks)
+        msg["edited"] = {"user": self.bot_user_id, "ts": us_to_ts(self._mint_us())}
+        record = copy.deepcopy(params)
+        record.pop("token", None)
+        if blocks is not None:
+            record["blocks"] = copy.deepcopy(blocks)
+        self.updates.append(record)
+        rendered = self._render(ch, msg)
+        return {"channel": ch.id, "ts": msg["ts"], "text": msg["text"], "message": rendered}
+
+    def _api_chat_get_permalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_visible(params)
+        raw_ts = params.get("message_ts")
+        try:
+            msg = ch.messages.get(us_to_ts(ts_to_us(str(raw_ts)))) if raw_ts else None
+        except ValueError:
+            msg = None
+        if msg is None:
+            raise SlackError("message_not_found")
+        link = f"https://{self.team_domain}.slack.com/archives/{ch.id}/p" + msg["ts"].replace(
+            ".", ""
+        )
+        if self._is_reply(msg):
+            link += f"?thread_ts={msg['thread_ts']}&cid={ch.id}"
+        return {"channel": ch.id, "permalink": link}
+
+    def _api_views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        user_id = params.get("user_id")
+        view = params.get("view")
+        if not user_id or view is None or view == "":
+            raise SlackError("invalid_arguments")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except json.JSONDecodeError as exc:
+                raise SlackError("invalid_arguments") from exc
+        if not isinstance(view, dict) or view.get("type") != "home":
+            raise SlackError("invalid_arguments")
+        record = copy.deepcopy(params)
+        record.pop("token", None)
+        record["view"] = copy.deepcopy(view)
+        self.views.append(record)
+        rendered = copy.deepcopy(view)
+        rendered.setdefault("id", f"V{len(self.views):08d}")
+        rendered.setdefault("team_id", self.team_id)
+        return {"view": rendered}
+
+    def _api_reactions_add(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch = self._channel_for_read(params)
+        name = str(params.get("name") or "").strip(":")
+        if not name:
+            raise SlackError("invalid_name")
+        raw_ts = params.get("timestamp")
+        try:
+            msg = ch.messages.get(us_to_ts(ts_to_us(str(raw_ts)))) if raw_ts else None
+        except ValueError:
+            msg = None
+        if msg is None:
+            raise SlackError("message_not_found")
+        reactions = msg.setdefault("reactions", [])
+        entry = next((r for r in reactions if r["name"] == name), None)
+        if entry is None:
+            entry = {"name": name, "users": [], "count": 0}
+            reactions.append(entry)
+        if self.bot_user_id in entry["users"]:
+            raise SlackError("already_reacted")
+        entry["users"].append(self.bot_user_id)
+        entry["count"] += 1
+        record = copy.deepcopy(params)
+        record.pop("token", None)
+        self.reactions.append(record)
+        return {}
+
+    def _api_assistant_threads_set_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("channel_id"):
+            raise SlackError("channel_not_found")
+        if not params.get("thread_ts"):
+            raise SlackError("invalid_arguments")
+        record = copy.deepcopy(params)
+        record.pop("token", None)
+        self.statuses.append(record)
+        return {}
+
+
+_METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
+    "auth.test": FakeSlack._api_auth_test,
+    "conversations.replies": FakeSlack._api_conversations_replies,
+    "conversations.history": FakeSlack._api_conversations_history,
+    "conversations.info": FakeSlack._api_conversations_info,
+    "conversations.members": FakeSlack._api_conversations_members,
+    "conversations.join": FakeSlack._api_conversations_join,
+    "users.info": FakeSlack._api_users_info,
+    "chat.postMessage": FakeSlack._api_chat_post_message,
+    "chat.postEphemeral": FakeSlack._api_chat_post_ephemeral,
+    "chat.update": FakeSlack._api_chat_update,
+    "chat.getPermalink": FakeSlack._api_chat_get_permalink,
+    "views.publish": FakeSlack._api_views_publish,
+    "reactions.add": FakeSlack._api_reactions_add,
+    "assistant.threads.setStatus": FakeSlack._api_assistant_threads_set_status,
+}
+
+
+def _parse_body(content_type: str, body: bytes) -> dict[str, Any]:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if not body:
+        return {}
+    if kind == "application/json":
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SlackError("invalid_json") from exc
+        if not isinstance(data, dict):
+            raise SlackError("invalid_json")
+        return data
+    if kind == "multipart/form-data":
+        message = BytesParser(policy=HTTP_POLICY).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
+        out: dict[str, Any] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if not name:
+                continue
+            payload = part.get_payload(decode=True) or b""
+            if part.get_filename():
+                out[str(name)] = payload
+            else:
+                out[str(name)] = payload.decode("utf-8", errors="replace")
+        return out
+    return {k: v[-1] for k, v in parse_qs(body.decode("utf-8"), keep_blank_values=True).items()}
+
+
+def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "FakeSlack/1.0"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _send(
+            self, status: int, body: bytes, content_type: str, headers: dict[str, str]
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _send_json(self, status: int, data: dict[str, Any], headers: dict[str, str]) -> None:
+            body = json.dumps(data).encode("utf-8")
+            self._send(status, body, "application/json; charset=utf-8", headers)
+
+        def _read_body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length > 0 else b""
+
+        def _dispatch(self) -> None:
+            parts = urlsplit(self.path)
+            body = self._read_body()
+            if parts.path.startswith("/response/"):
+                if self.command != "POST":
+                    self._send(405, b"method_not_allowed", "text/plain", {})
+                    return
+                status, text = fake._handle_response_url(parts.path[len("/response/") :], body)
+                self._send(status, text.encode(), "text/plain; charset=utf-8", {})
+                return
+            if not parts.path.startswith("/api/"):
+                self._send(404, b"not found", "text/plain", {})
+                return
+            method = parts.path[len("/api/") :].strip("/")
+            params: dict[str, Any] = {
+                k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()
+            }
+            try:
+                params.update(_parse_body(self.headers.get("Content-Type", ""), body))
+            except SlackError as err:
+                self._send_json(200, {"ok": False, "error": err.error}, {})
+                return
+            status, headers, data = fake._handle_api(
+                method, params, self.headers.get("Authorization")
+            )
+            self._send_json(status, data, headers)
+
+        def do_GET(self) -> None:
+            self._dispatch()
+
+        def do_POST(self) -> None:
+            self._dispatch()
+
+    return Handler

@@ -1,0 +1,392 @@
+"""The fake Slack Web API, exercised with a real slack_sdk WebClient over loopback."""
+
+from __future__ import annotations
+
+import json
+import types
+import urllib.request
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import builtin_handlers
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from tests.fakes.slack_api import FakeSlack
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as f:
+        f.add_user("U1", "Alice Archer", "alice")
+        f.add_user("U2", "Bob Baker", "bob")
+        f.add_user("U3", "Carol Chen")
+        f.add_channel("C1", "general", members={"U1", "U2"})
+        yield f
+
+
+@pytest.fixture
+def client(fake: FakeSlack) -> WebClient:
+    return WebClient(token="xoxb-test", base_url=fake.url, timeout=5)
+
+
+def error_of(call) -> SlackApiError:
+    with pytest.raises(SlackApiError) as info:
+        call()
+    return info.value
+
+
+def read_thread(client: WebClient, channel: str, ts: str, limit: int) -> tuple[list[dict], int]:
+    messages: list[dict] = []
+    cursor = None
+    pages = 0
+    while True:
+        resp = client.conversations_replies(channel=channel, ts=ts, limit=limit, cursor=cursor)
+        pages += 1
+        messages.extend(resp["messages"])
+        cursor = resp["response_metadata"]["next_cursor"]
+        assert resp["has_more"] == bool(cursor)
+        if not cursor:
+            return messages, pages
+
+
+def test_auth_test(fake, client):
+    resp = client.auth_test()
+    assert resp["ok"] is True
+    assert resp["url"] == "https://acme.slack.com/"
+    assert resp["team_id"] == "T0001"
+    assert resp["user_id"] == "UBOT"
+    assert resp["bot_id"] == "BBOT"
+    assert resp["is_enterprise_install"] is False
+    assert fake.calls[-1][0] == "auth.test"
+
+
+def test_invalid_token_and_unknown_method(fake):
+    bad = WebClient(token="xoxb-wrong", base_url=fake.url)
+    assert error_of(bad.auth_test).response["error"] == "invalid_auth"
+    good = WebClient(token="xoxb-test", base_url=fake.url)
+    assert error_of(lambda: good.api_call("nope.nothing")).response["error"] == "unknown_method"
+
+
+def test_1500_reply_thread_pages_in_order(fake, client):
+    parent = fake.add_thread("C1", 1500)
+    messages, pages = read_thread(client, "C1", parent, 200)
+    assert pages == 8
+    assert len(messages) == 1501
+    tss = [m["ts"] for m in messages]
+    assert len(set(tss)) == 1501
+    assert tss[0] == parent
+    assert tss == sorted(tss, key=float)
+    assert messages[0]["reply_count"] == 1500
+    assert messages[0]["reply_users_count"] == 2
+    assert messages[0]["latest_reply"] == tss[-1]
+    assert all(m["thread_ts"] == parent for m in messages)
+    assert [m["text"] for m in messages] == [m["text"] for m in fake.thread("C1", parent)]
+    assert all(call["limit"] == "200" for call in fake.calls_to("conversations.replies"))
+
+
+def test_page_shortfall_still_yields_every_message(fake, client):
+    fake.page_shortfall = True
+    parent = fake.add_thread("C1", 1500)
+    first = client.conversations_replies(channel="C1", ts=parent, limit=200)
+    assert len(first["messages"]) == 199 and first["has_more"] is True
+    messages, pages = read_thread(client, "C1", parent, 200)
+    assert pages == 8
+    tss = [m["ts"] for m in messages]
+    assert len(tss) == len(set(tss)) == 1501
+    assert tss == sorted(tss, key=float)
+
+
+def test_sdk_iterates_pages_by_cursor(fake, client):
+    parent = fake.add_thread("C1", 25)
+    seen = [m["ts"] for page in client.conversations_replies(
+        channel="C1", ts=parent, limit=10) for m in page["messages"]]
+    assert len(seen) == 26 and len(set(seen)) == 26
+
+
+def test_oldest_returns_newer_replies_with_parent_first(fake, client):
+    parent = fake.add_thread("C1", 5)
+    thread = fake.thread("C1", parent)
+    cut = thread[3]["ts"]
+    resp = client.conversations_replies(channel="C1", ts=parent, oldest=cut)
+    assert [m["ts"] for m in resp["messages"]] == [parent, thread[4]["ts"], thread[5]["ts"]]
+    resp = client.conversations_replies(channel="C1", ts=parent, oldest=cut, inclusive=True)
+    assert [m["ts"] for m in resp["messages"]] == [parent] + [m["ts"] for m in thread[3:]]
+    resp = client.conversations_replies(channel="C1", ts=parent, latest=thread[2]["ts"])
+    assert [m["ts"] for m in resp["messages"]] == [parent, thread[1]["ts"]]
+
+
+def test_reply_ts_returns_only_that_message(fake, client):
+    parent = fake.add_thread("C1", 3)
+    reply = fake.thread("C1", parent)[2]
+    resp = client.conversations_replies(channel="C1", ts=reply["ts"])
+    assert [m["ts"] for m in resp["messages"]] == [reply["ts"]]
+    assert resp["messages"][0]["thread_ts"] == parent
+
+
+def test_read_errors(fake, client):
+    fake.add_channel("C2", "public-not-joined", members={"U1"}, bot_member=False)
+    fake.add_channel("G1", "private-not-joined", is_private=True, members={"U1"}, bot_member=False)
+    fake.add_channel("D1", "dm", is_im=True, members={"U1"}, bot_member=False)
+    p2 = fake.add_message("C2", "hi")
+    pg = fake.add_message("G1", "secret")
+    pd = fake.add_message("D1", "psst")
+    assert error_of(lambda: client.conversations_replies(channel="C2", ts=p2)).response[
+        "error"] == "not_in_channel"
+    assert error_of(lambda: client.conversations_replies(channel="G1", ts=pg)).response[
+        "error"] == "channel_not_found"
+    assert error_of(lambda: client.conversations_replies(channel="D1", ts=pd)).response[
+        "error"] == "channel_not_found"
+    assert error_of(lambda: client.conversations_replies(channel="C9", ts=p2)).response[
+        "error"] == "channel_not_found"
+    assert error_of(lambda: client.conversations_history(channel="C2")).response[
+        "error"] == "not_in_channel"
+    assert error_of(lambda: client.conversations_info(channel="G1")).response[
+        "error"] == "channel_not_found"
+    assert error_of(lambda: client.conversations_replies(channel="C1", ts="1.000001")).response[
+        "error"] == "thread_not_found"
+    assert error_of(lambda: client.conversations_join(channel="G1")).response[
+        "error"] == "method_not_supported_for_channel_type"
+    joined = client.conversations_join(channel="C2")
+    assert joined["channel"]["is_member"] is True
+    assert client.conversations_replies(channel="C2", ts=p2)["messages"][0]["text"] == "hi"
+
+
+def test_history_is_top_level_newest_first_and_paged(fake, client):
+    a = fake.add_message("C1", "first")
+    parent = fake.add_thread("C1", 3)
+    fake.advance(10)
+    b = fake.add_message("C1", "last")
+    resp = client.conversations_history(channel="C1", limit=2)
+    assert [m["ts"] for m in resp["messages"]] == [b, parent]
+    assert resp["messages"][1]["reply_count"] == 3
+    more = client.conversations_history(
+        channel="C1", limit=2, cursor=resp["response_metadata"]["next_cursor"])
+    assert [m["ts"] for m in more["messages"]] == [a]
+    assert more["has_more"] is False
+
+
+def test_info_and_members(fake, client):
+    info = client.conversations_info(channel="C1")["channel"]
+    assert info["id"] == "C1" and info["name"] == "general"
+    assert info["is_member"] is True and info["is_private"] is False
+    assert info["is_ext_shared"] is False
+    first = client.conversations_members(channel="C1", limit=2)
+    rest = client.conversations_members(
+        channel="C1", limit=2, cursor=first["response_metadata"]["next_cursor"])
+    assert sorted(first["members"] + rest["members"]) == ["U1", "U2", "UBOT"]
+
+
+def test_rate_limit_raises_with_retry_after(fake, client):
+    parent = fake.add_thread("C1", 2)
+    fake.fail_next("conversations.replies", status=429, retry_after=7)
+    err = error_of(lambda: client.conversations_replies(channel="C1", ts=parent))
+    assert err.response.status_code == 429
+    assert err.response["error"] == "ratelimited"
+    assert err.response.headers["Retry-After"] == "7"
+    assert len(client.conversations_replies(channel="C1", ts=parent)["messages"]) == 3
+
+
+def test_rate_limit_retry_handler_succeeds(fake, monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(builtin_handlers, "time", types.SimpleNamespace(sleep=slept.append))
+    client = WebClient(token="xoxb-test", base_url=fake.url,
+                       retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2)])
+    parent = fake.add_thread("C1", 2)
+    fake.fail_next("conversations.replies", status=429, retry_after=0, times=2)
+    resp = client.conversations_replies(channel="C1", ts=parent)
+    assert len(resp["messages"]) == 3
+    assert len(fake.calls_to("conversations.replies")) == 3
+    assert len(slept) == 2 and all(0 <= s < 1 for s in slept)
+
+
+def test_other_injected_failures(fake, client):
+    fake.fail_next("users.info", "internal_error", status=500, times=2)
+    for _ in range(2):
+        err = error_of(lambda: client.users_info(user="U1"))
+        assert err.response.status_code == 500 and err.response["error"] == "internal_error"
+    assert client.users_info(user="U1")["user"]["id"] == "U1"
+
+
+def test_post_message_with_blocks_lands_in_replies(fake, client):
+    parent = fake.add_thread("C1", 2)
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "*answer*"}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "footer"}]},
+    ]
+    resp = client.chat_postMessage(channel="C1", thread_ts=parent, text="answer", blocks=blocks)
+    assert resp["channel"] == "C1"
+    thread = client.conversations_replies(channel="C1", ts=parent)["messages"]
+    assert thread[0]["reply_count"] == 3
+    mine = thread[-1]
+    assert mine["ts"] == resp["ts"] and mine["blocks"] == blocks
+    assert mine["user"] == "UBOT" and mine["bot_id"] == "BBOT"
+    assert fake.posts[-1]["blocks"] == blocks
+    assert fake.posts[-1]["thread_ts"] == parent
+
+
+def test_form_encoded_blocks_are_parsed(fake, client):
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}]
+    client.api_call("chat.postMessage",
+                    params={"channel": "C1", "text": "hi", "blocks": json.dumps(blocks)})
+    assert fake.posts[-1]["blocks"] == blocks
+    assert fake.calls_to("chat.postMessage")[-1]["blocks"] == json.dumps(blocks)
+
+
+def test_get_query_params_are_accepted(fake):
+    req = urllib.request.Request(
+        f"{fake.url}users.info?user=U2", headers={"Authorization": "Bearer xoxb-test"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        body = json.loads(resp.read())
+    assert body["ok"] is True and body["user"]["real_name"] == "Bob Baker"
+    assert fake.calls[-1] == ("users.info", {"user": "U2"})
+
+
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")
+def test_post_message_validation(fake, client):
+    section = {"type": "section", "text": {"type": "mrkdwn", "text": "x"}}
+    cases = [
+        ({"text": "t", "blocks": [section] * 51}, "invalid_blocks"),
+        ({"text": "t", "blocks": [{"type": "section",
+                                   "text": {"type": "mrkdwn", "text": "x" * 3001}}]},
+         "invalid_blocks"),
+        ({"text": "t", "blocks": [{"type": "context",
+                                   "elements": [{"type": "mrkdwn", "text": "e"}] * 11}]},
+         "invalid_blocks"),
+        ({"text": "x" * 40_001}, "msg_too_long"),
+        ({"text": ""}, "no_text"),
+    ]
+    for kwargs, expected in cases:
+        err = error_of(lambda kw=kwargs: client.chat_postMessage(channel="C1", **kw))
+        assert err.response["error"] == expected
+    assert fake.posts == []
+    ok = [section] * 50
+    client.chat_postMessage(channel="C1", text="x" * 40_000, blocks=ok)
+    assert len(fake.posts) == 1
+
+
+def test_post_message_channel_rules(fake, client):
+    fake.add_channel("C2", "outside", members={"U1"}, bot_member=False)
+    fake.add_channel("C3", "old", is_archived=True)
+    assert error_of(lambda: client.chat_postMessage(channel="C9", text="x")).response[
+        "error"] == "channel_not_found"
+    assert error_of(lambda: client.chat_postMessage(channel="C2", text="x")).response[
+        "error"] == "not_in_channel"
+    assert error_of(lambda: client.chat_postMessage(channel="C3", text="x")).response[
+        "error"] == "is_archived"
+    dm = client.chat_postMessage(channel="U1", text="psst")
+    assert dm["channel"] == "DU1"
+    assert fake.posts[-1]["channel"] == "U1"
+    hist = client.conversations_history(channel="DU1")["messages"]
+    assert [m["text"] for m in hist] == ["psst"]
+
+
+def test_post_with_unknown_thread_ts_is_recorded(fake, client):
+    resp = client.chat_postMessage(channel="C1", text="lost", thread_ts="1600000000.000001")
+    assert fake.misthreaded and fake.misthreaded[0]["thread_ts"] == "1600000000.000001"
+    top = client.conversations_history(channel="C1")["messages"]
+    assert top[0]["ts"] == resp["ts"] and "thread_ts" not in top[0]
+
+
+def test_post_ephemeral_rules(fake, client):
+    parent = fake.add_thread("C1", 1)
+    fake.add_channel("C2", "outside", members={"U1"}, bot_member=False)
+    err = error_of(lambda: client.chat_postEphemeral(channel="C1", user="U3", text="x"))
+    assert err.response["error"] == "user_not_in_channel"
+    err = error_of(lambda: client.chat_postEphemeral(channel="C2", user="U1", text="x"))
+    assert err.response["error"] == "not_in_channel"
+    resp = client.chat_postEphemeral(channel="C1", user="U1", text="only you", thread_ts=parent)
+    assert resp["message_ts"]
+    assert fake.ephemerals == [
+        {"channel": "C1", "user": "U1", "text": "only you", "thread_ts": parent}]
+    assert len(client.conversations_replies(channel="C1", ts=parent)["messages"]) == 2
+    err = error_of(lambda: client.chat_update(channel="C1", ts=resp["message_ts"], text="y"))
+    assert err.response["error"] == "message_not_found"
+
+
+def test_update_permalink_reactions_views_status(fake, client):
+    parent = fake.add_thread("C1", 1)
+    reply = fake.thread("C1", parent)[1]["ts"]
+    posted = client.chat_postMessage(channel="C1", text="draft", thread_ts=parent)
+    client.chat_update(channel="C1", ts=posted["ts"], text="final")
+    assert fake.updates[-1]["text"] == "final"
+    last = fake.thread("C1", parent)[-1]
+    assert last["text"] == "final" and last["edited"]["user"] == "UBOT"
+    err = error_of(lambda: client.chat_update(channel="C1", ts=reply, text="hijack"))
+    assert err.response["error"] == "cant_update_message"
+
+    link = client.chat_getPermalink(channel="C1", message_ts=parent)["permalink"]
+    assert link == "https://acme.slack.com/archives/C1/p" + parent.replace(".", "")
+    link = client.chat_getPermalink(channel="C1", message_ts=reply)["permalink"]
+    assert link.endswith(f"/p{reply.replace('.', '')}?thread_ts={parent}&cid=C1")
+
+    client.reactions_add(channel="C1", timestamp=parent, name="eyes")
+    assert fake.reactions[-1]["name"] == "eyes"
+    assert fake.thread("C1", parent)[0]["reactions"][0]["users"] == ["UBOT"]
+
+    client.views_publish(user_id="U1", view={"type": "home", "blocks": []})
+    assert fake.views[-1]["view"]["type"] == "home"
+
+    client.assistant_threads_setStatus(channel_id="C1", thread_ts=parent, status="thinking")
+    assert fake.statuses[-1]["status"] == "thinking"
+
+
+def test_users_info(fake, client):
+    user = client.users_info(user="U1")["user"]
+    assert user["id"] == "U1" and user["team_id"] == "T0001"
+    assert user["real_name"] == "Alice Archer"
+    assert user["profile"]["display_name"] == "alice"
+    assert user["deleted"] is False and user["is_bot"] is False
+    assert error_of(lambda: client.users_info(user="U404")).response["error"] == "user_not_found"
+
+
+def test_response_url_records_and_allows_five_uses(fake):
+    url = fake.response_url()
+    assert url.startswith(f"{fake.base}/response/")
+    assert fake.response_url() != url
+    with httpx.Client(timeout=5) as http:
+        for i in range(5):
+            r = http.post(url, json={"text": f"update {i}", "response_type": "ephemeral"})
+            assert r.status_code == 200
+        r = http.post(url, json={"text": "one too many"})
+        assert r.status_code == 404 and r.text == "used_url"
+    assert [r["text"] for r in fake.responses] == [f"update {i}" for i in range(5)]
+    assert all(r["_url"] == url for r in fake.responses)
+
+
+def test_message_shape_edits_deletes_and_isolation(fake, client):
+    parent = fake.add_message("C1", "look", user="U1",
+                              files=[{"id": "F1", "name": "plan.pdf"}], edited=True)
+    r1 = fake.add_message("C1", "reply", user="U2", thread_ts=parent)
+    bot_msg = fake.add_message("C1", "beep", user=None, bot_id="BX", subtype="bot_message")
+    msgs = client.conversations_replies(channel="C1", ts=parent)["messages"]
+    assert msgs[0]["files"][0] == {"id": "F1", "name": "plan.pdf", "title": "plan.pdf",
+                                   "filetype": "pdf", "pretty_type": "PDF",
+                                   "mimetype": "application/pdf"}
+    assert msgs[0]["edited"]["user"] == "U1" and msgs[0]["team"] == "T0001"
+    assert msgs[1]["thread_ts"] == parent
+    top = client.conversations_history(channel="C1")["messages"]
+    assert top[0]["ts"] == bot_msg and "user" not in top[0] and top[0]["bot_id"] == "BX"
+
+    fake.edit_message("C1", r1, "reply, edited")
+    assert fake.thread("C1", parent)[1]["text"] == "reply, edited"
+    assert "edited" in fake.thread("C1", parent)[1]
+
+    copy_ = fake.thread("C1", parent)
+    copy_[0]["files"][0]["name"] = "mutated"
+    assert fake.thread("C1", parent)[0]["files"][0]["name"] == "plan.pdf"
+
+    fake.delete_message("C1", r1)
+    assert [m["ts"] for m in fake.thread("C1", parent)] == [parent]
+    assert "reply_count" not in fake.thread("C1", parent)[0]
+
+
+def test_minted_ts_strictly_increase_and_follow_the_clock(fake):
+    a = fake.add_message("C1", "a")
+    b = fake.add_message("C1", "b")
+    assert a == "1700000000.000000" and float(b) > float(a)
+    fake.advance(60)
+    c = fake.add_message("C1", "c")
+    assert c == "1700000060.000000"
