@@ -95,9 +95,15 @@ class Bot:
         self.model = model
         self.server = waitress.create_server(app.wsgi(), host="127.0.0.1", port=0, threads=4)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
-        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
         self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def _serve(self) -> None:
+        try:
+            self.server.run()
+        except OSError:  # the listening socket closed under the poll loop: we are stopping
+            pass
 
     def close(self) -> None:
         self.http.close()
@@ -182,9 +188,8 @@ class Bot:
         assert self.app.executor.wait_idle(timeout=60), "background work did not finish"
 
     def posts_in(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
-        return [
-            p for p in self.slack.posts if p["channel"] == channel and p.get("thread_ts") == thread_ts
-        ]
+        posts = self.slack.posts
+        return [p for p in posts if p["channel"] == channel and p.get("thread_ts") == thread_ts]
 
 
 @pytest.fixture
@@ -192,8 +197,9 @@ def make_bot(slack, model, database_url, engine) -> Iterator[Any]:
     bots: list[Bot] = []
 
     def factory(**settings_extra: Any) -> Bot:
-        settings: Settings = make_settings(slack, model, database_url, **settings_extra)
-        app = create_app(settings, engine=make_engine(database_url))
+        url = settings_extra.pop("database_url", database_url)
+        settings: Settings = make_settings(slack, model, url, **settings_extra)
+        app = create_app(settings, engine=make_engine(url))
         bot = Bot(app, slack, model)
         bots.append(bot)
         return bot
