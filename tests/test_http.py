@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Bot
+from tests.harness import Bot
 
 
 def test_healthz_ok(bot: Bot):

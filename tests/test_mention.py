@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 from sqlalchemy import func, select
 
@@ -262,3 +263,32 @@ def test_not_in_channel_gets_an_actionable_message(bot, slack, model):
     assert model.requests == []
     told = [p for p in slack.posts if p["channel"].startswith("D") or p["channel"] == "U1"]
     assert len(told) == 1 and "/invite" in told[0]["text"]
+
+
+def test_ack_does_not_wait_for_the_model(bot, slack, model):
+    parent = slack.add_thread("C1", 5)
+    model.gate = threading.Event()
+    _, resp = bot.mention("C1", "summarize", thread_ts=parent, wait=False)
+    # Slack got its 200 while the model has not answered anything yet
+    assert resp.status_code == 200
+    assert model.usages == [] and bot.posts_in("C1", parent) == []
+    model.gate.set()
+    bot.wait()
+    assert len(bot.posts_in("C1", parent)) == 1
+
+
+def test_edits_and_deletions_show_in_current_form(bot, slack, model):
+    parent = slack.add_thread("C1", 4, text_fn=lambda i: f"original {i}")
+    replies = [m["ts"] for m in slack.thread("C1", parent)[1:]]
+    slack.edit_message("C1", replies[0], "edited text")
+    slack.delete_message("C1", replies[1])
+    bot.mention("C1", "summarize", thread_ts=parent)
+    texts = " ".join(b["text"] for b in model.requests[0]["body"]["messages"][0]["content"])
+    assert "edited text" in texts and "original 1" not in texts and "original 2" not in texts
+
+
+def test_private_channel_member_bot_answers(bot, slack, model):
+    slack.add_channel("G1", "private-team", is_private=True, members={"U1", "U2"})
+    parent = slack.add_thread("G1", 5)
+    bot.mention("G1", "summarize", thread_ts=parent)
+    assert len(bot.posts_in("G1", parent)) == 1

@@ -390,6 +390,8 @@ class FakeMessagesAPI:
         self.usage_style = "anthropic"
         self.min_cacheable: dict[str, int] = dict(DEFAULT_MIN_CACHEABLE)
         self.reject_models: set[str] = set()
+        # When set, every request waits for this event before it is answered (a slow model).
+        self.gate: threading.Event | None = None
         self._now = float(start_time)
         self._lock = threading.RLock()
         self._cache: dict[str, _Entry] = {}
@@ -780,6 +782,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError):
             body = None
         fake = self.fake
+        gate = fake.gate
+        if gate is not None:
+            gate.wait(timeout=60)
 
         failure = fake._pop_failure()
         if failure is not None:
