@@ -29,6 +29,7 @@ from bot.llm import MessagesClient
 from bot.service import AnswerService
 from bot.store import data
 from bot.store.db import make_engine, make_session_factory, ping
+from bot.summaries import SummaryService
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def create_app(
     slack_client: WebClient | None = None,
     llm: MessagesClient | None = None,
     engine: Engine | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> BotApp:
     """Build the bot. Pass clients or an engine to replace the ones settings would make."""
     engine = engine or make_engine(settings.database_url)
@@ -160,7 +162,8 @@ def create_app(
     )
     bolt.middleware(_dedupe_events(sessions))
     service = AnswerService(settings=settings, client=client, llm=llm, sessions=sessions)
-    listeners.register(bolt, service)
+    summaries = SummaryService(service, client, sessions, clock=clock)
+    listeners.register(bolt, service, summaries)
     return BotApp(settings, bolt, engine, sessions, service, llm, executor)
 
 

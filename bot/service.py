@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -66,6 +67,28 @@ SLACK_READ_MESSAGES = {
 _UNDELIVERABLE = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
 
 
+def llm_error_text(exc: LLMError) -> str:
+    """What to tell the user about a failed model call."""
+    return "Sorry, " + LLM_MESSAGES.get(exc.kind, _DEFAULT_LLM_MESSAGE)
+
+
+def read_error_text(error: str, bot_user_id: str) -> str:
+    """What to tell the user when Slack refused a read."""
+    text = SLACK_READ_MESSAGES.get(
+        error, "Slack wouldn't let me read this conversation ({error}). Please try again."
+    )
+    return text.format(bot=bot_user_id, error=error)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A completed model call: the answer, its footer line and its ledger row."""
+
+    completion: Completion
+    footer: str
+    usage_id: int
+
+
 @dataclass(frozen=True)
 class ThreadRequest:
     """Somebody asked about a thread: where, who, and what."""
@@ -105,6 +128,10 @@ class AnswerService:
             self._resolvers[team_id] = NameResolver(self._client, self._sessions, team_id)
         return self._resolvers[team_id]
 
+    def display_name(self, team_id: str, user_id: str) -> str:
+        """A user's display name (cached)."""
+        return self._names(team_id).name(user_id)
+
     def answer(self, req: ThreadRequest) -> None:
         """Answer `req` in its thread; every failure ends as one short message to the user."""
         try:
@@ -123,15 +150,41 @@ class AnswerService:
         try:
             messages = fetch_thread(self._client, req.channel_id, req.thread_ts)
         except ThreadReadError as exc:
-            log.warning("reading thread %s/%s failed: %s", req.channel_id, req.thread_ts, exc.error)
-            text = SLACK_READ_MESSAGES.get(
-                exc.error, "Slack wouldn't let me read this thread ({error}). Please try again."
-            )
+            log.warning("reading %s/%s failed: %s", req.channel_id, req.thread_ts, exc.error)
             self._record_failure(req, f"slack_{exc.error}", started)
-            self.tell(req, text.format(bot=req.bot_user_id, error=exc.error))
+            self.tell(req, read_error_text(exc.error, req.bot_user_id))
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
-        turns = render_thread(before, names, bot_user_id=req.bot_user_id, bot_id=req.bot_id)
+        request = clean_request(req.text, names, req.bot_user_id)
+        try:
+            done = self.complete(req, before, request, seen=messages, started=started)
+        except LLMError as exc:
+            self.tell(req, llm_error_text(exc))
+            return
+        outcome = self._post_answer(req, done.completion, done.footer)
+        if outcome != "ok":
+            with self._sessions.begin() as s:
+                data.set_outcome(s, done.usage_id, outcome)
+
+    def complete(
+        self,
+        req: ThreadRequest,
+        messages: list[dict[str, Any]],
+        request: str,
+        *,
+        seen: list[dict[str, Any]] | None = None,
+        started: float | None = None,
+        recap: bool = False,
+    ) -> Done:
+        """Render `messages`, call the model with the thread's cache state, record state and usage.
+
+        Raises LLMError after recording the failure; the caller tells the user.
+        """
+        started = time.monotonic() if started is None else started
+        names = self._names(req.team_id)
+        turns = render_thread(
+            messages, names, bot_user_id=req.bot_user_id, bot_id=req.bot_id, recap=recap
+        )
         with self._sessions() as s:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
             prior = (
@@ -142,7 +195,7 @@ class AnswerService:
         built = build_request(
             model=self._settings.anthropic_model,
             turns=turns,
-            request=clean_request(req.text, names, req.bot_user_id),
+            request=request,
             requester=names.name(req.user_id),
             prior=prior,
             ttl=self._settings.cache_ttl,
@@ -154,33 +207,33 @@ class AnswerService:
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self._record_failure(req, exc.kind, started)
-            self.tell(req, "Sorry, " + LLM_MESSAGES.get(exc.kind, _DEFAULT_LLM_MESSAGE))
-            return
+            raise
         latency_ms = int((time.monotonic() - started) * 1000)
-        outcome = self._post_answer(req, completion)
+        seen = messages if seen is None else seen
         now = self._clock()
+        usage = completion.usage
         with self._sessions.begin() as s:
             state = data.get_or_create_thread(s, req.team_id, req.channel_id, req.thread_ts)
-            state.messages_seen = len(messages)
-            state.last_message_ts = messages[-1]["ts"] if messages else None
+            state.messages_seen = len(seen)
+            state.last_message_ts = seen[-1]["ts"] if seen else None
             state.last_request_at = now
             state.requests = (state.requests or 0) + 1
             if built.boundary_ts is not None:
                 state.cache_boundary_ts = built.boundary_ts
                 state.cache_prefix_digest = built.digest
                 state.cache_prefix_tokens = (
-                    completion.usage.cache_read_tokens + completion.usage.cache_creation_tokens
+                    usage.cache_read_tokens + usage.cache_creation_tokens
                 ) or built.prefix_tokens
                 state.cache_ttl = self._settings.cache_ttl
-                if completion.usage.cache_creation_tokens or completion.usage.cache_read_tokens:
+                if usage.cache_creation_tokens or usage.cache_read_tokens:
                     state.cache_written_at = now
-            data.add_usage(
-                s,
-                self._usage_row(req, completion.model, completion.usage, latency_ms, outcome, now),
-            )
+            row = self._usage_row(req, completion.model, usage, latency_ms, "ok", now)
+            data.add_usage(s, row)
+            s.flush()
+            usage_id = row.id
+        return Done(completion, footer_line(usage, completion.model), usage_id)
 
-    def _post_answer(self, req: ThreadRequest, completion: Completion) -> str:
-        footer = footer_line(completion.usage, completion.model)
+    def _post_answer(self, req: ThreadRequest, completion: Completion, footer: str) -> str:
         outgoing = build_messages(completion.text, footer)
         for part in outgoing:
             try:

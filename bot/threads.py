@@ -161,9 +161,17 @@ def _strip_footer(text: str) -> str:
 
 
 def render_thread(
-    messages: list[dict[str, Any]], names: NameResolver, *, bot_user_id: str, bot_id: str | None
+    messages: list[dict[str, Any]],
+    names: NameResolver,
+    *,
+    bot_user_id: str,
+    bot_id: str | None,
+    recap: bool = False,
 ) -> list[Turn]:
-    """Render messages as transcript turns; the same messages always give the same bytes."""
+    """Render messages as transcript turns; the same messages always give the same bytes.
+
+    With `recap`, replies say which thread they belong to (a channel's messages interleave).
+    """
     users = {m["user"] for m in messages if m.get("user") and not m.get("bot_id")}
     for m in messages:
         users.update(u for u, _ in _USER_REF.findall(m.get("text") or ""))
@@ -188,9 +196,16 @@ def render_thread(
         for f in m.get("files") or []:
             kind = f.get("pretty_type") or f.get("filetype") or "file"
             body += f"\n[file: {f.get('name') or f.get('title') or 'unnamed'} ({kind})]"
-        stamp = datetime.fromtimestamp(float(m["ts"]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = _stamp(m["ts"])
+        parent = m.get("thread_ts")
+        if recap and parent and parent != m["ts"]:
+            author += f" (reply in the thread started {_stamp(parent)})"
         turns.append(Turn(ts=m["ts"], text=f"[{stamp}] {author}: {body.strip()}", own=own))
     return turns
+
+
+def _stamp(ts: str) -> str:
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def clean_request(text: str, names: NameResolver, bot_user_id: str) -> str:

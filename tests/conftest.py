@@ -4,6 +4,7 @@ servers on loopback, and the bot itself served over HTTP by waitress."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,8 +67,9 @@ def make_bot(slack, model, database_url, engine) -> Iterator[Any]:
 
     def factory(**settings_extra: Any) -> Bot:
         url = settings_extra.pop("database_url", database_url)
+        clock = settings_extra.pop("clock", time.time)
         settings: Settings = make_settings(slack, model, url, **settings_extra)
-        app = create_app(settings, engine=make_engine(url))
+        app = create_app(settings, engine=make_engine(url), clock=clock)
         bot = Bot(app, slack, model)
         bots.append(bot)
         return bot

@@ -100,9 +100,7 @@ class Bot:
             "type": "event_callback",
             "event_id": event_id or f"Ev{next(self._ids):08d}",
             "event_time": int(time.time()),
-            "authorizations": [
-                {"team_id": self.slack.team_id, "user_id": "UBOT", "is_bot": True}
-            ],
+            "authorizations": [{"team_id": self.slack.team_id, "user_id": "UBOT", "is_bot": True}],
         }
         headers = {}
         if retry_num is not None:
@@ -143,3 +141,95 @@ class Bot:
     def posts_in(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         posts = self.slack.posts
         return [p for p in posts if p["channel"] == channel and p.get("thread_ts") == thread_ts]
+
+
+class SlackUI:
+    """What a person does in Slack, sent to the bot as Slack would send it."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self.slack = bot.slack
+
+    def command(
+        self, text: str, *, channel: str = "C1", user: str = "U1", wait: bool = True
+    ) -> tuple[Any, str]:
+        url = self.slack.response_url()
+        resp = self.bot.form(
+            {
+                "token": "legacy",
+                "team_id": self.slack.team_id,
+                "team_domain": "acme",
+                "channel_id": channel,
+                "channel_name": "general",
+                "user_id": user,
+                "user_name": "someone",
+                "command": "/summarize",
+                "text": text,
+                "api_app_id": "A0001",
+                "is_enterprise_install": "false",
+                "response_url": url,
+                "trigger_id": "1.2.3",
+            }
+        )
+        if wait:
+            self.bot.wait()
+        return resp, url
+
+    def responses(self, url: str) -> list[dict[str, Any]]:
+        return [r for r in self.slack.responses if r["_url"] == url]
+
+    def shortcut(
+        self, channel: str, message_ts: str, thread_ts: str | None = None, *, user: str = "U1"
+    ) -> tuple[Any, str]:
+        url = self.slack.response_url()
+        message: dict[str, Any] = {
+            "type": "message",
+            "ts": message_ts,
+            "user": "U2",
+            "text": "something",
+        }
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        payload = {
+            "type": "message_action",
+            "callback_id": "summarize_thread",
+            "trigger_id": "1.2.3",
+            "team": {"id": self.slack.team_id, "domain": "acme"},
+            "user": {"id": user, "name": "someone", "team_id": self.slack.team_id},
+            "channel": {"id": channel, "name": "general"},
+            "message_ts": message_ts,
+            "message": message,
+            "response_url": url,
+            "token": "legacy",
+            "api_app_id": "A0001",
+            "is_enterprise_install": False,
+        }
+        resp = self.bot.form({"payload": json.dumps(payload)})
+        self.bot.wait()
+        return resp, url
+
+    def click(self, value: str, *, user: str = "U1", channel: str = "C1") -> tuple[Any, str]:
+        url = self.slack.response_url()
+        payload = {
+            "type": "block_actions",
+            "trigger_id": "1.2.3",
+            "api_app_id": "A0001",
+            "team": {"id": self.slack.team_id, "domain": "acme"},
+            "user": {"id": user, "username": "someone", "team_id": self.slack.team_id},
+            "channel": {"id": channel, "name": "general"},
+            "container": {"type": "message", "is_ephemeral": True},
+            "response_url": url,
+            "token": "legacy",
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": "share_summary",
+                    "block_id": "b",
+                    "value": value,
+                    "action_ts": "1700000000.1",
+                }
+            ],
+        }
+        resp = self.bot.form({"payload": json.dumps(payload)})
+        self.bot.wait()
+        return resp, url

@@ -43,3 +43,18 @@ def test_request_urls_point_at_the_events_path():
     assert manifest["settings"]["event_subscriptions"]["request_url"].endswith("/slack/events")
     for command in manifest["features"]["slash_commands"]:
         assert command["url"].endswith("/slack/events")
+
+
+def test_declared_command_and_shortcut_are_handled(bot, slack):
+    from tests.harness import SlackUI
+
+    ui = SlackUI(bot)
+    for command in load()["features"]["slash_commands"]:
+        assert command["command"] == "/summarize"
+        resp, _ = ui.command("help")
+        assert resp.status_code == 200 and "/summarize" in resp.text
+    for shortcut in load()["features"]["shortcuts"]:
+        assert shortcut["callback_id"] == "summarize_thread" and shortcut["type"] == "message"
+        parent = slack.add_thread("C1", 1)
+        resp, _ = ui.shortcut("C1", parent)
+        assert resp.status_code == 200

@@ -78,6 +78,13 @@ def add_usage(session: Session, record: UsageRecord) -> None:
     session.add(record)
 
 
+def set_outcome(session: Session, usage_id: int, outcome: str) -> None:
+    """Change the outcome of a ledger row (e.g. the answer could not be posted)."""
+    row = session.get(UsageRecord, usage_id)
+    if row is not None:
+        row.outcome = outcome
+
+
 def get_user_names(
     session: Session, team_id: str, user_ids: set[str], *, fresh_after: datetime
 ) -> dict[str, str]:

@@ -96,3 +96,20 @@ class SlackUser(Base):
     name: Mapped[str] = mapped_column(Text)
     is_bot: Mapped[bool] = mapped_column(default=False)
     fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Summary(Base):
+    """A summary shown privately to its requester, kept so a button can post it for everyone."""
+
+    __tablename__ = "summary"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str | None] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    footer: Mapped[str | None] = mapped_column(Text)
+    shared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
