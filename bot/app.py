@@ -161,7 +161,9 @@ def create_app(
         logger=logging.getLogger("bot.bolt"),
     )
     bolt.middleware(_dedupe_events(sessions))
-    service = AnswerService(settings=settings, client=client, llm=llm, sessions=sessions)
+    service = AnswerService(
+        settings=settings, client=client, llm=llm, sessions=sessions, clock=clock
+    )
     summaries = SummaryService(service, client, sessions, clock=clock)
     listeners.register(bolt, service, summaries)
     return BotApp(settings, bolt, engine, sessions, service, llm, executor)

@@ -114,7 +114,7 @@ class AnswerService:
         client: WebClient,
         llm: MessagesClient,
         sessions: sessionmaker[Session],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._client = client
@@ -122,6 +122,10 @@ class AnswerService:
         self._sessions = sessions
         self._clock = clock
         self._resolvers: dict[str, NameResolver] = {}
+
+    def now(self) -> datetime:
+        """The current time (UTC) from the injected clock."""
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     def _names(self, team_id: str) -> NameResolver:
         if team_id not in self._resolvers:
@@ -210,7 +214,7 @@ class AnswerService:
             raise
         latency_ms = int((time.monotonic() - started) * 1000)
         seen = messages if seen is None else seen
-        now = self._clock()
+        now = self.now()
         usage = completion.usage
         with self._sessions.begin() as s:
             state = data.get_or_create_thread(s, req.team_id, req.channel_id, req.thread_ts)
@@ -321,7 +325,7 @@ class AnswerService:
         )
 
     def _record_failure(self, req: ThreadRequest, outcome: str, started: float) -> None:
-        now = self._clock()
+        now = self.now()
         latency_ms = int((time.monotonic() - started) * 1000)
         with self._sessions.begin() as s:
             data.add_usage(
