@@ -41,7 +41,21 @@ class Settings(BaseSettings):
     context_budget_tokens: int = Field(
         150_000, ge=2_000, description="Largest prompt (estimated tokens) sent for one thread."
     )
-    cache_ttl: str = Field("5m", description="Prompt cache TTL: 5m or 1h.")
+    cache_ttl: str = Field(
+        "auto",
+        description="Prompt cache TTL: auto (chosen per thread from its rhythm), 5m, 1h, or off.",
+    )
+    cache_min_tokens: str = Field(
+        "",
+        description="Overrides of the minimum cacheable prompt per model prefix, e.g. "
+        "`claude-sonnet-4-6=2048,my-relay-model=1024`.",
+    )
+    message_retention_days: int = Field(
+        30, ge=1, description="Stored message text of threads idle this long is deleted."
+    )
+    full_reread_hours: float = Field(
+        24.0, gt=0, description="Re-read a whole thread after this long (catches missed edits)."
+    )
     database_url: str = Field(
         "sqlite:///bot.db", description="SQLAlchemy URL; an SQLite file by default."
     )
@@ -55,9 +69,27 @@ class Settings(BaseSettings):
     @field_validator("cache_ttl")
     @classmethod
     def _ttl(cls, value: str) -> str:
-        if value not in ("5m", "1h"):
-            raise ValueError("must be 5m or 1h")
+        if value not in ("auto", "5m", "1h", "off"):
+            raise ValueError("must be auto, 5m, 1h or off")
         return value
+
+    @field_validator("cache_min_tokens")
+    @classmethod
+    def _floors(cls, value: str) -> str:
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            prefix, _, number = item.partition("=")
+            if not prefix.strip() or not number.strip().isdigit():
+                raise ValueError("must look like model-prefix=1024,other-prefix=2048")
+        return value
+
+    @property
+    def cache_floors(self) -> dict[str, int]:
+        """CACHE_MIN_TOKENS as a dict of model prefix -> minimum tokens."""
+        out = {}
+        for item in filter(None, (p.strip() for p in self.cache_min_tokens.split(","))):
+            prefix, _, number = item.partition("=")
+            out[prefix.strip()] = int(number)
+        return out
 
     @field_validator("slack_bot_token")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,15 @@ class PriorCache:
 
     boundary_ts: str
     digest: str
+    ttl: str = "5m"
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """Turns 1..upto-1 replaced by a stored summary (the root, turn 0, is always kept)."""
+
+    upto: int
+    summary: str
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,13 @@ class Built:
     prefix_tokens: int
     estimated_tokens: int
     omitted: int
+    write_ttl: str | None = None
+    read_prior: bool = False
+    new_tokens: int = 0
     breakpoints: list[str] = field(default_factory=list)
+
+
+TtlChooser = Callable[[int, int], "str | None"]
 
 
 def _seed(model: str) -> str:
@@ -67,13 +82,36 @@ def _chain(previous: str, text: str) -> str:
     return hashlib.sha256(f"{previous}\x00{text}".encode()).hexdigest()
 
 
-def _trim(turns: Sequence[Turn], budget: int) -> tuple[list[str], list[str], int]:
-    """Kept block texts, their ts ('' for the omission note), and how many turns were omitted."""
+def transcript_digest(model: str, texts: Sequence[str]) -> str:
+    """The chained digest after `texts` (what PriorCache.digest stores)."""
+    digest = _seed(model)
+    for t in texts:
+        digest = _chain(digest, t)
+    return digest
+
+
+def compaction_block(summary: str, count: int) -> str:
+    """The block that stands for compacted messages."""
+    return f"[Summary of the {count} messages after the first one, written earlier]\n{summary}"
+
+
+def _layout(
+    turns: Sequence[Turn], budget: int, compacted: Compacted | None, scale: float
+) -> tuple[list[str], list[str], int]:
+    """Kept block texts, their ts ('' for a synthetic block), and how many turns were left out."""
     texts = [t.text for t in turns]
-    costs = [estimate_tokens(t) for t in texts]
+    stamps = [t.ts for t in turns]
+    if compacted is not None and 1 < compacted.upto < len(turns):
+        block = compaction_block(compacted.summary, compacted.upto - 1)
+        return (
+            [texts[0], block, *texts[compacted.upto :]],
+            [stamps[0], "", *stamps[compacted.upto :]],
+            compacted.upto - 1,
+        )
+    costs = [estimate_tokens(t) * scale for t in texts]
     if sum(costs) <= budget or len(turns) <= 2:
-        return texts, [t.ts for t in turns], 0
-    suffix = [0] * (len(costs) + 1)
+        return texts, stamps, 0
+    suffix = [0.0] * (len(costs) + 1)
     for i in range(len(costs) - 1, -1, -1):
         suffix[i] = suffix[i + 1] + costs[i]
     room = budget - costs[0] - 20
@@ -85,9 +123,7 @@ def _trim(turns: Sequence[Turn], budget: int) -> tuple[list[str], list[str], int
         start += 1  # only when even the newest step is too large
     omitted = start - 1
     note = f"[{omitted} earlier messages of this thread are omitted here for length]"
-    kept = [texts[0], note, *texts[start:]]
-    stamps = [turns[0].ts, "", *[t.ts for t in turns[start:]]]
-    return kept, stamps, omitted
+    return [texts[0], note, *texts[start:]], [stamps[0], "", *stamps[start:]], omitted
 
 
 def build_request(
@@ -97,38 +133,53 @@ def build_request(
     request: str,
     requester: str = "",
     prior: PriorCache | None,
-    ttl: str = "5m",
+    ttl: str | None | TtlChooser = "5m",
     max_tokens: int = 2048,
     budget_tokens: int = 150_000,
+    compacted: Compacted | None = None,
+    scale: float = 1.0,
 ) -> Built:
     """The request body: system, transcript blocks (cached prefix), then the uncached request.
 
-    Breakpoints: the end of this transcript (written now) and, when still present and unchanged,
-    the boundary the previous request wrote (read back even after more than 20 new blocks).
+    Breakpoints: the end of this transcript (written now, with `ttl`, or a TTL chosen by
+    calling `ttl(new_tokens, prefix_tokens)`; None writes nothing) and, when still present and
+    unchanged, the boundary the previous request wrote (read back even after more than 20 new
+    blocks). 1-hour breakpoints never follow 5-minute ones.
     """
-    texts, stamps, omitted = _trim(turns, budget_tokens)
+    texts, stamps, omitted = _layout(turns, budget_tokens, compacted, scale)
     blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in texts]
     digest = _seed(model)
     digests = []
     for t in texts:
         digest = _chain(digest, t)
         digests.append(digest)
+    costs = [int(estimate_tokens(t) * scale) for t in texts]
+    system_tokens = int(estimate_tokens(SYSTEM_PROMPT) * scale)
+    prefix_tokens = system_tokens + sum(costs)
+    matched = -1
+    if prior is not None and blocks:
+        for i in range(len(blocks) - 1, -1, -1):
+            if stamps[i] == prior.boundary_ts:
+                if digests[i] == prior.digest:
+                    matched = i
+                break
+    new_tokens = sum(costs[matched + 1 :]) + (system_tokens if matched < 0 else 0)
+    write_ttl = ttl(new_tokens, prefix_tokens) if callable(ttl) else ttl
     breakpoints: list[str] = []
-    cache_control: dict[str, str] = {"type": "ephemeral"}
-    if ttl != "5m":
-        cache_control["ttl"] = ttl
     boundary_ts = digest_out = None
-    prefix_tokens = estimate_tokens(SYSTEM_PROMPT) + sum(estimate_tokens(t) for t in texts)
-    if blocks:
-        if prior is not None:
-            for i in range(len(blocks) - 2, -1, -1):
-                if stamps[i] == prior.boundary_ts:
-                    if digests[i] == prior.digest:
-                        blocks[i]["cache_control"] = dict(cache_control)
-                        breakpoints.append(f"block {i}: previous cache write (read)")
-                    break
-        blocks[-1]["cache_control"] = dict(cache_control)
-        breakpoints.append(f"block {len(blocks) - 1}: end of transcript (write, ttl {ttl})")
+    if blocks and matched >= 0 and matched != len(blocks) - 1:
+        read_ttl = prior.ttl if prior is not None else "5m"
+        if write_ttl == "1h":
+            read_ttl = "1h"  # a 1h breakpoint may not follow a 5m one
+        blocks[matched]["cache_control"] = _control(read_ttl)
+        breakpoints.append(f"block {matched}: previous cache write (read, ttl {read_ttl})")
+    if blocks and write_ttl is not None:
+        blocks[-1]["cache_control"] = _control(write_ttl)
+        breakpoints.append(f"block {len(blocks) - 1}: end of transcript (write, ttl {write_ttl})")
+        boundary_ts, digest_out = stamps[-1], digests[-1]
+    elif blocks and matched == len(blocks) - 1:
+        blocks[-1]["cache_control"] = _control(prior.ttl if prior else "5m")
+        breakpoints.append(f"block {matched}: previous cache write (read; nothing new)")
         boundary_ts, digest_out = stamps[-1], digests[-1]
     request_text = request.strip() or "Summarize this thread."
     who = f" from {requester}" if requester else ""
@@ -146,5 +197,12 @@ def build_request(
         prefix_tokens=prefix_tokens,
         estimated_tokens=prefix_tokens + estimate_tokens(blocks[-1]["text"]),
         omitted=omitted,
+        write_ttl=write_ttl if blocks[:-1] else None,
+        read_prior=matched >= 0,
+        new_tokens=new_tokens,
         breakpoints=breakpoints,
     )
+
+
+def _control(ttl: str) -> dict[str, str]:
+    return {"type": "ephemeral"} if ttl == "5m" else {"type": "ephemeral", "ttl": ttl}

@@ -6,30 +6,34 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.compaction import Compactor
 from bot.config import Settings
+from bot.engine import Rhythm, choose_ttl
 from bot.llm import Completion, LLMError, MessagesClient
-from bot.pricing import Usage, cost, price_for, savings
+from bot.pricing import Usage, cache_floor, cost, price_for, savings
 from bot.prompt import PriorCache, build_request
 from bot.replies import build_messages, footer_line, neutralise_pings
 from bot.store import data
-from bot.store.models import UsageRecord
+from bot.store.models import ThreadState, UsageRecord
 from bot.threads import (
     NameResolver,
+    ThreadReader,
     ThreadReadError,
     clean_request,
-    fetch_thread,
     render_thread,
     ts_key,
 )
 
 log = logging.getLogger(__name__)
+
+TTL_SECONDS = {"5m": 300, "1h": 3600}
 
 LLM_MESSAGES = {
     "auth": "the model endpoint rejected the API key. An admin needs to check `ANTHROPIC_API_KEY`.",
@@ -122,6 +126,11 @@ class AnswerService:
         self._sessions = sessions
         self._clock = clock
         self._resolvers: dict[str, NameResolver] = {}
+        self._scale: dict[str, float] = {}
+        self._warned_no_cache: set[str] = set()
+        self.reader = ThreadReader(
+            client, sessions, full_every=timedelta(hours=settings.full_reread_hours)
+        )
 
     def now(self) -> datetime:
         """The current time (UTC) from the injected clock."""
@@ -152,7 +161,7 @@ class AnswerService:
         started = time.monotonic()
         names = self._names(req.team_id)
         try:
-            messages = fetch_thread(self._client, req.channel_id, req.thread_ts)
+            messages = self.reader.read(req.team_id, req.channel_id, req.thread_ts, self.now())
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", req.channel_id, req.thread_ts, exc.error)
             self._record_failure(req, f"slack_{exc.error}", started)
@@ -186,25 +195,59 @@ class AnswerService:
         """
         started = time.monotonic() if started is None else started
         names = self._names(req.team_id)
+        model = self._settings.anthropic_model
         turns = render_thread(
             messages, names, bot_user_id=req.bot_user_id, bot_id=req.bot_id, recap=recap
         )
+        now = self.now()
         with self._sessions() as s:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
-            prior = (
-                PriorCache(state.cache_boundary_ts, state.cache_prefix_digest)
-                if state and state.cache_boundary_ts and state.cache_prefix_digest
-                else None
+            last_at = data.as_utc(state.last_request_at) if state else None
+            gap = (now - last_at).total_seconds() if last_at else None
+            rhythm = (
+                Rhythm(
+                    state.requests or 0,
+                    state.gaps or 0,
+                    state.gaps_within_5m or 0,
+                    state.gaps_within_1h or 0,
+                )
+                if state
+                else Rhythm()
             )
+            prior = self._alive_prior(state, now)
+        scale = self._scale.get(model, 1.0)
+        try:
+            compacted = self._compactor(req).compacted(
+                req.team_id, req.channel_id, req.thread_ts, turns, scale, now
+            )
+        except LLMError as exc:
+            log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
+            self._record_failure(req, exc.kind, started)
+            raise
+        rhythm = rhythm.after_gap(gap)
+        choice: dict[str, Any] = {}
+
+        def decide(new_tokens: int, prefix_tokens: int) -> str | None:
+            picked = choose_ttl(
+                rhythm,
+                new_tokens=new_tokens,
+                prefix_tokens=prefix_tokens,
+                mode=self._settings.cache_ttl,
+            )
+            choice["costs"] = picked.costs
+            return picked.ttl
+
         built = build_request(
-            model=self._settings.anthropic_model,
+            model=model,
             turns=turns,
             request=request,
             requester=names.name(req.user_id),
             prior=prior,
-            ttl=self._settings.cache_ttl,
+            ttl=decide,
             max_tokens=self._settings.max_output_tokens,
             budget_tokens=self._settings.context_budget_tokens,
+            compacted=compacted,
+            scale=scale,
         )
         try:
             completion = self._llm.create(built.body)
@@ -212,30 +255,106 @@ class AnswerService:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self._record_failure(req, exc.kind, started)
             raise
+        usage = completion.usage
+        self._calibrate(model, built.estimated_tokens, usage.prompt_tokens)
+        floor = cache_floor(completion.model, self._settings.cache_floors)
+        relay_ignored = (
+            bool(built.breakpoints)
+            and usage.prompt_tokens >= floor
+            and not usage.cache_creation_tokens
+            and not usage.cache_read_tokens
+            and (built.write_ttl is not None or built.read_prior)
+        )
+        if relay_ignored and completion.model not in self._warned_no_cache:
+            self._warned_no_cache.add(completion.model)
+            log.warning(
+                "endpoint reported no cache activity for a %d-token prompt of %s (floor %d): it "
+                "may accept cache_control without caching",
+                usage.prompt_tokens,
+                completion.model,
+                floor,
+            )
         latency_ms = int((time.monotonic() - started) * 1000)
         seen = messages if seen is None else seen
-        now = self.now()
-        usage = completion.usage
         with self._sessions.begin() as s:
             state = data.get_or_create_thread(s, req.team_id, req.channel_id, req.thread_ts)
             state.messages_seen = len(seen)
             state.last_message_ts = seen[-1]["ts"] if seen else None
             state.last_request_at = now
-            state.requests = (state.requests or 0) + 1
-            if built.boundary_ts is not None:
+            state.requests = rhythm.requests
+            state.gaps, state.gaps_within_5m = rhythm.gaps, rhythm.within_5m
+            state.gaps_within_1h = rhythm.within_1h
+            touched = usage.cache_creation_tokens or usage.cache_read_tokens
+            if built.boundary_ts is not None and built.write_ttl is not None:
                 state.cache_boundary_ts = built.boundary_ts
                 state.cache_prefix_digest = built.digest
                 state.cache_prefix_tokens = (
                     usage.cache_read_tokens + usage.cache_creation_tokens
                 ) or built.prefix_tokens
-                state.cache_ttl = self._settings.cache_ttl
-                if usage.cache_creation_tokens or usage.cache_read_tokens:
-                    state.cache_written_at = now
+                state.cache_ttl = built.write_ttl
+            if touched:
+                state.cache_written_at = now
             row = self._usage_row(req, completion.model, usage, latency_ms, "ok", now)
             data.add_usage(s, row)
             s.flush()
             usage_id = row.id
-        return Done(completion, footer_line(usage, completion.model), usage_id)
+        log.info(
+            "answered %s/%s kind=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
+            req.channel_id,
+            req.thread_ts,
+            req.kind,
+            usage.prompt_tokens,
+            usage.cache_read_tokens,
+            usage.cache_creation_tokens,
+            built.write_ttl,
+            len(built.breakpoints),
+        )
+        footer = footer_line(usage, completion.model, self._settings.cache_floors)
+        return Done(completion, footer, usage_id)
+
+    def _alive_prior(self, state: ThreadState | None, now: datetime) -> PriorCache | None:
+        """The previous write, if the endpoint should still hold it."""
+        if not state or not state.cache_boundary_ts or not state.cache_prefix_digest:
+            return None
+        touched = data.as_utc(state.cache_written_at)
+        ttl = state.cache_ttl if state.cache_ttl in TTL_SECONDS else "5m"
+        if touched is None or (now - touched).total_seconds() > TTL_SECONDS[ttl] - 5:
+            return None
+        return PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl)
+
+    def _calibrate(self, model: str, estimated: int, actual: int) -> None:
+        """Learn how the estimate compares with the endpoint's count (moving average)."""
+        if estimated <= 0 or actual <= 0:
+            return
+        ratio = min(4.0, max(0.25, actual / estimated))
+        old = self._scale.get(model)
+        self._scale[model] = ratio if old is None else 0.8 * old + 0.2 * ratio
+
+    def _compactor(self, req: ThreadRequest) -> Compactor:
+        def record(done: Completion) -> None:
+            now = self.now()
+            compact_req = ThreadRequest(
+                team_id=req.team_id,
+                channel_id=req.channel_id,
+                thread_ts=req.thread_ts,
+                message_ts="",
+                user_id=req.user_id,
+                text="",
+                bot_user_id=req.bot_user_id,
+                kind="compact",
+            )
+            with self._sessions.begin() as s:
+                data.add_usage(
+                    s, self._usage_row(compact_req, done.model, done.usage, 0, "ok", now)
+                )
+
+        return Compactor(
+            self._llm,
+            self._sessions,
+            model=self._settings.anthropic_model,
+            budget=self._settings.context_budget_tokens,
+            record=record,
+        )
 
     def _post_answer(self, req: ThreadRequest, completion: Completion, footer: str) -> str:
         outgoing = build_messages(completion.text, footer)

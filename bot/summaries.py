@@ -23,7 +23,7 @@ from bot.llm import LLMError
 from bot.replies import build_messages, neutralise_pings
 from bot.service import AnswerService, ThreadRequest, llm_error_text, read_error_text
 from bot.store.models import Summary
-from bot.threads import ThreadReadError, fetch_thread, ts_key
+from bot.threads import ThreadReadError, ts_key
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +281,11 @@ class SummaryService:
     ) -> None:
         """A private summary of the thread that `thread_ts` belongs to."""
         try:
-            messages = fetch_thread(self._client, channel, thread_ts)
+            read = self._answers.reader.read
+            messages = read(who.team_id, channel, thread_ts, self._answers.now())
             if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
                 thread_ts = messages[0]["thread_ts"]  # a reply's ts: read its whole thread
-                messages = fetch_thread(self._client, channel, thread_ts)
+                messages = read(who.team_id, channel, thread_ts, self._answers.now())
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", channel, thread_ts, exc.error)
             out.send(self._read_error(exc.error, who), replace=True)
@@ -334,7 +335,9 @@ class SummaryService:
         parents.sort(key=lambda m: ts_key(m["ts"]), reverse=True)
         for parent in parents[:MAX_RECAP_THREADS]:
             try:
-                replies = fetch_thread(self._client, channel, parent["ts"])
+                replies = self._answers.reader.read(
+                    who.team_id, channel, parent["ts"], self._answers.now()
+                )
             except ThreadReadError as exc:
                 log.info("skipping thread %s in recap: %s", parent["ts"], exc.error)
                 continue

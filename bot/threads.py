@@ -47,16 +47,40 @@ class Turn:
     own: bool
 
 
-def fetch_thread(client: WebClient, channel: str, thread_ts: str) -> list[dict[str, Any]]:
-    """Every message of the thread, parent first, following cursors to the last page."""
+def slim(message: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a Slack message that the transcript uses (what is stored)."""
+    out = {
+        k: message[k]
+        for k in ("ts", "thread_ts", "user", "text", "bot_id", "subtype", "username")
+        if message.get(k) is not None
+    }
+    name = (message.get("bot_profile") or {}).get("name")
+    if name:
+        out["bot_profile"] = {"name": name}
+    files = [
+        {k: f[k] for k in ("name", "title", "filetype", "pretty_type") if f.get(k)}
+        for f in message.get("files") or []
+    ]
+    if files:
+        out["files"] = files
+    return out
+
+
+def fetch_thread(
+    client: WebClient, channel: str, thread_ts: str, *, oldest: str | None = None
+) -> list[dict[str, Any]]:
+    """Every message of the thread (newer than `oldest`, parent always first), all pages."""
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
     cursor: str | None = None
     while True:
+        kwargs: dict[str, Any] = {"channel": channel, "ts": thread_ts, "limit": PAGE_LIMIT}
+        if cursor:
+            kwargs["cursor"] = cursor
+        if oldest:
+            kwargs["oldest"] = oldest
         try:
-            resp = client.conversations_replies(
-                channel=channel, ts=thread_ts, limit=PAGE_LIMIT, cursor=cursor
-            )
+            resp = client.conversations_replies(**kwargs)
         except SlackApiError as exc:
             raise ThreadReadError(str(exc.response.get("error", "unknown_error"))) from None
         for msg in resp.get("messages") or []:
@@ -75,6 +99,51 @@ def ts_key(ts: str) -> tuple[int, int]:
     """Slack ts as a sortable pair (string order is wrong across digit counts)."""
     sec, _, frac = ts.partition(".")
     return int(sec), int(frac or 0)
+
+
+class ThreadReader:
+    """Reads threads incrementally: the first read fetches everything, later ones only what is
+    new (`oldest=`). Edits and deletions arrive as events (see listeners/message_events.py);
+    a full re-read after `full_every` catches anything those missed."""
+
+    def __init__(
+        self, client: WebClient, sessions: sessionmaker[Session], *, full_every: timedelta
+    ) -> None:
+        self._client = client
+        self._sessions = sessions
+        self._full_every = full_every
+
+    def read(
+        self, team_id: str, channel: str, thread_ts: str, now: datetime
+    ) -> list[dict[str, Any]]:
+        """The thread's current messages, parent first; raises ThreadReadError."""
+        with self._sessions() as s:
+            state = data.get_thread(s, team_id, channel, thread_ts)
+            fresh_at = data.as_utc(state.full_read_at) if state else None
+            stored = (
+                data.load_messages(s, team_id, channel, thread_ts)
+                if fresh_at is not None and now - fresh_at < self._full_every
+                else []
+            )
+        if stored:
+            last = max(stored, key=lambda m: ts_key(m["ts"]))["ts"]
+            new = [slim(m) for m in fetch_thread(self._client, channel, thread_ts, oldest=last)]
+            known = {m["ts"] for m in stored}
+            added = [m for m in new if m["ts"] not in known]
+            if added:
+                with self._sessions.begin() as s:
+                    data.store_messages(s, team_id, channel, thread_ts, added, now)
+            messages = stored + added
+            messages.sort(key=lambda m: ts_key(m["ts"]))
+            return messages
+        messages = [slim(m) for m in fetch_thread(self._client, channel, thread_ts)]
+        if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
+            return messages  # `thread_ts` named a reply: Slack returned just it; keep nothing
+        with self._sessions.begin() as s:
+            data.store_messages(s, team_id, channel, thread_ts, messages, now, replace=True)
+            state = data.get_or_create_thread(s, team_id, channel, thread_ts)
+            state.full_read_at = now
+        return messages
 
 
 class NameResolver:

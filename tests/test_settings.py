@@ -43,7 +43,8 @@ def test_missing_required_names_each_variable():
         ("SLACK_BOT_TOKEN", "not-a-token", "SLACK_BOT_TOKEN must be a bot token"),
         ("SLACK_APP_TOKEN", "xoxb-wrong-kind", "SLACK_APP_TOKEN must be an app-level token"),
         ("ANTHROPIC_BASE_URL", "api.anthropic.com", "ANTHROPIC_BASE_URL must be an http(s) URL"),
-        ("CACHE_TTL", "10m", "CACHE_TTL must be 5m or 1h"),
+        ("CACHE_TTL", "10m", "CACHE_TTL must be auto, 5m, 1h or off"),
+        ("CACHE_MIN_TOKENS", "sonnet:1024", "CACHE_MIN_TOKENS must look like"),
     ],
 )
 def test_malformed_values_are_named(name, value, expected):

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.store.models import ProcessedEvent, SlackUser, ThreadState, UsageRecord
+from bot.store.models import (
+    Compaction,
+    ProcessedEvent,
+    SlackUser,
+    Summary,
+    ThreadMessage,
+    ThreadState,
+    UsageRecord,
+)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -119,3 +131,141 @@ def save_user_name(
             if row is None:
                 return
     row.name, row.is_bot, row.fetched_at = name, is_bot, now
+
+
+def load_messages(
+    session: Session, team_id: str, channel_id: str, thread_ts: str
+) -> list[dict[str, Any]]:
+    """Stored messages of a thread (unordered)."""
+    rows = session.scalars(
+        select(ThreadMessage.body).where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.thread_ts == thread_ts,
+        )
+    )
+    return [json.loads(b) for b in rows]
+
+
+def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(ThreadMessage).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(ThreadMessage).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise RuntimeError(f"unsupported database {dialect}")
+    for start in range(0, len(rows), 500):
+        session.execute(stmt, rows[start : start + 500])
+
+
+def store_messages(
+    session: Session,
+    team_id: str,
+    channel_id: str,
+    thread_ts: str,
+    messages: Iterable[dict[str, Any]],
+    now: Any,
+    *,
+    replace: bool = False,
+) -> None:
+    """Keep read messages; `replace` first forgets what was stored for the thread."""
+    if replace:
+        session.execute(
+            delete(ThreadMessage).where(
+                ThreadMessage.team_id == team_id,
+                ThreadMessage.channel_id == channel_id,
+                ThreadMessage.thread_ts == thread_ts,
+            )
+        )
+    rows = [
+        {
+            "team_id": team_id,
+            "channel_id": channel_id,
+            "ts": m["ts"],
+            "thread_ts": thread_ts,
+            "body": json.dumps(m, ensure_ascii=False, sort_keys=True),
+            "updated_at": now,
+        }
+        for m in messages
+    ]
+    _insert_ignore(session, rows)
+
+
+def update_message(
+    session: Session, team_id: str, channel_id: str, ts: str, body: dict[str, Any], now: Any
+) -> bool:
+    """Replace a stored message's content after an edit; False when it is not stored."""
+    result = session.execute(
+        update(ThreadMessage)
+        .where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.ts == ts,
+        )
+        .values(body=json.dumps(body, ensure_ascii=False, sort_keys=True), updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+def delete_message(session: Session, team_id: str, channel_id: str, ts: str) -> bool:
+    """Forget a deleted message; False when it was not stored."""
+    result = session.execute(
+        delete(ThreadMessage).where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.ts == ts,
+        )
+    )
+    return bool(result.rowcount)
+
+
+def get_compaction(
+    session: Session, team_id: str, channel_id: str, thread_ts: str
+) -> Compaction | None:
+    """The stored summary of a long thread's older part, if any."""
+    return session.get(Compaction, (team_id, channel_id, thread_ts))
+
+
+def save_compaction(session: Session, compaction: Compaction) -> None:
+    """Insert or replace a thread's compaction."""
+    session.merge(compaction)
+
+
+def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
+    """Delete everything stored about a workspace's conversations; the ledger keeps numbers."""
+    counts = {}
+    for model in (ThreadMessage, Compaction, Summary, ThreadState, SlackUser):
+        result = session.execute(delete(model).where(model.team_id == team_id))
+        counts[model.__tablename__] = result.rowcount or 0
+    session.execute(
+        update(UsageRecord).where(UsageRecord.team_id == team_id).values(thread_ts=None)
+    )
+    return counts
+
+
+def purge_idle_threads(session: Session, cutoff: Any) -> int:
+    """Forget stored text of threads with no request since `cutoff` (the retention limit)."""
+    idle = select(ThreadState.team_id, ThreadState.channel_id, ThreadState.thread_ts).where(
+        ThreadState.last_request_at < cutoff
+    )
+    removed = 0
+    for team_id, channel_id, thread_ts in session.execute(idle).all():
+        for model in (ThreadMessage, Compaction):
+            removed += (
+                session.execute(
+                    delete(model).where(
+                        model.team_id == team_id,
+                        model.channel_id == channel_id,
+                        model.thread_ts == thread_ts,
+                    )
+                ).rowcount
+                or 0
+            )
+    session.execute(
+        update(ThreadState).where(ThreadState.last_request_at < cutoff).values(full_read_at=None)
+    )
+    session.execute(delete(Summary).where(Summary.created_at < cutoff))
+    return removed

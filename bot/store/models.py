@@ -51,6 +51,12 @@ class ThreadState(Base):
     cache_written_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_request_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     requests: Mapped[int] = mapped_column(Integer, default=0)
+    # Incremental reads: when the whole thread was last read (stored messages are then current).
+    full_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The thread's rhythm: gaps between requests, counted by what a TTL would have covered.
+    gaps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    gaps_within_5m: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    gaps_within_1h: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class UsageRecord(Base):
@@ -113,3 +119,33 @@ class Summary(Base):
     text: Mapped[str] = mapped_column(Text)
     footer: Mapped[str | None] = mapped_column(Text)
     shared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ThreadMessage(Base):
+    """A message already read from Slack, kept so a follow-up fetches only what is new."""
+
+    __tablename__ = "thread_message"
+    __table_args__ = (Index("ix_thread_message_thread", "team_id", "channel_id", "thread_ts"),)
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # the fields the transcript uses, as JSON
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Compaction(Base):
+    """A stored summary of a long thread's older messages, reused until the next step."""
+
+    __tablename__ = "compaction"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_ts: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Messages with index 1..upto-1 (the root is index 0) are summarized; upto is a step multiple.
+    upto: Mapped[int] = mapped_column(Integer)
+    upto_ts: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(64))  # of the summarized messages' rendering
+    summary: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
