@@ -33,6 +33,19 @@ def _migrate(settings: Settings) -> None:
         engine.dispose()
 
 
+def _housekeeping(settings: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from bot.housekeeping import run_housekeeping
+    from bot.store.db import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    try:
+        run_housekeeping(make_session_factory(engine), settings, datetime.now(UTC))
+    finally:
+        engine.dispose()
+
+
 def _serve(settings: Settings) -> None:
     from slack_bolt.error import BoltError
 
@@ -46,6 +59,9 @@ def _serve(settings: Settings) -> None:
         raise SettingsError(
             f"Slack rejected SLACK_BOT_TOKEN or could not be reached ({exc})"
         ) from None
+    from bot.housekeeping import Housekeeper
+
+    Housekeeper(app.sessions, settings).start()
     if settings.socket_mode:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
@@ -74,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="migrate the database, then serve (default)")
     sub.add_parser("migrate", help="upgrade the database to the latest schema and exit")
+    sub.add_parser(
+        "housekeeping", help="forget old event ids and text past MESSAGE_RETENTION_DAYS, then exit"
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             _migrate(settings)
             log.info("database is at the latest schema")
+        elif args.command == "housekeeping":
+            _housekeeping(settings)
         else:
             _serve(settings)
     except SettingsError as exc:

@@ -34,6 +34,8 @@ from bot.summaries import SummaryService
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
+# Events whose handling has side effects that must happen once (others are idempotent).
+DEDUPED_EVENTS = {"app_mention"}
 
 
 class WorkExecutor(ThreadPoolExecutor):
@@ -165,14 +167,15 @@ def create_app(
         settings=settings, client=client, llm=llm, sessions=sessions, clock=clock
     )
     summaries = SummaryService(service, client, sessions, clock=clock)
-    listeners.register(bolt, service, summaries)
+    listeners.register(bolt, service, summaries, sessions)
     return BotApp(settings, bolt, engine, sessions, service, llm, executor)
 
 
 def _dedupe_events(sessions: sessionmaker[Session]) -> Callable[..., Any]:
     def dedupe_events(body: dict[str, Any], next: Callable[[], Any]) -> Any:  # noqa: A002
         event_id = body.get("event_id") if isinstance(body, dict) else None
-        if body.get("type") == "event_callback" and event_id:
+        event_type = (body.get("event") or {}).get("type")
+        if body.get("type") == "event_callback" and event_id and event_type in DEDUPED_EVENTS:
             with sessions.begin() as s:
                 fresh = data.claim_event(s, str(event_id), datetime.now(UTC))
             if not fresh:

@@ -12,10 +12,12 @@ from bot.pricing import READ, WRITE_1H, WRITE_5M
 
 # What the next request pays per token of a prefix it cannot read: it writes it again.
 MISS = WRITE_5M
-# Prior beliefs (pseudo-counts) before a thread has shown its rhythm.
+# Prior beliefs (pseudo-counts) before a thread has shown its rhythm: an even chance of a quick
+# follow-up; the 1-hour TTL has to be earned by observed 5-60 minute gaps.
 PRIOR_GAPS = 1.0
 PRIOR_WITHIN_5M = 0.5
-PRIOR_WITHIN_1H = 0.75
+PRIOR_WITHIN_1H = 0.5
+MAX_CHAIN = 4.0  # expected follow-ups in a row counted at most
 
 
 @dataclass(frozen=True)
@@ -63,25 +65,35 @@ class Choice:
 
 
 def choose_ttl(
-    rhythm: Rhythm, *, new_tokens: int, prefix_tokens: int, mode: str = "auto"
+    rhythm: Rhythm,
+    *,
+    new_tokens: int,
+    prefix_tokens: int,
+    mode: str = "auto",
+    future_new_tokens: int | None = None,
 ) -> Choice:
-    """Pick the write that minimises expected cost of this request plus the next one's prefix.
+    """Pick the write (5m, 1h or none) with the lowest expected cost from now on.
 
-    `new_tokens` would be written now; `prefix_tokens` (all of the transcript) is what the next
-    request could read. Modes `5m`/`1h` force a TTL, `off` never writes.
+    Writing `new_tokens` now costs the TTL's premium. Its value is a chain of later requests
+    that each read the whole prefix (`prefix_tokens`) at 0.1 instead of paying again: the chain
+    goes on while the next request comes (p_next) within the TTL (p_5m / p_1h), so its expected
+    length is a/(1-a) with a = p_next * p_ttl; each request in it writes its own new tokens at
+    the same premium. No write costs the base price and builds no chain.
+    Modes `5m`/`1h` force a TTL, `off` never writes.
     """
     if mode in ("5m", "1h"):
         return Choice(mode, {})
     if mode == "off":
         return Choice(None, {})
-    q = rhythm.p_next
-    p5 = rhythm.p_5m
-    p60 = max(rhythm.p_1h, p5)
     w, p = float(new_tokens), float(prefix_tokens)
-    costs = {
-        "none": 1.0 * w + q * MISS * p,
-        "5m": WRITE_5M * w + q * (p5 * READ + (1 - p5) * MISS) * p,
-        "1h": WRITE_1H * w + q * (p60 * READ + (1 - p60) * MISS) * p,
-    }
-    best = min(costs, key=lambda k: (costs[k], k != "5m"))
+    wf = float(future_new_tokens) if future_new_tokens is not None else min(w, 0.05 * p)
+    costs = {"none": 1.0 * w}
+    for ttl, premium, p_within in (
+        ("5m", WRITE_5M, rhythm.p_5m),
+        ("1h", WRITE_1H, max(rhythm.p_1h, rhythm.p_5m)),
+    ):
+        a = rhythm.p_next * p_within
+        chain = min(a / (1 - a), MAX_CHAIN)
+        costs[ttl] = premium * (w + chain * wf) - (MISS - READ) * p * chain
+    best = min(costs, key=lambda k: (costs[k], ["5m", "1h", "none"].index(k)))
     return Choice(None if best == "none" else best, costs)

@@ -30,10 +30,20 @@ def test_manifest_validates_against_slacks_schema():
 
 def test_every_declared_event_is_handled(bot, slack):
     """Bolt answers 404 to an event no listener takes, and Slack then retries it."""
-    for event_type in load()["settings"]["event_subscriptions"]["bot_events"]:
-        event = {"type": event_type, "user": "U1", "text": "<@UBOT> hi", "channel": "C9",
-                 "ts": "1700000000.000100", "event_ts": "1700000000.000100", "bot_id": "BX"}
-        assert bot.event(event).status_code == 200, event_type
+    for name in load()["settings"]["event_subscriptions"]["bot_events"]:
+        # message.channels / .groups / .im / .mpim arrive as type "message" with channel_type
+        event_type, _, channel_type = name.partition(".")
+        event = {
+            "type": event_type,
+            "channel_type": channel_type or None,
+            "user": "U1",
+            "text": "<@UBOT> hi",
+            "channel": "C9",
+            "ts": "1700000000.000100",
+            "event_ts": "1700000000.000100",
+            "bot_id": "BX",
+        }
+        assert bot.event(event).status_code == 200, name
     assert bot.event({"type": "undeclared_event"}).status_code == 404
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from slack_bolt import App
+from sqlalchemy.orm import Session, sessionmaker
 
-from bot.listeners import mention, share, shortcut, summarize
+from bot.listeners import lifecycle, mention, message_events, share, shortcut, summarize
 from bot.listeners.summarize import UsageHandler
 from bot.service import AnswerService
 from bot.summaries import SummaryService
@@ -14,6 +15,7 @@ def register(
     app: App,
     answers: AnswerService,
     summaries: SummaryService,
+    sessions: sessionmaker[Session],
     usage: UsageHandler | None = None,
 ) -> None:
     """Attach every listener to `app`."""
@@ -21,3 +23,5 @@ def register(
     summarize.register(app, summaries, usage)
     shortcut.register(app, summaries)
     share.register(app, summaries, answers)
+    message_events.register(app, answers, sessions)
+    lifecycle.register(app, sessions)

@@ -1,0 +1,50 @@
+"""Periodic clean-up: old event ids, and stored text past the retention limit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.config import Settings
+from bot.store import data
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_KEEP = timedelta(days=1)  # Slack stops retrying an event within minutes
+
+
+def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> None:
+    """Forget old event ids and the text of threads idle past MESSAGE_RETENTION_DAYS."""
+    with sessions.begin() as s:
+        events = data.forget_events_before(s, now - EVENT_ID_KEEP)
+        removed = data.purge_idle_threads(s, now - timedelta(days=settings.message_retention_days))
+    log.info("housekeeping: %d old event ids, %d stored messages removed", events, removed)
+
+
+class Housekeeper(threading.Thread):
+    """Runs housekeeping every `interval` seconds until stopped (a daemon thread)."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], settings: Settings, *, interval: float = 3600
+    ) -> None:
+        super().__init__(name="housekeeping", daemon=True)
+        self._sessions = sessions
+        self._settings = settings
+        self._interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from datetime import UTC
+
+        while not self._stop_event.wait(self._interval):
+            try:
+                run_housekeeping(self._sessions, self._settings, datetime.now(UTC))
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def stop(self) -> None:
+        """Ask the thread to end after its current run."""
+        self._stop_event.set()

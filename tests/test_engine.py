@@ -1,0 +1,286 @@
+"""The cache engine: TTL per thread, incremental reads, edits/deletions, compaction, purges."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from bot.engine import Rhythm, choose_ttl
+from bot.housekeeping import run_housekeeping
+from bot.store.models import (
+    Compaction,
+    SlackUser,
+    Summary,
+    ThreadMessage,
+    ThreadState,
+    UsageRecord,
+)
+from tests.harness import SlackUI
+
+T0 = 1_800_000_000.0
+
+
+def words(i: int) -> str:
+    return (
+        f"Note {i}: deploy window moved, Alice confirms the database failover drill for "
+        f"region {i % 7}, Bob reviews the runbook and Carol updates the status page."
+    )
+
+
+class Clock:
+    """One simulated time for the bot, the Slack fake and the model fake."""
+
+    def __init__(self, slack, model, start: float = T0) -> None:
+        self.now, self.slack, self.model = start, slack, model
+        self.sync()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sync(self) -> None:
+        self.slack.now = max(self.slack.now, self.now)
+        self.model.now = self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.sync()
+
+
+@pytest.fixture
+def clock(slack, model):
+    return Clock(slack, model)
+
+
+@pytest.fixture
+def tbot(make_bot, clock):
+    return make_bot(clock=clock)
+
+
+def blocks(model, i: int = -1) -> list[dict]:
+    return model.requests[i]["body"]["messages"][0]["content"]
+
+
+def ttl_marks(model, i: int = -1) -> list[str]:
+    return [b["cache_control"].get("ttl", "5m") for b in blocks(model, i) if "cache_control" in b]
+
+
+# -- TTL arithmetic (pure) ----------------------------------------------------------------------
+
+
+def test_first_request_writes_5m():
+    assert choose_ttl(Rhythm().after_gap(None), new_tokens=5000, prefix_tokens=5000).ttl == "5m"
+
+
+def test_thread_with_half_hour_gaps_writes_1h():
+    r = Rhythm().after_gap(None)
+    for _ in range(3):
+        r = r.after_gap(1800)
+    assert choose_ttl(r, new_tokens=300, prefix_tokens=8000).ttl == "1h"
+
+
+def test_thread_with_quick_follow_ups_writes_5m():
+    r = Rhythm().after_gap(None)
+    for _ in range(3):
+        r = r.after_gap(60)
+    assert choose_ttl(r, new_tokens=300, prefix_tokens=8000).ttl == "5m"
+
+
+def test_idle_thread_does_not_pay_for_a_write_it_will_not_read():
+    r = Rhythm().after_gap(None)
+    for _ in range(6):
+        r = r.after_gap(86400)
+    choice = choose_ttl(r, new_tokens=8000, prefix_tokens=8000)
+    assert choice.ttl is None
+    assert choice.costs["none"] < choice.costs["5m"] < choice.costs["1h"]
+
+
+@pytest.mark.parametrize("mode", ["5m", "1h"])
+def test_forced_modes(mode):
+    assert choose_ttl(Rhythm(), new_tokens=1, prefix_tokens=1, mode=mode).ttl == mode
+    assert choose_ttl(Rhythm(), new_tokens=1, prefix_tokens=1, mode="off").ttl is None
+
+
+# -- at the wire --------------------------------------------------------------------------------
+
+
+def test_follow_ups_read_only_new_messages(tbot, slack, model, clock):
+    parent = slack.add_thread("C1", 450, text_fn=words)
+    tbot.mention("C1", "summarize", thread_ts=parent)
+    assert len(slack.calls_to("conversations.replies")) == 3  # 451 messages, pages of 200
+    for i in range(5):
+        slack.add_message("C1", words(900 + i), user="U2", thread_ts=parent)
+    clock.advance(60)
+    tbot.mention("C1", "anything new?", thread_ts=parent)
+    reads = slack.calls_to("conversations.replies")[3:]
+    assert len(reads) == 1 and reads[0].get("oldest")
+    text = " ".join(b["text"] for b in blocks(model))
+    assert "Note 904" in text and "Note 1:" in text
+    assert (
+        model.usages[1]["cache_read_input_tokens"] == model.usages[0]["cache_creation_input_tokens"]
+    )
+
+
+def _edit_event(slack, channel: str, ts: str, text: str, parent: str) -> dict:
+    return {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": channel,
+        "hidden": True,
+        "ts": str(float(ts) + 1),
+        "message": {
+            "type": "message",
+            "user": "U1",
+            "text": text,
+            "ts": ts,
+            "thread_ts": parent,
+            "edited": {"user": "U1", "ts": "1"},
+        },
+        "previous_message": {"type": "message", "user": "U1", "text": "old", "ts": ts},
+    }
+
+
+def test_edits_and_deletions_arrive_as_events_and_show(tbot, slack, model, clock):
+    parent = slack.add_thread("C1", 30, text_fn=words)
+    msgs = slack.thread("C1", parent)
+    tbot.mention("C1", "summarize", thread_ts=parent)
+    slack.edit_message("C1", msgs[3]["ts"], "Note 3 (corrected): failover drill cancelled")
+    tbot.event(
+        _edit_event(
+            slack, "C1", msgs[3]["ts"], "Note 3 (corrected): failover drill cancelled", parent
+        )
+    )
+    slack.delete_message("C1", msgs[5]["ts"])
+    tbot.event(
+        {
+            "type": "message",
+            "subtype": "message_deleted",
+            "channel": "C1",
+            "hidden": True,
+            "ts": "1800000100.000000",
+            "deleted_ts": msgs[5]["ts"],
+            "previous_message": {"type": "message", "ts": msgs[5]["ts"], "text": "x"},
+        }
+    )
+    clock.advance(30)
+    tbot.mention("C1", "and now?", thread_ts=parent)
+    text = " ".join(b["text"] for b in blocks(model))
+    assert "failover drill cancelled" in text
+    assert "Note 5:" not in text and "Note 3: deploy" not in text
+    assert len(slack.calls_to("conversations.replies")) == 2  # still one read per request
+    # the edit changed the prefix: the stale boundary is not read, a new one is written
+    assert model.usages[1]["cache_read_input_tokens"] == 0
+
+
+def test_missed_edit_is_caught_by_the_periodic_full_read(make_bot, slack, model, clock):
+    bot = make_bot(clock=clock, full_reread_hours=1)
+    parent = slack.add_thread("C1", 10, text_fn=words)
+    bot.mention("C1", "summarize", thread_ts=parent)
+    slack.edit_message("C1", slack.thread("C1", parent)[2]["ts"], "silently edited")
+    clock.advance(2 * 3600)
+    bot.mention("C1", "again", thread_ts=parent)
+    assert "silently edited" in " ".join(b["text"] for b in blocks(model))
+    assert "oldest" not in slack.calls_to("conversations.replies")[-1]
+
+
+def test_half_hour_rhythm_switches_to_1h_and_keeps_hitting(tbot, slack, model, clock):
+    parent = slack.add_thread("C1", 60, text_fn=words)
+    for turn in range(5):
+        slack.add_message("C1", words(500 + turn), user="U3", thread_ts=parent)
+        tbot.mention("C1", f"status {turn}?", thread_ts=parent)
+        clock.advance(25 * 60)
+    marks = [ttl_marks(model, i) for i in range(5)]
+    assert marks[0] == ["5m"]
+    assert "1h" in marks[-1]
+    # once 1h entries are written, a follow-up 25 minutes later still reads them
+    assert model.usages[-1]["cache_read_input_tokens"] > 0
+    ones = [i for i, m in enumerate(marks) if m and m[-1] == "1h"]
+    assert all(model.usages[i + 1]["cache_read_input_tokens"] > 0 for i in ones if i + 1 < 5)
+    for m in marks:  # never a 1h breakpoint after a 5m one
+        assert m == sorted(m, key=lambda t: t != "1h")
+
+
+def test_expired_write_is_not_marked_for_reading(tbot, slack, model, clock):
+    parent = slack.add_thread("C1", 40, text_fn=words)
+    tbot.mention("C1", "summarize", thread_ts=parent)
+    clock.advance(2 * 3600)
+    tbot.mention("C1", "later question", thread_ts=parent)
+    assert len(ttl_marks(model)) <= 1  # no read breakpoint on a dead entry
+
+
+def test_relay_that_does_not_cache_is_noted(tbot, slack, model, caplog):
+    model.caching = False
+    parent = slack.add_thread("C1", 60, text_fn=words)
+    with caplog.at_level(logging.WARNING):
+        tbot.mention("C1", "summarize", thread_ts=parent)
+        tbot.mention("C1", "again", thread_ts=parent)
+    post = tbot.posts_in("C1", parent)[-1]
+    assert "endpoint did not cache" in post["text"]
+    assert caplog.text.count("may accept cache_control without caching") == 1
+
+
+def test_cache_floor_override(make_bot, slack, model, clock):
+    bot = make_bot(clock=clock, cache_min_tokens="claude-sonnet-4-5=100000")
+    parent = slack.add_thread("C1", 5)
+    model.caching = False
+    bot.mention("C1", "summarize", thread_ts=parent)
+    assert "under the 100,000-token minimum" in bot.posts_in("C1", parent)[-1]["text"]
+
+
+def test_ten_thousand_message_thread_is_answered_with_a_stable_compaction(
+    make_bot, slack, model, clock, engine
+):
+    bot = make_bot(clock=clock, context_budget_tokens=60000, max_output_tokens=1000)
+    parent = slack.add_thread("C1", 9_999, text_fn=words, users=["U1", "U2", "U3"])
+    bot.mention("C1", "summarize", thread_ts=parent)
+    posts = bot.posts_in("C1", parent)
+    assert len(posts) == 1 and "Sorry" not in posts[0]["text"]
+    with sessionmaker(engine)() as s:
+        comp = s.scalar(select(Compaction))
+        kinds = dict(
+            s.execute(select(UsageRecord.kind, func.count()).group_by(UsageRecord.kind)).all()
+        )
+    assert comp is not None and comp.upto % 250 == 0
+    assert kinds["compact"] >= 1 and kinds["mention"] == 1
+    first = blocks(model)
+    assert first[0]["text"].endswith(words(0)) and "[Summary of the" in first[1]["text"]
+    # a follow-up reuses the stored summary (no new compaction call) and reads the cache
+    calls = len(model.requests)
+    for i in range(3):
+        slack.add_message("C1", words(20_000 + i), user="U2", thread_ts=parent)
+    clock.advance(60)
+    bot.mention("C1", "and the last three?", thread_ts=parent)
+    assert len(model.requests) == calls + 1
+    assert blocks(model)[1]["text"] == first[1]["text"]
+    assert model.usages[-1]["cache_read_input_tokens"] > 0
+
+
+def test_uninstall_purges_the_workspace_text_but_keeps_numbers(tbot, slack, model, engine):
+    parent = slack.add_thread("C1", 10, text_fn=words)
+    tbot.mention("C1", "summarize", thread_ts=parent)
+    SlackUI(tbot).command(f"https://acme.slack.com/archives/C1/p{parent.replace('.', '')}")
+    resp = tbot.event({"type": "app_uninstalled"})
+    assert resp.status_code == 200
+    tbot.wait()
+    with sessionmaker(engine)() as s:
+        for model_cls in (ThreadMessage, Summary, ThreadState, SlackUser, Compaction):
+            assert s.scalar(select(func.count()).select_from(model_cls)) == 0, model_cls
+        rows = s.scalars(select(UsageRecord)).all()
+    assert len(rows) == 2 and all(r.cache_creation_tokens >= 0 for r in rows)
+
+
+def test_retention_forgets_idle_threads(tbot, slack, model, engine, clock):
+    parent = slack.add_thread("C1", 10, text_fn=words)
+    tbot.mention("C1", "summarize", thread_ts=parent)
+    sessions = sessionmaker(engine)
+    later = datetime.fromtimestamp(clock.now + 31 * 86400, UTC)
+    run_housekeeping(sessions, tbot.app.settings, later)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ThreadMessage)) == 0
+        assert s.scalar(select(ThreadState.full_read_at)) is None
+    clock.advance(31 * 86400)
+    tbot.mention("C1", "still there?", thread_ts=parent)
+    assert "oldest" not in slack.calls_to("conversations.replies")[-1]  # a full read again
