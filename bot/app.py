@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from slack_bolt import App, BoltResponse
+from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
@@ -25,17 +23,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
 from bot.config import Settings
+from bot.jobs import JobQueue, WorkerPool
 from bot.llm import MessagesClient
 from bot.service import AnswerService
-from bot.store import data
 from bot.store.db import make_engine, make_session_factory, ping
 from bot.summaries import SummaryService
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
-# Events whose handling has side effects that must happen once (others are idempotent).
-DEDUPED_EVENTS = {"app_mention"}
 
 
 class WorkExecutor(ThreadPoolExecutor):
@@ -106,6 +102,27 @@ class BotApp:
     service: AnswerService
     llm: MessagesClient
     executor: WorkExecutor
+    queue: JobQueue
+    pool: WorkerPool
+    _started: bool = False
+
+    def start(self) -> None:
+        """Start the workers that run stored jobs (and pick up what a previous run left)."""
+        if not self._started:
+            self.pool.start()
+            self._started = True
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no job is queued or running and no listener is busy; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.executor.wait_idle(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            with self.queue.changed:
+                if self.queue.pending() == 0 and self.pool.in_flight() == 0:
+                    return self.executor.wait_idle(timeout=max(0.0, deadline - time.monotonic()))
+                self.queue.changed.wait(0.5)
+        return False
 
     def wsgi(self) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
         """The WSGI application: POST /slack/events and GET /healthz."""
@@ -127,8 +144,10 @@ class BotApp:
 
         return application
 
-    def close(self) -> None:
-        """Stop accepting work, finish what is in hand, release connections."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking work, finish or re-queue what is in hand, release connections."""
+        if self._started:
+            self.pool.stop(timeout)
         self.executor.shutdown(wait=True)
         self.llm.close()
         self.engine.dispose()
@@ -162,25 +181,13 @@ def create_app(
         listener_executor=executor,
         logger=logging.getLogger("bot.bolt"),
     )
-    bolt.middleware(_dedupe_events(sessions))
     service = AnswerService(
         settings=settings, client=client, llm=llm, sessions=sessions, clock=clock
     )
     summaries = SummaryService(service, client, sessions, clock=clock)
-    listeners.register(bolt, service, summaries, sessions)
-    return BotApp(settings, bolt, engine, sessions, service, llm, executor)
-
-
-def _dedupe_events(sessions: sessionmaker[Session]) -> Callable[..., Any]:
-    def dedupe_events(body: dict[str, Any], next: Callable[[], Any]) -> Any:  # noqa: A002
-        event_id = body.get("event_id") if isinstance(body, dict) else None
-        event_type = (body.get("event") or {}).get("type")
-        if body.get("type") == "event_callback" and event_id and event_type in DEDUPED_EVENTS:
-            with sessions.begin() as s:
-                fresh = data.claim_event(s, str(event_id), datetime.now(UTC))
-            if not fresh:
-                log.info("event %s already taken; ignoring redelivery", event_id)
-                return BoltResponse(status=200, body=json.dumps({"ok": True}))
-        return next()
-
-    return dedupe_events
+    queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
+    handlers = listeners.register(
+        bolt, answers=service, summaries=summaries, sessions=sessions, queue=queue, client=client
+    )
+    pool = WorkerPool(queue, handlers, threads=settings.worker_threads)
+    return BotApp(settings, bolt, engine, sessions, service, llm, executor, queue, pool)

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         16, ge=1, le=256, description="Threads for slow work (model calls) after the ack."
     )
     http_threads: int = Field(8, ge=1, le=256, description="HTTP server threads.")
+    job_lease_seconds: float = Field(
+        120.0, ge=1, description="A job whose worker stopped heartbeating this long is retried."
+    )
     log_level: str = Field("INFO", description="Logging level.")
 
     @field_validator("cache_ttl")

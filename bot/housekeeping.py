@@ -1,4 +1,4 @@
-"""Periodic clean-up: old event ids, and stored text past the retention limit."""
+"""Periodic clean-up: finished jobs, and stored text past the retention limit."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from bot.store import data
 
 log = logging.getLogger(__name__)
 
-EVENT_ID_KEEP = timedelta(days=1)  # Slack stops retrying an event within minutes
+JOB_KEEP = timedelta(days=2)  # Slack stops redelivering an event within minutes
 
 
 def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> None:
-    """Forget old event ids and the text of threads idle past MESSAGE_RETENTION_DAYS."""
+    """Forget finished jobs and the text of threads idle past MESSAGE_RETENTION_DAYS."""
     with sessions.begin() as s:
-        events = data.forget_events_before(s, now - EVENT_ID_KEEP)
+        jobs = data.forget_jobs_before(s, now - JOB_KEEP)
         removed = data.purge_idle_threads(s, now - timedelta(days=settings.message_retention_days))
-    log.info("housekeeping: %d old event ids, %d stored messages removed", events, removed)
+    log.info("housekeeping: %d finished jobs, %d stored messages removed", jobs, removed)
 
 
 class Housekeeper(threading.Thread):

@@ -46,6 +46,7 @@ class Bot:
         self.app = app
         self.slack = slack
         self.model = model
+        app.start()
         self.server = waitress.create_server(app.wsgi(), host="127.0.0.1", port=0, threads=4)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -136,7 +137,7 @@ class Bot:
         return self.signed_post(body, "application/x-www-form-urlencoded", **kwargs)
 
     def wait(self) -> None:
-        assert self.app.executor.wait_idle(timeout=60), "background work did not finish"
+        assert self.app.wait_idle(timeout=60), "background work did not finish"
 
     def posts_in(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         posts = self.slack.posts
@@ -146,9 +147,14 @@ class Bot:
 class SlackUI:
     """What a person does in Slack, sent to the bot as Slack would send it."""
 
+    _triggers = itertools.count(1)
+
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
         self.slack = bot.slack
+
+    def _trigger(self) -> str:
+        return f"{next(self._triggers)}.1700000000.abcdef"
 
     def command(
         self, text: str, *, channel: str = "C1", user: str = "U1", wait: bool = True
@@ -168,7 +174,7 @@ class SlackUI:
                 "api_app_id": "A0001",
                 "is_enterprise_install": "false",
                 "response_url": url,
-                "trigger_id": "1.2.3",
+                "trigger_id": self._trigger(),
             }
         )
         if wait:
@@ -193,7 +199,7 @@ class SlackUI:
         payload = {
             "type": "message_action",
             "callback_id": "summarize_thread",
-            "trigger_id": "1.2.3",
+            "trigger_id": self._trigger(),
             "team": {"id": self.slack.team_id, "domain": "acme"},
             "user": {"id": user, "name": "someone", "team_id": self.slack.team_id},
             "channel": {"id": channel, "name": "general"},
@@ -212,7 +218,7 @@ class SlackUI:
         url = self.slack.response_url()
         payload = {
             "type": "block_actions",
-            "trigger_id": "1.2.3",
+            "trigger_id": self._trigger(),
             "api_app_id": "A0001",
             "team": {"id": self.slack.team_id, "domain": "acme"},
             "user": {"id": user, "username": "someone", "team_id": self.slack.team_id},
@@ -226,7 +232,7 @@ class SlackUI:
                     "action_id": "share_summary",
                     "block_id": "b",
                     "value": value,
-                    "action_ts": "1700000000.1",
+                    "action_ts": self._trigger(),
                 }
             ],
         }

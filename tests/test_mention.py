@@ -7,7 +7,7 @@ import threading
 
 from sqlalchemy import func, select
 
-from bot.store.models import ProcessedEvent, ThreadState, UsageRecord
+from bot.store.models import Job, ThreadState, UsageRecord
 
 
 def long_text(i: int) -> str:
@@ -123,7 +123,7 @@ def test_retried_event_is_answered_once(bot, slack, model, engine):
     assert len(model.requests) == 1
     assert len(bot.posts_in("C1", parent)) == 1
     with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(ProcessedEvent)) == 1
+        assert conn.scalar(select(func.count()).select_from(Job)) == 1
 
 
 def test_bad_signature_is_rejected_and_nothing_stored(bot, slack, model, engine):
@@ -135,7 +135,7 @@ def test_bad_signature_is_rejected_and_nothing_stored(bot, slack, model, engine)
     assert bot.event(event, timestamp=1_000_000_000).status_code == 401  # stale
     assert model.requests == [] and bot.posts_in("C1", parent) == []
     with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(ProcessedEvent)) == 0
+        assert conn.scalar(select(func.count()).select_from(Job)) == 0
 
 
 def test_bot_messages_never_trigger_a_reply(bot, slack, model):

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.orm import Session
 
-from bot.store import data
 from bot.store.db import current_revision, head_revision, make_engine, migrate
 from bot.store.models import Base
 
@@ -43,13 +40,15 @@ def test_migrating_from_several_processes_at_once(database_url):
         e.dispose()
 
 
-def test_an_event_is_claimed_once_across_connections(engine, database_url):
+def test_a_job_is_stored_once_per_dedupe_key_across_engines(engine, database_url):
+    from bot.jobs import JobQueue
+    from bot.store.db import make_session_factory
+
     other = make_engine(database_url)
-    now = datetime.now(UTC)
-    with Session(engine) as a, Session(other) as b:
-        with a.begin():
-            assert data.claim_event(a, "Ev1", now)
-        with b.begin():
-            assert not data.claim_event(b, "Ev1", now)
-            assert data.claim_event(b, "Ev2", now)
+    a = JobQueue(engine, make_session_factory(engine))
+    b = JobQueue(other, make_session_factory(other))
+    assert a.enqueue("mention", {}, lane="T:C:1", dedupe_key="event:Ev1")
+    assert not b.enqueue("mention", {}, lane="T:C:1", dedupe_key="event:Ev1")
+    assert b.enqueue("mention", {}, lane="T:C:1", dedupe_key="event:Ev2")
+    assert a.pending() == 2
     other.dispose()

@@ -1,10 +1,12 @@
-"""Slack entry points, one file each; `register` wires them all."""
+"""Slack entry points, one file each; `register` wires them all and returns the job handlers."""
 
 from __future__ import annotations
 
 from slack_bolt import App
+from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.jobs import Handler, JobQueue
 from bot.listeners import lifecycle, mention, message_events, share, shortcut, summarize
 from bot.listeners.summarize import UsageHandler
 from bot.service import AnswerService
@@ -13,15 +15,20 @@ from bot.summaries import SummaryService
 
 def register(
     app: App,
+    *,
     answers: AnswerService,
     summaries: SummaryService,
     sessions: sessionmaker[Session],
+    queue: JobQueue,
+    client: WebClient,
     usage: UsageHandler | None = None,
-) -> None:
-    """Attach every listener to `app`."""
-    mention.register(app, answers)
-    summarize.register(app, summaries, usage)
-    shortcut.register(app, summaries)
-    share.register(app, summaries, answers)
+) -> dict[str, Handler]:
+    """Attach every listener to `app`; the returned handlers run the stored jobs."""
+    handlers: dict[str, Handler] = {}
+    handlers.update(mention.register(app, answers, queue))
+    handlers.update(summarize.register(app, summaries, queue, usage))
+    handlers.update(shortcut.register(app, summaries, queue, client))
+    handlers.update(share.register(app, summaries, answers, queue))
     message_events.register(app, answers, sessions)
     lifecycle.register(app, sessions)
+    return handlers

@@ -1,33 +1,70 @@
-"""@mention anywhere: answer in the thread, with the whole thread as context."""
+"""@mention anywhere: answer in the thread, with the whole thread as context.
+
+The mention is stored as a job *before* Slack gets its 200 (a global middleware, since Bolt acks
+events before their listeners run); a worker answers it (see bot/jobs.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import App, BoltContext
+from slack_bolt import App, BoltContext, BoltResponse
 
+from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService, ThreadRequest
 
 log = logging.getLogger(__name__)
 
+KIND = "mention"
 
-def register(app: App, service: AnswerService) -> None:
-    """Answer app_mention events (never ones posted by bots)."""
 
-    @app.event("app_mention")
-    def on_mention(event: dict[str, Any], context: BoltContext) -> None:
+def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Handler]:
+    """Enqueue app_mention events (never ones posted by bots); return the job handler."""
+
+    @app.middleware
+    def enqueue_mentions(
+        body: dict[str, Any],
+        context: BoltContext,
+        next: Callable[[], Any],  # noqa: A002
+    ) -> Any:
+        event = body.get("event") if isinstance(body, dict) else None
+        if body.get("type") != "event_callback" or not isinstance(event, dict):
+            return next()
+        if event.get("type") != "app_mention":
+            return next()
         if event.get("bot_id") or event.get("subtype") or not event.get("user"):
-            return
-        service.answer(
-            ThreadRequest(
-                team_id=context.team_id or event.get("team") or "",
-                channel_id=event["channel"],
-                thread_ts=event.get("thread_ts") or event["ts"],
-                message_ts=event["ts"],
-                user_id=event["user"],
-                text=event.get("text") or "",
-                bot_user_id=context.bot_user_id or "",
-                bot_id=context.bot_id,
-            )
+            return BoltResponse(status=200, body="")  # bots never trigger a reply
+        req = ThreadRequest(
+            team_id=context.team_id or event.get("team") or body.get("team_id") or "",
+            channel_id=event["channel"],
+            thread_ts=event.get("thread_ts") or event["ts"],
+            message_ts=event["ts"],
+            user_id=event["user"],
+            text=event.get("text") or "",
+            bot_user_id=context.bot_user_id or "",
+            bot_id=context.bot_id,
         )
+        fresh = queue.enqueue(
+            KIND,
+            dataclasses.asdict(req),
+            lane=f"{req.team_id}:{req.channel_id}:{req.thread_ts}",
+            dedupe_key=f"event:{body.get('event_id') or event['ts']}",
+        )
+        if not fresh:
+            log.info("event %s already taken; ignoring redelivery", body.get("event_id"))
+        return BoltResponse(status=200, body="")
+
+    def run(payload: dict[str, Any]) -> None:
+        service.answer(ThreadRequest(**payload))
+
+    def give_up(payload: dict[str, Any]) -> None:
+        service.tell(
+            ThreadRequest(**payload),
+            "Sorry, I couldn't answer this after several attempts. Please ask again; if it "
+            "keeps failing, the operator's logs have the cause.",
+        )
+
+    return {KIND: Handler(run, give_up)}

@@ -7,25 +7,49 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService
 from bot.summaries import SHARE_ACTION, ResponseUrl, SummaryService
 
 log = logging.getLogger(__name__)
 
+KIND = "share_summary"
 
-def register(app: App, summaries: SummaryService, answers: AnswerService) -> None:
-    """Post a summary for everyone when its requester clicks the button."""
+
+def register(
+    app: App, summaries: SummaryService, answers: AnswerService, queue: JobQueue
+) -> dict[str, Handler]:
+    """Post a summary for everyone when its requester clicks the button (once)."""
 
     @app.action(SHARE_ACTION)
     def on_share(
         ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext
     ) -> None:
-        ack()
         user = (body.get("user") or {}).get("id", "")
-        out = ResponseUrl(body["response_url"])
+        payload = {
+            "team_id": context.team_id or (body.get("team") or {}).get("id", ""),
+            "user_id": user,
+            "summary_id": action.get("value", ""),
+            "response_url": body.get("response_url", ""),
+        }
+        queue.enqueue(
+            KIND,
+            payload,
+            lane=f"share:{payload['summary_id']}",
+            dedupe_key=f"action:{user}:{action.get('action_ts') or body.get('trigger_id')}",
+        )
+        ack()
+
+    def run(payload: dict[str, Any]) -> None:
+        out = ResponseUrl(payload["response_url"])
         try:
-            name = answers.display_name(context.team_id or "", user)
-            summaries.share(action.get("value", ""), user, name, out)
+            name = answers.display_name(payload["team_id"], payload["user_id"])
+            summaries.share(payload["summary_id"], payload["user_id"], name, out)
         except Exception:
             log.exception("sharing a summary failed")
             out.send("Sorry, something went wrong on my side; please try again.")
+
+    def give_up(payload: dict[str, Any]) -> None:
+        ResponseUrl(payload["response_url"]).send("Sorry, I couldn't post it; please try again.")
+
+    return {KIND: Handler(run, give_up)}

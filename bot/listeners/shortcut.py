@@ -8,38 +8,72 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
+from bot.jobs import Handler, JobQueue
 from bot.summaries import Ephemeral, Requester, SummaryService
 
 log = logging.getLogger(__name__)
 
 CALLBACK_ID = "summarize_thread"
+KIND = "summarize_shortcut"
 
 
-def register(app: App, summaries: SummaryService) -> None:
+def register(
+    app: App, summaries: SummaryService, queue: JobQueue, client: WebClient
+) -> dict[str, Handler]:
     """Wire the shortcut; it works on thread replies too (slash commands cannot run in threads)."""
 
-    def ack_shortcut(ack: Ack) -> None:
-        ack()
-
-    def run_shortcut(shortcut: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+    @app.message_shortcut(CALLBACK_ID)
+    def ack_shortcut(ack: Ack, shortcut: dict[str, Any], context: BoltContext) -> None:
         message = shortcut.get("message") or {}
         channel = (shortcut.get("channel") or {}).get("id", "")
-        user = (shortcut.get("user") or {}).get("id", "")
         thread_ts = message.get("thread_ts") or message.get("ts", "")
-        out = Ephemeral(client, channel, user, thread_ts, shortcut.get("response_url"))
+        team = context.team_id or (shortcut.get("team") or {}).get("id", "")
+        payload = {
+            "team_id": team,
+            "channel_id": channel,
+            "thread_ts": thread_ts,
+            "user_id": (shortcut.get("user") or {}).get("id", ""),
+            "response_url": shortcut.get("response_url"),
+            "bot_user_id": context.bot_user_id or "",
+            "bot_id": context.bot_id,
+        }
+        queue.enqueue(
+            KIND,
+            payload,
+            lane=f"{team}:{channel}:{thread_ts}",
+            dedupe_key=f"trigger:{shortcut.get('trigger_id') or shortcut.get('action_ts')}",
+        )
+        ack()
+
+    def responder(payload: dict[str, Any]) -> Ephemeral:
+        return Ephemeral(
+            client,
+            payload["channel_id"],
+            payload["user_id"],
+            payload["thread_ts"],
+            payload.get("response_url"),
+        )
+
+    def run(payload: dict[str, Any]) -> None:
+        out = responder(payload)
         who = Requester(
-            team_id=context.team_id or (shortcut.get("team") or {}).get("id", ""),
-            user_id=user,
-            bot_user_id=context.bot_user_id or "",
-            bot_id=context.bot_id,
+            team_id=payload["team_id"],
+            user_id=payload["user_id"],
+            bot_user_id=payload["bot_user_id"],
+            bot_id=payload.get("bot_id"),
         )
         try:
-            summaries.summarize_thread(channel, thread_ts, who, out)
+            summaries.summarize_thread(payload["channel_id"], payload["thread_ts"], who, out)
         except Exception:
-            log.exception("shortcut failed in %s", channel)
+            log.exception("shortcut failed in %s", payload["channel_id"])
             out.send(
                 "Sorry, something went wrong on my side. The operator's logs have the "
                 "details; please try again."
             )
 
-    app.message_shortcut(CALLBACK_ID)(ack=ack_shortcut, lazy=[run_shortcut])
+    def give_up(payload: dict[str, Any]) -> None:
+        responder(payload).send(
+            "Sorry, I couldn't finish this summary after several attempts. Please try again."
+        )
+
+    return {KIND: Handler(run, give_up)}

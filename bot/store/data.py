@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from bot.store.models import (
     Compaction,
-    ProcessedEvent,
+    Job,
     SlackUser,
     Summary,
     ThreadMessage,
@@ -30,20 +30,11 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def claim_event(session: Session, event_id: str, now: datetime) -> bool:
-    """Record a Slack event id; False when some process already took it."""
-    try:
-        with session.begin_nested():
-            session.add(ProcessedEvent(event_id=event_id, received_at=now))
-            session.flush()
-    except IntegrityError:
-        return False
-    return True
-
-
-def forget_events_before(session: Session, cutoff: datetime) -> int:
-    """Drop event ids older than `cutoff` (Slack stops retrying within minutes)."""
-    result = session.execute(delete(ProcessedEvent).where(ProcessedEvent.received_at < cutoff))
+def forget_jobs_before(session: Session, cutoff: datetime) -> int:
+    """Drop finished jobs older than `cutoff` (their dedupe keys are no longer needed)."""
+    result = session.execute(
+        delete(Job).where(Job.status.in_(("done", "failed")), Job.created_at < cutoff)
+    )
     return result.rowcount or 0
 
 

@@ -83,15 +83,6 @@ class UsageRecord(Base):
     outcome: Mapped[str] = mapped_column(String(32))
 
 
-class ProcessedEvent(Base):
-    """Slack event ids already taken, so a redelivered event is answered once."""
-
-    __tablename__ = "processed_event"
-
-    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
 class SlackUser(Base):
     """Display names, resolved once per workspace and kept so the transcript stays stable."""
 
@@ -149,3 +140,27 @@ class Compaction(Base):
     digest: Mapped[str] = mapped_column(String(64))  # of the summarized messages' rendering
     summary: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    """Durable work: recorded before Slack is acknowledged, done by a worker exactly once."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_status_id", "status", "id"),
+        Index("ix_job_lane_status", "lane", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    # Jobs of one lane (a thread) run one at a time, oldest first.
+    lane: Mapped[str] = mapped_column(String(120))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_by: Mapped[str | None] = mapped_column(String(120))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(300))

@@ -1,0 +1,341 @@
+"""Durable work: a job is stored before Slack is acknowledged and a worker completes it.
+
+- Dedupe: a job's `dedupe_key` (Slack's event_id, or a command's trigger_id) is unique, so a
+  redelivered event, or the same event reaching two processes, makes one job.
+- Order: jobs of one lane (a thread) run one at a time, oldest first, so a follow-up reads the
+  cache its predecessor wrote.
+- Crashes: a running job heartbeats; one whose heartbeat is older than the lease (its process
+  died) is claimed again. After MAX_ATTEMPTS claims it ends with a message to the user.
+- Several processes share the queue on PostgreSQL (`FOR UPDATE SKIP LOCKED`); on SQLite one
+  process is supported (claims are serialised by a lock in the process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.store.data import as_utc
+from bot.store.models import Job
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+_CANDIDATES = 20
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker now owns."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Handler:
+    """How to run a kind of job, and what to do when it keeps failing."""
+
+    run: Callable[[dict[str, Any]], None]
+    give_up: Callable[[dict[str, Any]], None]
+
+
+def worker_identity() -> str:
+    """host:pid:random — unique per process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class JobQueue:
+    """Enqueue, claim, heartbeat and finish jobs in the database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        *,
+        lease_seconds: float = 120.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self._engine = engine
+        self._sessions = sessions
+        self.lease = timedelta(seconds=lease_seconds)
+        self.worker_id = worker_id or worker_identity()
+        self._pg = engine.dialect.name == "postgresql"
+        self._claim_lock = threading.Lock()
+        self.changed = threading.Condition()
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def enqueue(
+        self, kind: str, payload: dict[str, Any], *, lane: str, dedupe_key: str | None = None
+    ) -> bool:
+        """Store a job (committed when this returns); False when `dedupe_key` was seen before."""
+        now = datetime.now(UTC)
+        job = Job(
+            dedupe_key=dedupe_key,
+            kind=kind,
+            lane=lane[:120],
+            payload=json.dumps(payload, ensure_ascii=False),
+            status="queued",
+            attempts=0,
+            created_at=now,
+        )
+        try:
+            with self._sessions.begin() as s:
+                s.add(job)
+        except IntegrityError:
+            return False
+        self._notify()
+        return True
+
+    def claim(self) -> Claimed | None:
+        """Take the next runnable job: queued, or running with a dead owner; oldest in its lane."""
+        with self._claim_lock, self._sessions.begin() as s:
+            now = datetime.now(UTC)
+            stale = now - self.lease
+            query = (
+                select(Job)
+                .where(
+                    (Job.status == "queued")
+                    | ((Job.status == "running") & (Job.heartbeat_at < stale))
+                )
+                .order_by(Job.id)
+                .limit(_CANDIDATES)
+            )
+            if self._pg:
+                query = query.with_for_update(skip_locked=True)
+            for job in s.scalars(query).all():
+                oldest = s.scalar(
+                    select(func.min(Job.id)).where(
+                        Job.lane == job.lane, Job.status.in_(("queued", "running"))
+                    )
+                )
+                if oldest != job.id:
+                    continue  # an earlier job of this thread comes first
+                if job.status == "running":
+                    log.warning(
+                        "job %d: owner %s stopped heartbeating; taking it over",
+                        job.id,
+                        job.locked_by,
+                    )
+                job.status = "running"
+                job.locked_by = self.worker_id
+                job.heartbeat_at = now
+                job.attempts = (job.attempts or 0) + 1
+                return Claimed(job.id, job.kind, json.loads(job.payload), job.attempts)
+        return None
+
+    def heartbeat(self, job_ids: list[int]) -> None:
+        """Tell other workers these jobs are still alive."""
+        if not job_ids:
+            return
+        with self._sessions.begin() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids), Job.locked_by == self.worker_id)
+                .values(heartbeat_at=datetime.now(UTC))
+            )
+
+    def finish(self, job_id: int, status: str = "done", error: str | None = None) -> None:
+        """Mark a job done or failed."""
+        with self._sessions.begin() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    status=status,
+                    finished_at=datetime.now(UTC),
+                    last_error=(error or None) and error[:300],
+                    locked_by=None,
+                )
+            )
+        self._notify()
+
+    def release(self, job_ids: list[int] | None = None) -> int:
+        """Put this worker's running jobs (or the given ones) back in the queue (shutdown)."""
+        with self._sessions.begin() as s:
+            stmt = update(Job).where(Job.status == "running", Job.locked_by == self.worker_id)
+            if job_ids is not None:
+                stmt = stmt.where(Job.id.in_(job_ids))
+            count = s.execute(
+                stmt.values(status="queued", locked_by=None, attempts=Job.attempts - 1)
+            ).rowcount
+        self._notify()
+        return count or 0
+
+    def release_dead_local(self) -> int:
+        """At start-up: jobs held by processes of this host that no longer exist go back."""
+        host = socket.gethostname()
+        released = 0
+        with self._sessions.begin() as s:
+            running = s.scalars(
+                select(Job).where(Job.status == "running", Job.locked_by.like(f"{host}:%"))
+            ).all()
+            for job in running:
+                pid = int((job.locked_by or "::").split(":")[1] or 0)
+                if pid and not _alive(pid):
+                    job.status = "queued"
+                    job.locked_by = None
+                    released += 1
+        if released:
+            log.warning("re-queued %d jobs of processes that died", released)
+            self._notify()
+        return released
+
+    def pending(self) -> int:
+        """Jobs not finished yet."""
+        with self._sessions() as s:
+            return (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.status.in_(("queued", "running")))
+                )
+                or 0
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status."""
+        with self._sessions() as s:
+            return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+
+    def oldest_queued_age(self) -> float:
+        """Seconds the oldest queued job has waited (0 when none)."""
+        with self._sessions() as s:
+            oldest = as_utc(
+                s.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+            )
+        return (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkerPool:
+    """Threads that claim and run jobs until stopped; one heartbeat thread for all of them."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        handlers: dict[str, Handler],
+        *,
+        threads: int = 8,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._queue = queue
+        self._handlers = handlers
+        self._threads_n = threads
+        self._poll = poll_seconds
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the workers and the heartbeat."""
+        try:
+            self._queue.release_dead_local()
+        except Exception as exc:  # the database may be down; workers retry as they poll
+            log.error("could not check for abandoned jobs: %s", type(exc).__name__)
+        for i in range(self._threads_n):
+            t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        hb = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        hb.start()
+        self._threads.append(hb)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Stop claiming; wait up to `timeout` for jobs in hand, then re-queue what is left."""
+        self._stopping.set()
+        with self._queue.changed:
+            self._queue.changed.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            left = list(self._running)
+        released = self._queue.release(left) if left else 0
+        if released:
+            log.warning("shutdown: re-queued %d unfinished jobs", released)
+        return released
+
+    def in_flight(self) -> int:
+        """Jobs this pool is running right now."""
+        with self._lock:
+            return len(self._running)
+
+    def _heartbeat(self) -> None:
+        interval = max(0.2, self._queue.lease.total_seconds() / 4)
+        while not self._stopping.wait(interval):
+            with self._lock:
+                ids = list(self._running)
+            try:
+                self._queue.heartbeat(ids)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self._queue.claim()
+            except Exception:
+                log.exception("claiming a job failed")
+                job = None
+            if job is None:
+                with self._queue.changed:
+                    if not self._stopping.is_set():
+                        self._queue.changed.wait(self._poll)
+                continue
+            self._run(job)
+
+    def _run(self, job: Claimed) -> None:
+        handler = self._handlers.get(job.kind)
+        with self._lock:
+            self._running[job.id] = job.kind
+        try:
+            if handler is None:
+                log.error("job %d: no handler for kind %s", job.id, job.kind)
+                self._queue.finish(job.id, "failed", f"unknown kind {job.kind}")
+                return
+            if job.attempts > MAX_ATTEMPTS:
+                log.error(
+                    "job %d (%s) failed %d times; giving up", job.id, job.kind, job.attempts - 1
+                )
+                try:
+                    handler.give_up(job.payload)
+                finally:
+                    self._queue.finish(job.id, "failed", "gave up after repeated failures")
+                return
+            handler.run(job.payload)
+            self._queue.finish(job.id, "done")
+        except Exception as exc:
+            log.exception("job %d (%s) raised", job.id, job.kind)
+            self._queue.finish(job.id, "failed", f"{type(exc).__name__}")
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
