@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
@@ -25,6 +29,7 @@ from bot import listeners
 from bot.config import Settings
 from bot.jobs import JobQueue, WorkerPool
 from bot.llm import MessagesClient
+from bot.metrics import Metrics
 from bot.service import AnswerService
 from bot.store.db import make_engine, make_session_factory, ping
 from bot.summaries import SummaryService
@@ -130,6 +135,9 @@ class BotApp:
 
         def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                start_response("200 OK", [("content-type", CONTENT_TYPE_LATEST)])
+                return [self.service.metrics.render()]
             if path == "/healthz":
                 ok = ping(self.engine)
                 return _plain(start_response, 200 if ok else 503, "ok" if ok else "database down")
@@ -140,6 +148,24 @@ class BotApp:
                     return _plain(start_response, 400, "bad content-length")
                 if length > MAX_BODY_BYTES:
                     return _plain(start_response, 413, "request body too large")
+                body = environ["wsgi.input"].read(length) if length else b""
+                problem = _malformed(body, environ.get("CONTENT_TYPE", ""))
+                if problem:
+                    log.warning("rejected a malformed request body: %s", problem)
+                    return _plain(start_response, 400, problem)
+                environ["wsgi.input"] = io.BytesIO(body)
+                started = time.perf_counter()
+                status_holder: list[str] = []
+
+                def recording_start(status: str, headers: Any, *exc: Any) -> Any:
+                    status_holder.append(status.split(" ", 1)[0])
+                    return start_response(status, headers, *exc)
+
+                result = handler(environ, recording_start)
+                metrics = self.service.metrics
+                metrics.ack_seconds.observe(time.perf_counter() - started)
+                metrics.http_requests.labels(status_holder[0] if status_holder else "?").inc()
+                return result
             return handler(environ, start_response)
 
         return application
@@ -151,6 +177,33 @@ class BotApp:
         self.executor.shutdown(wait=True)
         self.llm.close()
         self.engine.dispose()
+
+
+def _malformed(body: bytes, content_type: str) -> str | None:
+    """Why a body cannot be a Slack request, or None when it can."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not UTF-8"
+    if not text.strip():
+        return "empty body"
+    if content_type.startswith("application/json"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return "body is not valid JSON"
+        return None if isinstance(parsed, dict) else "JSON body is not an object"
+    fields = urllib.parse.parse_qs(text, keep_blank_values=True)
+    if not fields:
+        return "form body has no fields"
+    if "payload" in fields:
+        try:
+            parsed = json.loads(fields["payload"][0])
+        except ValueError:
+            return "payload is not valid JSON"
+        if not isinstance(parsed, dict):
+            return "payload is not a JSON object"
+    return None
 
 
 def _plain(start_response: Callable[..., Any], status: int, text: str) -> list[bytes]:
@@ -181,13 +234,25 @@ def create_app(
         listener_executor=executor,
         logger=logging.getLogger("bot.bolt"),
     )
+    metrics = Metrics()
     service = AnswerService(
-        settings=settings, client=client, llm=llm, sessions=sessions, clock=clock
+        settings=settings,
+        client=client,
+        llm=llm,
+        sessions=sessions,
+        clock=clock,
+        metrics=metrics,
     )
     summaries = SummaryService(service, client, sessions, clock=clock)
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
     handlers = listeners.register(
         bolt, answers=service, summaries=summaries, sessions=sessions, queue=queue, client=client
     )
-    pool = WorkerPool(queue, handlers, threads=settings.worker_threads)
+    metrics.add_gauges(queue.pending, queue.oldest_queued_age)
+
+    def job_done(kind: str, outcome: str, seconds: float) -> None:
+        metrics.jobs.labels(kind, outcome).inc()
+        metrics.job_seconds.labels(kind).observe(seconds)
+
+    pool = WorkerPool(queue, handlers, threads=settings.worker_threads, on_done=job_done)
     return BotApp(settings, bolt, engine, sessions, service, llm, executor, queue, pool)

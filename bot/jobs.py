@@ -245,6 +245,7 @@ class WorkerPool:
         *,
         threads: int = 8,
         poll_seconds: float = 1.0,
+        on_done: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self._queue = queue
         self._handlers = handlers
@@ -254,6 +255,7 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._running: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._on_done = on_done or (lambda kind, outcome, seconds: None)
 
     def start(self) -> None:
         """Start the workers and the heartbeat."""
@@ -317,6 +319,8 @@ class WorkerPool:
         handler = self._handlers.get(job.kind)
         with self._lock:
             self._running[job.id] = job.kind
+        started = time.monotonic()
+        outcome = "failed"
         try:
             if handler is None:
                 log.error("job %d: no handler for kind %s", job.id, job.kind)
@@ -333,9 +337,11 @@ class WorkerPool:
                 return
             handler.run(job.payload)
             self._queue.finish(job.id, "done")
+            outcome = "done"
         except Exception as exc:
             log.exception("job %d (%s) raised", job.id, job.kind)
             self._queue.finish(job.id, "failed", f"{type(exc).__name__}")
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
+            self._on_done(job.kind, outcome, time.monotonic() - started)

@@ -17,6 +17,7 @@ from bot.compaction import Compactor
 from bot.config import Settings
 from bot.engine import Rhythm, choose_ttl
 from bot.llm import Completion, LLMError, MessagesClient
+from bot.metrics import Metrics
 from bot.pricing import Usage, cache_floor, cost, price_for, savings
 from bot.prompt import PriorCache, build_request
 from bot.replies import build_messages, footer_line, neutralise_pings
@@ -119,8 +120,10 @@ class AnswerService:
         llm: MessagesClient,
         sessions: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = metrics or Metrics()
         self._client = client
         self._llm = llm
         self._sessions = sessions
@@ -256,6 +259,7 @@ class AnswerService:
             self._record_failure(req, exc.kind, started)
             raise
         usage = completion.usage
+        self.metrics.observe_usage(usage)
         self._calibrate(model, built.estimated_tokens, usage.prompt_tokens)
         floor = cache_floor(completion.model, self._settings.cache_floors)
         relay_ignored = (
@@ -444,6 +448,7 @@ class AnswerService:
         )
 
     def _record_failure(self, req: ThreadRequest, outcome: str, started: float) -> None:
+        self.metrics.model_calls.labels(outcome).inc()
         now = self.now()
         latency_ms = int((time.monotonic() - started) * 1000)
         with self._sessions.begin() as s:

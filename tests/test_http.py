@@ -31,3 +31,38 @@ def test_url_verification_challenge(bot: Bot):
 
 def test_unknown_path_is_404(bot: Bot):
     assert bot.http.get("/nope").status_code == 404
+
+
+def test_malformed_bodies_get_400_without_traceback(bot: Bot, caplog):
+    cases = [
+        (b"{not json", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b"payload=%7Bbad", "application/x-www-form-urlencoded"),
+        (b"\xff\xfe", "application/json"),
+        (b"", "application/json"),
+    ]
+    for body, ctype in cases:
+        resp = bot.signed_post(body, ctype)
+        assert resp.status_code == 400, (body, resp.text)
+        assert "Traceback" not in resp.text
+    assert "Traceback" not in caplog.text
+
+
+def test_event_the_bot_subscribes_to_but_ignores_gets_200(bot: Bot):
+    resp = bot.event({"type": "message", "channel": "C1", "user": "U1", "text": "hi",
+                      "ts": "1700000000.000100", "channel_type": "channel"})
+    assert resp.status_code == 200
+
+
+def test_metrics_endpoint(bot: Bot, slack, model):
+    parent = slack.add_thread("C1", 40, text_fn=lambda i: f"message {i} " * 12)
+    bot.mention("C1", "summarize", thread_ts=parent)
+    bot.mention("C1", "again", thread_ts=parent)
+    text = bot.http.get("/metrics").text
+    assert 'bot_jobs_total{kind="mention",outcome="done"} 2.0' in text
+    assert 'bot_http_requests_total{status="200"} 2.0' in text
+    assert "bot_queue_depth 0.0" in text
+    ratio = float(text.split("\nbot_cache_hit_ratio ")[1].split()[0])
+    assert 0.3 < ratio < 1
+    assert 'bot_prompt_tokens_total{part="read"}' in text
+    assert "bot_ack_seconds_bucket" in text
