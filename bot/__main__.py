@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -50,6 +53,7 @@ def _serve(settings: Settings) -> None:
     from slack_bolt.error import BoltError
 
     from bot.app import create_app
+    from bot.housekeeping import Housekeeper
 
     settings.require_http()
     _migrate(settings)
@@ -59,29 +63,53 @@ def _serve(settings: Settings) -> None:
         raise SettingsError(
             f"Slack rejected SLACK_BOT_TOKEN or could not be reached ({exc})"
         ) from None
-    from bot.housekeeping import Housekeeper
+    housekeeper = Housekeeper(app.sessions, settings)
+    housekeeper.start()
+    app.start()
+    stop: list[Callable[[], None]] = []
 
-    Housekeeper(app.sessions, settings).start()
-    if settings.socket_mode:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: no new work; finishing what is in hand", signal.Signals(signum).name)
+        for fn in stop:
+            fn()
 
-        assert settings.slack_app_token is not None
-        log.info("starting in Socket Mode")
-        SocketModeHandler(app.bolt, settings.slack_app_token.get_secret_value()).start()
-        return
-    import waitress
-
-    log.info("serving HTTP on port %d (POST /slack/events, GET /healthz)", settings.port)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        waitress.serve(
-            app.wsgi(),
-            host="0.0.0.0",
-            port=settings.port,
-            threads=settings.http_threads,
-            ident="bot",
-        )
+        if settings.socket_mode:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            assert settings.slack_app_token is not None
+            handler = SocketModeHandler(app.bolt, settings.slack_app_token.get_secret_value())
+            stop.append(handler.close)
+            log.info("starting in Socket Mode")
+            handler.connect()
+            closed = threading.Event()
+            stop.append(closed.set)
+            closed.wait()
+        else:
+            import waitress
+
+            server = waitress.create_server(
+                app.wsgi(),
+                host="0.0.0.0",
+                port=settings.port,
+                threads=settings.http_threads,
+                ident="bot",
+            )
+            stop.append(server.close)
+            log.info(
+                "serving HTTP on port %s (POST /slack/events, GET /healthz, GET /metrics)",
+                server.effective_port,
+            )
+            try:
+                server.run()
+            except OSError:
+                pass  # the listening socket was closed by the signal handler
     finally:
-        app.close()
+        housekeeper.stop()
+        app.close(timeout=settings.shutdown_timeout_seconds)
+        log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

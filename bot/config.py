@@ -59,11 +59,14 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "sqlite:///bot.db", description="SQLAlchemy URL; an SQLite file by default."
     )
-    port: int = Field(3000, ge=1, le=65535, description="HTTP port.")
+    port: int = Field(3000, ge=0, le=65535, description="HTTP port (0: any free port).")
     worker_threads: int = Field(
         16, ge=1, le=256, description="Threads for slow work (model calls) after the ack."
     )
     http_threads: int = Field(8, ge=1, le=256, description="HTTP server threads.")
+    shutdown_timeout_seconds: float = Field(
+        25.0, ge=0, description="On SIGTERM, how long to let jobs in hand finish before re-queuing."
+    )
     job_lease_seconds: float = Field(
         120.0, ge=1, description="A job whose worker stopped heartbeating this long is retried."
     )

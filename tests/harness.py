@@ -37,6 +37,30 @@ def make_settings(slack: FakeSlack, model: FakeMessagesAPI, database_url: str, *
     return load_settings(env, env_file=None)
 
 
+def signature_headers(
+    body: bytes, secret: str = SIGNING_SECRET, timestamp: int | None = None
+) -> dict[str, str]:
+    """Slack's request signature: v0= HMAC-SHA256 of v0:{timestamp}:{body}."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    base = b"v0:" + ts.encode() + b":" + body
+    sig = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {"x-slack-request-timestamp": ts, "x-slack-signature": sig}
+
+
+def mention_envelope(team_id: str, event: dict[str, Any], event_id: str) -> dict[str, Any]:
+    """An Events API envelope around `event`, as Slack posts it."""
+    return {
+        "token": "legacy",
+        "team_id": team_id,
+        "api_app_id": "A0001",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": team_id, "user_id": "UBOT", "is_bot": True}],
+    }
+
+
 class Bot:
     """The bot served over HTTP on loopback, and a way to talk to it like Slack does."""
 
@@ -73,13 +97,9 @@ class Bot:
         timestamp: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        ts = str(int(time.time()) if timestamp is None else timestamp)
-        base = b"v0:" + ts.encode() + b":" + body
-        sig = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
         all_headers = {
             "content-type": content_type,
-            "x-slack-request-timestamp": ts,
-            "x-slack-signature": sig,
+            **signature_headers(body, secret, timestamp),
             **(headers or {}),
         }
         return self.http.post("/slack/events", content=body, headers=all_headers)

@@ -392,8 +392,10 @@ class FakeMessagesAPI:
         self.reject_models: set[str] = set()
         # When set, every request waits for this event before it is answered (a slow model).
         self.gate: threading.Event | None = None
+        self.arrived = 0  # requests that reached the server (counted before any gate)
         self._now = float(start_time)
         self._lock = threading.RLock()
+        self.activity = threading.Condition(self._lock)  # notified when a request arrives
         self._cache: dict[str, _Entry] = {}
         self._failures: deque[_Failure] = deque()
         self._stream_failures: deque[_StreamFailure] = deque()
@@ -542,8 +544,14 @@ class FakeMessagesAPI:
             return f"{prefix}_fake{self._counter:020d}"
 
     def _record(self, headers: dict[str, str], body: Any, status: int) -> None:
-        with self._lock:
+        with self.activity:
             self.requests.append({"headers": headers, "body": body, "status": status})
+            self.activity.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Block until `predicate()` holds, re-checking as requests arrive; False on timeout."""
+        with self.activity:
+            return self.activity.wait_for(predicate, timeout)
 
     def _pop_failure(self) -> _Failure | None:
         with self._lock:
@@ -782,6 +790,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError):
             body = None
         fake = self.fake
+        with fake.activity:
+            fake.arrived += 1
+            fake.activity.notify_all()
         gate = fake.gate
         if gate is not None:
             gate.wait(timeout=60)

@@ -268,6 +268,7 @@ class FakeSlack:
         self.misthreaded: list[dict[str, Any]] = []
 
         self._lock = threading.RLock()
+        self.activity = threading.Condition(self._lock)  # notified after every API call
         self._channels: dict[str, _Channel] = {}
         self._users: dict[str, _User] = {}
         self._failures: dict[str, list[_Failure]] = {}
@@ -720,6 +721,20 @@ class FakeSlack:
     # ------------------------------------------------------------------ dispatch
 
     def _handle_api(
+        self, method: str, params: dict[str, Any], auth_header: str | None
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        try:
+            return self._handle_api_inner(method, params, auth_header)
+        finally:
+            with self.activity:
+                self.activity.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Block until `predicate()` holds, re-checking after every API call; False on timeout."""
+        with self.activity:
+            return self.activity.wait_for(predicate, timeout)
+
+    def _handle_api_inner(
         self, method: str, params: dict[str, Any], auth_header: str | None
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         with self._lock:

@@ -1,0 +1,152 @@
+"""Durable work across real processes: kill -9 after the ack, SIGTERM, two servers, one event."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from bot.store.models import Job
+from tests.harness import SIGNING_SECRET, mention_envelope, signature_headers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BotProcess:
+    """`python -m bot serve` in a child process, on a free port, logging to a buffer."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve"], env=env, cwd=cwd,
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        self.lines: list[str] = []
+        self.port: int | None = None
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:  # blocks until the server says where it listens
+            self.lines.append(line)
+            if "serving HTTP on port" in line:
+                self.port = int(line.split("serving HTTP on port ")[1].split()[0])
+                break
+        assert self.port, "".join(self.lines)
+        self._drain = threading.Thread(target=self._read, daemon=True)
+        self._drain.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def mention(self, team_id: str, event: dict, event_id: str) -> httpx.Response:
+        body = json.dumps(mention_envelope(team_id, event, event_id)).encode()
+        headers = {"content-type": "application/json", **signature_headers(body)}
+        return httpx.post(f"http://127.0.0.1:{self.port}/slack/events", content=body,
+                          headers=headers, timeout=10)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self._drain.join(timeout=10)
+        return code
+
+
+@pytest.fixture
+def spawn(slack, model, database_url, engine, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update({
+        "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.url, "ANTHROPIC_API_KEY": model.api_key,
+        "ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_MODEL": "claude-sonnet-4-5",
+        "DATABASE_URL": database_url, "PORT": "0", "JOB_LEASE_SECONDS": "3",
+        "SHUTDOWN_TIMEOUT_SECONDS": "1", "LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(ROOT),
+    })
+    procs: list[BotProcess] = []
+
+    def start() -> BotProcess:
+        p = BotProcess(env, tmp_path)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop(signal.SIGKILL)
+
+
+def _mention_event(slack, parent: str) -> dict:
+    ts = slack.add_message("C1", "<@UBOT> summarize please", user="U1", thread_ts=parent)
+    return {"type": "app_mention", "user": "U1", "text": "<@UBOT> summarize please", "ts": ts,
+            "thread_ts": parent, "channel": "C1", "event_ts": ts}
+
+
+def _posts(slack, parent: str) -> list[dict]:
+    return [p for p in slack.posts if p.get("thread_ts") == parent]
+
+
+def test_killed_after_the_ack_the_answer_arrives_once_after_restart(spawn, slack, model, engine):
+    parent = slack.add_thread("C1", 20)
+    gate = threading.Event()
+    model.gate = gate
+    first = spawn()
+    assert first.mention(slack.team_id, _mention_event(slack, parent), "EvKILL").status_code == 200
+    assert model.wait_for(lambda: model.arrived >= 1)  # the worker is mid-call
+    first.stop(signal.SIGKILL)
+    model.gate = None
+    gate.set()  # the dead process's call completes into a closed socket
+    second = spawn()
+    assert slack.wait_for(lambda: len(_posts(slack, parent)) >= 1, timeout=60), second.lines
+    with sessionmaker(engine)() as s:
+        job = s.scalar(select(Job))
+    assert job.status == "done" and job.attempts == 2
+    assert second.stop() == 0
+    assert len(_posts(slack, parent)) == 1
+    assert any("re-queued 1 jobs" in line for line in second.lines)
+
+
+def test_sigterm_requeues_unfinished_work_which_the_next_process_answers(
+    spawn, slack, model, engine
+):
+    parent = slack.add_thread("C1", 20)
+    gate = threading.Event()
+    model.gate = gate
+    first = spawn()
+    assert first.mention(slack.team_id, _mention_event(slack, parent), "EvTERM").status_code == 200
+    assert model.wait_for(lambda: model.arrived >= 1)
+    assert first.stop(signal.SIGTERM) == 0
+    assert any("re-queued 1 unfinished jobs" in line for line in first.lines), first.lines
+    with sessionmaker(engine)() as s:
+        assert s.scalar(select(Job.status)) == "queued"
+    model.gate = None
+    gate.set()
+    second = spawn()
+    assert slack.wait_for(lambda: len(_posts(slack, parent)) >= 1, timeout=60), second.lines
+    assert second.stop() == 0
+    assert len(_posts(slack, parent)) == 1
+
+
+def test_two_servers_one_database_same_event_one_answer(spawn, slack, model):
+    parent = slack.add_thread("C1", 20)
+    a, b = spawn(), spawn()
+    event = _mention_event(slack, parent)
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda p=p: results.append(
+        p.mention(slack.team_id, event, "EvTWICE").status_code)) for p in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200, 200]
+    assert slack.wait_for(lambda: len(_posts(slack, parent)) >= 1, timeout=60)
+    assert a.stop() == 0 and b.stop() == 0  # both drained: nothing else can still post
+    assert len(_posts(slack, parent)) == 1
+    assert len(model.usages) == 1
