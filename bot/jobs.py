@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot.store.data import as_utc
 from bot.store.models import Job
@@ -34,7 +34,6 @@ from bot.store.models import Job
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-_CANDIDATES = 20
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,8 @@ class JobQueue:
                 s.add(job)
         except IntegrityError:
             return False
-        self._notify()
+        with self.changed:
+            self.changed.notify()  # one idle worker is enough
         return True
 
     def claim(self) -> Claimed | None:
@@ -110,37 +110,36 @@ class JobQueue:
         with self._claim_lock, self._sessions.begin() as s:
             now = datetime.now(UTC)
             stale = now - self.lease
+            other = aliased(Job)
+            first_in_lane = (
+                select(func.min(other.id))
+                .where(other.lane == Job.lane, other.status.in_(("queued", "running")))
+                .scalar_subquery()
+            )
             query = (
                 select(Job)
                 .where(
                     (Job.status == "queued")
-                    | ((Job.status == "running") & (Job.heartbeat_at < stale))
+                    | ((Job.status == "running") & (Job.heartbeat_at < stale)),
+                    Job.id == first_in_lane,
                 )
                 .order_by(Job.id)
-                .limit(_CANDIDATES)
+                .limit(1)
             )
             if self._pg:
                 query = query.with_for_update(skip_locked=True)
-            for job in s.scalars(query).all():
-                oldest = s.scalar(
-                    select(func.min(Job.id)).where(
-                        Job.lane == job.lane, Job.status.in_(("queued", "running"))
-                    )
+            job = s.scalars(query).first()
+            if job is None:
+                return None
+            if job.status == "running":
+                log.warning(
+                    "job %d: owner %s stopped heartbeating; taking it over", job.id, job.locked_by
                 )
-                if oldest != job.id:
-                    continue  # an earlier job of this thread comes first
-                if job.status == "running":
-                    log.warning(
-                        "job %d: owner %s stopped heartbeating; taking it over",
-                        job.id,
-                        job.locked_by,
-                    )
-                job.status = "running"
-                job.locked_by = self.worker_id
-                job.heartbeat_at = now
-                job.attempts = (job.attempts or 0) + 1
-                return Claimed(job.id, job.kind, json.loads(job.payload), job.attempts)
-        return None
+            job.status = "running"
+            job.locked_by = self.worker_id
+            job.heartbeat_at = now
+            job.attempts = (job.attempts or 0) + 1
+            return Claimed(job.id, job.kind, json.loads(job.payload), job.attempts)
 
     def heartbeat(self, job_ids: list[int]) -> None:
         """Tell other workers these jobs are still alive."""

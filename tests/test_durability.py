@@ -2,62 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.store.models import Job
-from tests.harness import SIGNING_SECRET, mention_envelope, signature_headers
+from tests.harness import SIGNING_SECRET, BotProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class BotProcess:
-    """`python -m bot serve` in a child process, on a free port, logging to a buffer."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve"], env=env, cwd=cwd,
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        )
-        self.lines: list[str] = []
-        self.port: int | None = None
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:  # blocks until the server says where it listens
-            self.lines.append(line)
-            if "serving HTTP on port" in line:
-                self.port = int(line.split("serving HTTP on port ")[1].split()[0])
-                break
-        assert self.port, "".join(self.lines)
-        self._drain = threading.Thread(target=self._read, daemon=True)
-        self._drain.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def mention(self, team_id: str, event: dict, event_id: str) -> httpx.Response:
-        body = json.dumps(mention_envelope(team_id, event, event_id)).encode()
-        headers = {"content-type": "application/json", **signature_headers(body)}
-        return httpx.post(f"http://127.0.0.1:{self.port}/slack/events", content=body,
-                          headers=headers, timeout=10)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=60)
-        self._drain.join(timeout=10)
-        return code
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import math
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -393,6 +394,8 @@ class FakeMessagesAPI:
         # When set, every request waits for this event before it is answered (a slow model).
         self.gate: threading.Event | None = None
         self.arrived = 0  # requests that reached the server (counted before any gate)
+        # Simulated model latency in seconds for each request (benchmarks only).
+        self.delay: Callable[[], float] | None = None
         self._now = float(start_time)
         self._lock = threading.RLock()
         self.activity = threading.Condition(self._lock)  # notified when a request arrives
@@ -543,9 +546,15 @@ class FakeMessagesAPI:
             self._counter += 1
             return f"{prefix}_fake{self._counter:020d}"
 
-    def _record(self, headers: dict[str, str], body: Any, status: int) -> None:
+    def _record(
+        self, headers: dict[str, str], body: Any, status: int, received_at: float | None = None
+    ) -> None:
+        """Keep a request; `received_at` is time.perf_counter() when it arrived (benchmarks)."""
+        arrived = time.perf_counter() if received_at is None else received_at
         with self.activity:
-            self.requests.append({"headers": headers, "body": body, "status": status})
+            self.requests.append(
+                {"headers": headers, "body": body, "status": status, "received_at": arrived}
+            )
             self.activity.notify_all()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
@@ -682,6 +691,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeMessagesAPI/1.0"
     sys_version = ""
     server: _Server
+    _received_at: float | None = None  # time.perf_counter() when the current request arrived
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -763,14 +773,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(status, obj, extra)
 
     def _fail(self, headers: dict[str, str], body: Any, err: BadRequest) -> None:
-        self.fake._record(headers, body, err.status)
+        self.fake._record(headers, body, err.status, self._received_at)
         self._send_error(err.status, err.error_type, err.message)
 
     # -- routing ------------------------------------------------------------------------------
 
     def _not_found(self) -> None:
+        self._received_at = time.perf_counter()
         self._read_body()
-        self.fake._record(self._headers_dict(), None, 404)
+        self.fake._record(self._headers_dict(), None, 404, self._received_at)
         self._send_error(404, "not_found_error", f"Not found: {self.command} {self.path}")
 
     do_GET = _not_found
@@ -779,6 +790,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = _not_found
 
     def do_POST(self) -> None:
+        self._received_at = time.perf_counter()
         if self.path.split("?", 1)[0].rstrip("/") != "/v1/messages":
             self._not_found()
             return
@@ -796,14 +808,16 @@ class _Handler(BaseHTTPRequestHandler):
         gate = fake.gate
         if gate is not None:
             gate.wait(timeout=60)
+        if fake.delay is not None:
+            time.sleep(fake.delay())
 
         failure = fake._pop_failure()
         if failure is not None:
             if failure.shape == "drop":
-                fake._record(headers, body, 0)
+                fake._record(headers, body, 0, self._received_at)
                 self.close_connection = True
                 return
-            fake._record(headers, body, failure.status)
+            fake._record(headers, body, failure.status, self._received_at)
             self._send_error(
                 failure.status,
                 failure.error_type,
@@ -844,7 +858,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(headers, body, message_id, text, usage, stop_reason)
             return
 
-        fake._record(headers, body, 200)
+        fake._record(headers, body, 200, self._received_at)
         with fake._lock:
             fake.usages.append(json.loads(json.dumps(usage)))
         self._send_json(
@@ -878,7 +892,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         fake = self.fake
         stream_failure = fake._pop_stream_failure()
-        fake._record(headers, body, 200)
+        fake._record(headers, body, 200, self._received_at)
         if stream_failure is None:
             with fake._lock:
                 fake.usages.append(json.loads(json.dumps(usage)))

@@ -257,6 +257,10 @@ class FakeSlack:
         self.parent_on_every_page: bool = False
 
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        # One entry per successful conversations.replies/history call: method, channel,
+        # thread_ts (None for history), the message ts returned, and {ts: edited ts} of those
+        # that were edited (so a benchmark can tell a re-read of unchanged messages).
+        self.reads: list[dict[str, Any]] = []
         self.posts: list[dict[str, Any]] = []
         self.ephemerals: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []
@@ -527,6 +531,19 @@ class FakeSlack:
         ]
         replies.sort(key=lambda m: ts_to_us(m["ts"]))
         return replies
+
+    def _record_read(
+        self, method: str, ch: _Channel, thread_ts: str | None, rendered: list[dict[str, Any]]
+    ) -> None:
+        self.reads.append(
+            {
+                "method": method,
+                "channel": ch.id,
+                "thread_ts": thread_ts,
+                "ts": [m["ts"] for m in rendered],
+                "edited": {m["ts"]: m["edited"]["ts"] for m in rendered if m.get("edited")},
+            }
+        )
 
     def _render(self, ch: _Channel, msg: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "message", "ts": msg["ts"]}
@@ -825,8 +842,10 @@ class FakeSlack:
         if msg is None:
             raise SlackError("thread_not_found")
         if self._is_reply(msg):
+            rendered = [self._render(ch, msg)]
+            self._record_read("conversations.replies", ch, msg["thread_ts"], rendered)
             return {
-                "messages": [self._render(ch, msg)],
+                "messages": rendered,
                 "has_more": False,
                 "response_metadata": {"next_cursor": ""},
             }
@@ -846,8 +865,10 @@ class FakeSlack:
         items: list[dict[str, Any]] = ([msg] if with_parent else []) + replies
         size = self._page_size(limit, len(items))
         page, rest = items[:size], items[size:]
+        rendered = [self._render(ch, m) for m in page]
+        self._record_read("conversations.replies", ch, ts, rendered)
         return {
-            "messages": [self._render(ch, m) for m in page],
+            "messages": rendered,
             "has_more": bool(rest),
             "response_metadata": {
                 "next_cursor": _encode_cursor(ts_to_us(rest[0]["ts"])) if rest else ""
@@ -872,8 +893,10 @@ class FakeSlack:
         items.sort(key=lambda m: ts_to_us(m["ts"]), reverse=True)
         size = self._page_size(limit, len(items))
         page, rest = items[:size], items[size:]
+        rendered = [self._render(ch, m) for m in page]
+        self._record_read("conversations.history", ch, None, rendered)
         return {
-            "messages": [self._render(ch, m) for m in page],
+            "messages": rendered,
             "has_more": bool(rest),
             "pin_count": 0,
             "response_metadata": {
