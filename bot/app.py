@@ -221,7 +221,9 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> BotApp:
     """Build the bot. Pass clients or an engine to replace the ones settings would make."""
-    engine = engine or make_engine(settings.database_url)
+    engine = engine or make_engine(
+        settings.database_url, pool_size=settings.worker_threads + settings.http_threads + 4
+    )
     sessions = make_session_factory(engine)
     client = slack_client or make_slack_client(settings)
     llm = llm or make_llm(settings)
