@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.oauth.oauth_settings import OAuthSettings
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
 from bot.config import Settings
+from bot.installations import EncryptedInstallationStore, OAuthStates, SlackClients, TokenCipher
 from bot.jobs import JobQueue, WorkerPool
 from bot.llm import MessagesClient
 from bot.metrics import Metrics
@@ -74,8 +76,9 @@ class WorkExecutor(ThreadPoolExecutor):
 
 def make_slack_client(settings: Settings) -> WebClient:
     """A Web API client that retries 429s (honouring Retry-After), 5xx and dropped connections."""
+    token = settings.slack_bot_token
     return WebClient(
-        token=settings.slack_bot_token.get_secret_value(),
+        token=token.get_secret_value() if token is not None else None,
         base_url=settings.slack_api_url,
         timeout=30,
         retry_handlers=[
@@ -132,6 +135,7 @@ class BotApp:
     def wsgi(self) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
         """The WSGI application: POST /slack/events and GET /healthz."""
         handler = SlackRequestHandler(self.bolt, path="/slack/events")
+        oauth_paths = {"/slack/install", "/slack/oauth_redirect"}
 
         def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             path = environ.get("PATH_INFO", "")
@@ -166,6 +170,8 @@ class BotApp:
                 metrics.ack_seconds.observe(time.perf_counter() - started)
                 metrics.http_requests.labels(status_holder[0] if status_holder else "?").inc()
                 return result
+            if path in oauth_paths and self.bolt.oauth_flow is None:
+                return _plain(start_response, 404, "OAuth is not configured")
             return handler(environ, start_response)
 
         return application
@@ -229,26 +235,56 @@ def create_app(
     llm = llm or make_llm(settings)
     executor = WorkExecutor(settings.worker_threads)
     secret = settings.slack_signing_secret
+    store: EncryptedInstallationStore | None = None
+    oauth: dict[str, Any] = {}
+    if settings.oauth:
+        assert settings.slack_client_id and settings.slack_client_secret
+        key = settings.encryption_key
+        store = EncryptedInstallationStore(
+            settings.slack_client_id, engine, TokenCipher(key.get_secret_value() if key else None)
+        )
+        oauth = {
+            "installation_store": store,
+            "oauth_settings": OAuthSettings(
+                client_id=settings.slack_client_id,
+                client_secret=settings.slack_client_secret.get_secret_value(),
+                scopes=[s.strip() for s in settings.slack_scopes.split(",") if s.strip()],
+                installation_store=store,
+                state_store=OAuthStates(engine),
+                install_page_rendering_enabled=True,
+            ),
+        }
     bolt = App(
         client=client,
         signing_secret=secret.get_secret_value() if secret else None,
         request_verification_enabled=not settings.socket_mode,
         listener_executor=executor,
         logger=logging.getLogger("bot.bolt"),
+        **oauth,
+    )
+    clients = SlackClients(
+        client,
+        store,
+        client_id=settings.slack_client_id,
+        client_secret=(
+            settings.slack_client_secret.get_secret_value()
+            if settings.slack_client_secret
+            else None
+        ),
     )
     metrics = Metrics()
     service = AnswerService(
         settings=settings,
-        client=client,
+        clients=clients,
         llm=llm,
         sessions=sessions,
         clock=clock,
         metrics=metrics,
     )
-    summaries = SummaryService(service, client, sessions, clock=clock)
+    summaries = SummaryService(service, sessions, clock=clock)
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
     handlers = listeners.register(
-        bolt, answers=service, summaries=summaries, sessions=sessions, queue=queue, client=client
+        bolt, answers=service, summaries=summaries, sessions=sessions, queue=queue, store=store
     )
     metrics.add_gauges(queue.pending, queue.oldest_queued_age)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -17,7 +17,25 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    slack_bot_token: SecretStr = Field(description="Bot token (xoxb-…).")
+    slack_client_id: str | None = Field(
+        None, description="OAuth client id; with SLACK_CLIENT_SECRET, many workspaces install."
+    )
+    slack_client_secret: SecretStr | None = Field(None, description="OAuth client secret.")
+    slack_bot_token: SecretStr | None = Field(
+        None,
+        validate_default=True,
+        description="Bot token (xoxb-…); required unless OAuth (client id/secret) is set.",
+    )
+    slack_scopes: str = Field(
+        "app_mentions:read,channels:history,groups:history,im:history,mpim:history,"
+        "channels:read,groups:read,im:read,mpim:read,chat:write,commands,users:read",
+        description="Bot scopes requested by the OAuth install (comma-separated).",
+    )
+    encryption_key: SecretStr | None = Field(
+        None,
+        description="Fernet key(s), comma-separated, newest first: stored bot and refresh tokens "
+        "are encrypted with the first and readable with any.",
+    )
     slack_signing_secret: SecretStr | None = Field(
         None, description="Signing secret; required in HTTP mode."
     )
@@ -99,10 +117,37 @@ class Settings(BaseSettings):
 
     @field_validator("slack_bot_token")
     @classmethod
-    def _bot_token(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith("xox"):
+    def _bot_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            value = None
+        if value is None:
+            if info.data.get("slack_client_id") and info.data.get("slack_client_secret"):
+                return None
+            raise ValueError("is required (or SLACK_CLIENT_ID and SLACK_CLIENT_SECRET for OAuth)")
+        if value is not None and not value.get_secret_value().startswith("xox"):
             raise ValueError("must be a bot token starting with xoxb-")
         return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _fernet(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from cryptography.fernet import Fernet
+
+        for key in value.get_secret_value().split(","):
+            try:
+                Fernet(key.strip())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "must be Fernet keys (32 url-safe base64 bytes each), comma-separated"
+                ) from None
+        return value
+
+    @property
+    def oauth(self) -> bool:
+        """True when the app installs into workspaces through Slack's OAuth flow."""
+        return bool(self.slack_client_id and self.slack_client_secret)
 
     @field_validator("slack_app_token")
     @classmethod
@@ -159,10 +204,16 @@ def load_settings(env: dict[str, str] | None = None, *, env_file: str | None = "
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        if not err["loc"]:  # a check across settings: its message names the variables
+            problems.append(err["msg"].removeprefix("Value error, "))
+            continue
+        name = str(err["loc"][0]).upper()
         if err["type"] == "missing":
             problems.append(f"{name} is required")
         else:
             msg = err["msg"].removeprefix("Value error, ")
+            if msg.startswith("is required"):
+                problems.append(f"{name} {msg}")
+                continue
             problems.append(f"{name} {msg}" if not msg.startswith(name) else msg)
     return "; ".join(problems)

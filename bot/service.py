@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.compaction import Compactor
 from bot.config import Settings
 from bot.engine import Rhythm, choose_ttl
+from bot.installations import SlackClients
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
 from bot.pricing import Usage, cache_floor, cost, price_for, savings
@@ -107,6 +108,7 @@ class ThreadRequest:
     bot_user_id: str
     bot_id: str | None = None
     kind: str = "mention"
+    enterprise_id: str | None = None
 
 
 class AnswerService:
@@ -116,7 +118,7 @@ class AnswerService:
         self,
         *,
         settings: Settings,
-        client: WebClient,
+        clients: SlackClients,
         llm: MessagesClient,
         sessions: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
@@ -124,7 +126,7 @@ class AnswerService:
     ) -> None:
         self._settings = settings
         self.metrics = metrics or Metrics()
-        self._client = client
+        self._clients = clients
         self._llm = llm
         self._sessions = sessions
         self._clock = clock
@@ -132,8 +134,15 @@ class AnswerService:
         self._scale: dict[str, float] = {}
         self._warned_no_cache: set[str] = set()
         self.reader = ThreadReader(
-            client, sessions, full_every=timedelta(hours=settings.full_reread_hours)
+            clients, sessions, full_every=timedelta(hours=settings.full_reread_hours)
         )
+
+    def client_for(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
+        """The Web API client of a workspace."""
+        return self._clients.for_team(team_id, enterprise_id)
+
+    def _client(self, req: ThreadRequest) -> WebClient:
+        return self._clients.for_team(req.team_id, req.enterprise_id)
 
     def now(self) -> datetime:
         """The current time (UTC) from the injected clock."""
@@ -141,7 +150,9 @@ class AnswerService:
 
     def _names(self, team_id: str) -> NameResolver:
         if team_id not in self._resolvers:
-            self._resolvers[team_id] = NameResolver(self._client, self._sessions, team_id)
+            self._resolvers[team_id] = NameResolver(
+                lambda: self._clients.for_team(team_id), self._sessions, team_id
+            )
         return self._resolvers[team_id]
 
     def display_name(self, team_id: str, user_id: str) -> str:
@@ -164,7 +175,9 @@ class AnswerService:
         started = time.monotonic()
         names = self._names(req.team_id)
         try:
-            messages = self.reader.read(req.team_id, req.channel_id, req.thread_ts, self.now())
+            messages = self.reader.read(
+                req.team_id, req.channel_id, req.thread_ts, self.now(), req.enterprise_id
+            )
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", req.channel_id, req.thread_ts, exc.error)
             self._record_failure(req, f"slack_{exc.error}", started)
@@ -200,7 +213,12 @@ class AnswerService:
         names = self._names(req.team_id)
         model = self._settings.anthropic_model
         turns = render_thread(
-            messages, names, bot_user_id=req.bot_user_id, bot_id=req.bot_id, recap=recap
+            messages,
+            names,
+            bot_user_id=req.bot_user_id,
+            bot_id=req.bot_id,
+            recap=recap,
+            team_id=req.team_id,
         )
         now = self.now()
         with self._sessions() as s:
@@ -364,7 +382,7 @@ class AnswerService:
         outgoing = build_messages(completion.text, footer)
         for part in outgoing:
             try:
-                self._client.chat_postMessage(
+                self._client(req).chat_postMessage(
                     channel=req.channel_id,
                     thread_ts=req.thread_ts,
                     text=part.text,
@@ -376,7 +394,7 @@ class AnswerService:
                 error = str(exc.response.get("error"))
                 log.warning("posting answer in %s failed: %s", req.channel_id, error)
                 if error in ("invalid_blocks", "msg_too_long", "msg_blocks_too_long"):
-                    self._client.chat_postMessage(
+                    self._client(req).chat_postMessage(
                         channel=req.channel_id,
                         thread_ts=req.thread_ts,
                         text=part.text[:3900],
@@ -394,7 +412,12 @@ class AnswerService:
         """A short message to the requester in the thread; ephemeral or DM when that fails."""
         text = neutralise_pings(text)
         try:
-            self._client.chat_postMessage(
+            client = self._client(req)
+        except LookupError:
+            log.error("cannot tell user in team=%s: workspace not installed", req.team_id)
+            return
+        try:
+            client.chat_postMessage(
                 channel=req.channel_id, thread_ts=req.thread_ts, text=text
             )
             return
@@ -404,7 +427,7 @@ class AnswerService:
                 log.error("could not tell user in %s: %s", req.channel_id, error)
                 return
         try:
-            self._client.chat_postEphemeral(
+            client.chat_postEphemeral(
                 channel=req.channel_id, user=req.user_id, thread_ts=req.thread_ts, text=text
             )
             return
@@ -415,7 +438,7 @@ class AnswerService:
                 exc.response.get("error"),
             )
         try:
-            self._client.chat_postMessage(channel=req.user_id, text=text)
+            client.chat_postMessage(channel=req.user_id, text=text)
         except SlackApiError as exc:
             log.error("could not reach user %s at all: %s", req.user_id, exc.response.get("error"))
 

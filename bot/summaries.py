@@ -202,6 +202,7 @@ class Requester:
     bot_user_id: str
     bot_id: str | None
     team_domain: str = ""
+    enterprise_id: str | None = None
 
 
 class SummaryService:
@@ -210,12 +211,10 @@ class SummaryService:
     def __init__(
         self,
         answers: AnswerService,
-        client: WebClient,
         sessions: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._answers = answers
-        self._client = client
         self._sessions = sessions
         self._clock = clock
 
@@ -224,7 +223,7 @@ class SummaryService:
     def check_access(self, channel: str, who: Requester) -> str | None:
         """None when `who` may read `channel` and the bot can; else what to tell them."""
         try:
-            info = self._client.conversations_info(channel=channel)["channel"]
+            info = self._client(who).conversations_info(channel=channel)["channel"]
         except SlackApiError as exc:
             log.info("conversations.info %s: %s", channel, exc.response.get("error"))
             return REFUSAL.format(bot=who.bot_user_id)
@@ -234,7 +233,7 @@ class SummaryService:
             or info.get("is_mpim")
             or info.get("is_group")
         )
-        if private and not self._is_member(channel, who.user_id):
+        if private and not self._is_member(self._client(who), channel, who.user_id):
             return REFUSAL.format(bot=who.bot_user_id)
         if not private and not info.get("is_member"):
             return (
@@ -243,13 +242,15 @@ class SummaryService:
             )
         return None
 
-    def _is_member(self, channel: str, user: str) -> bool:
+    def _client(self, who: Requester) -> WebClient:
+        return self._answers.client_for(who.team_id, who.enterprise_id)
+
+    @staticmethod
+    def _is_member(client: WebClient, channel: str, user: str) -> bool:
         cursor = None
         while True:
             try:
-                resp = self._client.conversations_members(
-                    channel=channel, limit=1000, cursor=cursor
-                )
+                resp = client.conversations_members(channel=channel, limit=1000, cursor=cursor)
             except SlackApiError as exc:
                 log.info("conversations.members %s: %s", channel, exc.response.get("error"))
                 return False
@@ -282,10 +283,11 @@ class SummaryService:
         """A private summary of the thread that `thread_ts` belongs to."""
         try:
             read = self._answers.reader.read
-            messages = read(who.team_id, channel, thread_ts, self._answers.now())
+            now = self._answers.now()
+            messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
             if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
                 thread_ts = messages[0]["thread_ts"]  # a reply's ts: read its whole thread
-                messages = read(who.team_id, channel, thread_ts, self._answers.now())
+                messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", channel, thread_ts, exc.error)
             out.send(self._read_error(exc.error, who), replace=True)
@@ -322,7 +324,7 @@ class SummaryService:
         now = self._clock() if now is None else now
         oldest = window_start(now, seconds) if seconds else None
         try:
-            top = self._history(channel, oldest=oldest, count=count)
+            top = self._history(self._client(who), channel, oldest=oldest, count=count)
         except ThreadReadError as exc:
             log.warning("reading history of %s failed: %s", channel, exc.error)
             out.send(self._read_error(exc.error, who), replace=True)
@@ -336,7 +338,7 @@ class SummaryService:
         for parent in parents[:MAX_RECAP_THREADS]:
             try:
                 replies = self._answers.reader.read(
-                    who.team_id, channel, parent["ts"], self._answers.now()
+                    who.team_id, channel, parent["ts"], self._answers.now(), who.enterprise_id
                 )
             except ThreadReadError as exc:
                 log.info("skipping thread %s in recap: %s", parent["ts"], exc.error)
@@ -359,7 +361,10 @@ class SummaryService:
         req = self._request(who, channel, key, "recap", request)
         self._finish(req, messages, request, out, thread_ts=None, recap=True)
 
-    def _history(self, channel: str, *, oldest: int | None, count: int | None) -> list[dict]:
+    @staticmethod
+    def _history(
+        client: WebClient, channel: str, *, oldest: int | None, count: int | None
+    ) -> list[dict]:
         out: list[dict[str, Any]] = []
         cursor = None
         while True:
@@ -368,7 +373,7 @@ class SummaryService:
             if oldest is not None:
                 kwargs["oldest"] = str(oldest)
             try:
-                resp = self._client.conversations_history(**kwargs)
+                resp = client.conversations_history(**kwargs)
             except SlackApiError as exc:
                 raise ThreadReadError(str(exc.response.get("error"))) from None
             out.extend(resp.get("messages") or [])
@@ -470,7 +475,7 @@ class SummaryService:
         parts = build_messages(summary.text, footer)
         try:
             for part in parts:
-                self._client.chat_postMessage(
+                self._answers.client_for(summary.team_id).chat_postMessage(
                     channel=summary.channel_id,
                     thread_ts=summary.thread_ts,
                     text=part.text,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -15,11 +16,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.store import data
 
+if TYPE_CHECKING:
+    from bot.installations import SlackClients
+
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 200
 NAME_TTL = timedelta(days=7)
 FOOTER_MARK = "⚡"
+EXTERNAL_NOTE = (
+    "[a message from another organisation in this shared channel (Slack Connect); "
+    "its content is not shared with the assistant]"
+)
 _SKIPPED_SUBTYPES = {"channel_join", "channel_leave", "tombstone", "group_join", "group_leave"}
 
 _USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
@@ -107,16 +115,22 @@ class ThreadReader:
     a full re-read after `full_every` catches anything those missed."""
 
     def __init__(
-        self, client: WebClient, sessions: sessionmaker[Session], *, full_every: timedelta
+        self, clients: SlackClients, sessions: sessionmaker[Session], *, full_every: timedelta
     ) -> None:
-        self._client = client
+        self._clients = clients
         self._sessions = sessions
         self._full_every = full_every
 
     def read(
-        self, team_id: str, channel: str, thread_ts: str, now: datetime
+        self,
+        team_id: str,
+        channel: str,
+        thread_ts: str,
+        now: datetime,
+        enterprise_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """The thread's current messages, parent first; raises ThreadReadError."""
+        client = self._clients.for_team(team_id, enterprise_id)
         with self._sessions() as s:
             state = data.get_thread(s, team_id, channel, thread_ts)
             fresh_at = data.as_utc(state.full_read_at) if state else None
@@ -127,7 +141,7 @@ class ThreadReader:
             )
         if stored:
             last = max(stored, key=lambda m: ts_key(m["ts"]))["ts"]
-            new = [slim(m) for m in fetch_thread(self._client, channel, thread_ts, oldest=last)]
+            new = [slim(m) for m in fetch_thread(client, channel, thread_ts, oldest=last)]
             known = {m["ts"] for m in stored}
             added = [m for m in new if m["ts"] not in known]
             if added:
@@ -136,7 +150,7 @@ class ThreadReader:
             messages = stored + added
             messages.sort(key=lambda m: ts_key(m["ts"]))
             return messages
-        messages = [slim(m) for m in fetch_thread(self._client, channel, thread_ts)]
+        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
         if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
             return messages  # `thread_ts` named a reply: Slack returned just it; keep nothing
         with self._sessions.begin() as s:
@@ -149,7 +163,9 @@ class ThreadReader:
 class NameResolver:
     """Display names of users, from the database or `users.info` (once per user per week)."""
 
-    def __init__(self, client: WebClient, sessions: sessionmaker[Session], team_id: str) -> None:
+    def __init__(
+        self, client: Callable[[], WebClient], sessions: sessionmaker[Session], team_id: str
+    ) -> None:
         self._client = client
         self._sessions = sessions
         self._team_id = team_id
@@ -179,7 +195,7 @@ class NameResolver:
 
     def _fetch(self, user_id: str, now: datetime) -> str:
         try:
-            user = self._client.users_info(user=user_id)["user"]
+            user = self._client().users_info(user=user_id)["user"]
         except SlackApiError as exc:
             log.warning("users.info %s failed: %s", user_id, exc.response.get("error"))
             return user_id
@@ -236,12 +252,21 @@ def render_thread(
     bot_user_id: str,
     bot_id: str | None,
     recap: bool = False,
+    team_id: str | None = None,
 ) -> list[Turn]:
     """Render messages as transcript turns; the same messages always give the same bytes.
 
     With `recap`, replies say which thread they belong to (a channel's messages interleave).
+    Slack Connect: a message whose author belongs to another organisation than `team_id` is
+    shown only as a placeholder; its text, files and name never reach the model.
     """
-    users = {m["user"] for m in messages if m.get("user") and not m.get("bot_id")}
+    users = {
+        m["user"]
+        for m in messages
+        if m.get("user")
+        and not m.get("bot_id")
+        and not (team_id and (m.get("user_team") or m.get("team") or team_id) != team_id)
+    }
     for m in messages:
         users.update(u for u, _ in _USER_REF.findall(m.get("text") or ""))
     names.alias(bot_user_id, "You (assistant)")
@@ -251,6 +276,10 @@ def render_thread(
         if m.get("subtype") in _SKIPPED_SUBTYPES:
             continue
         own = m.get("user") == bot_user_id or (bot_id is not None and m.get("bot_id") == bot_id)
+        author_team = m.get("user_team") or m.get("team")
+        if team_id and author_team and author_team != team_id and not own:
+            turns.append(Turn(ts=m["ts"], text=f"[{_stamp(m['ts'])}] {EXTERNAL_NOTE}", own=False))
+            continue
         if own:
             author = "You (assistant)"
             body = _strip_footer(m.get("text") or "")

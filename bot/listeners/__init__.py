@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from slack_bolt import App
-from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import lifecycle, mention, message_events, share, shortcut, summarize
 from bot.listeners.summarize import UsageHandler
@@ -20,15 +20,15 @@ def register(
     summaries: SummaryService,
     sessions: sessionmaker[Session],
     queue: JobQueue,
-    client: WebClient,
+    store: EncryptedInstallationStore | None = None,
     usage: UsageHandler | None = None,
 ) -> dict[str, Handler]:
     """Attach every listener to `app`; the returned handlers run the stored jobs."""
     handlers: dict[str, Handler] = {}
     handlers.update(mention.register(app, answers, queue))
     handlers.update(summarize.register(app, summaries, queue, usage))
-    handlers.update(shortcut.register(app, summaries, queue, client))
+    handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
     message_events.register(app, answers, sessions)
-    lifecycle.register(app, sessions)
+    lifecycle.register(app, sessions, store)
     return handlers

@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
-from slack_sdk import WebClient
 
 from bot.jobs import Handler, JobQueue
+from bot.service import AnswerService
 from bot.summaries import Ephemeral, Requester, SummaryService
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ KIND = "summarize_shortcut"
 
 
 def register(
-    app: App, summaries: SummaryService, queue: JobQueue, client: WebClient
+    app: App, summaries: SummaryService, answers: AnswerService, queue: JobQueue
 ) -> dict[str, Handler]:
     """Wire the shortcut; it works on thread replies too (slash commands cannot run in threads)."""
 
@@ -36,6 +36,7 @@ def register(
             "response_url": shortcut.get("response_url"),
             "bot_user_id": context.bot_user_id or "",
             "bot_id": context.bot_id,
+            "enterprise_id": context.enterprise_id,
         }
         queue.enqueue(
             KIND,
@@ -46,6 +47,7 @@ def register(
         ack()
 
     def responder(payload: dict[str, Any]) -> Ephemeral:
+        client = answers.client_for(payload["team_id"], payload.get("enterprise_id"))
         return Ephemeral(
             client,
             payload["channel_id"],
@@ -61,6 +63,7 @@ def register(
             user_id=payload["user_id"],
             bot_user_id=payload["bot_user_id"],
             bot_id=payload.get("bot_id"),
+            enterprise_id=payload.get("enterprise_id"),
         )
         try:
             summaries.summarize_thread(payload["channel_id"], payload["thread_ts"], who, out)
