@@ -115,18 +115,12 @@ class Bot:
         event_id: str | None = None,
         retry_num: int | None = None,
         wait: bool = True,
+        team_id: str | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        envelope = {
-            "token": "legacy",
-            "team_id": self.slack.team_id,
-            "api_app_id": "A0001",
-            "event": event,
-            "type": "event_callback",
-            "event_id": event_id or f"Ev{next(self._ids):08d}",
-            "event_time": int(time.time()),
-            "authorizations": [{"team_id": self.slack.team_id, "user_id": "UBOT", "is_bot": True}],
-        }
+        envelope = mention_envelope(
+            team_id or self.slack.team_id, event, event_id or f"Ev{next(self._ids):08d}"
+        )
         headers = {}
         if retry_num is not None:
             headers = {"x-slack-retry-num": str(retry_num), "x-slack-retry-reason": "http_timeout"}

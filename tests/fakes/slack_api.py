@@ -249,6 +249,13 @@ class FakeSlack:
         self.team_id = team_id
         self.team_domain = team_domain
         self.bot_token = bot_token
+        self.workspaces: dict[str, str] = {}  # more installed workspaces: token -> team id
+        self.channel_teams: dict[str, str] = {}  # channel -> workspace its messages come from
+        self.client_id = "1111.2222"
+        self.client_secret = "fake-client-secret"
+        self._oauth_codes: dict[str, dict[str, Any]] = {}
+        self._refresh: dict[str, str] = {}
+        self._rotations = 0
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.now: float = start_time
@@ -398,6 +405,7 @@ class FakeSlack:
         subtype: str | None = None,
         files: list[dict] | None = None,
         edited: bool = False,
+        user_team: str | None = None,
     ) -> str:
         with self._lock:
             ch = self._seed_channel(channel)
@@ -417,6 +425,8 @@ class FakeSlack:
             msg: dict[str, Any] = {"ts": ts, "user": user, "text": text, "thread_ts": thread_ts}
             if bot_id is not None:
                 msg["bot_id"] = bot_id
+            if user_team is not None:
+                msg["user_team"] = user_team
             if subtype is not None:
                 msg["subtype"] = subtype
             if files:
@@ -550,8 +560,9 @@ class FakeSlack:
         if msg.get("user") is not None:
             out["user"] = msg["user"]
         out["text"] = msg.get("text", "")
-        out["team"] = self.team_id
-        for key in ("bot_id", "subtype", "hidden", "edited", "files", "blocks", "reactions"):
+        out["team"] = msg.get("user_team") or self.channel_teams.get(ch.id, self.team_id)
+        for key in ("bot_id", "subtype", "hidden", "edited", "files", "blocks", "reactions",
+                    "user_team"):
             if msg.get(key) is not None:
                 out[key] = copy.deepcopy(msg[key])
         if self._is_reply(msg):
@@ -765,10 +776,20 @@ class FakeSlack:
                 token = auth_header[7:].strip()
             elif params.get("token"):
                 token = str(params["token"])
+            if method == "oauth.v2.access":  # authenticated by client id/secret, not a token
+                if auth_header and auth_header.lower().startswith("basic "):
+                    pair = base64.b64decode(auth_header[6:].strip()).decode()
+                    params = {**params, "client_id": pair.split(":", 1)[0],
+                              "client_secret": pair.split(":", 1)[1]}
+                try:
+                    return 200, {}, {"ok": True, **self._api_oauth_v2_access(params)}
+                except SlackError as err:
+                    return err.status, {}, {"ok": False, "error": err.error}
             if not token:
                 return 200, {}, {"ok": False, "error": "not_authed"}
-            if token != self.bot_token:
+            if token != self.bot_token and token not in self.workspaces:
                 return 200, {}, {"ok": False, "error": "invalid_auth"}
+            self._caller_team = self.workspaces.get(token, self.team_id)
             queue = self._failures.get(method)
             if queue:
                 failure = queue[0]
@@ -818,12 +839,68 @@ class FakeSlack:
 
     # ------------------------------------------------------------------ API methods
 
+    def add_workspace(self, team_id: str, token: str) -> None:
+        """Another workspace that installed the app: `token` acts for `team_id` (channels are
+        shared by all workspaces in this fake; give each workspace its own channel ids)."""
+        with self._lock:
+            self.workspaces[token] = team_id
+
+    def add_oauth_code(
+        self, code: str, team_id: str, token: str, *, refresh_token: str | None = None,
+        expires_in: int | None = None, enterprise_id: str | None = None,
+    ) -> None:
+        """A one-time code that oauth.v2.access exchanges for `token` of `team_id`."""
+        with self._lock:
+            self._oauth_codes[code] = {
+                "team_id": team_id, "token": token, "refresh_token": refresh_token,
+                "expires_in": expires_in, "enterprise_id": enterprise_id,
+            }
+
+    def _api_oauth_v2_access(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("client_id") != self.client_id or params.get("client_secret") != \
+                self.client_secret:
+            raise SlackError("invalid_client_id")
+        if params.get("grant_type") == "refresh_token":
+            old = self._refresh.pop(str(params.get("refresh_token")), None)
+            if old is None:
+                raise SlackError("invalid_refresh_token")
+            self._rotations += 1
+            token = f"xoxe.xoxb-rotated-{self._rotations}"
+            refresh = f"xoxe-refresh-{self._rotations}"
+            self.workspaces[token] = old
+            self._refresh[refresh] = old
+            return {"access_token": token, "refresh_token": refresh, "expires_in": 43200,
+                    "token_type": "bot", "team": {"id": old}, "bot_user_id": self.bot_user_id}
+        grant = self._oauth_codes.pop(str(params.get("code")), None)
+        if grant is None:
+            raise SlackError("invalid_code")
+        self.workspaces[grant["token"]] = grant["team_id"]
+        out: dict[str, Any] = {
+            "app_id": "A0001",
+            "authed_user": {"id": "U1"},
+            "scope": "app_mentions:read,channels:history,chat:write,commands,users:read",
+            "token_type": "bot",
+            "access_token": grant["token"],
+            "bot_user_id": self.bot_user_id,
+            "team": {"id": grant["team_id"], "name": f"Team {grant['team_id']}"},
+            "enterprise": (
+                {"id": grant["enterprise_id"], "name": "Org"} if grant["enterprise_id"] else None
+            ),
+            "is_enterprise_install": False,
+        }
+        if grant["refresh_token"]:
+            out["refresh_token"] = grant["refresh_token"]
+            out["expires_in"] = grant["expires_in"] or 43200
+            self._refresh[grant["refresh_token"]] = grant["team_id"]
+        return out
+
     def _api_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        team = getattr(self, "_caller_team", self.team_id)
         return {
             "url": f"https://{self.team_domain}.slack.com/",
             "team": self.team_domain,
             "user": "bot",
-            "team_id": self.team_id,
+            "team_id": team,
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
@@ -989,6 +1066,7 @@ class FakeSlack:
         record.pop("token", None)
         if blocks is not None:
             record["blocks"] = copy.deepcopy(blocks)
+        record["_team"] = getattr(self, "_caller_team", self.team_id)
         self.posts.append(record)
         return {"channel": ch.id, "ts": ts, "message": self._render(ch, msg)}
 
@@ -1118,6 +1196,7 @@ class FakeSlack:
 
 _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "auth.test": FakeSlack._api_auth_test,
+    "oauth.v2.access": FakeSlack._api_oauth_v2_access,
     "conversations.replies": FakeSlack._api_conversations_replies,
     "conversations.history": FakeSlack._api_conversations_history,
     "conversations.info": FakeSlack._api_conversations_info,

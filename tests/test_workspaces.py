@@ -1,0 +1,176 @@
+"""Many workspaces: the OAuth install round trip, isolation, uninstall purge, tokens at rest."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from bot.installations import EncryptedInstallationStore, TokenCipher
+from bot.store.models import ThreadMessage, ThreadState, UsageRecord, slack_bots
+
+KEY = Fernet.generate_key().decode()
+
+
+def words(team: str, i: int) -> str:
+    return f"{team} secret plan item {i}: budget numbers for the {team} launch are confidential."
+
+
+@pytest.fixture
+def oauth_bot(make_bot, slack):
+    return make_bot(
+        slack_bot_token="",
+        slack_client_id=slack.client_id,
+        slack_client_secret=slack.client_secret,
+        encryption_key=KEY,
+    )
+
+
+def install(bot, slack, team: str, token: str) -> None:
+    page = bot.http.get("/slack/install")
+    assert page.status_code == 200
+    state = re.search(r"state=([A-Za-z0-9_-]+)", page.text).group(1)
+    code = f"code-{team}"
+    slack.add_oauth_code(code, team, token)
+    done = bot.http.get(
+        "/slack/oauth_redirect",
+        params={"code": code, "state": state},
+        headers={"cookie": "; ".join(f"{k}={v}" for k, v in page.cookies.items())},
+    )
+    assert done.status_code == 200, done.text
+
+
+def mention_in(bot, slack, team: str, channel: str, parent: str, text: str):
+    ts = slack.add_message(channel, f"<@UBOT> {text}", user="U1", thread_ts=parent)
+    event = {
+        "type": "app_mention",
+        "user": "U1",
+        "text": f"<@UBOT> {text}",
+        "ts": ts,
+        "thread_ts": parent,
+        "channel": channel,
+        "team": team,
+        "event_ts": ts,
+    }
+    return bot.event(event, team_id=team)
+
+
+def test_install_round_trip_stores_encrypted_tokens_and_answers(oauth_bot, slack, model, engine):
+    install(oauth_bot, slack, "T0002", "xoxb-team-two")
+    with engine.connect() as conn:
+        stored = conn.execute(select(slack_bots.c.team_id, slack_bots.c.bot_token)).all()
+    assert [t for t, _ in stored] == ["T0002"]
+    assert stored[0][1].startswith("enc1:") and "xoxb-team-two" not in stored[0][1]
+
+    slack.add_channel("C2", "two-general", members={"U1", "U2"})
+    slack.channel_teams["C2"] = "T0002"
+    parent = slack.add_thread("C2", 5, text_fn=lambda i: words("T0002", i))
+    assert mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize").status_code == 200
+    posts = [p for p in slack.posts if p.get("thread_ts") == parent]
+    assert len(posts) == 1 and posts[0]["_team"] == "T0002"
+
+
+def test_uninstalled_workspace_gets_no_answer_and_bad_state_is_refused(oauth_bot, slack, model):
+    done = oauth_bot.http.get("/slack/oauth_redirect", params={"code": "x", "state": "forged"})
+    assert done.status_code in (400, 401, 403)
+    slack.add_channel("C9", "nine", members={"U1"})
+    parent = slack.add_thread("C9", 2)
+    resp = mention_in(oauth_bot, slack, "T0404", "C9", parent, "hello?")
+    assert resp.status_code in (200, 401)  # Bolt refuses unknown installations
+    assert model.requests == []
+
+
+def test_two_workspaces_are_isolated_and_uninstall_purges_one(oauth_bot, slack, model, engine):
+    install(oauth_bot, slack, "T0002", "xoxb-team-two")
+    install(oauth_bot, slack, "T0003", "xoxb-team-three")
+    slack.add_channel("C2", "two", members={"U1"})
+    slack.add_channel("C3", "three", members={"U1"})
+    slack.channel_teams.update({"C2": "T0002", "C3": "T0003"})
+    p2 = slack.add_thread("C2", 30, text_fn=lambda i: words("T0002", i))
+    p3 = slack.add_thread("C3", 30, text_fn=lambda i: words("T0003", i))
+    mention_in(oauth_bot, slack, "T0002", "C2", p2, "summarize")
+    mention_in(oauth_bot, slack, "T0003", "C3", p3, "summarize")
+    mention_in(oauth_bot, slack, "T0003", "C3", p3, "and again")
+    prompts = {
+        team: " ".join(
+            b["text"]
+            for r in model.requests
+            for b in r["body"]["messages"][0]["content"]
+            if team in b["text"]
+        )
+        for team in ("T0002", "T0003")
+    }
+    third = " ".join(b["text"] for b in model.requests[2]["body"]["messages"][0]["content"])
+    assert "T0002" not in third and "T0003 secret plan item 5" in third  # no cross-workspace
+    assert "another organisation" not in third
+    assert prompts["T0002"] and prompts["T0003"]
+    sessions = sessionmaker(engine)
+    with sessions() as s:
+        teams = dict(s.execute(select(ThreadState.team_id, ThreadState.channel_id)).all())
+    assert teams == {"T0002": "C2", "T0003": "C3"}
+
+    resp = oauth_bot.event({"type": "app_uninstalled"}, team_id="T0002")
+    assert resp.status_code == 200
+    oauth_bot.wait()
+    with sessions() as s:
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(ThreadMessage)
+                .where(ThreadMessage.team_id == "T0002")
+            )
+            == 0
+        )
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(ThreadMessage)
+                .where(ThreadMessage.team_id == "T0003")
+            )
+            > 0
+        )
+        assert (
+            s.scalar(
+                select(func.count()).select_from(UsageRecord).where(UsageRecord.team_id == "T0002")
+            )
+            == 1
+        )  # numbers stay
+        bots = s.execute(select(slack_bots.c.team_id)).scalars().all()
+    assert bots == ["T0003"]
+
+
+def test_tokens_are_unreadable_without_the_key_and_keys_rotate(oauth_bot, slack, engine):
+    install(oauth_bot, slack, "T0002", "xoxb-team-two")
+    client_id = slack.client_id
+    no_key = EncryptedInstallationStore(client_id, engine, TokenCipher(None))
+    with pytest.raises(ValueError, match="ENCRYPTION_KEY"):
+        no_key.find_bot(enterprise_id=None, team_id="T0002")
+    wrong = EncryptedInstallationStore(
+        client_id, engine, TokenCipher(Fernet.generate_key().decode())
+    )
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        wrong.find_bot(enterprise_id=None, team_id="T0002")
+    new = Fernet.generate_key().decode()
+    both = EncryptedInstallationStore(client_id, engine, TokenCipher(f"{new},{KEY}"))
+    assert both.find_bot(enterprise_id=None, team_id="T0002").bot_token == "xoxb-team-two"
+    assert both.rotate_keys() >= 2
+    only_new = EncryptedInstallationStore(client_id, engine, TokenCipher(new))
+    assert only_new.find_bot(enterprise_id=None, team_id="T0002").bot_token == "xoxb-team-two"
+
+
+def test_slack_connect_messages_from_other_organisations_are_not_sent(bot, slack, model):
+    parent = slack.add_thread("C1", 3, text_fn=lambda i: f"our note {i}")
+    slack.add_message(
+        "C1",
+        "EXTERNAL SECRET pricing from the partner",
+        user="U2",
+        thread_ts=parent,
+        user_team="TPARTNER",
+    )
+    bot.mention("C1", "summarize", thread_ts=parent)
+    text = " ".join(b["text"] for b in model.requests[0]["body"]["messages"][0]["content"])
+    assert "EXTERNAL SECRET" not in text and "another organisation" in text
+    assert "our note 1" in text
