@@ -1,4 +1,7 @@
-"""Command line: `python -m bot [serve|migrate]`. The only module that configures logging."""
+"""Command line: `python -m bot [serve|migrate|housekeeping|doctor|inspect|config-docs]`.
+
+The only module that configures logging.
+"""
 
 from __future__ import annotations
 
@@ -121,7 +124,40 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "housekeeping", help="forget old event ids and text past MESSAGE_RETENTION_DAYS, then exit"
     )
+    doctor = sub.add_parser(
+        "doctor",
+        help="check settings, database, Slack, the Messages endpoint and prompt caching "
+        "(spends a few cents)",
+    )
+    doctor.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="C123",
+        help="also check that the bot is a member of this channel (repeatable)",
+    )
+    inspect = sub.add_parser(
+        "inspect", help="dry run: show the request the bot would send for a thread, and its cost"
+    )
+    inspect.add_argument("link", help="a Slack message link (Copy link) of the thread")
+    inspect.add_argument("--send", action="store_true", help="call the model once; show usage")
+    inspect.add_argument(
+        "--request",
+        default="summarize",
+        help="what is asked after the thread (default: %(default)s)",
+    )
+    sub.add_parser("config-docs", help="print docs/CONFIG.md (every setting) to stdout")
     args = parser.parse_args(argv)
+    if args.command == "config-docs":
+        from bot.doctor import config_markdown
+
+        sys.stdout.write(config_markdown())
+        return 0
+    if args.command == "doctor":
+        from bot.doctor import doctor_main
+
+        _configure_logging("WARNING")
+        return doctor_main(args.channel, sys.stdout)
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -134,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             log.info("database is at the latest schema")
         elif args.command == "housekeeping":
             _housekeeping(settings)
+        elif args.command == "inspect":
+            from bot.inspect_thread import run_inspect
+
+            return run_inspect(
+                settings, args.link, send=args.send, out=sys.stdout, request=args.request
+            )
         else:
             _serve(settings)
     except SettingsError as exc:

@@ -18,42 +18,70 @@ PRIOR_GAPS = 1.0
 PRIOR_WITHIN_5M = 0.5
 PRIOR_WITHIN_1H = 0.5
 MAX_CHAIN = 4.0  # expected follow-ups in a row counted at most
+WORKSPACE_WEIGHT = 2.0  # how many of a thread's own gaps the workspace's habits are worth
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What the workspace's threads have shown so far, the starting belief for a thread."""
+
+    p_5m: float = PRIOR_WITHIN_5M / PRIOR_GAPS
+    p_1h: float = PRIOR_WITHIN_1H / PRIOR_GAPS
+    p_next: float = 0.5
+    weight: float = PRIOR_GAPS
+
+    @classmethod
+    def from_totals(
+        cls, *, threads: int, requests: int, gaps: int, within_5m: int, within_1h: int
+    ) -> Prior:
+        """A prior from the workspace's totals (shrunk towards the fixed one when few)."""
+        return cls(
+            p_5m=(within_5m + PRIOR_WITHIN_5M) / (gaps + PRIOR_GAPS),
+            p_1h=(within_1h + PRIOR_WITHIN_1H) / (gaps + PRIOR_GAPS),
+            p_next=(gaps + 1.0) / (requests + 2.0),
+            weight=WORKSPACE_WEIGHT if gaps >= 10 else PRIOR_GAPS,
+        )
 
 
 @dataclass(frozen=True)
 class Rhythm:
-    """How a thread's requests have been spaced so far."""
+    """How a thread's requests have been spaced so far (on top of the workspace's prior)."""
 
     requests: int = 0
     gaps: int = 0
     within_5m: int = 0
     within_1h: int = 0
+    prior: Prior = Prior()
 
     def after_gap(self, seconds: float | None) -> Rhythm:
         """The rhythm once a request arrives `seconds` after the previous one (None: first)."""
         if seconds is None:
-            return Rhythm(self.requests + 1, self.gaps, self.within_5m, self.within_1h)
+            return Rhythm(self.requests + 1, self.gaps, self.within_5m, self.within_1h, self.prior)
         return Rhythm(
             self.requests + 1,
             self.gaps + 1,
             self.within_5m + (seconds <= 300),
             self.within_1h + (seconds <= 3600),
+            self.prior,
         )
 
     @property
     def p_5m(self) -> float:
         """Chance the next request comes within 5 minutes, if it comes."""
-        return (self.within_5m + PRIOR_WITHIN_5M) / (self.gaps + PRIOR_GAPS)
+        w = self.prior.weight
+        return (self.within_5m + w * self.prior.p_5m) / (self.gaps + w)
 
     @property
     def p_1h(self) -> float:
         """Chance the next request comes within an hour, if it comes."""
-        return (self.within_1h + PRIOR_WITHIN_1H) / (self.gaps + PRIOR_GAPS)
+        w = self.prior.weight
+        return (self.within_1h + w * self.prior.p_1h) / (self.gaps + w)
 
     @property
     def p_next(self) -> float:
-        """Chance there is another request on this thread at all (grows with its history)."""
-        return (self.requests + 1) / (self.requests + 2)
+        """Chance there is another request on this thread at all: the workspace's follow-up
+        rate, or more when this thread has already shown several."""
+        return max(self.prior.p_next, (self.requests + 1) / (self.requests + 2))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.compaction import Compactor
 from bot.config import Settings
-from bot.engine import Rhythm, choose_ttl
+from bot.engine import Prior, Rhythm, choose_ttl
 from bot.installations import SlackClients
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
@@ -36,6 +36,7 @@ from bot.threads import (
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = {"5m": 300, "1h": 3600}
+PRIOR_REFRESH = 60.0  # seconds between recomputing a workspace's rhythm
 
 LLM_MESSAGES = {
     "auth": "the model endpoint rejected the API key. An admin needs to check `ANTHROPIC_API_KEY`.",
@@ -132,6 +133,7 @@ class AnswerService:
         self._clock = clock
         self._resolvers: dict[str, NameResolver] = {}
         self._scale: dict[str, float] = {}
+        self._priors: dict[str, tuple[float, Prior]] = {}
         self._warned_no_cache: set[str] = set()
         self.reader = ThreadReader(
             clients, sessions, full_every=timedelta(hours=settings.full_reread_hours)
@@ -225,15 +227,17 @@ class AnswerService:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
             last_at = data.as_utc(state.last_request_at) if state else None
             gap = (now - last_at).total_seconds() if last_at else None
+            habits = self._prior(s, req.team_id)
             rhythm = (
                 Rhythm(
                     state.requests or 0,
                     state.gaps or 0,
                     state.gaps_within_5m or 0,
                     state.gaps_within_1h or 0,
+                    habits,
                 )
                 if state
-                else Rhythm()
+                else Rhythm(prior=habits)
             )
             prior = self._alive_prior(state, now)
         scale = self._scale.get(model, 1.0)
@@ -334,6 +338,16 @@ class AnswerService:
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
         return Done(completion, footer, usage_id)
 
+    def _prior(self, session: Session, team_id: str) -> Prior:
+        """The workspace's request rhythm, recomputed at most every PRIOR_REFRESH seconds."""
+        cached = self._priors.get(team_id)
+        now = self._clock()
+        if cached and 0 <= now - cached[0] < PRIOR_REFRESH:
+            return cached[1]
+        prior = Prior.from_totals(**data.rhythm_totals(session, team_id))
+        self._priors[team_id] = (now, prior)
+        return prior
+
     def _alive_prior(self, state: ThreadState | None, now: datetime) -> PriorCache | None:
         """The previous write, if the endpoint should still hold it."""
         if not state or not state.cache_boundary_ts or not state.cache_prefix_digest:
@@ -417,9 +431,7 @@ class AnswerService:
             log.error("cannot tell user in team=%s: workspace not installed", req.team_id)
             return
         try:
-            client.chat_postMessage(
-                channel=req.channel_id, thread_ts=req.thread_ts, text=text
-            )
+            client.chat_postMessage(channel=req.channel_id, thread_ts=req.thread_ts, text=text)
             return
         except SlackApiError as exc:
             error = exc.response.get("error")

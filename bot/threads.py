@@ -59,8 +59,17 @@ def slim(message: dict[str, Any]) -> dict[str, Any]:
     """The fields of a Slack message that the transcript uses (what is stored)."""
     out = {
         k: message[k]
-        for k in ("ts", "thread_ts", "user", "text", "bot_id", "subtype", "username", "team",
-                  "user_team")
+        for k in (
+            "ts",
+            "thread_ts",
+            "user",
+            "text",
+            "bot_id",
+            "subtype",
+            "username",
+            "team",
+            "user_team",
+        )
         if message.get(k) is not None
     }
     name = (message.get("bot_profile") or {}).get("name")

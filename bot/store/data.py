@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -260,3 +260,18 @@ def purge_idle_threads(session: Session, cutoff: Any) -> int:
     )
     session.execute(delete(Summary).where(Summary.created_at < cutoff))
     return removed
+
+
+def rhythm_totals(session: Session, team_id: str) -> dict[str, int]:
+    """The workspace's threads added up: requests and gaps between them, by TTL coverage."""
+    row = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(ThreadState.requests), 0),
+            func.coalesce(func.sum(ThreadState.gaps), 0),
+            func.coalesce(func.sum(ThreadState.gaps_within_5m), 0),
+            func.coalesce(func.sum(ThreadState.gaps_within_1h), 0),
+        ).where(ThreadState.team_id == team_id, ThreadState.requests > 0)
+    ).one()
+    keys = ("threads", "requests", "gaps", "within_5m", "within_1h")
+    return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}

@@ -1,0 +1,358 @@
+"""`python -m bot inspect <thread link> [--send]`: the request the bot would send for a thread.
+
+A dry run: reads the thread from Slack, renders it and builds the request with the same
+functions and inputs the answering service uses (the thread's stored cache state and compaction
+included), then prints the transcript, where each cache breakpoint sits and why, the TTL, the
+token estimate and the expected cost cold and warm. Nothing is posted and no state is changed
+(display names looked up are cached, as the bot does). `--send` calls the model once.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.app import make_llm, make_slack_client
+from bot.compaction import plan_upto
+from bot.config import Settings
+from bot.doctor import FAIL, MaskedOutput, secret_values
+from bot.llm import LLMError
+from bot.pricing import Usage, cache_floor, cost, price_for
+from bot.prompt import (
+    SYSTEM_PROMPT,
+    Built,
+    Compacted,
+    PriorCache,
+    build_request,
+    estimate_tokens,
+    transcript_digest,
+)
+from bot.replies import footer_line
+from bot.store import data
+from bot.store.db import current_revision, head_revision, make_engine, make_session_factory
+from bot.summaries import parse_link
+from bot.threads import (
+    NameResolver,
+    ThreadReadError,
+    clean_request,
+    fetch_thread,
+    render_thread,
+    slim,
+    ts_key,
+)
+
+PREVIEW_CHARS = 160
+TTL_SECONDS = {"5m": 300, "1h": 3600}
+_WRITE_PRICE = {"5m": "1.25×", "1h": "2×"}
+
+
+def _preview(text: str, width: int) -> str:
+    flat = text.replace("\n", " ⏎ ")
+    if len(flat) <= width:
+        return flat
+    return f"{flat[:width]}… (+{len(flat) - width:,} chars)"
+
+
+def _money(value: float) -> str:
+    return f"${value:,.4f}"
+
+
+def _stamp(when: datetime | None) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else "never"
+
+
+def _alive_prior(state: Any, now: datetime) -> tuple[PriorCache | None, str]:
+    """The previous write on this thread if the endpoint should still hold it, and a note."""
+    if state is None or not state.cache_boundary_ts or not state.cache_prefix_digest:
+        return None, "none (the bot has not written a cache entry for this thread)"
+    touched = data.as_utc(state.cache_written_at)
+    ttl = state.cache_ttl if state.cache_ttl in TTL_SECONDS else "5m"
+    where = f"at message {state.cache_boundary_ts} (ttl {ttl}, last used {_stamp(touched)})"
+    if touched is None or (now - touched).total_seconds() > TTL_SECONDS[ttl] - 5:
+        return None, f"{where}: expired, so not read back"
+    return PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl), f"{where}: alive"
+
+
+def run_inspect(
+    settings: Settings,
+    link: str,
+    *,
+    send: bool,
+    out: TextIO,
+    request: str = "summarize",
+    preview: int = PREVIEW_CHARS,
+) -> int:
+    """Print the request the bot would build for the thread at `link`; with `send`, send it once.
+
+    A link to a reply that mentions the bot rebuilds that mention's request (the messages before
+    it); any other link builds one for `request` asked after the thread's last message.
+    Returns 0, 1 when Slack, the database or the model failed, 2 for a bad link or setup.
+    """
+    w = MaskedOutput(out, secret_values(settings))
+    parsed = parse_link(link)
+    if parsed is None:
+        w.write(f"{FAIL} not a Slack message link: use “Copy link” on a message of the thread\n")
+        return 2
+    if settings.slack_bot_token is None:
+        w.write(f"{FAIL} inspect reads with SLACK_BOT_TOKEN, which is not set (OAuth mode)\n")
+        return 2
+    engine = make_engine(settings.database_url, pool_size=2)
+    try:
+        try:
+            current, head = current_revision(engine), head_revision(engine)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+            w.write(f"{FAIL} database not reachable ({type(exc).__name__}); run the doctor\n")
+            return 1
+        if current != head:
+            at = f"at {current}" if current else "empty"
+            w.write(f"{FAIL} database is {at}, not at {head}: run `python -m bot migrate`\n")
+            return 1
+        return _inspect(settings, parsed, engine, w, send=send, request=request, width=preview)
+    finally:
+        engine.dispose()
+
+
+def _inspect(
+    settings: Settings,
+    link: Any,
+    engine: Any,
+    w: MaskedOutput,
+    *,
+    send: bool,
+    request: str,
+    width: int,
+) -> int:
+    sessions = make_session_factory(engine)
+    client = make_slack_client(settings)
+    try:
+        auth = client.auth_test()
+    except (SlackClientError, OSError) as exc:
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc)
+        w.write(f"{FAIL} Slack auth.test failed ({error}); run `python -m bot doctor`\n")
+        return 1
+    team_id, bot_user_id = str(auth["team_id"]), str(auth["user_id"])
+    bot_id = auth.get("bot_id")
+    channel, thread_ts = link.channel_id, link.thread_ts
+    try:
+        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
+        if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
+            thread_ts = messages[0]["thread_ts"]  # the link named a reply: read its thread
+            messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
+    except ThreadReadError as exc:
+        w.write(f"{FAIL} Slack refused to read {channel}/{thread_ts}: {exc.error}\n")
+        if exc.error in ("not_in_channel", "channel_not_found"):
+            w.write(f"    invite the bot to the channel (/invite @{auth.get('user')})\n")
+        return 1
+    if not messages:
+        w.write(f"{FAIL} the thread {channel}/{thread_ts} has no messages\n")
+        return 1
+    names = NameResolver(lambda: client, sessions, team_id)
+    model = settings.anthropic_model
+    mention = next(
+        (
+            m
+            for m in messages
+            if m["ts"] == link.ts
+            and m["ts"] != thread_ts
+            and f"<@{bot_user_id}" in (m.get("text") or "")
+        ),
+        None,
+    )
+    if mention is not None:
+        before = [m for m in messages if ts_key(m["ts"]) < ts_key(mention["ts"])]
+        ask = clean_request(mention.get("text") or "", names, bot_user_id)
+        requester = names.name(mention["user"]) if mention.get("user") else ""
+        what = f"the mention at {mention['ts']} by {requester or 'unknown'}: “{ask}”"
+    else:
+        before, ask, requester = messages, request, ""
+        what = f"“{ask}” asked after the last message (--request to change)"
+    turns = render_thread(
+        before, names, bot_user_id=bot_user_id, bot_id=bot_id, recap=False, team_id=team_id
+    )
+    now = datetime.now(UTC)
+    with sessions() as s:
+        state = data.get_thread(s, team_id, channel, thread_ts)
+        prior, prior_note = _alive_prior(state, now)
+        stored = data.get_compaction(s, team_id, channel, thread_ts)
+    compacted, compaction_note = _compaction(turns, settings, stored, model)
+    mode = settings.cache_ttl
+    ttl = {"5m": "5m", "1h": "1h", "off": None, "auto": "5m"}[mode]
+    built = build_request(
+        model=model,
+        turns=turns,
+        request=ask,
+        requester=requester,
+        prior=prior,
+        ttl=ttl,
+        max_tokens=settings.max_output_tokens,
+        budget_tokens=settings.context_budget_tokens,
+        compacted=compacted,
+    )
+    w.write(
+        f"Thread {channel}/{thread_ts} in {auth.get('team')} ({team_id}): {len(messages):,} "
+        f"messages; request: {what}\n"
+    )
+    w.write(f"Previous cache write: {prior_note}\n")
+    if compaction_note:
+        w.write(f"Compaction: {compaction_note}\n")
+    _print_transcript(built, w, width)
+    _print_breakpoints(built, mode, w)
+    _print_costs(built, settings, w)
+    if not send:
+        w.write("Dry run: nothing was sent to the model. Add --send to send it once.\n")
+        return 0
+    return _send(settings, built, w)
+
+
+def _compaction(
+    turns: list[Any], settings: Settings, stored: Any, model: str
+) -> tuple[Compacted | None, str]:
+    """The stored compaction the bot would reuse, or why there is none."""
+    upto = plan_upto(
+        turns, settings.context_budget_tokens, 1.0, stored.upto if stored is not None else None
+    )
+    if upto is None:
+        return None, ""
+    texts = [t.text for t in turns]
+    if (
+        stored is not None
+        and stored.upto == upto
+        and stored.digest == transcript_digest(model, texts[1:upto])
+    ):
+        return Compacted(upto, stored.summary), (
+            f"messages 1..{upto - 1} are replaced by the stored summary"
+        )
+    return None, (
+        f"the thread is over CONTEXT_BUDGET_TOKENS: the bot would first fold messages "
+        f"1..{upto - 1} into a summary (a model call this dry run does not make); shown here "
+        "with older messages dropped instead"
+    )
+
+
+def _print_transcript(built: Built, w: MaskedOutput, width: int) -> None:
+    blocks = built.body["messages"][0]["content"]
+    system_tokens = estimate_tokens(SYSTEM_PROMPT)
+    w.write(
+        f"\nTranscript ({len(blocks) - 1:,} blocks, each shown up to {width} characters; "
+        f"◆ = cache breakpoint):\n"
+    )
+    w.write(f"  system  fixed instructions, ~{system_tokens:,} tokens (cached with the blocks)\n")
+    for i, block in enumerate(blocks):
+        control = block.get("cache_control")
+        mark = f"◆ {control.get('ttl', '5m')} " if control else ""
+        tail = "   ← not cached" if i == len(blocks) - 1 else ""
+        w.write(f"  #{i:<5} {mark}{_preview(block['text'], width)}{tail}\n")
+    if built.omitted:
+        w.write(f"  ({built.omitted:,} older messages are left out for length)\n")
+
+
+def _print_breakpoints(built: Built, mode: str, w: MaskedOutput) -> None:
+    w.write("\nBreakpoints:\n")
+    if not built.breakpoints:
+        why = (
+            "CACHE_TTL=off: the bot writes no cache"
+            if mode == "off"
+            else "the transcript is empty: nothing to cache"
+        )
+        w.write(f"  none — {why}\n")
+    for line in built.breakpoints:
+        if "(write" in line:
+            why = (
+                "writes system + transcript so the next request on this thread reads it at 0.1×"
+            )
+        elif "nothing new" in line:
+            why = "nothing arrived since the previous write: the whole prefix is read back"
+        else:
+            why = (
+                "where the previous request on this thread wrote (same message, same digest): "
+                "read back even when more than 20 blocks arrived since"
+            )
+        w.write(f"  {line} — {why}\n")
+    if mode == "auto":
+        chosen = "5m (CACHE_TTL=auto chooses per thread from its rhythm; shown with 5m)"
+    elif mode == "off":
+        chosen = "none (CACHE_TTL=off)"
+    else:
+        chosen = f"{mode} (CACHE_TTL={mode})"
+    w.write(f"TTL: {chosen}\n")
+
+
+def _print_costs(built: Built, settings: Settings, w: MaskedOutput) -> None:
+    model = settings.anthropic_model
+    floor = cache_floor(model, settings.cache_floors)
+    prefix = built.prefix_tokens
+    tail = built.estimated_tokens - prefix
+    w.write(
+        f"Estimated tokens: {built.estimated_tokens:,} prompt ({prefix:,} cacheable prefix incl. "
+        f"system, {tail:,} uncached request), up to {settings.max_output_tokens:,} output\n"
+    )
+    ttl = built.write_ttl
+    cacheable = ttl is not None and prefix >= floor
+    if ttl is not None and not cacheable:
+        w.write(
+            f"  the prefix is under the {floor:,}-token minimum {model} caches: nothing will be "
+            "cached\n"
+        )
+    whole = Usage(input_tokens=built.estimated_tokens)
+    cold = (
+        Usage(
+            input_tokens=tail,
+            cache_creation_tokens=prefix,
+            creation_5m=prefix if ttl == "5m" else 0,
+            creation_1h=prefix if ttl == "1h" else 0,
+        )
+        if cacheable
+        else whole
+    )
+    warm = Usage(input_tokens=tail, cache_read_tokens=prefix) if cacheable else whole
+    price = price_for(model)
+    if price is None:
+        w.write(f"Expected cost: no price known for {model}; in tokens:\n")
+        w.write(f"  cold: {cold.cache_creation_tokens:,} written, {cold.input_tokens:,} uncached\n")
+        w.write(f"  warm: {warm.cache_read_tokens:,} read, {warm.input_tokens:,} uncached\n")
+        return
+    out_max = settings.max_output_tokens * price.output
+    write_note = f"prefix written at {_WRITE_PRICE[ttl]}" if cacheable and ttl else "no cache"
+    read_note = "prefix read at 0.1×" if cacheable else "no cache"
+    w.write(
+        f"Expected cost of the prompt at {model}'s price (output adds up to {_money(out_max)}):\n"
+    )
+    rows = [
+        (f"cold ({write_note})", cost(cold, price)),
+        (f"warm ({read_note})", cost(warm, price)),
+        ("without caching", cost(whole, price)),
+    ]
+    pad = max(len(label) for label, _ in rows) + 1
+    for label, value in rows:
+        w.write(f"  {label + ':':<{pad}} {_money(value)}\n")
+
+
+def _send(settings: Settings, built: Built, w: MaskedOutput) -> int:
+    llm = make_llm(settings)
+    try:
+        done = llm.create(built.body)
+    except LLMError as exc:
+        w.write(f"{FAIL} the model call failed: {exc.detail}\n")
+        return 1
+    finally:
+        llm.close()
+    usage = done.usage
+    w.write(
+        f"\nSent once to {done.model}: {usage.prompt_tokens:,} prompt tokens "
+        f"({usage.input_tokens:,} uncached, {usage.cache_creation_tokens:,} written, "
+        f"{usage.cache_read_tokens:,} read), {usage.output_tokens:,} output; "
+        f"stop: {done.stop_reason}\n"
+    )
+    if built.estimated_tokens:
+        off = (usage.prompt_tokens - built.estimated_tokens) / built.estimated_tokens
+        w.write(f"  the estimate was {built.estimated_tokens:,} ({off:+.0%})\n")
+    price = price_for(done.model)
+    if price is not None:
+        w.write(f"  cost: {_money(cost(usage, price))}\n")
+    w.write(f"  footer: {footer_line(usage, done.model, settings.cache_floors)}\n")
+    answer = re.sub(r"\s+", " ", done.text).strip()
+    w.write(f"  answer: {_preview(answer, 300)}\n")
+    return 0
