@@ -52,6 +52,23 @@ def _housekeeping(settings: Settings) -> None:
         engine.dispose()
 
 
+def _rotate_key(settings: Settings) -> int:
+    from bot.installations import EncryptedInstallationStore, TokenCipher
+    from bot.store.db import make_engine
+
+    if settings.encryption_key is None or not settings.slack_client_id:
+        print("rotate-key needs ENCRYPTION_KEY and SLACK_CLIENT_ID (OAuth)", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database_url)
+    try:
+        cipher = TokenCipher(settings.encryption_key.get_secret_value())
+        changed = EncryptedInstallationStore(settings.slack_client_id, engine, cipher).rotate_keys()
+    finally:
+        engine.dispose()
+    log.info("re-encrypted the tokens of %d rows with the newest key", changed)
+    return 0
+
+
 def _serve(settings: Settings) -> None:
     from slack_bolt.error import BoltError
 
@@ -121,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="migrate the database, then serve (default)")
     sub.add_parser("migrate", help="upgrade the database to the latest schema and exit")
+    sub.add_parser("rotate-key", help="re-encrypt stored tokens with the first ENCRYPTION_KEY")
     sub.add_parser(
         "housekeeping", help="forget old event ids and text past MESSAGE_RETENTION_DAYS, then exit"
     )
@@ -170,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("database is at the latest schema")
         elif args.command == "housekeeping":
             _housekeeping(settings)
+        elif args.command == "rotate-key":
+            return _rotate_key(settings)
         elif args.command == "inspect":
             from bot.inspect_thread import run_inspect
 
