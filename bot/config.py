@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         3, ge=0, le=10, description="Retries on 429, 529, 5xx and connection errors."
     )
     max_output_tokens: int = Field(2048, ge=64, description="max_tokens for each answer.")
+    stream_answers: bool = Field(
+        True,
+        description="Stream mention answers into the thread as the model writes them (Slack's "
+        "streaming API, else an edited placeholder, else one post).",
+    )
     context_budget_tokens: int = Field(
         150_000, ge=2_000, description="Largest prompt (estimated tokens) sent for one thread."
     )

@@ -49,8 +49,14 @@ LLM_FIXES = {
     "server": "the endpoint is failing; run the doctor again later or ask its operator",
     "bad_response": "ANTHROPIC_BASE_URL answered, but not like a Messages API; check the URL",
 }
-SLACK_TOKEN_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked",
-                      "token_expired", "not_allowed_token_type"}
+SLACK_TOKEN_ERRORS = {
+    "invalid_auth",
+    "not_authed",
+    "account_inactive",
+    "token_revoked",
+    "token_expired",
+    "not_allowed_token_type",
+}
 _CACHE_DOCTOR_SYSTEM = (
     "This is a configuration check of a Slack bot's prompt cache. Answer with one word."
 )
@@ -369,8 +375,9 @@ def _check_channel(client: Any, channel: str, bot_name: str, report: Report) -> 
                 "grant channels:read and groups:read (manifest.yml) and reinstall the app",
             )
         else:
-            report.fail(f"channel {channel}: conversations.info answered `{error}`",
-                        "check the channel id")
+            report.fail(
+                f"channel {channel}: conversations.info answered `{error}`", "check the channel id"
+            )
         return
     name = f"#{info.get('name') or channel} ({channel})"
     if info.get("is_archived"):
@@ -451,8 +458,9 @@ def _check_messages(settings: Settings, report: Report, spending: Spending) -> b
             "connection": f"could not reach {base}",
             "timeout": f"{base} did not answer in time",
         }.get(exc.kind, "the endpoint refused a one-token request")
-        fix = LLM_FIXES.get(exc.kind, "check ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, "
-                            "ANTHROPIC_MODEL").format(base=base, model=model)
+        fix = LLM_FIXES.get(
+            exc.kind, "check ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_MODEL"
+        ).format(base=base, model=model)
         report.fail(f"Messages endpoint: {what}", fix, detail=f"({exc.detail})")
         return False
     finally:

@@ -99,7 +99,11 @@ def run_inspect(
     if settings.slack_bot_token is None:
         w.write(f"{FAIL} inspect reads with SLACK_BOT_TOKEN, which is not set (OAuth mode)\n")
         return 2
-    engine = make_engine(settings.database_url, pool_size=2)
+    try:
+        engine = make_engine(settings.database_url, pool_size=2)
+    except Exception as exc:  # noqa: BLE001 - unknown driver or malformed URL
+        w.write(f"{FAIL} DATABASE_URL is not usable ({type(exc).__name__}); run the doctor\n")
+        return 2
     try:
         try:
             current, head = current_revision(engine), head_revision(engine)
@@ -260,9 +264,7 @@ def _print_breakpoints(built: Built, mode: str, w: MaskedOutput) -> None:
         w.write(f"  none — {why}\n")
     for line in built.breakpoints:
         if "(write" in line:
-            why = (
-                "writes system + transcript so the next request on this thread reads it at 0.1×"
-            )
+            why = "writes system + transcript so the next request on this thread reads it at 0.1×"
         elif "nothing new" in line:
             why = "nothing arrived since the previous write: the whole prefix is read back"
         else:

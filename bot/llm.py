@@ -61,6 +61,7 @@ class LLMError(Exception):
         self.kind = kind
         self.detail = detail
         self.status = status
+        self.partial = ""  # text already streamed when a stream broke
 
 
 @dataclass(frozen=True)
@@ -165,22 +166,37 @@ class MessagesClient:
         """Close the connection pool."""
         self._client.close()
 
-    def create(self, body: dict[str, Any]) -> Completion:
-        """Send one request (non-streaming); retry what is worth retrying; raise LLMError."""
+    def create(
+        self, body: dict[str, Any], on_text: Callable[[str], None] | None = None
+    ) -> Completion:
+        """Send one request; retry what is worth retrying; raise LLMError.
+
+        With `on_text`, the answer is streamed (server-sent events) and each piece of text is
+        handed over as it arrives; a stream that breaks after text arrived is not retried (the
+        error carries the text received in `partial`).
+        """
         attempt = 0
         while True:
             try:
-                resp = self._client.post("/v1/messages", json=body)
+                if on_text is None:
+                    resp = self._client.post("/v1/messages", json=body)
+                    if resp.status_code == 200:
+                        return self._parse(resp, body)
+                    error = _error_from_response(resp)
+                else:
+                    with self._client.stream(
+                        "POST", "/v1/messages", json={**body, "stream": True}
+                    ) as resp:
+                        if resp.status_code == 200:
+                            return self._consume(resp, body, on_text)
+                        resp.read()
+                        error = _error_from_response(resp)
             except httpx.TimeoutException as exc:
                 error = LLMError("timeout", f"{type(exc).__name__}")
                 resp = None
             except httpx.TransportError as exc:
                 error = LLMError("connection", f"{type(exc).__name__}")
                 resp = None
-            else:
-                if resp.status_code == 200:
-                    return self._parse(resp, body)
-                error = _error_from_response(resp)
             if attempt >= self._max_retries or not self._should_retry(resp):
                 raise error
             delay = self._delay(resp, attempt)
@@ -210,6 +226,65 @@ class MessagesClient:
             if after is not None and 0 <= after <= _MAX_RETRY_AFTER:
                 return after
         return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
+
+    @staticmethod
+    def _consume(
+        resp: httpx.Response, body: dict[str, Any], on_text: Callable[[str], None]
+    ) -> Completion:
+        """Read an SSE stream: text deltas go to `on_text`; usage from start and delta events."""
+        parts: list[str] = []
+        usage_raw: dict[str, Any] = {}
+        model = str(body.get("model"))
+        stop_reason = None
+        event_name = ""
+        try:
+            for line in resp.iter_lines():
+                if line.startswith("event:"):
+                    event_name = line[6:].strip()
+                    continue
+                if not line.startswith("data:"):
+                    continue
+                try:
+                    data = json.loads(line[5:].strip())
+                except ValueError:
+                    continue
+                kind = data.get("type") or event_name
+                if kind == "message_start":
+                    message = data.get("message") or {}
+                    model = str(message.get("model") or model)
+                    usage_raw.update(message.get("usage") or {})
+                elif kind == "content_block_delta":
+                    delta = data.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        parts.append(delta["text"])
+                        on_text(delta["text"])
+                elif kind == "message_delta":
+                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                    for key, value in (data.get("usage") or {}).items():
+                        if value is not None:
+                            usage_raw[key] = value
+                elif kind == "error":
+                    err = data.get("error") or {}
+                    error = LLMError(
+                        _KIND_BY_TYPE.get(str(err.get("type")), "server"),
+                        f"stream error {err.get('type')}: {str(err.get('message'))[:200]}",
+                        status=200,
+                    )
+                    error.partial = "".join(parts)
+                    raise error
+                elif kind == "message_stop":
+                    break
+        except httpx.TransportError as exc:
+            error = LLMError("connection", f"stream broke: {type(exc).__name__}", status=200)
+            error.partial = "".join(parts)
+            raise error from None
+        return Completion(
+            text="".join(parts),
+            usage=parse_usage(usage_raw),
+            model=model,
+            stop_reason=stop_reason,
+            request_id=resp.headers.get("request-id"),
+        )
 
     @staticmethod
     def _parse(resp: httpx.Response, body: dict[str, Any]) -> Completion:

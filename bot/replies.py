@@ -24,12 +24,10 @@ ZWSP = "\u200b"
 _EMPTY = "_(the model returned an empty answer)_"
 _TRIMMED_NOTE = "_(answer trimmed to fit Slack)_"
 
-_PING = re.compile(
-    r"<!(channel|here|everyone|group|subteam\^[^>|]*)(?:\|([^>]*))?>", re.IGNORECASE
-)
-_BARE_PING = re.compile(
-    r"(?<![A-Za-z0-9_.@+/%-])@(channel|here|everyone)(?![A-Za-z0-9_])", re.IGNORECASE
-)
+_PING = re.compile(r"<!(channel|here|everyone|group|subteam\^[^>|]*)(?:\|([^>]*))?>", re.IGNORECASE)
+_BARE_PING = re.compile(r"@(channel|here|everyone)(?![A-Za-z0-9_])", re.IGNORECASE)
+_ADDRESS_BEFORE = re.compile(r"[A-Za-z0-9._%+-]")
+_DOMAIN_AFTER = re.compile(r"\.[A-Za-z0-9]")
 
 
 def neutralise_pings(text: str) -> str:
@@ -41,8 +39,15 @@ def neutralise_pings(text: str) -> str:
             name = m.group(2).lstrip("@") or name
         return "@" + ZWSP + name
 
-    text = _PING.sub(inert, text)
-    return _BARE_PING.sub(lambda m: "@" + ZWSP + m.group(1), text)
+    def bare(m: re.Match[str]) -> str:
+        before = m.string[m.start() - 1 : m.start()]
+        if before == "/" or (
+            _ADDRESS_BEFORE.fullmatch(before) and _DOMAIN_AFTER.match(m.string, m.end())
+        ):
+            return m.group(0)  # a URL path or an e-mail address such as ops@here.com
+        return "@" + ZWSP + m.group(1)
+
+    return _BARE_PING.sub(bare, _PING.sub(inert, text))
 
 
 def _escape(text: str) -> str:
@@ -71,8 +76,8 @@ _CODE_SPAN = re.compile(r"(`+)(?!`)(.+?)(?<!`)\1(?!`)")
 _MD_LINK = re.compile(
     r"(!?)\[([^\]\n]*)\]\(\s*<?((?:[^()\s<>]|\([^()\s]*\))+)>?(?:\s+\"[^\"]*\")?\s*\)"
 )
-_AUTOLINK = re.compile(r"<((?:https?://|mailto:)[^\s<>]+)>", re.IGNORECASE)
-_BARE_URL = re.compile(r"https?://[^\s<>\"\x00\u3000-\u303f\uff01-\uff65]+", re.IGNORECASE)
+_AUTOLINK = re.compile(r"<((?:https?://|mailto:)[^\s<>|]+)>", re.IGNORECASE)
+_BARE_URL = re.compile(r"https?://[^\s<>|\"\x00\u3000-\u303f\uff01-\uff65]+", re.IGNORECASE)
 _BACKSLASH = re.compile(r"\\([!-/:-@\[-`{-~])")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _BOLD_ITALIC = re.compile(r"\*\*\*(?=\S)(.+?)(?<=\S)\*\*\*")
@@ -128,9 +133,7 @@ def _strip_markers(text: str) -> str:
 
 def _trim_url(url: str) -> str:
     """A bare URL without the sentence punctuation or emphasis marks glued to its end."""
-    while url and (
-        url[-1] in ".,:;!?'*_~" or (url[-1] == ")" and url.count(")") > url.count("("))
-    ):
+    while url and (url[-1] in ".,:;!?'*_~" or (url[-1] == ")" and url.count(")") > url.count("("))):
         url = url[:-1]
     return url
 
@@ -329,9 +332,9 @@ class _Units:
             self._para_gap, self._gap = self._gap, False
         self._para.append(text)
 
-    def code(self, fence: str, body: list[str], close: str = "```") -> None:
+    def code(self, fence: str, body: list[str]) -> None:
         self.flush()
-        self.units.append(_Unit("\n".join([fence, *body, close]), self._gap, fence))
+        self.units.append(_Unit("\n".join([fence, *body, "```"]), self._gap, fence))
         self._gap = False
 
     def flush(self) -> None:
@@ -349,6 +352,11 @@ _TASK = re.compile(r"^\[([ xX])\]\s+(.*)$")
 _BULLETS = ("•", "◦", "▪")
 
 
+def _unfence(line: str) -> str:
+    """A line of code that cannot end Slack's code block early."""
+    return line.replace("```", "`" + ZWSP + "``")
+
+
 def _fence_at(lines: list[str], i: int) -> tuple[str, list[str], int] | None:
     """A fenced code block at line i: (info string, body dedented, index after), or None."""
     m = _FENCE.match(lines[i])
@@ -363,6 +371,8 @@ def _fence_at(lines: list[str], i: int) -> tuple[str, list[str], int] | None:
         strip = min(indent, len(line) - len(line.lstrip(" ")))
         body.append(line[strip:])
         j += 1
+    while j >= len(lines) and body and not body[-1].strip():
+        body.pop()  # an unclosed fence ran to the end: no trailing blank lines
     return m.group(3).strip(), body, j + 1
 
 
@@ -377,7 +387,7 @@ def _mrkdwn_units(markdown: str) -> list[_Unit]:
         if fenced:
             _, body, i = fenced
             if any(b.strip() for b in body):
-                units.code("```", [_escape(b).replace("```", "`" + ZWSP + "``") for b in body])
+                units.code("```", [_unfence(_escape(b)) for b in body])
             continue
         i += 1
         if not line.strip():
@@ -389,7 +399,7 @@ def _mrkdwn_units(markdown: str) -> list[_Unit]:
             grid = _table_grid(parsed)
             units.flush()
             if grid:
-                units.code("```", [_escape(g) for g in grid])
+                units.code("```", [_unfence(_escape(g)) for g in grid])
             else:
                 for row in _table_rows(parsed, _inline):
                     units.line("• " + row)
@@ -455,13 +465,11 @@ def markdown_to_mrkdwn(text: str) -> str:
 
 # -- the `markdown` block -------------------------------------------------------------------
 
-_ANGLE = re.compile(r"<([^<>\n]*)>")
-_UNDERSCORES = re.compile(
-    r"(?<![A-Za-z0-9_\\])(__?)(?=[^\s_])(.+?)(?<=[^\s_])\1(?![A-Za-z0-9_])"
-)
+_ANGLE = re.compile(r"<([^<>\s][^<>\n]*)>")
+_UNDERSCORES = re.compile(r"(?<![A-Za-z0-9_\\])(__?)(?=[^\s_])(.+?)(?<=[^\s_])\1(?![A-Za-z0-9_])")
 _MD_TOKEN = re.compile(
     r"(`+)[^`\n]+?\1(?!`)|\*\*\*(?=\S).+?(?<=\S)\*\*\*|\*\*(?=\S).+?(?<=\S)\*\*"
-    r"|~~(?=\S).+?(?<=\S)~~|(?<![*\\])\*(?=[^\s*]).+?(?<=[^\s*])\*(?!\*)"
+    r"|~~(?=\S).+?(?<=\S)~~|(?<![A-Za-z0-9*\\])\*(?=[^\s*]).+?(?<=[^\s*])\*(?![A-Za-z0-9*])"
 )
 
 
@@ -516,8 +524,7 @@ def _markdown_units(markdown: str) -> list[_Unit]:
         if fenced:
             info, body, i = fenced
             if any(b.strip() for b in body):
-                body = [re.sub(r"<(?=[@#!])", "<" + ZWSP, b).replace("```", "`" + ZWSP + "``")
-                        for b in body]
+                body = [_unfence(re.sub(r"<(?=[@#!])", "<" + ZWSP, b)) for b in body]
                 units.code("```" + info.split(" ")[0].replace("`", ""), body)
             continue
         line = lines[i]
@@ -531,9 +538,9 @@ def _markdown_units(markdown: str) -> list[_Unit]:
             grid = _table_grid(parsed)
             units.flush()
             if grid:
-                units.code("```", grid)
+                units.code("```", [_unfence(g) for g in grid])
             else:
-                for row in _table_rows(parsed, lambda c: _md_inline(c.replace("|", "\\|"))):
+                for row in _table_rows(parsed, _md_inline):
                     units.line("- " + row)
             continue
         units.line(_md_inline(line))
@@ -650,9 +657,7 @@ def _messages(
     groups: list[list[str]] = [[]]
     for part in parts:
         group = groups[-1]
-        if group and (
-            sum(map(_size, group)) + _size(part) > budget or len(group) >= MAX_SECTIONS
-        ):
+        if group and (sum(map(_size, group)) + _size(part) > budget or len(group) >= MAX_SECTIONS):
             groups.append([])
         groups[-1].append(part)
     if len(groups) > MAX_MESSAGES:
@@ -681,9 +686,7 @@ def build_markdown_messages(markdown: str, footer: str | None) -> list[Outgoing]
     """The answer as Slack `markdown` blocks (standard Markdown, pings and Slack syntax made
     inert, tables laid out), one per message; the text fallback is the mrkdwn rendering."""
     parts = _sections(_markdown_units(markdown), MARKDOWN_LIMIT) or [_EMPTY]
-    return _messages(
-        parts, footer, lambda p: {"type": "markdown", "text": p}, markdown_to_mrkdwn
-    )
+    return _messages(parts, footer, lambda p: {"type": "markdown", "text": p}, markdown_to_mrkdwn)
 
 
 def _money(value: float) -> str:

@@ -24,6 +24,7 @@ from bot.prompt import PriorCache, build_request
 from bot.replies import build_messages, footer_line, neutralise_pings
 from bot.store import data
 from bot.store.models import ThreadState, UsageRecord
+from bot.streaming import ThreadReply
 from bot.threads import (
     NameResolver,
     ThreadReader,
@@ -57,6 +58,12 @@ LLM_MESSAGES = {
     "failing, an admin should check `ANTHROPIC_BASE_URL`.",
     "server": "the model endpoint had an internal error, even after retrying. Please try again "
     "shortly.",
+}
+LLM_CUT_OFF = {
+    "overloaded": "the model became overloaded partway",
+    "rate_limited": "the model hit a rate limit partway",
+    "connection": "the connection to the model broke partway",
+    "timeout": "the model took too long partway",
 }
 _DEFAULT_LLM_MESSAGE = (
     "the model endpoint rejected the request. An admin can find the cause in the bot's logs."
@@ -176,23 +183,66 @@ class AnswerService:
     def _answer(self, req: ThreadRequest) -> None:
         started = time.monotonic()
         names = self._names(req.team_id)
+        reply = (
+            ThreadReply(
+                self._client(req),
+                channel=req.channel_id,
+                thread_ts=req.thread_ts,
+                team_id=req.team_id,
+                user_id=req.user_id,
+            )
+            if self._settings.stream_answers
+            else None
+        )
+        if reply is not None:
+            reply.status("is reading the thread…")
         try:
             messages = self.reader.read(
                 req.team_id, req.channel_id, req.thread_ts, self.now(), req.enterprise_id
             )
         except ThreadReadError as exc:
-            log.warning("reading %s/%s failed: %s", req.channel_id, req.thread_ts, exc.error)
+            log.warning(
+                "reading team=%s channel=%s thread=%s failed: %s",
+                req.team_id,
+                req.channel_id,
+                req.thread_ts,
+                exc.error,
+            )
             self._record_failure(req, f"slack_{exc.error}", started)
-            self.tell(req, read_error_text(exc.error, req.bot_user_id))
+            text = read_error_text(exc.error, req.bot_user_id)
+            if reply is None or not reply.fail(text):
+                self.tell(req, text)
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
         request = clean_request(req.text, names, req.bot_user_id)
+        if reply is not None:
+            reply.status(f"is reading {len(before):,} messages…")
         try:
-            done = self.complete(req, before, request, seen=messages, started=started)
+            done = self.complete(
+                req,
+                before,
+                request,
+                seen=messages,
+                started=started,
+                on_text=reply.append if reply is not None else None,
+            )
         except LLMError as exc:
-            self.tell(req, llm_error_text(exc))
+            if reply is not None and exc.partial:
+                why = LLM_CUT_OFF.get(exc.kind, "the model stopped partway")
+                reply.finish(None, note=f"The answer was cut off: {why}. Ask again for the rest.")
+            elif reply is None or not reply.fail(llm_error_text(exc)):
+                self.tell(req, llm_error_text(exc))
             return
-        outcome = self._post_answer(req, done.completion, done.footer)
+        if reply is not None:
+            outcome = reply.finish(done.footer)
+            if outcome != "ok":
+                self.tell(
+                    req,
+                    f"I wrote an answer but couldn't post it here (Slack said "
+                    f"`{outcome.removeprefix('post_')}`).",
+                )
+        else:
+            outcome = self._post_answer(req, done.completion, done.footer)
         if outcome != "ok":
             with self._sessions.begin() as s:
                 data.set_outcome(s, done.usage_id, outcome)
@@ -206,6 +256,7 @@ class AnswerService:
         seen: list[dict[str, Any]] | None = None,
         started: float | None = None,
         recap: bool = False,
+        on_text: Callable[[str], None] | None = None,
     ) -> Done:
         """Render `messages`, call the model with the thread's cache state, record state and usage.
 
@@ -275,7 +326,7 @@ class AnswerService:
             scale=scale,
         )
         try:
-            completion = self._llm.create(built.body)
+            completion = self._llm.create(built.body, on_text=on_text)
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self._record_failure(req, exc.kind, started)

@@ -149,7 +149,8 @@ def test_quick_run_end_to_end_prints_the_table_and_adds_up():
         assert s.cost["naive"] == s.prompt  # the bodies we cost are the ones the fake billed
         assert s.cache_read <= s.prompt
         assert s.cost["bot"] <= 1.25 * s.prompt + 0.75 * s.prompt  # at worst all 1h writes
-        assert s.ask.kind != "mention" or "chat.postMessage" in s.calls
+        answered = {"chat.postMessage", "chat.stopStream"}
+        assert s.ask.kind != "mention" or answered & set(s.calls)
     total = report.rows[cb.ALL]
     assert total.prompt == sum(s.prompt for s in served)
     assert total.cost["naive"] == total.prompt

@@ -218,7 +218,7 @@ def test_relay_that_does_not_cache_is_noted(tbot, slack, model, caplog):
         tbot.mention("C1", "summarize", thread_ts=parent)
         tbot.mention("C1", "again", thread_ts=parent)
     post = tbot.posts_in("C1", parent)[-1]
-    assert "endpoint did not cache" in post["text"]
+    assert "endpoint did not cache" in str(post["blocks"])
     assert caplog.text.count("may accept cache_control without caching") == 1
 
 
@@ -227,7 +227,8 @@ def test_cache_floor_override(make_bot, slack, model, clock):
     parent = slack.add_thread("C1", 5)
     model.caching = False
     bot.mention("C1", "summarize", thread_ts=parent)
-    assert "under the 100,000-token minimum" in bot.posts_in("C1", parent)[-1]["text"]
+    post = bot.posts_in("C1", parent)[-1]
+    assert "under the 100,000-token minimum" in str(post["blocks"])
 
 
 def test_ten_thousand_message_thread_is_answered_with_a_stable_compaction(

@@ -85,3 +85,30 @@ def test_usage_may_be_null_or_missing(client, model):
 def test_unknown_model_works(client, model):
     done = client.create({**BODY, "model": "claude-sonnet-7-20290101"})
     assert done.model == "claude-sonnet-7-20290101"
+
+
+def test_streaming_hands_over_text_and_usage_matches(client, model):
+    model.reply = "Streaming works across several pieces of text."
+    pieces: list[str] = []
+    done = client.create(BODY, on_text=pieces.append)
+    assert "".join(pieces) == done.text == model.reply
+    assert len(pieces) >= 2
+    plain = client.create(BODY)
+    assert done.usage.input_tokens == plain.usage.input_tokens
+    assert done.usage.output_tokens == plain.usage.output_tokens
+
+
+def test_stream_error_midway_carries_the_partial_text(client, model):
+    model.reply = "A long answer that will break in the middle of its second sentence."
+    model.enqueue_stream_error("overloaded_error", after_chars=20)
+    pieces: list[str] = []
+    with pytest.raises(LLMError) as err:
+        client.create(BODY, on_text=pieces.append)
+    assert err.value.kind == "overloaded" and err.value.partial == "".join(pieces)
+    assert len(model.requests) == 1  # text was already shown: not retried
+
+
+def test_stream_http_error_before_text_is_retried(client, model):
+    model.enqueue(529, headers={"retry-after": "0"})
+    pieces: list[str] = []
+    assert client.create(BODY, on_text=pieces.append).text == "".join(pieces)

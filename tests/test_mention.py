@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 
+import pytest
 from sqlalchemy import func, select
 
 from bot.store.models import Job, ThreadState, UsageRecord
@@ -40,7 +41,10 @@ def test_mention_answered_in_thread_with_footer(bot, slack, model, engine):
     assert usage["cache_creation_input_tokens"] > 1024
     assert f"{usage['cache_creation_input_tokens']:,}" in footer
     assert "cached for follow-ups" in footer
-    assert footer in posts[0]["text"]  # plain-text fallback carries it too
+    assert posts[0].get("_streamed")  # streamed as it was written; the footer came at the end
+    assert posts[0]["text"].startswith("Fake reply")
+    statuses = [s["status"] for s in slack.statuses]
+    assert statuses[0] == "is reading the thread…" and statuses[1] == "is reading 41 messages…"
 
     body = model.requests[0]["body"]
     blocks = body["messages"][0]["content"]
@@ -85,8 +89,10 @@ def test_follow_up_after_25_new_messages_still_hits(bot, slack, model):
     bot.mention("C1", "what changed since?", thread_ts=parent)
     first, second = model.usages
     assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
-    total = sum(second[k] for k in
-                ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    total = sum(
+        second[k]
+        for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    )
     assert second["cache_read_input_tokens"] / total > 0.4
 
 
@@ -115,8 +121,15 @@ def test_top_level_mention_starts_a_thread_under_it(bot, slack, model):
 def test_retried_event_is_answered_once(bot, slack, model, engine):
     parent = slack.add_thread("C1", 3)
     ts = slack.add_message("C1", "<@UBOT> summarize", user="U1", thread_ts=parent)
-    event = {"type": "app_mention", "user": "U1", "text": "<@UBOT> summarize", "ts": ts,
-             "thread_ts": parent, "channel": "C1", "event_ts": ts}
+    event = {
+        "type": "app_mention",
+        "user": "U1",
+        "text": "<@UBOT> summarize",
+        "ts": ts,
+        "thread_ts": parent,
+        "channel": "C1",
+        "event_ts": ts,
+    }
     assert bot.event(event, event_id="EvSAME").status_code == 200
     assert bot.event(event, event_id="EvSAME", retry_num=1).status_code == 200
     assert bot.event(event, event_id="EvSAME", retry_num=2).status_code == 200
@@ -129,8 +142,14 @@ def test_retried_event_is_answered_once(bot, slack, model, engine):
 def test_bad_signature_is_rejected_and_nothing_stored(bot, slack, model, engine):
     parent = slack.add_thread("C1", 3)
     ts = slack.add_message("C1", "<@UBOT> hi", user="U1", thread_ts=parent)
-    event = {"type": "app_mention", "user": "U1", "text": "<@UBOT> hi", "ts": ts,
-             "thread_ts": parent, "channel": "C1"}
+    event = {
+        "type": "app_mention",
+        "user": "U1",
+        "text": "<@UBOT> hi",
+        "ts": ts,
+        "thread_ts": parent,
+        "channel": "C1",
+    }
     assert bot.event(event, secret="wrong-secret").status_code == 401
     assert bot.event(event, timestamp=1_000_000_000).status_code == 401  # stale
     assert model.requests == [] and bot.posts_in("C1", parent) == []
@@ -140,10 +159,15 @@ def test_bad_signature_is_rejected_and_nothing_stored(bot, slack, model, engine)
 
 def test_bot_messages_never_trigger_a_reply(bot, slack, model):
     parent = slack.add_thread("C1", 3)
-    ts = slack.add_message("C1", "<@UBOT> loop?", user=None, bot_id="BOTHER",
-                           thread_ts=parent)
-    event = {"type": "app_mention", "bot_id": "BOTHER", "text": "<@UBOT> loop?", "ts": ts,
-             "thread_ts": parent, "channel": "C1"}
+    ts = slack.add_message("C1", "<@UBOT> loop?", user=None, bot_id="BOTHER", thread_ts=parent)
+    event = {
+        "type": "app_mention",
+        "bot_id": "BOTHER",
+        "text": "<@UBOT> loop?",
+        "ts": ts,
+        "thread_ts": parent,
+        "channel": "C1",
+    }
     assert bot.event(event).status_code == 200
     assert model.requests == []
 
@@ -198,17 +222,23 @@ def test_output_with_channel_ping_does_not_ping(bot, slack, model):
         assert ping not in rendered
 
 
-def test_long_answer_is_split_within_slack_limits(make_bot, slack, model):
-    bot = make_bot(max_output_tokens=16000)
+@pytest.mark.parametrize("stream", [True, False])
+def test_long_answer_is_split_within_slack_limits(make_bot, slack, model, stream):
+    bot = make_bot(max_output_tokens=16000, stream_answers=stream)
     parent = slack.add_thread("C1", 5)
     model.reply = "\n\n".join(f"Paragraph {i}: " + "word " * 150 for i in range(40))
     bot.mention("C1", "summarize", thread_ts=parent)
     posts = bot.posts_in("C1", parent)
     assert len(posts) >= 2
+    assert len(posts[-1]["text"]) < 12_000
     for p in posts:
+        if p.get("_streamed"):
+            assert len(p["text"]) <= 10_000
+            continue
         assert len(p["blocks"]) <= 50
         assert all(len(b["text"]["text"]) <= 3000 for b in p["blocks"] if b["type"] == "section")
-    assert sum(1 for p in posts for b in p["blocks"] if b["type"] == "context") == 1
+    assert sum(1 for p in posts for b in (p["blocks"] or []) if b["type"] == "context") == 1
+    assert any(b["type"] == "context" for b in posts[-1]["blocks"])  # the footer comes last
 
 
 def test_thread_of_1500_messages_is_read_across_pages(bot, slack, model):
@@ -242,9 +272,13 @@ def test_names_are_resolved_once(bot, slack, model):
 
 def test_earlier_answers_and_files_are_in_the_transcript(bot, slack, model):
     parent = slack.add_thread("C1", 3)
-    slack.add_message("C1", "see attached", user="U2", thread_ts=parent,
-                      files=[{"id": "F1", "name": "plan.pdf", "filetype": "pdf",
-                              "pretty_type": "PDF"}])
+    slack.add_message(
+        "C1",
+        "see attached",
+        user="U2",
+        thread_ts=parent,
+        files=[{"id": "F1", "name": "plan.pdf", "filetype": "pdf", "pretty_type": "PDF"}],
+    )
     model.reply = "First answer."
     bot.mention("C1", "summarize", thread_ts=parent)
     model.reply = "Second answer."
@@ -257,8 +291,14 @@ def test_earlier_answers_and_files_are_in_the_transcript(bot, slack, model):
 def test_not_in_channel_gets_an_actionable_message(bot, slack, model):
     slack.add_channel("C2", "secret-project", members={"U1"}, bot_member=False)
     ts = slack.add_message("C2", "<@UBOT> summarize", user="U1")
-    event = {"type": "app_mention", "user": "U1", "text": "<@UBOT> summarize", "ts": ts,
-             "channel": "C2", "event_ts": ts}
+    event = {
+        "type": "app_mention",
+        "user": "U1",
+        "text": "<@UBOT> summarize",
+        "ts": ts,
+        "channel": "C2",
+        "event_ts": ts,
+    }
     bot.event(event)
     assert model.requests == []
     told = [p for p in slack.posts if p["channel"].startswith("D") or p["channel"] == "U1"]

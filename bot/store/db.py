@@ -25,6 +25,8 @@ _MIGRATION_LOCK_ID = 74_211_903
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine for `url`; SQLite gets WAL and one writer at a time; PostgreSQL a pool sized
     for every thread that may hold a connection at once."""
+    if url.startswith("postgres://"):  # Heroku's spelling; SQLAlchemy wants postgresql://
+        url = "postgresql://" + url[len("postgres://") :]
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(

@@ -251,6 +251,8 @@ class FakeSlack:
         self.bot_token = bot_token
         self.workspaces: dict[str, str] = {}  # more installed workspaces: token -> team id
         self.channel_teams: dict[str, str] = {}  # channel -> workspace its messages come from
+        self.streams: dict[str, dict[str, Any]] = {}  # ts -> streamed message state
+        self.streaming_enabled = True  # False: chat.startStream is refused (fallback paths)
         self.client_id = "1111.2222"
         self.client_secret = "fake-client-secret"
         self._oauth_codes: dict[str, dict[str, Any]] = {}
@@ -1070,6 +1072,60 @@ class FakeSlack:
         self.posts.append(record)
         return {"channel": ch.id, "ts": ts, "message": self._render(ch, msg)}
 
+    # -- streaming (chat.startStream / appendStream / stopStream) -------------------------------
+
+    def _api_chat_start_stream(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.streaming_enabled:
+            raise SlackError("method_not_supported_for_channel_type")
+        ch = self._channel_for_write(params, open_dm=False)
+        raw_thread = params.get("thread_ts")
+        if not raw_thread:
+            raise SlackError("invalid_arguments")
+        if not ch.is_im and not (params.get("recipient_team_id") and
+                                 params.get("recipient_user_id")):
+            raise SlackError("missing_recipient_team_id")
+        ts = us_to_ts(self._mint_us())
+        text = str(params.get("markdown_text") or "")
+        ch.messages[ts] = {"ts": ts, "user": self.bot_user_id, "bot_id": self.bot_id,
+                           "text": text, "thread_ts": str(raw_thread)}
+        self.streams[ts] = {"channel": ch.id, "thread_ts": str(raw_thread), "text": text,
+                            "appends": 0, "state": "streaming"}
+        return {"channel": ch.id, "ts": ts}
+
+    def _stream(self, params: dict[str, Any]) -> tuple[_Channel, dict[str, Any]]:
+        ch = self._channel_visible(params)
+        stream = self.streams.get(str(params.get("ts")))
+        if stream is None or stream["state"] != "streaming":
+            raise SlackError("message_not_in_streaming_state")
+        return ch, stream
+
+    def _api_chat_append_stream(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch, stream = self._stream(params)
+        piece = str(params.get("markdown_text") or "")
+        if not piece:
+            raise SlackError("no_text")
+        stream["text"] += piece
+        stream["appends"] += 1
+        if len(stream["text"]) > MAX_TEXT_CHARS:
+            raise SlackError("msg_too_long")
+        ch.messages[str(params["ts"])]["text"] = stream["text"]
+        return {"channel": ch.id, "ts": params["ts"]}
+
+    def _api_chat_stop_stream(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch, stream = self._stream(params)
+        stream["text"] += str(params.get("markdown_text") or "")
+        blocks = self._parse_blocks(params)
+        stream["state"] = "stopped"
+        msg = ch.messages[str(params["ts"])]
+        msg["text"] = stream["text"]
+        if blocks is not None:
+            msg["blocks"] = copy.deepcopy(blocks)
+        record = {"channel": ch.id, "thread_ts": stream["thread_ts"], "text": stream["text"],
+                  "blocks": copy.deepcopy(blocks), "_streamed": True,
+                  "_team": getattr(self, "_caller_team", self.team_id)}
+        self.posts.append(record)
+        return {"channel": ch.id, "ts": params["ts"]}
+
     def _api_chat_post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
         ch = self._channel_for_write(params, open_dm=False)
         user = str(params.get("user") or "")
@@ -1204,6 +1260,9 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "conversations.join": FakeSlack._api_conversations_join,
     "users.info": FakeSlack._api_users_info,
     "chat.postMessage": FakeSlack._api_chat_post_message,
+    "chat.startStream": FakeSlack._api_chat_start_stream,
+    "chat.appendStream": FakeSlack._api_chat_append_stream,
+    "chat.stopStream": FakeSlack._api_chat_stop_stream,
     "chat.postEphemeral": FakeSlack._api_chat_post_ephemeral,
     "chat.update": FakeSlack._api_chat_update,
     "chat.getPermalink": FakeSlack._api_chat_get_permalink,
