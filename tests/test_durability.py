@@ -62,10 +62,10 @@ def test_killed_after_the_ack_the_answer_arrives_once_after_restart(spawn, slack
     gate.set()  # the dead process's call completes into a closed socket
     second = spawn()
     assert slack.wait_for(lambda: len(_posts(slack, parent)) >= 1, timeout=60), second.lines
+    assert second.stop() == 0  # lets the job in hand finish
     with sessionmaker(engine)() as s:
         job = s.scalar(select(Job))
     assert job.status == "done" and job.attempts == 2
-    assert second.stop() == 0
     assert len(_posts(slack, parent)) == 1
     assert any("re-queued 1 jobs" in line for line in second.lines)
 
