@@ -72,7 +72,8 @@ _CLOSERS = frozenset((BC, IC, SC, CC))
 _RESERVED = re.compile("[\x00\ue000-\ue007]")
 _SLOT = re.compile("\x00(\\d+)\x00")
 
-_CODE_SPAN = re.compile(r"(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+# Spans are capped at 500 characters: a long line full of stray markers stays linear.
+_CODE_SPAN = re.compile(r"(`+)(?!`)(.{1,500}?)(?<!`)\1(?!`)")
 _MD_LINK = re.compile(
     r"(!?)\[([^\]\n]*)\]\(\s*<?((?:[^()\s<>]|\([^()\s]*\))+)>?(?:\s+\"[^\"]*\")?\s*\)"
 )
@@ -80,12 +81,12 @@ _AUTOLINK = re.compile(r"<((?:https?://|mailto:)[^\s<>|]+)>", re.IGNORECASE)
 _BARE_URL = re.compile(r"https?://[^\s<>|\"\x00\u3000-\u303f\uff01-\uff65]+", re.IGNORECASE)
 _BACKSLASH = re.compile(r"\\([!-/:-@\[-`{-~])")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_BOLD_ITALIC = re.compile(r"\*\*\*(?=\S)(.+?)(?<=\S)\*\*\*")
-_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
-_BOLD_U = re.compile(r"(?<![A-Za-z0-9_])__(?=\S)(.+?)(?<=\S)__(?![A-Za-z0-9_])")
-_ITALIC = re.compile(r"(?<![A-Za-z0-9*\\])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![A-Za-z0-9*])")
-_ITALIC_U = re.compile(r"(?<![A-Za-z0-9_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![A-Za-z0-9_])")
-_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_BOLD_ITALIC = re.compile(r"\*\*\*(?=\S)(.{1,500}?)(?<=\S)\*\*\*")
+_BOLD = re.compile(r"\*\*(?=\S)(.{1,500}?)(?<=\S)\*\*")
+_BOLD_U = re.compile(r"(?<![A-Za-z0-9_])__(?=\S)(.{1,500}?)(?<=\S)__(?![A-Za-z0-9_])")
+_ITALIC = re.compile(r"(?<![A-Za-z0-9*\\])\*(?=[^\s*])(.{1,500}?)(?<=[^\s*])\*(?![A-Za-z0-9*])")
+_ITALIC_U = re.compile(r"(?<![A-Za-z0-9_])_(?=[^\s_])(.{1,500}?)(?<=[^\s_])_(?![A-Za-z0-9_])")
+_STRIKE = re.compile(r"~~(?=\S)(.{1,500}?)(?<=\S)~~")
 _ONLY_URL = re.compile(f"[{BO}{IO}{SO}]+(\x00\\d+\x00)[{BC}{IC}{SC}]+")
 
 
@@ -188,7 +189,7 @@ def _inline_tokens(text: str) -> str:
 
 def _inline(text: str) -> str:
     """One line of Markdown (outside code blocks) to mrkdwn."""
-    return _finish(_inline_tokens(text))
+    return _unfence(_finish(_inline_tokens(text)))
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def _table_grid(table: _Table) -> list[str] | None:
     """The table as padded monospaced lines, or None when too wide or holding links."""
     if any("://" in cell for row in (table.header, *table.rows) for cell in row):
         return None  # links stay clickable in the list form
-    grid = [[_plain_cell(c) for c in row] for row in (table.header, *table.rows)]
+    grid = [[neutralise_pings(_plain_cell(c)) for c in row] for row in (table.header, *table.rows)]
     widths = [max(display_width(row[k]) for row in grid) for k in range(len(table.header))]
     if sum(widths) + 3 * (len(widths) - 1) > TABLE_MAX_WIDTH:
         return None
@@ -292,6 +293,8 @@ def _table_grid(table: _Table) -> list[str] | None:
 
 def _table_rows(table: _Table, cell: Callable[[str], str]) -> list[str]:
     """One "col1: value, col2: value" line per row, empty cells left out."""
+    if not table.rows:
+        return [", ".join(cell(h) for h in table.header if h.strip())]
     out = []
     for row in table.rows:
         parts = [
@@ -313,10 +316,12 @@ class _Unit:
 
     text: str
     gap: bool  # a blank line before it
-    fence: str = ""  # for a code block, the opening fence line (closed by ```/~~~)
+    fence: str = ""  # for a code block, its opening fence line (it closes with ```)
 
 
 class _Units:
+    """Collects converted lines into units, remembering where blank lines were."""
+
     def __init__(self) -> None:
         self.units: list[_Unit] = []
         self._para: list[str] = []
@@ -330,7 +335,7 @@ class _Units:
     def line(self, text: str) -> None:
         if not self._para:
             self._para_gap, self._gap = self._gap, False
-        self._para.append(text)
+        self._para.append(neutralise_pings(text))  # again: conversion may expose "@here"
 
     def code(self, fence: str, body: list[str]) -> None:
         self.flush()
@@ -410,7 +415,7 @@ def _mrkdwn_units(markdown: str) -> list[_Unit]:
             units.flush()
             title = _inline_tokens(heading.group(1) or "").replace(BO, "").replace(BC, "")
             if title.strip():
-                units.line(_finish(BO + title + BC))
+                units.line(_unfence(_finish(BO + title + BC)))
             depths.clear()
             continue
         if _RULE.match(line):
@@ -466,10 +471,15 @@ def markdown_to_mrkdwn(text: str) -> str:
 # -- the `markdown` block -------------------------------------------------------------------
 
 _ANGLE = re.compile(r"<([^<>\s][^<>\n]*)>")
-_UNDERSCORES = re.compile(r"(?<![A-Za-z0-9_\\])(__?)(?=[^\s_])(.+?)(?<=[^\s_])\1(?![A-Za-z0-9_])")
+_UNDERSCORES = re.compile(
+    r"(?<![A-Za-z0-9_\\])(__?)(?=[^\s_])(.{1,500}?)(?<=[^\s_])\1(?![A-Za-z0-9_])"
+)
 _MD_TOKEN = re.compile(
-    r"(`+)[^`\n]+?\1(?!`)|\*\*\*(?=\S).+?(?<=\S)\*\*\*|\*\*(?=\S).+?(?<=\S)\*\*"
-    r"|~~(?=\S).+?(?<=\S)~~|(?<![A-Za-z0-9*\\])\*(?=[^\s*]).+?(?<=[^\s*])\*(?![A-Za-z0-9*])"
+    r"(`+)[^`\n]{1,500}?\1(?!`)"
+    r"|\*\*\*(?=\S).{1,500}?(?<=\S)\*\*\*"
+    r"|\*\*(?=\S).{1,500}?(?<=\S)\*\*"
+    r"|~~(?=\S).{1,500}?(?<=\S)~~"
+    r"|(?<![A-Za-z0-9*\\])\*(?=[^\s*]).{1,500}?(?<=[^\s*])\*(?![A-Za-z0-9*])"
 )
 
 
@@ -512,7 +522,8 @@ def _md_inline(text: str) -> str:
         after = ZWSP if e < len(text) and _needs_gap_after(text[e]) else ""
         return before + m.group(0) + after
 
-    return _MD_TOKEN.sub(gap, text)
+    first, *more = _MD_TOKEN.sub(gap, text).split("\n")  # more: lines a <br> started
+    return "\n".join([first, *(_unfence(m).replace("~~~", "~" + ZWSP + "~~") for m in more)])
 
 
 def _markdown_units(markdown: str) -> list[_Unit]:
