@@ -52,6 +52,37 @@ def _housekeeping(settings: Settings) -> None:
         engine.dispose()
 
 
+def _digest(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from bot.app import create_app
+    from bot.digest import parse_period, render_text
+
+    _migrate(settings)
+    app = create_app(settings)
+    try:
+        try:
+            period = parse_period(args.period, now=datetime.now(UTC))
+        except ValueError as exc:
+            print(f"digest: {exc}", file=sys.stderr)
+            return 2
+        teams = [args.team] if args.team else app.team_ids()
+        channel = args.channel or settings.digest_channel
+        if args.post and not args.dry_run and not channel:
+            print("digest: --post needs --channel or DIGEST_CHANNEL", file=sys.stderr)
+            return 2
+        for team_id in teams:
+            if args.post and not args.dry_run:
+                assert channel is not None
+                result = app.usage.post_digest(team_id, channel, period)
+                print(f"{team_id}: {result}")
+            else:
+                print(render_text(app.usage.build(team_id, period, viewer=None)))
+        return 0
+    finally:
+        app.close()
+
+
 def _rotate_key(settings: Settings) -> int:
     from bot.installations import EncryptedInstallationStore, TokenCipher
     from bot.store.db import make_engine
@@ -85,6 +116,12 @@ def _serve(settings: Settings) -> None:
         ) from None
     housekeeper = Housekeeper(app.sessions, settings)
     housekeeper.start()
+    scheduler = None
+    if settings.digest_schedule and settings.digest_channel:
+        from bot.usage import DigestScheduler
+
+        scheduler = DigestScheduler(app.usage, app.team_ids, settings.digest_channel)
+        scheduler.start()
     app.start()
     stop: list[Callable[[], None]] = []
 
@@ -128,6 +165,8 @@ def _serve(settings: Settings) -> None:
                 pass  # the listening socket was closed by the signal handler
     finally:
         housekeeper.stop()
+        if scheduler is not None:
+            scheduler.stop()
         app.close(timeout=settings.shutdown_timeout_seconds)
         log.info("stopped")
 
@@ -139,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="migrate the database, then serve (default)")
     sub.add_parser("migrate", help="upgrade the database to the latest schema and exit")
     sub.add_parser("rotate-key", help="re-encrypt stored tokens with the first ENCRYPTION_KEY")
+    digest = sub.add_parser("digest", help="the usage digest: print it, or post it once per period")
+    digest.add_argument("--post", action="store_true", help="post to --channel or DIGEST_CHANNEL")
+    digest.add_argument("--dry-run", action="store_true", help="print instead of posting")
+    digest.add_argument("--channel", help="channel id (default DIGEST_CHANNEL)")
+    digest.add_argument("--period", default="7d", help="e.g. 7d, 30d, 24h (default 7d)")
+    digest.add_argument("--team", help="workspace id (default: every workspace served)")
     sub.add_parser(
         "housekeeping", help="forget old event ids and text past MESSAGE_RETENTION_DAYS, then exit"
     )
@@ -190,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             _housekeeping(settings)
         elif args.command == "rotate-key":
             return _rotate_key(settings)
+        elif args.command == "digest":
+            return _digest(settings, args)
         elif args.command == "inspect":
             from bot.inspect_thread import run_inspect
 

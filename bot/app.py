@@ -23,7 +23,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
@@ -34,7 +34,9 @@ from bot.llm import MessagesClient
 from bot.metrics import Metrics
 from bot.service import AnswerService
 from bot.store.db import make_engine, make_session_factory, ping
+from bot.store.models import slack_bots
 from bot.summaries import SummaryService
+from bot.usage import Budgets, UsageService
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,18 @@ class BotApp:
     executor: WorkExecutor
     queue: JobQueue
     pool: WorkerPool
+    usage: UsageService
+    clients: SlackClients
+    store: EncryptedInstallationStore | None
     _started: bool = False
+
+    def team_ids(self) -> list[str]:
+        """The workspaces this bot serves: the token's, or every OAuth installation's."""
+        if self.store is None:
+            return [str(self.clients.base.auth_test()["team_id"])]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(slack_bots.c.team_id).distinct()).scalars().all()
+        return [r for r in rows if r]
 
     def start(self) -> None:
         """Start the workers that run stored jobs (and pick up what a previous run left)."""
@@ -273,6 +286,16 @@ def create_app(
         ),
     )
     metrics = Metrics()
+    digest_channel = settings.digest_channel
+
+    def budget_alert(team_id: str, text: str) -> None:
+        if digest_channel:
+            try:
+                clients.for_team(team_id).chat_postMessage(channel=digest_channel, text=text)
+            except Exception as exc:  # noqa: BLE001 - an alert must not break a request
+                log.warning("budget alert for team=%s not posted: %s", team_id, exc)
+
+    budgets = Budgets(settings, sessions, notify=budget_alert)
     service = AnswerService(
         settings=settings,
         clients=clients,
@@ -280,11 +303,21 @@ def create_app(
         sessions=sessions,
         clock=clock,
         metrics=metrics,
+        budgets=budgets,
     )
     summaries = SummaryService(service, sessions, clock=clock)
+    usage = UsageService(
+        settings, sessions, lambda team: clients.for_team(team), service.display_name, clock
+    )
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
     handlers = listeners.register(
-        bolt, answers=service, summaries=summaries, sessions=sessions, queue=queue, store=store
+        bolt,
+        answers=service,
+        summaries=summaries,
+        sessions=sessions,
+        queue=queue,
+        store=store,
+        usage=usage,
     )
     metrics.add_gauges(queue.pending, queue.oldest_queued_age)
 
@@ -293,4 +326,17 @@ def create_app(
         metrics.job_seconds.labels(kind).observe(seconds)
 
     pool = WorkerPool(queue, handlers, threads=settings.worker_threads, on_done=job_done)
-    return BotApp(settings, bolt, engine, sessions, service, llm, executor, queue, pool)
+    return BotApp(
+        settings,
+        bolt,
+        engine,
+        sessions,
+        service,
+        llm,
+        executor,
+        queue,
+        pool,
+        usage,
+        clients,
+        store,
+    )

@@ -79,6 +79,22 @@ class Settings(BaseSettings):
     full_reread_hours: float = Field(
         24.0, gt=0, description="Re-read a whole thread after this long (catches missed edits)."
     )
+    digest_channel: str | None = Field(
+        None, description="Channel id where `python -m bot digest --post` and the schedule post."
+    )
+    digest_schedule: str | None = Field(
+        None,
+        description="In-process weekly digest, e.g. `mon 09:00 Europe/Berlin` (day, time, zone).",
+    )
+    budget_daily_usd: float | None = Field(
+        None, gt=0, description="Workspace spend limit per UTC day; requests over it are refused."
+    )
+    budget_monthly_usd: float | None = Field(
+        None, gt=0, description="Workspace spend limit per calendar month (UTC)."
+    )
+    budget_user_daily_usd: float | None = Field(
+        None, gt=0, description="Spend limit per user per UTC day."
+    )
     database_url: str = Field(
         "sqlite:///bot.db", description="SQLAlchemy URL; an SQLite file by default."
     )
@@ -100,6 +116,16 @@ class Settings(BaseSettings):
     def _ttl(cls, value: str) -> str:
         if value not in ("auto", "5m", "1h", "off"):
             raise ValueError("must be auto, 5m, 1h or off")
+        return value
+
+    @field_validator("digest_schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from bot.schedule import parse_schedule
+
+        parse_schedule(value)  # raises ValueError with what is expected
         return value
 
     @field_validator("cache_min_tokens")

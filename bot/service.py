@@ -20,7 +20,7 @@ from bot.installations import SlackClients
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
 from bot.pricing import Usage, cache_floor, cost, price_for, savings
-from bot.prompt import PriorCache, build_request
+from bot.prompt import Built, PriorCache, build_request
 from bot.replies import build_messages, footer_line, neutralise_pings
 from bot.store import data
 from bot.store.models import ThreadState, UsageRecord
@@ -33,6 +33,7 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
+from bot.usage import BudgetExceeded, Budgets
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,11 @@ class AnswerService:
         sessions: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self._settings = settings
         self.metrics = metrics or Metrics()
+        self.budgets = budgets
         self._clients = clients
         self._llm = llm
         self._sessions = sessions
@@ -226,6 +229,11 @@ class AnswerService:
                 started=started,
                 on_text=reply.append if reply is not None else None,
             )
+        except BudgetExceeded as exc:
+            text = f"Sorry, {exc}"
+            if reply is None or not reply.fail(text):
+                self.tell(req, text)
+            return
         except LLMError as exc:
             if reply is not None and exc.partial:
                 why = LLM_CUT_OFF.get(exc.kind, "the model stopped partway")
@@ -325,12 +333,22 @@ class AnswerService:
             compacted=compacted,
             scale=scale,
         )
+        hold = None
+        if self.budgets is not None and self.budgets.enabled:
+            try:
+                hold = self.budgets.reserve(req.team_id, req.user_id, self._worst_case(built), now)
+            except BudgetExceeded:
+                self._record_failure(req, "budget", started)
+                raise
         try:
             completion = self._llm.create(built.body, on_text=on_text)
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self._record_failure(req, exc.kind, started)
             raise
+        finally:
+            if hold is not None and self.budgets is not None:
+                self.budgets.release(req.team_id, hold)
         usage = completion.usage
         self.metrics.observe_usage(usage)
         self._calibrate(model, built.estimated_tokens, usage.prompt_tokens)
@@ -398,6 +416,13 @@ class AnswerService:
         prior = Prior.from_totals(**data.rhythm_totals(session, team_id))
         self._priors[team_id] = (now, prior)
         return prior
+
+    def _worst_case(self, built: Built) -> float:
+        """Dollars the call could cost at most: every prompt token written, max output."""
+        price = price_for(self._settings.anthropic_model)
+        if price is None:
+            return 0.0
+        return built.estimated_tokens * price.input * 2 + built.body["max_tokens"] * price.output
 
     def _alive_prior(self, state: ThreadState | None, now: datetime) -> PriorCache | None:
         """The previous write, if the endpoint should still hold it."""

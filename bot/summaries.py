@@ -24,6 +24,7 @@ from bot.replies import build_messages, neutralise_pings
 from bot.service import AnswerService, ThreadRequest, llm_error_text, read_error_text
 from bot.store.models import Summary
 from bot.threads import ThreadReadError, ts_key
+from bot.usage import BudgetExceeded
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +422,9 @@ class SummaryService:
             done = self._answers.complete(req, messages, request, recap=recap)
         except LLMError as exc:
             out.send(llm_error_text(exc), replace=True)
+            return
+        except BudgetExceeded as exc:
+            out.send(f"Sorry, {exc}", replace=True)
             return
         summary_id = uuid.uuid4().hex
         with self._sessions.begin() as s:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
-from bot.listeners import lifecycle, mention, message_events, share, shortcut, summarize
+from bot.listeners import (
+    home,
+    lifecycle,
+    mention,
+    message_events,
+    share,
+    shortcut,
+    summarize,
+)
 from bot.listeners.summarize import UsageHandler
 from bot.service import AnswerService
-from bot.summaries import SummaryService
+from bot.summaries import ResponseUrl, SummaryService
+from bot.usage import UsageService
 
 
 def register(
@@ -21,14 +32,28 @@ def register(
     sessions: sessionmaker[Session],
     queue: JobQueue,
     store: EncryptedInstallationStore | None = None,
-    usage: UsageHandler | None = None,
+    usage: UsageService | None = None,
 ) -> dict[str, Handler]:
     """Attach every listener to `app`; the returned handlers run the stored jobs."""
     handlers: dict[str, Handler] = {}
     handlers.update(mention.register(app, answers, queue))
-    handlers.update(summarize.register(app, summaries, queue, usage))
+    handlers.update(summarize.register(app, summaries, queue, _usage_command(usage)))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
     message_events.register(app, answers, sessions)
     lifecycle.register(app, sessions, store)
+    if usage is not None:
+        home.register(app, usage)
     return handlers
+
+
+def _usage_command(usage: UsageService | None) -> UsageHandler | None:
+    """`/summarize usage [period]`: the digest, privately to the requester."""
+    if usage is None:
+        return None
+
+    def run(payload: dict[str, Any], period: str, out: ResponseUrl) -> None:
+        text, blocks = usage.for_requester(payload["team_id"], payload["user_id"], period)
+        out.send(text[:3000], blocks or None, replace=True)
+
+    return run

@@ -168,6 +168,35 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(String(300))
 
 
+class DigestPost(Base):
+    """A posted usage digest: one row per workspace, period and channel, so posting twice
+    (two schedulers, two processes, a re-run) posts once."""
+
+    __tablename__ = "digest_post"
+    __table_args__ = (UniqueConstraint("team_id", "period_start", "period_end", "channel_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    posted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+
+
+class BudgetAlert(Base):
+    """An admin was told a budget reached 80 %: once per workspace, budget and window."""
+
+    __tablename__ = "budget_alert"
+    __table_args__ = (UniqueConstraint("team_id", "budget", "window_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    budget: Mapped[str] = mapped_column(String(32))
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # Bolt's OAuth tables, on our metadata so that Alembic migrations own them.
 slack_installations = SQLAlchemyInstallationStore.build_installations_table(
     Base.metadata, "slack_installations"

@@ -1,0 +1,650 @@
+"""The usage digest: aggregate queries over the usage ledger, and their Slack/plain rendering.
+
+Pure: no Slack calls, no environment. The caller owns the session and says which channels are
+private and which of those the viewer may see; `build_digest` never returns the id of a
+private channel the viewer cannot see.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Date, case, cast, distinct, func, literal_column, select, type_coerce
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from bot.store.models import UsageRecord
+
+MAX_DAYS = 365
+TOP_N = 5
+CHART_LINES = 31
+CHART_WIDTH = 24
+MAX_LIST = 10  # models, kinds and failure causes shown before "… and N more"
+SECTION_LIMIT = 3000
+HEADER_LIMIT = 150
+MAX_BLOCKS = 50
+PRIVATE_LABEL = "private conversations"
+_PERIOD = re.compile(r"^(\d{1,4})\s*([hdw])$")
+_UNIT_HOURS = {"h": 1, "d": 24, "w": 24 * 7}
+_PING_WORD = re.compile(r"@(?=(?:here|channel|everyone|group))", re.IGNORECASE)
+_PERIOD_HELP = "Use a period like 24h, 7d, 30d or 2w (at most 365 days)."
+
+
+# -- periods --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Period:
+    """A half-open UTC interval [start, end)."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def length(self) -> timedelta:
+        return self.end - self.start
+
+    def previous(self) -> Period:
+        """The period of equal length just before this one."""
+        return Period(self.start - self.length, self.start)
+
+    def describe(self) -> str:
+        """'7 days', '1 day', '12 hours'."""
+        hours = self.length / timedelta(hours=1)
+        if hours % 24 == 0:
+            days = int(hours // 24)
+            return f"{days} day" if days == 1 else f"{days} days"
+        whole = int(hours) if hours == int(hours) else round(hours, 1)
+        return f"{whole} hour" if whole == 1 else f"{whole} hours"
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC; a naive value is taken as UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_period(text: str, *, now: datetime) -> Period:
+    """The period named by `text` ("7d" when empty; "24h", "30d", "2w", ...) ending at `now`.
+
+    Raises ValueError with a short message meant for the user."""
+    spec = text.strip().lower() or "7d"
+    m = _PERIOD.match(spec)
+    if not m:
+        raise ValueError(f"I don't understand the period “{text.strip()[:20]}”. {_PERIOD_HELP}")
+    hours = int(m.group(1)) * _UNIT_HOURS[m.group(2)]
+    if hours < 1:
+        raise ValueError(f"The period must be at least one hour. {_PERIOD_HELP}")
+    if hours > MAX_DAYS * 24:
+        raise ValueError(f"That period is too long. {_PERIOD_HELP}")
+    end = _utc(now)
+    return Period(end - timedelta(hours=hours), end)
+
+
+# -- the digest -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Sums over ledger rows. Spend and savings only count rows whose price is known."""
+
+    requests: int = 0
+    ok: int = 0
+    input_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    savings_usd: float = 0.0
+    unpriced_requests: int = 0
+
+    @property
+    def failed(self) -> int:
+        return self.requests - self.ok
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens + self.cache_creation_tokens + self.cache_read_tokens
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of prompt tokens read from cache (0..1)."""
+        return self.cache_read_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def uncached_usd(self) -> float:
+        """What the priced calls would have cost without caching."""
+        return self.cost_usd + self.savings_usd
+
+    @property
+    def savings_share(self) -> float | None:
+        """Savings as a share of the uncached cost, or None when nothing was priced."""
+        return self.savings_usd / self.uncached_usd if self.uncached_usd > 0 else None
+
+    @property
+    def priced(self) -> bool:
+        """False when every row had an unknown price."""
+        return self.unpriced_requests < self.requests
+
+    def __add__(self, other: Totals) -> Totals:
+        return Totals(*(getattr(self, f) + getattr(other, f) for f in Totals.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    model: str
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class ChannelLine:
+    """One channel by spend; channel_id None is the folded line of private conversations."""
+
+    channel_id: str | None
+    name: str | None
+    requests: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class UserLine:
+    user_id: str
+    name: str | None
+    requests: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class DayBucket:
+    """`days` UTC calendar days from `start` (one, unless the period is long)."""
+
+    start: date
+    days: int
+    requests: int
+    cost_usd: float
+    savings_usd: float
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Usage of one workspace over a period, with the previous period's totals to compare."""
+
+    team_id: str
+    period: Period
+    totals: Totals
+    previous: Totals
+    users: int = 0
+    threads: int = 0
+    channels: int = 0
+    kinds: tuple[tuple[str, int], ...] = ()  # most requests first
+    models: tuple[ModelUsage, ...] = ()  # most spend first
+    failures: tuple[tuple[str, int], ...] = ()  # outcome != "ok", most first
+    top_channels: tuple[ChannelLine, ...] = ()
+    top_users: tuple[UserLine, ...] = ()
+    days: tuple[DayBucket, ...] = ()
+
+
+def _in_period(team_id: str, period: Period) -> list[ColumnElement[bool]]:
+    u = UsageRecord
+    return [
+        u.team_id == team_id,
+        u.created_at >= _utc(period.start),
+        u.created_at < _utc(period.end),
+    ]
+
+
+def _money_sum(col: Any) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(col), 0.0)
+
+
+def _int_sum(col: Any) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(col), 0)
+
+
+def _utc_day(session: Session) -> ColumnElement[date]:
+    """The UTC calendar day of created_at, computed by the database."""
+    dialect = session.get_bind(mapper=UsageRecord).dialect.name
+    if dialect == "postgresql":
+        # timestamptz -> UTC wall time -> date, whatever the session's TimeZone is. A literal,
+        # not a bound parameter, so that SELECT and GROUP BY are the same expression.
+        return cast(func.timezone(literal_column("'UTC'"), UsageRecord.created_at), Date)
+    # SQLite stores UTC text ("YYYY-MM-DD HH:MM:SS.ffffff"); date() gives "YYYY-MM-DD".
+    return type_coerce(func.date(UsageRecord.created_at), Date)
+
+
+def _as_date(value: date | str) -> date:
+    return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class _Group:
+    day: date | None
+    model: str
+    kind: str
+    outcome: str
+    totals: Totals
+
+
+def _groups(session: Session, team_id: str, period: Period, *, by_day: bool) -> list[_Group]:
+    """Totals per (model, kind, outcome), and per UTC day too when `by_day`: one scan, and
+    few groups (their number does not grow with the ledger)."""
+    u = UsageRecord
+    keys: list[ColumnElement[Any]] = [u.model, u.kind, u.outcome]
+    if by_day:
+        keys.append(_utc_day(session).label("day"))
+    rows = session.execute(
+        select(
+            *keys,
+            func.count(),
+            _int_sum(u.input_tokens),
+            _int_sum(u.cache_creation_tokens),
+            _int_sum(u.cache_read_tokens),
+            _int_sum(u.output_tokens),
+            _money_sum(u.cost_usd),
+            _money_sum(u.savings_usd),
+            _int_sum(case((u.cost_usd.is_(None), 1), else_=0)),
+        )
+        .where(*_in_period(team_id, period))
+        .group_by(*keys)
+    ).all()
+    out = []
+    for r in rows:
+        model, kind, outcome = r[0], r[1], r[2]
+        n, inp, cw, cr, outp, cost, sav, unpriced = r[-8:]
+        totals = Totals(
+            requests=int(n),
+            ok=int(n) if outcome == "ok" else 0,
+            input_tokens=int(inp),
+            cache_creation_tokens=int(cw),
+            cache_read_tokens=int(cr),
+            output_tokens=int(outp),
+            cost_usd=float(cost),
+            savings_usd=float(sav),
+            unpriced_requests=int(unpriced),
+        )
+        out.append(_Group(_as_date(r[3]) if by_day else None, model, kind, outcome, totals))
+    return out
+
+
+def _chart_buckets(period: Period, per_day: Mapping[date, Totals]) -> tuple[DayBucket, ...]:
+    """One bucket per UTC day the period touches, or per few days so that at most
+    CHART_LINES remain."""
+    first = _utc(period.start).date()
+    last = (_utc(period.end) - timedelta(microseconds=1)).date()
+    ndays = (last - first).days + 1
+    step = max(1, math.ceil(ndays / CHART_LINES))
+    buckets = []
+    for offset in range(0, ndays, step):
+        start = first + timedelta(days=offset)
+        width = min(step, ndays - offset)
+        t = Totals()
+        for i in range(width):
+            t += per_day.get(start + timedelta(days=i), Totals())
+        buckets.append(DayBucket(start, width, t.requests, t.cost_usd, t.savings_usd))
+    return tuple(buckets)
+
+
+def _is_private(channel_id: str, private_channels: set[str]) -> bool:
+    # DMs (D…) and legacy private channels / group DMs (G…) are private even if the caller
+    # forgot to say so.
+    return channel_id in private_channels or channel_id[:1] in ("D", "G")
+
+
+def _channels(
+    session: Session,
+    team_id: str,
+    period: Period,
+    private_channels: set[str],
+    viewer_channels: set[str],
+    channel_names: Mapping[str, str],
+) -> tuple[tuple[ChannelLine, ...], int, int]:
+    """The top channels by spend (hidden private ones folded), and how many channels and
+    threads were served."""
+    u = UsageRecord
+    rows = session.execute(
+        select(
+            u.channel_id,
+            func.count(),
+            _money_sum(u.cost_usd),
+            func.count(distinct(u.thread_ts)),  # a thread is (channel, ts); NULL once purged
+        )
+        .where(*_in_period(team_id, period))
+        .group_by(u.channel_id)
+    ).all()
+    lines: list[ChannelLine] = []
+    hidden_n, hidden_cost, threads = 0, 0.0, 0
+    for channel_id, n, cost, channel_threads in rows:
+        threads += int(channel_threads)
+        if _is_private(channel_id, private_channels) and channel_id not in viewer_channels:
+            hidden_n += int(n)
+            hidden_cost += float(cost)
+        else:
+            name = channel_names.get(channel_id)
+            lines.append(ChannelLine(channel_id, name, int(n), float(cost)))
+    if hidden_n:
+        lines.append(ChannelLine(None, None, hidden_n, hidden_cost))
+    lines.sort(key=lambda c: (-c.cost_usd, -c.requests, c.channel_id or ""))
+    return tuple(lines[:TOP_N]), len(rows), threads
+
+
+def _users(
+    session: Session, team_id: str, period: Period, names: Mapping[str, str]
+) -> tuple[tuple[UserLine, ...], int]:
+    """The top users by spend, and how many users were served."""
+    u = UsageRecord
+    spend = _money_sum(u.cost_usd).label("spend")
+    n = func.count().label("n")
+    users = func.count().over().label("users")  # groups before LIMIT: the distinct users
+    rows = session.execute(
+        select(u.user_id, n, spend, users)
+        .where(*_in_period(team_id, period), u.user_id.is_not(None))
+        .group_by(u.user_id)
+        .order_by(spend.desc(), n.desc(), u.user_id)
+        .limit(TOP_N)
+    ).all()
+    top = tuple(UserLine(uid, names.get(uid), int(k), float(c)) for uid, k, c, _ in rows)
+    return top, int(rows[0].users) if rows else 0
+
+
+def _ranked(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def build_digest(
+    session: Session,
+    team_id: str,
+    period: Period,
+    *,
+    private_channels: set[str],
+    viewer_channels: set[str] | None = None,
+    names: Mapping[str, str] = {},  # noqa: B006 - read only
+    channel_names: Mapping[str, str] = {},  # noqa: B006 - read only
+) -> Digest:
+    """The digest of `team_id` over `period`, from grouped queries on the ledger.
+
+    Private channels (and D…/G… ids) are named only when in `viewer_channels`; the rest are
+    folded into one line without an id."""
+    totals = Totals()
+    models: dict[str, Totals] = {}
+    per_day: dict[date, Totals] = {}
+    kinds: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    for g in _groups(session, team_id, period, by_day=True):
+        t = g.totals
+        totals += t
+        models[g.model] = models.get(g.model, Totals()) + t
+        if g.day is not None:
+            per_day[g.day] = per_day.get(g.day, Totals()) + t
+        kinds[g.kind] = kinds.get(g.kind, 0) + t.requests
+        if g.outcome != "ok":
+            failures[g.outcome] = failures.get(g.outcome, 0) + t.requests
+    previous = Totals()
+    for g in _groups(session, team_id, period.previous(), by_day=False):
+        previous += g.totals
+    top_channels, channels, threads = _channels(
+        session, team_id, period, private_channels, viewer_channels or set(), channel_names
+    )
+    top_users, users = _users(session, team_id, period, names)
+    return Digest(
+        team_id=team_id,
+        period=Period(_utc(period.start), _utc(period.end)),
+        totals=totals,
+        previous=previous,
+        users=users,
+        threads=threads,
+        channels=channels,
+        kinds=_ranked(kinds),
+        models=tuple(
+            ModelUsage(m, t)
+            for m, t in sorted(
+                models.items(), key=lambda kv: (-kv[1].cost_usd, -kv[1].requests, kv[0])
+            )
+        ),
+        failures=_ranked(failures),
+        top_channels=top_channels,
+        top_users=top_users,
+        days=_chart_buckets(period, per_day),
+    )
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+
+def money(usd: float) -> str:
+    """$1,234.56; four decimals under a cent; a sign in front when negative."""
+    sign = "-" if usd < 0 else ""
+    a = abs(usd)
+    if a == 0:
+        return "$0.00"
+    if a < 0.00005:
+        return f"{sign}<$0.0001"
+    if a < 0.01:
+        return f"{sign}${a:.4f}"
+    return f"{sign}${a:,.2f}"
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _count(count: int, noun: str) -> str:
+    """'1 user', '1,234 users'."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.1f}%"
+
+
+def _change(current: float, previous: float) -> str:
+    if previous == 0:
+        return "new" if current else "no change"
+    delta = (current - previous) / abs(previous) * 100
+    if abs(delta) < 0.05:
+        return "no change"
+    arrow = "▲" if delta > 0 else "▼"
+    return f"{arrow} {abs(delta):.0f}%" if abs(delta) >= 10 else f"{arrow} {abs(delta):.1f}%"
+
+
+def _safe(text: str, limit: int = 80) -> str:
+    """Untrusted text for mrkdwn: no control characters, no markup, no pings."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _PING_WORD.sub("@\u200b", text)  # a zero-width space: "@here" is never written
+
+
+def _channel_label(c: ChannelLine) -> str:
+    if c.channel_id is None:
+        return PRIVATE_LABEL
+    if c.name:
+        return "#" + _safe(c.name.lstrip("#"))
+    if re.fullmatch(r"[A-Z0-9]{1,32}", c.channel_id):
+        return f"<#{c.channel_id}>"  # a channel link shows the name and notifies nobody
+    return _safe(c.channel_id)
+
+
+def _user_label(u: UserLine) -> str:
+    # A display name or the bare id as text: never a <@U…> mention, which would notify.
+    return _safe(u.name) if u.name else _safe(u.user_id)
+
+
+def _more(items: Sequence[str], total: int, noun: str) -> list[str]:
+    if total > len(items):
+        return [*items, f"… and {total - len(items)} more {noun}"]
+    return list(items)
+
+
+def _bar(spend: float, saved: float, scale: float) -> str:
+    if scale <= 0:
+        return ""
+    spend, saved = max(spend, 0.0), max(saved, 0.0)
+    full = round((spend + saved) / scale * CHART_WIDTH)
+    paid = round(spend / scale * CHART_WIDTH)
+    if spend > 0 and paid == 0:
+        paid = 1
+    full = max(full, paid + (1 if saved > 0 else 0))
+    return "▇" * paid + "░" * (full - paid)
+
+
+def _chart(days: Sequence[DayBucket]) -> list[str]:
+    scale = max((max(d.cost_usd, 0) + max(d.savings_usd, 0) for d in days), default=0.0)
+    lines = []
+    for d in days:
+        label = d.start.strftime("%b %d")
+        if d.days > 1:
+            label += f"+{d.days - 1}d"
+        bar = _bar(d.cost_usd, d.savings_usd, scale)
+        lines.append(f"{label:<9} {money(d.cost_usd):>9} {money(d.savings_usd):>9}  {bar}".rstrip())
+    return lines
+
+
+@dataclass(frozen=True)
+class _Section:
+    title: str
+    lines: list[str]
+    code: bool = False  # the lines are preformatted
+
+
+def _sections(d: Digest) -> list[_Section]:
+    t, p = d.totals, d.previous
+    span = d.period.describe()
+    out: list[_Section] = []
+
+    kinds = [f"{_safe(k)} {_n(n)}" for k, n in d.kinds[:MAX_LIST]]
+    out.append(
+        _Section(
+            "Requests",
+            [
+                f"{_count(t.requests, 'request')} ({_change(t.requests, p.requests)} vs the "
+                f"previous {span}: {_n(p.requests)}) — {_n(t.ok)} answered, {_n(t.failed)} failed",
+                " · ".join(_more(kinds, len(d.kinds), "kinds")) if kinds else "no requests",
+                f"{_count(d.users, 'user')} · {_count(d.threads, 'thread')} · "
+                f"{_count(d.channels, 'channel')}",
+            ],
+        )
+    )
+
+    out.append(
+        _Section(
+            "Tokens",
+            [
+                f"Prompt {_n(t.prompt_tokens)}: uncached {_n(t.input_tokens)} · written to cache "
+                f"{_n(t.cache_creation_tokens)} · read from cache {_n(t.cache_read_tokens)}",
+                f"Cache hit rate {_pct(t.hit_rate)} · output {_n(t.output_tokens)}",
+            ],
+        )
+    )
+
+    spend = [
+        f"Spent {money(t.cost_usd)} ({_change(t.cost_usd, p.cost_usd)} vs the previous {span}: "
+        f"{money(p.cost_usd)})"
+    ]
+    if t.savings_share is not None:
+        spend.append(
+            f"Saved {money(t.savings_usd)} by caching — {_pct(t.savings_share)} of the "
+            f"{money(t.uncached_usd)} the same calls would have cost uncached"
+        )
+    else:
+        spend.append(f"Saved {money(t.savings_usd)} by caching")
+    if t.unpriced_requests:
+        unknown = [m.model for m in d.models if m.totals.unpriced_requests]
+        spend.append(
+            f"{_count(t.unpriced_requests, 'request')} on a model with an unknown price "
+            f"({', '.join(_safe(m) for m in unknown[:MAX_LIST])}) count in tokens, not in money"
+        )
+    out.append(_Section("Spend", spend))
+
+    models = []
+    for m in d.models[:MAX_LIST]:
+        mt = m.totals
+        head = f"{_safe(m.model, 100)}: {_n(mt.requests)} req · hit {_pct(mt.hit_rate)}"
+        if not mt.priced:
+            models.append(f"{head} · price unknown")
+            continue
+        line = f"{head} · spent {money(mt.cost_usd)} · saved {money(mt.savings_usd)}"
+        if mt.savings_share is not None:
+            line += f" ({_pct(mt.savings_share)})"
+        if mt.unpriced_requests:
+            line += f" · {_n(mt.unpriced_requests)} req price unknown"
+        models.append(line)
+    if models:
+        out.append(_Section("By model", _more(models, len(d.models), "models")))
+
+    if d.top_channels:
+        out.append(
+            _Section(
+                "Top channels by spend",
+                [
+                    f"{i}. {_channel_label(c)} {money(c.cost_usd)} ({_n(c.requests)} req)"
+                    for i, c in enumerate(d.top_channels, 1)
+                ],
+            )
+        )
+    if d.top_users:
+        out.append(
+            _Section(
+                "Top users by spend",
+                [
+                    f"{i}. {_user_label(u)} {money(u.cost_usd)} ({_n(u.requests)} req)"
+                    for i, u in enumerate(d.top_users, 1)
+                ],
+            )
+        )
+
+    causes = [f"{_safe(c)} {_n(n)}" for c, n in d.failures[:MAX_LIST]]
+    out.append(
+        _Section("Failures", [", ".join(_more(causes, len(d.failures), "causes")) or "none"])
+    )
+
+    if d.days:
+        unit = "day" if all(b.days == 1 for b in d.days) else f"{d.days[0].days} days"
+        title = f"Spend and savings per {unit} (UTC)  ▇ spent ░ saved"
+        out.append(_Section(title, _chart(d.days), code=True))
+    return out
+
+
+def _title(d: Digest) -> str:
+    return f"Usage digest: the last {d.period.describe()}"
+
+
+def _range(d: Digest) -> str:
+    fmt = "%Y-%m-%d %H:%M"
+    return f"{d.period.start:{fmt}} – {d.period.end:{fmt}} UTC"
+
+
+def _clip(text: str, limit: int = SECTION_LIMIT) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text.rfind("\n", 0, limit - 2)
+    return text[: cut if cut > 0 else limit - 1] + "\n…"
+
+
+def render_blocks(d: Digest) -> list[dict[str, Any]]:
+    """Slack Block Kit blocks (header, section, context; mrkdwn) within Slack's limits."""
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _title(d)[:HEADER_LIMIT]}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _range(d)}]},
+    ]
+    for s in _sections(d):
+        if s.code:
+            chart = _clip("\n".join(s.lines), SECTION_LIMIT - len(s.title) - 12)
+            body = f"*{s.title}*\n```\n{chart}\n```"
+        else:
+            body = "\n".join([f"*{s.title}*", *s.lines]) if s.lines else f"*{s.title}*"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(body)}})
+    return blocks[:MAX_BLOCKS]
+
+
+def render_text(d: Digest) -> str:
+    """Plain text of the digest (a terminal, or the `text` fallback of a message)."""
+    parts = [f"{_title(d)} ({_range(d)})"]
+    for s in _sections(d):
+        indent = "" if s.code else "  "
+        parts.append("\n".join([s.title, *(f"{indent}{line}" for line in s.lines)]))
+    return "\n\n".join(parts)

@@ -1,0 +1,383 @@
+"""The usage digest where people see it: `/summarize usage`, App Home, a posted weekly digest;
+and the spend budgets that refuse requests over a limit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.config import Settings
+from bot.digest import Digest, Period, build_digest, parse_period, render_blocks, render_text
+from bot.replies import neutralise_pings
+from bot.schedule import parse_schedule
+from bot.store.models import BudgetAlert, DigestPost, UsageRecord
+
+log = logging.getLogger(__name__)
+
+CHANNEL_INFO_TTL = 3600.0
+
+
+class UsageService:
+    """Builds digests with the right names and the right privacy for whoever looks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        client_for: Callable[[str], WebClient],
+        name_of: Callable[[str, str], str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._client_for = client_for
+        self._name_of = name_of
+        self._clock = clock
+        self._channels: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        """The current time from the injected clock."""
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _channel(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
+        key = (team_id, channel_id)
+        with self._lock:
+            cached = self._channels.get(key)
+        if cached and time.monotonic() - cached[0] < CHANNEL_INFO_TTL:
+            return cached[1]
+        try:
+            info = self._client_for(team_id).conversations_info(channel=channel_id)["channel"]
+        except SlackApiError:
+            info = None  # the bot cannot see it: treat as private
+        with self._lock:
+            self._channels[key] = (time.monotonic(), info)
+        return info
+
+    def _is_member(self, team_id: str, channel_id: str, user_id: str) -> bool:
+        cursor = None
+        client = self._client_for(team_id)
+        while True:
+            try:
+                resp = client.conversations_members(channel=channel_id, limit=1000, cursor=cursor)
+            except SlackApiError:
+                return False
+            if user_id in (resp.get("members") or []):
+                return True
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return False
+
+    def build(self, team_id: str, period: Period, viewer: str | None) -> Digest:
+        """The workspace's digest; private conversations are named only to their members."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(UsageRecord.channel_id, UsageRecord.user_id)
+                .where(
+                    UsageRecord.team_id == team_id,
+                    UsageRecord.created_at >= period.previous().start,
+                    UsageRecord.created_at < period.end,
+                )
+                .distinct()
+            ).all()
+        channel_ids = {c for c, _ in rows if c}
+        user_ids = {u for _, u in rows if u}
+        private: set[str] = set()
+        names: dict[str, str] = {}
+        visible: set[str] = set()
+        for channel_id in channel_ids:
+            info = self._channel(team_id, channel_id)
+            is_private = info is None or bool(
+                info.get("is_private") or info.get("is_im") or info.get("is_mpim")
+            )
+            if is_private:
+                private.add(channel_id)
+                if viewer and info is not None and self._is_member(team_id, channel_id, viewer):
+                    visible.add(channel_id)
+            if info and info.get("name"):
+                names[channel_id] = str(info["name"])
+        people = {u: neutralise_pings(self._name_of(team_id, u)) for u in user_ids}
+        with self._sessions() as s:
+            return build_digest(
+                s,
+                team_id,
+                period,
+                private_channels=private,
+                viewer_channels=visible,
+                names=people,
+                channel_names=names,
+            )
+
+    def for_requester(
+        self, team_id: str, user_id: str, period_text: str
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """`/summarize usage [period]`: text and blocks for the requester only."""
+        try:
+            period = parse_period(period_text, now=self.now())
+        except ValueError as exc:
+            return str(exc), []
+        digest = self.build(team_id, period, user_id)
+        return render_text(digest), render_blocks(digest)
+
+    def home_view(self, team_id: str, user_id: str) -> dict[str, Any]:
+        """The App Home tab: the viewer's own usage, then the workspace digest (7 days)."""
+        period = parse_period("7d", now=self.now())
+        with self._sessions() as s:
+            mine = s.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(UsageRecord.cache_read_tokens), 0),
+                    func.coalesce(
+                        func.sum(
+                            UsageRecord.input_tokens
+                            + UsageRecord.cache_read_tokens
+                            + UsageRecord.cache_creation_tokens
+                        ),
+                        0,
+                    ),
+                    func.coalesce(func.sum(UsageRecord.cost_usd), 0.0),
+                    func.coalesce(func.sum(UsageRecord.savings_usd), 0.0),
+                ).where(
+                    UsageRecord.team_id == team_id,
+                    UsageRecord.user_id == user_id,
+                    UsageRecord.created_at >= period.start,
+                    UsageRecord.created_at < period.end,
+                )
+            ).one()
+        count, read, prompt, spent, saved = mine
+        share = f"{read / prompt:.0%}" if prompt else "—"
+        own = (
+            f"*Your last 7 days:* {count:,} requests · {prompt:,} prompt tokens, {share} from "
+            f"cache · spent ${float(spent):,.4f}, caching saved ${float(saved):,.4f}"
+        )
+        blocks: list[dict[str, Any]] = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": own}},
+            {"type": "divider"},
+        ]
+        blocks += render_blocks(self.build(team_id, period, user_id))
+        return {"type": "home", "blocks": blocks[:100]}
+
+    # -- posting ----------------------------------------------------------------------------
+
+    def post_digest(
+        self, team_id: str, channel_id: str, period: Period, *, dry_run: bool = False
+    ) -> str:
+        """Post the digest once per workspace, period and channel; says what happened."""
+        digest = self.build(team_id, period, viewer=None)
+        if dry_run:
+            return render_text(digest)
+        try:
+            with self._sessions.begin() as s:
+                s.add(
+                    DigestPost(
+                        team_id=team_id,
+                        channel_id=channel_id,
+                        period_start=period.start,
+                        period_end=period.end,
+                        posted_at=self.now(),
+                    )
+                )
+        except IntegrityError:
+            return "already posted for this period"
+        try:
+            resp = self._client_for(team_id).chat_postMessage(
+                channel=channel_id,
+                text=render_text(digest),
+                blocks=render_blocks(digest),
+                unfurl_links=False,
+            )
+        except SlackApiError as exc:
+            with self._sessions.begin() as s:  # let a later run try again
+                s.query(DigestPost).filter_by(
+                    team_id=team_id,
+                    channel_id=channel_id,
+                    period_start=period.start,
+                    period_end=period.end,
+                ).delete()
+            raise RuntimeError(f"Slack refused the post: {exc.response.get('error')}") from None
+        with self._sessions.begin() as s:
+            row = s.scalar(
+                select(DigestPost).filter_by(
+                    team_id=team_id,
+                    channel_id=channel_id,
+                    period_start=period.start,
+                    period_end=period.end,
+                )
+            )
+            if row is not None:
+                row.message_ts = resp.get("ts")
+        return "posted"
+
+    def scheduled_period(self, now: datetime) -> Period | None:
+        """The 7 days ending at the last scheduled moment, or None without a schedule."""
+        if not self._settings.digest_schedule:
+            return None
+        due = parse_schedule(self._settings.digest_schedule).last_due(now).astimezone(UTC)
+        return Period(due - timedelta(days=7), due)
+
+
+class DigestScheduler(threading.Thread):
+    """Posts the weekly digest when it is due; safe with several processes (unique rows)."""
+
+    def __init__(
+        self,
+        usage: UsageService,
+        team_ids: Callable[[], list[str]],
+        channel: str,
+        *,
+        interval: float = 60.0,
+    ) -> None:
+        super().__init__(name="digest-schedule", daemon=True)
+        self._usage = usage
+        self._team_ids = team_ids
+        self._channel = channel
+        self._interval = interval
+        self._stop_event = threading.Event()
+
+    def run_once(self) -> list[str]:
+        """Post whatever is due now; returns what happened per workspace."""
+        period = self._usage.scheduled_period(self._usage.now())
+        if period is None:
+            return []
+        results = []
+        for team_id in self._team_ids():
+            try:
+                results.append(self._usage.post_digest(team_id, self._channel, period))
+            except Exception as exc:
+                log.error("scheduled digest for team=%s failed: %s", team_id, exc)
+                results.append("failed")
+        return results
+
+    def run(self) -> None:
+        while True:
+            self.run_once()  # catches up at start-up; posting twice is impossible
+            if self._stop_event.wait(self._interval):
+                return
+
+    def stop(self) -> None:
+        """End the loop."""
+        self._stop_event.set()
+
+
+class BudgetExceeded(Exception):
+    """A spend limit is reached; the message says which and when it resets."""
+
+
+class Budgets:
+    """Spend limits from the ledger: checked before a model call, under a per-workspace lock
+    (calls in flight count at their estimated worst case), with one 80 % alert per window."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        notify: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._notify = notify or (lambda team_id, text: None)
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, list[tuple[str, float]]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """True when any limit is set."""
+        s = self._settings
+        return bool(s.budget_daily_usd or s.budget_monthly_usd or s.budget_user_daily_usd)
+
+    def _spent(self, session: Session, team_id: str, since: datetime, user: str | None) -> float:
+        query = select(func.coalesce(func.sum(UsageRecord.cost_usd), 0.0)).where(
+            UsageRecord.team_id == team_id, UsageRecord.created_at >= since
+        )
+        if user is not None:
+            query = query.where(UsageRecord.user_id == user)
+        return float(session.scalar(query) or 0.0)
+
+    def reserve(self, team_id: str, user_id: str, estimate: float, now: datetime) -> str:
+        """Check every limit counting calls in flight; hold `estimate` until `release`.
+
+        Raises BudgetExceeded. Returns a token for `release`.
+        """
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        month = day.replace(day=1)
+        next_day = day + timedelta(days=1)
+        next_month = (month + timedelta(days=32)).replace(day=1)
+        token = f"{team_id}:{user_id}:{time.monotonic_ns()}"
+        alerts: list[tuple[str, datetime, float, float]] = []
+        with self._lock:
+            held = self._in_flight.setdefault(team_id, [])
+            team_held = sum(v for _, v in held)
+            user_held = sum(v for k, v in held if k.split(":")[1] == user_id)
+            with self._sessions() as s:
+                checks = [
+                    ("daily", self._settings.budget_daily_usd, day, None, next_day, team_held),
+                    (
+                        "monthly",
+                        self._settings.budget_monthly_usd,
+                        month,
+                        None,
+                        next_month,
+                        team_held,
+                    ),
+                    (
+                        "your daily",
+                        self._settings.budget_user_daily_usd,
+                        day,
+                        user_id,
+                        next_day,
+                        user_held,
+                    ),
+                ]
+                for name, limit, since, user, resets, pending in checks:
+                    if not limit:
+                        continue
+                    spent = self._spent(s, team_id, since, user) + pending
+                    if spent >= limit:
+                        setting = "BUDGET_USER_DAILY_USD" if user else f"BUDGET_{name.upper()}_USD"
+                        raise BudgetExceeded(
+                            f"the {name} spend limit of ${limit:,.2f} is reached; it resets "
+                            f"{resets:%Y-%m-%d %H:%M} UTC. An admin can raise it ({setting})."
+                        )
+                    if user is None and spent >= 0.8 * limit:
+                        alerts.append((name, since, spent, limit))
+            held.append((token, estimate))
+        for name, since, spent, limit in alerts:  # after the read: one transaction at a time
+            self._alert_once(team_id, name, since, spent, limit)
+        return token
+
+    def release(self, team_id: str, token: str) -> None:
+        """The call ended (its real cost is now in the ledger)."""
+        with self._lock:
+            held = self._in_flight.get(team_id, [])
+            self._in_flight[team_id] = [(k, v) for k, v in held if k != token]
+
+    def _alert_once(
+        self, team_id: str, name: str, since: datetime, spent: float, limit: float
+    ) -> None:
+        try:
+            with self._sessions.begin() as s:
+                s.add(
+                    BudgetAlert(
+                        team_id=team_id, budget=name, window_start=since, sent_at=datetime.now(UTC)
+                    )
+                )
+        except IntegrityError:
+            return
+        text = (
+            f"Heads-up: this workspace has used {spent / limit:.0%} of its {name} budget "
+            f"(${spent:,.2f} of ${limit:,.2f})."
+        )
+        log.warning("team=%s budget alert: %s", team_id, text)
+        self._notify(team_id, text)

@@ -1,0 +1,409 @@
+"""The usage digest against a real migrated database (SQLite, or PostgreSQL when
+TEST_DATABASE_URL is set): exact aggregates, privacy of channels, rendering within Slack limits.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
+
+from bot.digest import (
+    CHART_LINES,
+    PRIVATE_LABEL,
+    Digest,
+    Period,
+    build_digest,
+    money,
+    parse_period,
+    render_blocks,
+    render_text,
+)
+from bot.store.models import UsageRecord
+
+NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
+SONNET, HAIKU, MYSTERY = "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "mystery-model-1"
+PRIVATE = {"C9", "D7"}
+
+
+def at(day: int, hour: int = 12, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(2025, 3, day, hour, minute, second, tzinfo=UTC)
+
+
+def row(
+    when: datetime,
+    channel: str = "C1",
+    user: str | None = "U1",
+    kind: str = "mention",
+    model: str = SONNET,
+    tokens: tuple[int, int, int, int] = (0, 0, 0, 0),
+    cost: float | None = 0.0,
+    saved: float | None = 0.0,
+    outcome: str = "ok",
+    team: str = "T1",
+    thread: str | None = "100.1",
+) -> UsageRecord:
+    inp, cw, cr, out = tokens
+    return UsageRecord(
+        created_at=when,
+        team_id=team,
+        channel_id=channel,
+        thread_ts=thread,
+        user_id=user,
+        kind=kind,
+        model=model,
+        input_tokens=inp,
+        cache_creation_tokens=cw,
+        cache_read_tokens=cr,
+        output_tokens=out,
+        cost_usd=cost,
+        savings_usd=saved,
+        latency_ms=100,
+        outcome=outcome,
+    )
+
+
+# Costs are binary fractions so that sums are exact on both databases.
+def current() -> list[UsageRecord]:
+    return [
+        row(at(8), "C1", "U1", "mention", SONNET, (1000, 2000, 0, 100), 1.0, -0.5),  # at start
+        row(at(9, 10), "C1", "U2", "mention", SONNET, (100, 0, 3000, 200), 0.5, 1.5),
+        row(at(10, 9), "C2", "U1", "summarize", HAIKU, (500, 0, 1500, 50), 0.25, 0.75),
+        row(at(11, 8), "C9", "U3", "recap", SONNET, (200, 0, 800, 40), 2.0, 1.0, thread="1.0"),
+        row(
+            at(12, 23, 30),
+            "D7",
+            "U3",
+            "mention",
+            SONNET,
+            (0, 0, 1000, 10),
+            0.25,
+            0.25,
+            thread="1.0",
+        ),
+        row(at(13, 7), "C2", "U2", "mention", MYSTERY, (400, 0, 600, 10), None, None, thread=None),
+        row(at(14, 10), "C1", "U1", "mention", SONNET, outcome="overloaded", thread="100.2"),
+        row(at(14, 11), "C1", "U2", "mention", SONNET, outcome="overloaded", thread="100.2"),
+        row(at(15, 8), "C3", "U4", "summarize", SONNET, outcome="auth", thread="5.5"),
+        row(
+            at(15, 11, 59, 59),
+            "C3",
+            "U4",
+            "recap",
+            HAIKU,
+            (300, 100, 0, 20),
+            0.125,
+            -0.0625,
+            thread="5.5",
+        ),
+    ]
+
+
+def previous() -> list[UsageRecord]:
+    return [
+        row(at(8, 11, 59, 59), "C1", "U1", cost=1.0, saved=0.5),
+        row(at(2), "C2", "U2", cost=1.0, saved=0.5),
+        row(at(1, 12), "C1", "U1", cost=0.5, saved=0.5),  # the previous period's start
+    ]
+
+
+def outside() -> list[UsageRecord]:
+    return [
+        row(NOW, "C1", "U1", cost=100.0, saved=1.0),  # the period's end is excluded
+        row(at(1, 11, 59), "C1", "U1", cost=50.0, saved=1.0),  # before the previous period
+        row(at(10), "C1", "U1", cost=100.0, saved=1.0, team="T2"),  # another workspace
+    ]
+
+
+@pytest.fixture
+def sessions(engine):
+    factory = sessionmaker(engine)
+    with factory.begin() as s:
+        s.add_all(current() + previous() + outside())
+    return factory
+
+
+def digest(sessions, period: Period | None = None, **kw) -> Digest:
+    kw.setdefault("private_channels", set(PRIVATE))
+    with sessions() as s:
+        if s.get_bind().dialect.name == "postgresql":
+            # Days are UTC days whatever the connection's time zone.
+            s.execute(text("SET TIME ZONE 'Asia/Tokyo'"))
+        return build_digest(s, "T1", period or parse_period("7d", now=NOW), **kw)
+
+
+def test_totals_tokens_and_money(sessions):
+    d = digest(sessions)
+    t = d.totals
+    assert (t.requests, t.ok, t.failed) == (10, 7, 3)
+    assert (t.input_tokens, t.cache_creation_tokens, t.cache_read_tokens, t.output_tokens) == (
+        2500,
+        2100,
+        6900,
+        430,
+    )
+    assert t.prompt_tokens == 11500
+    assert t.hit_rate == pytest.approx(0.6)
+    assert t.cost_usd == pytest.approx(4.125)
+    assert t.savings_usd == pytest.approx(2.9375)
+    assert t.uncached_usd == pytest.approx(7.0625)
+    assert t.savings_share == pytest.approx(2.9375 / 7.0625)
+    assert t.unpriced_requests == 1
+    assert (d.users, d.threads, d.channels) == (4, 6, 5)
+    assert d.kinds == (("mention", 6), ("recap", 2), ("summarize", 2))
+    assert d.failures == (("overloaded", 2), ("auth", 1))
+
+
+def test_per_model_with_unknown_price(sessions):
+    d = digest(sessions)
+    assert [m.model for m in d.models] == [SONNET, HAIKU, MYSTERY]
+    sonnet, haiku, mystery = (m.totals for m in d.models)
+    assert (sonnet.requests, sonnet.ok) == (7, 4)
+    assert sonnet.cost_usd == pytest.approx(3.75)
+    assert sonnet.savings_usd == pytest.approx(2.25)
+    assert sonnet.savings_share == pytest.approx(2.25 / 6.0)
+    assert sonnet.hit_rate == pytest.approx(4800 / 8100)
+    assert haiku.cost_usd == pytest.approx(0.375)
+    assert haiku.savings_usd == pytest.approx(0.6875)
+    assert (mystery.requests, mystery.unpriced_requests, mystery.priced) == (1, 1, False)
+    assert mystery.cost_usd == 0 and mystery.savings_share is None
+    assert (mystery.input_tokens, mystery.cache_read_tokens) == (400, 600)
+    out = render_text(d)
+    assert f"{MYSTERY}: 1 req · hit 60.0% · price unknown" in out
+    assert "1 request on a model with an unknown price (mystery-model-1)" in out
+
+
+def test_previous_period_comparison(sessions):
+    d = digest(sessions)
+    p = d.previous
+    assert (p.requests, p.ok) == (3, 3)
+    assert p.cost_usd == pytest.approx(2.5)
+    assert p.savings_usd == pytest.approx(1.5)
+    assert d.period == Period(at(8), NOW)
+    out = render_text(d)
+    assert "10 requests (▲ 233% vs the previous 7 days: 3)" in out
+    assert "Spent $4.12 (▲ 65% vs the previous 7 days: $2.50)" in out
+    assert "41.6% of the $7.06 the same calls would have cost uncached" in out
+    assert "Cache hit rate 60.0% · output 430" in out
+
+
+def test_private_channels_are_folded_unless_the_viewer_sees_them(sessions):
+    d = digest(sessions, channel_names={"C2": "random", "C9": "secret-plans"})
+    assert [(c.channel_id, c.requests, c.cost_usd) for c in d.top_channels] == [
+        (None, 2, 2.25),
+        ("C1", 4, 1.5),
+        ("C2", 2, 0.25),
+        ("C3", 2, 0.125),
+    ]
+    out = render_text(d) + str(render_blocks(d))
+    assert "C9" not in out and "D7" not in out and "secret-plans" not in out
+    assert f"1. {PRIVATE_LABEL} $2.25 (2 req)" in out
+    assert "2. <#C1> $1.50 (4 req)" in out
+    assert "3. #random $0.25 (2 req)" in out
+
+    d = digest(sessions, viewer_channels={"C9"}, channel_names={"C9": "secret-plans"})
+    assert [(c.channel_id, c.requests) for c in d.top_channels] == [
+        ("C9", 1),
+        ("C1", 4),
+        ("C2", 2),  # ties on spend with the folded DM: more requests first
+        (None, 1),
+        ("C3", 2),
+    ]
+    out = render_text(d)
+    assert "1. #secret-plans $2.00 (1 req)" in out and "D7" not in out
+
+
+def test_dm_ids_are_private_even_when_not_listed(sessions):
+    d = digest(sessions, private_channels=set())
+    ids = [c.channel_id for c in d.top_channels]
+    assert "D7" not in ids and "C9" in ids and None in ids
+
+
+def test_top_users_by_spend_with_names_never_mentions(sessions):
+    d = digest(sessions, names={"U1": "Alice <@U2> @here", "U3": "Carol"})
+    assert [(u.user_id, u.requests, u.cost_usd) for u in d.top_users] == [
+        ("U3", 2, 2.25),
+        ("U1", 3, 1.25),
+        ("U2", 3, 0.5),
+        ("U4", 2, 0.125),
+    ]
+    out = render_text(d)
+    assert "1. Carol $2.25 (2 req)" in out
+    assert "3. U2 $0.50 (3 req)" in out  # unknown name: the bare id as text
+    assert "Alice &lt;@U2&gt; @\u200bhere" in out
+    for rendered in (out, str(render_blocks(d))):
+        assert "<@" not in rendered and "<!" not in rendered and "@here" not in rendered
+
+
+def test_top_lists_keep_five(engine):
+    factory = sessionmaker(engine)
+    with factory.begin() as s:
+        s.add_all(
+            row(at(14), f"C{i}", f"U{i}", cost=float(i), saved=0.0, thread=str(i))
+            for i in range(1, 9)
+        )
+    with factory() as s:
+        d = build_digest(s, "T1", parse_period("", now=NOW), private_channels=set())
+    assert [c.channel_id for c in d.top_channels] == ["C8", "C7", "C6", "C5", "C4"]
+    assert [u.user_id for u in d.top_users] == ["U8", "U7", "U6", "U5", "U4"]
+    assert d.channels == 8 and d.users == 8
+
+
+def test_daily_chart_in_utc_days(sessions):
+    d = digest(sessions)
+    assert [(b.start, b.days, b.requests) for b in d.days] == [
+        (date(2025, 3, day), 1, n)
+        for day, n in [(8, 1), (9, 1), (10, 1), (11, 1), (12, 1), (13, 1), (14, 2), (15, 2)]
+    ]
+    assert [b.cost_usd for b in d.days] == pytest.approx([1.0, 0.5, 0.25, 2.0, 0.25, 0, 0, 0.125])
+    assert d.days[0].savings_usd == pytest.approx(-0.5)
+    chart = _chart_lines(render_blocks(d))
+    assert len(chart) == 8
+    assert chart[3].startswith("Mar 11") and chart[3].endswith("▇" * 16 + "░" * 8)
+    assert chart[5] == "Mar 13        $0.00     $0.00"
+
+
+@pytest.mark.parametrize(
+    ("spec", "days", "lines"),
+    [
+        ("30d", 1, 31),
+        ("12h", 1, 1),
+        ("24h", 1, 2),
+        ("31d", 2, 16),
+        ("90d", 3, 31),
+        ("365d", 12, 31),
+    ],
+)
+def test_chart_never_exceeds_31_lines(sessions, spec, days, lines):
+    d = digest(sessions, parse_period(spec, now=NOW))
+    assert len(d.days) == lines <= CHART_LINES
+    assert d.days[0].days == days
+    assert sum(b.requests for b in d.days) == d.totals.requests
+    assert len(_chart_lines(render_blocks(d))) == lines
+
+
+def _chart_lines(blocks: list[dict]) -> list[str]:
+    body = next(b["text"]["text"] for b in blocks if "```" in b.get("text", {}).get("text", ""))
+    return body.split("```")[1].strip("\n").split("\n")
+
+
+def _assert_within_slack_limits(blocks: list[dict]) -> None:
+    assert len(blocks) <= 50
+    assert blocks[0]["type"] == "header" and len(blocks[0]["text"]["text"]) <= 150
+    for b in blocks:
+        assert b["type"] in ("header", "section", "context")
+        if b["type"] == "section":
+            assert b["text"]["type"] == "mrkdwn" and 0 < len(b["text"]["text"]) <= 3000
+        if b["type"] == "context":
+            assert len(b["elements"]) <= 10
+            assert all(len(e["text"]) <= 3000 for e in b["elements"])
+    rendered = str(blocks)
+    assert "<@" not in rendered and "<!" not in rendered
+    assert not re.search(r"@(here|channel|everyone)", rendered)
+
+
+def test_blocks_within_slack_limits(sessions):
+    blocks = render_blocks(digest(sessions))
+    _assert_within_slack_limits(blocks)
+    headers = [b["text"]["text"].split("\n")[0] for b in blocks if b["type"] == "section"]
+    assert headers == [
+        "*Requests*",
+        "*Tokens*",
+        "*Spend*",
+        "*By model*",
+        "*Top channels by spend*",
+        "*Top users by spend*",
+        "*Failures*",
+        "*Spend and savings per day (UTC)  ▇ spent ░ saved*",
+    ]
+    assert "overloaded 2, auth 1" in str(blocks)
+
+
+def test_hostile_and_huge_ledgers_stay_within_limits(engine):
+    factory = sessionmaker(engine)
+    with factory.begin() as s:
+        for i in range(40):
+            s.add(
+                row(
+                    at(14) - timedelta(days=i * 9),
+                    channel=f"C{i}",
+                    user=f"U{i}",
+                    kind=f"k{i}",
+                    model=f"model-<!channel>-@here-{i}-" + "x" * 70,
+                    cost=None if i % 3 else 0.001 * i,
+                    saved=None if i % 3 else 0.0001,
+                    outcome="ok" if i % 2 else f"<!here> cause {i}",
+                    thread=str(i),
+                )
+            )
+    names = {f"U{i}": f"<@U{i}> @channel <!everyone> {'y' * 200}" for i in range(40)}
+    chans = {f"C{i}": f"<!here>{i}" for i in range(40)}
+    with factory() as s:
+        d = build_digest(
+            s,
+            "T1",
+            parse_period("365d", now=NOW),
+            private_channels=set(),
+            names=names,
+            channel_names=chans,
+        )
+    assert d.totals.requests == 40
+    _assert_within_slack_limits(render_blocks(d))
+    assert "… and 30 more models" in render_text(d)
+
+
+def test_an_empty_ledger(engine):
+    with sessionmaker(engine)() as s:
+        d = build_digest(s, "T1", parse_period("24h", now=NOW), private_channels=set())
+    assert d.totals.requests == 0 and d.previous.requests == 0
+    assert d.top_channels == () and d.top_users == () and d.failures == ()
+    blocks = render_blocks(d)
+    _assert_within_slack_limits(blocks)
+    assert "0 requests (no change vs the previous 1 day: 0)" in render_text(d)
+
+
+@pytest.mark.parametrize(
+    ("spec", "length"),
+    [
+        ("", timedelta(days=7)),
+        ("7d", timedelta(days=7)),
+        ("30d", timedelta(days=30)),
+        ("24h", timedelta(hours=24)),
+        ("12h", timedelta(hours=12)),
+        ("2w", timedelta(weeks=2)),
+        (" 7D ", timedelta(days=7)),
+        ("365d", timedelta(days=365)),
+    ],
+)
+def test_parse_period(spec, length):
+    assert parse_period(spec, now=NOW) == Period(NOW - length, NOW)
+
+
+@pytest.mark.parametrize("spec", ["abc", "7", "0d", "-1d", "1y", "366d", "53w", "7 days", "d"])
+def test_parse_period_rejects(spec):
+    with pytest.raises(ValueError, match="like 24h, 7d, 30d or 2w"):
+        parse_period(spec, now=NOW)
+
+
+def test_parse_period_ends_at_now_in_utc():
+    local = datetime(2025, 3, 15, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    p = parse_period("24h", now=local)
+    assert p == Period(at(14), NOW) and p.end.tzinfo == UTC
+
+
+@pytest.mark.parametrize(
+    ("usd", "shown"),
+    [
+        (0, "$0.00"),
+        (1.234, "$1.23"),
+        (0.0042, "$0.0042"),
+        (1234.5, "$1,234.50"),
+        (-0.5, "-$0.50"),
+        (0.00001, "<$0.0001"),
+    ],
+)
+def test_money(usd, shown):
+    assert money(usd) == shown
