@@ -17,6 +17,7 @@ MISS = WRITE_5M
 PRIOR_GAPS = 1.0
 PRIOR_WITHIN_5M = 0.5
 PRIOR_WITHIN_1H = 0.5
+BURST_FLOOR = 0.75  # a slow thread still gets quick follow-ups at this share of the usual rate
 MAX_CHAIN = 4.0  # expected follow-ups in a row counted at most
 WORKSPACE_WEIGHT = 2.0  # how many of a thread's own gaps the workspace's habits are worth
 
@@ -29,6 +30,7 @@ class Prior:
     p_1h: float = PRIOR_WITHIN_1H / PRIOR_GAPS
     p_next: float = 0.5
     weight: float = PRIOR_GAPS
+    learned: bool = False  # from the workspace's own history (at least 10 gaps)
 
     @classmethod
     def from_totals(
@@ -40,6 +42,7 @@ class Prior:
             p_1h=(within_1h + PRIOR_WITHIN_1H) / (gaps + PRIOR_GAPS),
             p_next=(gaps + 1.0) / (requests + 2.0),
             weight=WORKSPACE_WEIGHT if gaps >= 10 else PRIOR_GAPS,
+            learned=gaps >= 10,
         )
 
 
@@ -67,9 +70,11 @@ class Rhythm:
 
     @property
     def p_5m(self) -> float:
-        """Chance the next request comes within 5 minutes, if it comes."""
+        """Chance the next request comes within 5 minutes, if it comes. Requests come in bursts:
+        a thread's own slow history lowers the workspace's chance by at most BURST_FLOOR."""
         w = self.prior.weight
-        return (self.within_5m + w * self.prior.p_5m) / (self.gaps + w)
+        own = (self.within_5m + w * self.prior.p_5m) / (self.gaps + w)
+        return max(own, BURST_FLOOR * self.prior.p_5m) if self.prior.learned else own
 
     @property
     def p_1h(self) -> float:
