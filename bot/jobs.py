@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -86,19 +86,18 @@ class JobQueue:
         self, kind: str, payload: dict[str, Any], *, lane: str, dedupe_key: str | None = None
     ) -> bool:
         """Store a job (committed when this returns); False when `dedupe_key` was seen before."""
-        now = datetime.now(UTC)
-        job = Job(
-            dedupe_key=dedupe_key,
-            kind=kind,
-            lane=lane[:120],
-            payload=json.dumps(payload, ensure_ascii=False),
-            status="queued",
-            attempts=0,
-            created_at=now,
-        )
+        row = {
+            "dedupe_key": dedupe_key,
+            "kind": kind,
+            "lane": lane[:120],
+            "payload": json.dumps(payload, ensure_ascii=False),
+            "status": "queued",
+            "attempts": 0,
+            "created_at": datetime.now(UTC),
+        }
         try:
-            with self._sessions.begin() as s:
-                s.add(job)
+            with self._engine.begin() as conn:  # Core: the ack path stays short
+                conn.execute(insert(Job), row)
         except IntegrityError:
             return False
         with self.changed:

@@ -198,7 +198,10 @@ class AnswerService:
             else None
         )
         if reply is not None:
-            reply.status("is reading the thread…")
+            with self._sessions() as s:
+                known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
+                seen = known.messages_seen if known is not None else 0
+            reply.status(f"is reading {seen:,} messages…" if seen else "is reading the thread…")
         try:
             messages = self.reader.read(
                 req.team_id, req.channel_id, req.thread_ts, self.now(), req.enterprise_id
@@ -218,7 +221,7 @@ class AnswerService:
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
         request = clean_request(req.text, names, req.bot_user_id)
-        if reply is not None:
+        if reply is not None and not seen:
             reply.status(f"is reading {len(before):,} messages…")
         try:
             done = self.complete(
