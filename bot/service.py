@@ -21,7 +21,7 @@ from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
 from bot.pricing import Usage, cache_floor, cost, price_for, savings
 from bot.prompt import Built, PriorCache, build_request
-from bot.replies import build_messages, footer_line, neutralise_pings
+from bot.replies import footer_line, neutralise_pings
 from bot.store import data
 from bot.store.models import ThreadState, UsageRecord
 from bot.streaming import ThreadReply
@@ -186,18 +186,16 @@ class AnswerService:
     def _answer(self, req: ThreadRequest) -> None:
         started = time.monotonic()
         names = self._names(req.team_id)
-        reply = (
-            ThreadReply(
-                self._client(req),
-                channel=req.channel_id,
-                thread_ts=req.thread_ts,
-                team_id=req.team_id,
-                user_id=req.user_id,
-            )
-            if self._settings.stream_answers
-            else None
+        streaming = self._settings.stream_answers
+        reply = ThreadReply(
+            self._client(req),
+            channel=req.channel_id,
+            thread_ts=req.thread_ts,
+            team_id=req.team_id,
+            user_id=req.user_id,
+            stream=streaming,
         )
-        if reply is not None:
+        if streaming:
             with self._sessions() as s:
                 known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
                 seen = known.messages_seen if known is not None else 0
@@ -216,12 +214,12 @@ class AnswerService:
             )
             self._record_failure(req, f"slack_{exc.error}", started)
             text = read_error_text(exc.error, req.bot_user_id)
-            if reply is None or not reply.fail(text):
+            if not reply.fail(text):
                 self.tell(req, text)
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
         request = clean_request(req.text, names, req.bot_user_id)
-        if reply is not None and not seen:
+        if streaming and not seen:
             reply.status(f"is reading {len(before):,} messages…")
         try:
             done = self.complete(
@@ -230,31 +228,27 @@ class AnswerService:
                 request,
                 seen=messages,
                 started=started,
-                on_text=reply.append if reply is not None else None,
+                on_text=reply.append if streaming else None,
             )
         except BudgetExceeded as exc:
             text = f"Sorry, {exc}"
-            if reply is None or not reply.fail(text):
+            if not reply.fail(text):
                 self.tell(req, text)
             return
         except LLMError as exc:
-            if reply is not None and exc.partial:
+            if exc.partial:
                 why = LLM_CUT_OFF.get(exc.kind, "the model stopped partway")
                 reply.finish(None, note=f"The answer was cut off: {why}. Ask again for the rest.")
-            elif reply is None or not reply.fail(llm_error_text(exc)):
+            elif not reply.fail(llm_error_text(exc)):
                 self.tell(req, llm_error_text(exc))
             return
-        if reply is not None:
-            outcome = reply.finish(done.footer)
-            if outcome != "ok":
-                self.tell(
-                    req,
-                    f"I wrote an answer but couldn't post it here (Slack said "
-                    f"`{outcome.removeprefix('post_')}`).",
-                )
-        else:
-            outcome = self._post_answer(req, done.completion, done.footer)
+        outcome = reply.finish(done.footer, text=done.completion.text)
         if outcome != "ok":
+            self.tell(
+                req,
+                f"I wrote an answer but couldn't post it here (Slack said "
+                f"`{outcome.removeprefix('post_')}`).",
+            )
             with self._sessions.begin() as s:
                 data.set_outcome(s, done.usage_id, outcome)
 
@@ -470,36 +464,6 @@ class AnswerService:
             budget=self._settings.context_budget_tokens,
             record=record,
         )
-
-    def _post_answer(self, req: ThreadRequest, completion: Completion, footer: str) -> str:
-        outgoing = build_messages(completion.text, footer)
-        for part in outgoing:
-            try:
-                self._client(req).chat_postMessage(
-                    channel=req.channel_id,
-                    thread_ts=req.thread_ts,
-                    text=part.text,
-                    blocks=part.blocks,
-                    unfurl_links=False,
-                    unfurl_media=False,
-                )
-            except SlackApiError as exc:
-                error = str(exc.response.get("error"))
-                log.warning("posting answer in %s failed: %s", req.channel_id, error)
-                if error in ("invalid_blocks", "msg_too_long", "msg_blocks_too_long"):
-                    self._client(req).chat_postMessage(
-                        channel=req.channel_id,
-                        thread_ts=req.thread_ts,
-                        text=part.text[:3900],
-                        unfurl_links=False,
-                        unfurl_media=False,
-                    )
-                    continue
-                self.tell(
-                    req, f"I wrote an answer but couldn't post it here (Slack said `{error}`)."
-                )
-                return f"post_{error}"
-        return "ok"
 
     def tell(self, req: ThreadRequest, text: str) -> None:
         """A short message to the requester in the thread; ephemeral or DM when that fails."""

@@ -52,6 +52,7 @@ class ThreadReply:
         thread_ts: str,
         team_id: str,
         user_id: str,
+        stream: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -63,7 +64,7 @@ class ThreadReply:
         self._text = ""
         self._sent = 0  # characters of _text delivered (stream) or shown (placeholder)
         self._ts: str | None = None
-        self._mode = "stream"
+        self._mode = "stream" if stream else "post"
         self._last_update = 0.0
         self._status_ok = True
 
@@ -107,18 +108,25 @@ class ThreadReply:
         elif self._mode == "update" and self._clock() - self._last_update >= UPDATE_INTERVAL:
             self._update_placeholder()
 
-    def finish(self, footer: str | None, *, note: str | None = None) -> str:
-        """The answer is complete (or broke: `note` says so). Returns "ok" or post_<error>."""
-        text = self._text if not note else f"{self._text.rstrip()}\n\n_{note}_"
+    def finish(
+        self, footer: str | None, *, note: str | None = None, text: str | None = None
+    ) -> str:
+        """The answer is complete (or broke: `note` says so). Returns "ok" or post_<error>.
+
+        `text` is the whole answer when it was not handed over piece by piece.
+        """
+        if text is not None and len(text) >= len(self._text):
+            self._text = text
+        full = self._text if not note else f"{self._text.rstrip()}\n\n_{note}_"
         if self._mode == "stream":
-            outcome = self._stop_stream(text, footer, note)
+            outcome = self._stop_stream(full, footer, note)
             if outcome is not None:
                 return outcome
         if self._mode == "update" and self._ts is not None:
-            outcome = self._final_update(text, footer)
+            outcome = self._final_update(full, footer)
             if outcome is not None:
                 return outcome
-        return self._post_all(text, footer)
+        return self._post_all(full, footer)
 
     # -- streaming ------------------------------------------------------------------------
 
@@ -176,6 +184,8 @@ class ThreadReply:
 
     def fail(self, text: str) -> bool:
         """Say what went wrong in the placeholder, if there is one; False when there is none."""
+        if self._mode == "post" and self._ts is None:
+            return False
         self.clear_status()
         if self._mode == "update" and self._ts is not None:
             return self._edit(text)

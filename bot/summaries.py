@@ -23,7 +23,7 @@ from bot.llm import LLMError
 from bot.replies import build_messages, neutralise_pings
 from bot.service import AnswerService, ThreadRequest, llm_error_text, read_error_text
 from bot.store.models import Summary
-from bot.threads import ThreadReadError, ts_key
+from bot.threads import ThreadReadError, is_member, ts_key
 from bot.usage import BudgetExceeded
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class SummaryService:
             or info.get("is_mpim")
             or info.get("is_group")
         )
-        if private and not self._is_member(self._client(who), channel, who.user_id):
+        if private and not is_member(self._client(who), channel, who.user_id):
             return REFUSAL.format(bot=who.bot_user_id)
         if not private and not info.get("is_member"):
             return (
@@ -245,21 +245,6 @@ class SummaryService:
 
     def _client(self, who: Requester) -> WebClient:
         return self._answers.client_for(who.team_id, who.enterprise_id)
-
-    @staticmethod
-    def _is_member(client: WebClient, channel: str, user: str) -> bool:
-        cursor = None
-        while True:
-            try:
-                resp = client.conversations_members(channel=channel, limit=1000, cursor=cursor)
-            except SlackApiError as exc:
-                log.info("conversations.members %s: %s", channel, exc.response.get("error"))
-                return False
-            if user in (resp.get("members") or []):
-                return True
-            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
-            if not cursor:
-                return False
 
     # -- thread summaries -------------------------------------------------------------------
 

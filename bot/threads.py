@@ -113,6 +113,22 @@ def fetch_thread(
     return messages
 
 
+def is_member(client: WebClient, channel: str, user: str) -> bool:
+    """Whether `user` is in `channel` (every page of conversations.members); False on errors."""
+    cursor = None
+    while True:
+        try:
+            resp = client.conversations_members(channel=channel, limit=1000, cursor=cursor)
+        except SlackApiError as exc:
+            log.info("conversations.members %s: %s", channel, exc.response.get("error"))
+            return False
+        if user in (resp.get("members") or []):
+            return True
+        cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+        if not cursor:
+            return False
+
+
 def ts_key(ts: str) -> tuple[int, int]:
     """Slack ts as a sortable pair (string order is wrong across digit counts)."""
     sec, _, frac = ts.partition(".")

@@ -21,6 +21,7 @@ from bot.digest import Digest, Period, build_digest, parse_period, render_blocks
 from bot.replies import neutralise_pings
 from bot.schedule import parse_schedule
 from bot.store.models import BudgetAlert, DigestPost, UsageRecord
+from bot.threads import is_member
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,6 @@ class UsageService:
             self._channels[key] = (time.monotonic(), info)
         return info
 
-    def _is_member(self, team_id: str, channel_id: str, user_id: str) -> bool:
-        cursor = None
-        client = self._client_for(team_id)
-        while True:
-            try:
-                resp = client.conversations_members(channel=channel_id, limit=1000, cursor=cursor)
-            except SlackApiError:
-                return False
-            if user_id in (resp.get("members") or []):
-                return True
-            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
-            if not cursor:
-                return False
-
     def build(self, team_id: str, period: Period, viewer: str | None) -> Digest:
         """The workspace's digest; private conversations are named only to their members."""
         with self._sessions() as s:
@@ -104,7 +91,11 @@ class UsageService:
             )
             if is_private:
                 private.add(channel_id)
-                if viewer and info is not None and self._is_member(team_id, channel_id, viewer):
+                if (
+                    viewer
+                    and info is not None
+                    and is_member(self._client_for(team_id), channel_id, viewer)
+                ):
                     visible.add(channel_id)
             if info and info.get("name"):
                 names[channel_id] = str(info["name"])
