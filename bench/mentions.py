@@ -63,12 +63,12 @@ def run(turns: int, replies: int, new_per_turn: int) -> None:
     all_read = sum(u["cache_read_input_tokens"] for u in usages)
     all_total = sum(prompt(u) for u in usages)
     reads = [c["conversations.replies"] for c in per_turn[1:]]
-    others = [sum(n for m, n in c.items() if m not in ("chat.postMessage",)) for c in per_turn[1:]]
+    others = [sum(c.values()) for c in per_turn[1:]]
     print(f"\ncache share of prompt tokens, follow-ups (turns 2-{turns}): {read / total:.1%}")
     print(f"cache share of prompt tokens, all {turns} turns: {all_read / all_total:.1%}")
     print(f"Slack read calls per follow-up (conversations.replies): "
-          f"{sum(reads) / len(reads):.2f}; all non-posting Slack calls per follow-up: "
-          f"{sum(others) / len(others):.2f}")
+          f"{sum(reads) / len(reads):.2f}; all Slack calls per follow-up (status line, read, "
+          f"streamed answer): {sum(others) / len(others):.2f}")
 
 
 def main() -> None:
