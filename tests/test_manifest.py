@@ -68,3 +68,41 @@ def test_declared_command_and_shortcut_are_handled(bot, slack):
         parent = slack.add_thread("C1", 1)
         resp, _ = ui.shortcut("C1", parent)
         assert resp.status_code == 200
+
+
+def _registered(bot) -> dict[str, set[str]]:
+    """What the app's listeners match on, read from Bolt's built-in matchers."""
+    found: dict[str, set[str]] = {"event": set(), "command": set(), "message_shortcut": set(),
+                                  "action": set()}
+    for listener in bot.app.bolt._listeners:
+        for matcher in listener.matchers:
+            func = getattr(matcher, "func", None)
+            kind = func.__qualname__.split(".")[0] if func else ""
+            values = [c.cell_contents for c in (func.__closure__ or [])] if func else []
+            if kind in ("event", "command", "message_shortcut"):
+                found[kind].update(v if isinstance(v, str) else v.get("type", "")
+                                   for v in values if isinstance(v, str | dict))
+            elif kind in ("action", "block_action"):
+                found["action"].update(str(v) for v in values if isinstance(v, str))
+    return found
+
+
+def test_nothing_is_registered_without_being_declared(bot):
+    manifest = load()
+    declared_events = {e.split(".")[0] for e in manifest["settings"]["event_subscriptions"]
+                       ["bot_events"]}
+    declared_events.add("app_mention")  # answered by a middleware before the listeners
+    found = _registered(bot)
+    assert found["event"] and found["event"] <= declared_events, found["event"]
+    assert found["command"] == {c["command"] for c in manifest["features"]["slash_commands"]}
+    assert found["message_shortcut"] == {
+        s["callback_id"] for s in manifest["features"]["shortcuts"] if s["type"] == "message"
+    }
+    assert manifest["settings"]["interactivity"]["is_enabled"]  # the share button
+
+
+def test_oauth_scopes_default_to_the_manifests():
+    from bot.config import Settings
+
+    default = Settings.model_fields["slack_scopes"].default.split(",")
+    assert sorted(default) == sorted(load()["oauth_config"]["scopes"]["bot"])
