@@ -497,6 +497,12 @@ def _defuse_angles(text: str) -> str:
     return _ANGLE.sub(repl, text)
 
 
+def inert_markdown(text: str) -> str:
+    """Markdown text from the model made safe to send as-is (streamed `markdown_text`):
+    no pings, no Slack `<…>` mentions or links except plain URLs."""
+    return _defuse_angles(neutralise_pings(text))
+
+
 def _md_inline(text: str) -> str:
     """One line of Markdown for a `markdown` block: no Slack syntax, CJK-safe emphasis."""
     saved: list[str] = []

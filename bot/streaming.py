@@ -9,7 +9,6 @@ status line under the thread (assistant.threads.setStatus), or in the placeholde
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,19 +16,13 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.replies import build_messages, markdown_to_mrkdwn, neutralise_pings
+from bot.replies import build_messages, inert_markdown, markdown_to_mrkdwn
 
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 200  # characters gathered before an appendStream call
 UPDATE_INTERVAL = 1.5  # seconds between chat.update edits of a placeholder (Tier 3 allows ~1/s)
 STREAM_LIMIT = 10_000  # characters streamed into one message; the rest is posted after it
-_OPEN_MARKUP = re.compile(r"<(?=[@#!])")
-
-
-def _inert(text: str) -> str:
-    """Model text that cannot ping or mention: special mentions neutralised, `<@…>` broken."""
-    return _OPEN_MARKUP.sub("‹", neutralise_pings(text))
 
 
 def _safe_cut(text: str) -> int:
@@ -135,7 +128,7 @@ class ThreadReply:
         cut = min(cut, STREAM_LIMIT)
         if cut - self._sent < (1 if final else STREAM_CHUNK):
             return
-        piece = _inert(self._text[self._sent : cut])
+        piece = inert_markdown(self._text[self._sent : cut])
         try:
             if self._ts is None:
                 resp = self._client.chat_startStream(

@@ -171,3 +171,12 @@ def test_stream_lost_midway_posts_the_rest(bot, slack, model):
     posted = " ".join(p["text"] for p in slack.posts if p.get("thread_ts") == parent)
     streamed = next(iter(slack.streams.values()))["text"]
     assert "Sentence 79" in posted and "Sentence 0 " in streamed
+
+
+def test_streamed_text_cannot_mention_or_ping(bot, slack, model):
+    parent = slack.add_thread("C1", 5, text_fn=words)
+    model.reply = "Ask <@U2> or <!subteam^S1|@oncall>, tell <!here> and see <https://x.io|docs>."
+    bot.mention("C1", "summarize", thread_ts=parent)
+    streamed = next(iter(slack.streams.values()))["text"]
+    assert "<@" not in streamed and "<!" not in streamed and "<https" not in streamed
+    assert "U2" in streamed  # the text is kept, only made inert
