@@ -37,6 +37,7 @@ from bot.store.db import make_engine, make_session_factory, ping
 from bot.store.models import slack_bots
 from bot.summaries import SummaryService
 from bot.usage import Budgets, UsageService
+from bot.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ def create_app(
                 log.warning("budget alert for team=%s not posted: %s", team_id, exc)
 
     budgets = Budgets(settings, sessions, notify=budget_alert)
+    workspaces = Workspaces(settings, sessions)
     service = AnswerService(
         settings=settings,
         clients=clients,
@@ -304,6 +306,7 @@ def create_app(
         clock=clock,
         metrics=metrics,
         budgets=budgets,
+        workspaces=workspaces,
     )
     summaries = SummaryService(service, sessions, clock=clock)
     usage = UsageService(

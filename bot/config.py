@@ -48,7 +48,14 @@ class Settings(BaseSettings):
         "https://api.anthropic.com",
         description="Messages endpoint base URL (Anthropic or a relay that mirrors its API).",
     )
-    anthropic_model: str = Field(DEFAULT_MODEL, description="Model id.")
+    anthropic_model: str = Field(
+        DEFAULT_MODEL, description="Model id (workspaces use it unless their admins pick another)."
+    )
+    workspace_models: str = Field(
+        "",
+        description="Models workspace admins may pick in App Home, comma-separated "
+        "(empty: only ANTHROPIC_MODEL, so the picker is hidden).",
+    )
     anthropic_timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for one Messages API response."
     )
@@ -136,6 +143,15 @@ class Settings(BaseSettings):
             if not prefix.strip() or not number.strip().isdigit():
                 raise ValueError("must look like model-prefix=1024,other-prefix=2048")
         return value
+
+    @property
+    def model_choices(self) -> list[str]:
+        """ANTHROPIC_MODEL first, then WORKSPACE_MODELS, without repeats."""
+        out = [self.anthropic_model]
+        for item in (p.strip() for p in self.workspace_models.split(",")):
+            if item and item not in out:
+                out.append(item)
+        return out
 
     @property
     def cache_floors(self) -> dict[str, int]:

@@ -34,6 +34,7 @@ from bot.threads import (
     ts_key,
 )
 from bot.usage import BudgetExceeded, Budgets
+from bot.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ LLM_MESSAGES = {
     "billing": "the model endpoint refused the request for billing reasons. An admin needs to "
     "check the account's credit.",
     "permission": "the API key is not allowed to use this model. An admin needs to check the key "
-    "and `ANTHROPIC_MODEL`.",
+    "and `ANTHROPIC_MODEL` (or the model picked in my App Home).",
     "not_found": "the configured model is not available on this endpoint. An admin needs to "
-    "check `ANTHROPIC_MODEL`.",
+    "check `ANTHROPIC_MODEL` (or the model picked in my App Home).",
     "rate_limited": "the model is rate-limited right now, even after retrying. Please try again "
     "in a minute.",
     "overloaded": "the model is overloaded right now, even after retrying. Please try again in a "
@@ -133,8 +134,10 @@ class AnswerService:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         budgets: Budgets | None = None,
+        workspaces: Workspaces | None = None,
     ) -> None:
         self._settings = settings
+        self.workspaces = workspaces or Workspaces(settings, sessions)
         self.metrics = metrics or Metrics()
         self.budgets = budgets
         self._clients = clients
@@ -185,6 +188,11 @@ class AnswerService:
 
     def _answer(self, req: ThreadRequest) -> None:
         started = time.monotonic()
+        refusal = self.workspaces.refusal(req.team_id, req.channel_id)
+        if refusal is not None:
+            log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
+            self.tell(req, refusal, private=True)
+            return
         names = self._names(req.team_id)
         streaming = self._settings.stream_answers
         reply = ThreadReply(
@@ -269,7 +277,10 @@ class AnswerService:
         """
         started = time.monotonic() if started is None else started
         names = self._names(req.team_id)
-        model = self._settings.anthropic_model
+        eff = self.workspaces.effective(req.team_id)
+        model = eff.model
+        if eff.language:
+            request = f"{request}\n\n(Answer in {eff.language}.)"
         turns = render_thread(
             messages,
             names,
@@ -298,12 +309,12 @@ class AnswerService:
             prior = self._alive_prior(state, now)
         scale = self._scale.get(model, 1.0)
         try:
-            compacted = self._compactor(req).compacted(
+            compacted = self._compactor(req, model).compacted(
                 req.team_id, req.channel_id, req.thread_ts, turns, scale, now
             )
         except LLMError as exc:
             log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self._record_failure(req, exc.kind, started)
+            self._record_failure(req, exc.kind, started, model)
             raise
         rhythm = rhythm.after_gap(gap)
         choice: dict[str, Any] = {}
@@ -331,17 +342,19 @@ class AnswerService:
             scale=scale,
         )
         hold = None
-        if self.budgets is not None and self.budgets.enabled:
+        if self.budgets is not None and self.budgets.enabled_for(eff):
             try:
-                hold = self.budgets.reserve(req.team_id, req.user_id, self._worst_case(built), now)
+                hold = self.budgets.reserve(
+                    req.team_id, req.user_id, self._worst_case(built, model), now, eff
+                )
             except BudgetExceeded:
-                self._record_failure(req, "budget", started)
+                self._record_failure(req, "budget", started, model)
                 raise
         try:
             completion = self._llm.create(built.body, on_text=on_text)
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self._record_failure(req, exc.kind, started)
+            self._record_failure(req, exc.kind, started, model)
             raise
         finally:
             if hold is not None and self.budgets is not None:
@@ -402,7 +415,7 @@ class AnswerService:
             len(built.breakpoints),
         )
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
-        return Done(completion, footer, usage_id)
+        return Done(completion, footer if eff.footer else "", usage_id)
 
     def _prior(self, session: Session, team_id: str) -> Prior:
         """The workspace's request rhythm, recomputed at most every PRIOR_REFRESH seconds."""
@@ -414,9 +427,9 @@ class AnswerService:
         self._priors[team_id] = (now, prior)
         return prior
 
-    def _worst_case(self, built: Built) -> float:
+    def _worst_case(self, built: Built, model: str) -> float:
         """Dollars the call could cost at most: every prompt token written, max output."""
-        price = price_for(self._settings.anthropic_model)
+        price = price_for(model)
         if price is None:
             return 0.0
         return built.estimated_tokens * price.input * 2 + built.body["max_tokens"] * price.output
@@ -439,7 +452,7 @@ class AnswerService:
         old = self._scale.get(model)
         self._scale[model] = ratio if old is None else 0.8 * old + 0.2 * ratio
 
-    def _compactor(self, req: ThreadRequest) -> Compactor:
+    def _compactor(self, req: ThreadRequest, model: str) -> Compactor:
         def record(done: Completion) -> None:
             now = self.now()
             compact_req = ThreadRequest(
@@ -460,13 +473,16 @@ class AnswerService:
         return Compactor(
             self._llm,
             self._sessions,
-            model=self._settings.anthropic_model,
+            model=model,
             budget=self._settings.context_budget_tokens,
             record=record,
         )
 
-    def tell(self, req: ThreadRequest, text: str) -> None:
-        """A short message to the requester in the thread; ephemeral or DM when that fails."""
+    def tell(self, req: ThreadRequest, text: str, *, private: bool = False) -> None:
+        """A short message to the requester in the thread; ephemeral or DM when that fails.
+
+        `private`: only the requester sees it (ephemeral in the thread, else a DM).
+        """
         text = neutralise_pings(text)
         try:
             client = self._client(req)
@@ -474,8 +490,9 @@ class AnswerService:
             log.error("cannot tell user in team=%s: workspace not installed", req.team_id)
             return
         try:
-            client.chat_postMessage(channel=req.channel_id, thread_ts=req.thread_ts, text=text)
-            return
+            if not private:
+                client.chat_postMessage(channel=req.channel_id, thread_ts=req.thread_ts, text=text)
+                return
         except SlackApiError as exc:
             error = exc.response.get("error")
             if error not in _UNDELIVERABLE:
@@ -525,7 +542,9 @@ class AnswerService:
             outcome=outcome,
         )
 
-    def _record_failure(self, req: ThreadRequest, outcome: str, started: float) -> None:
+    def _record_failure(
+        self, req: ThreadRequest, outcome: str, started: float, model: str | None = None
+    ) -> None:
         self.metrics.model_calls.labels(outcome).inc()
         now = self.now()
         latency_ms = int((time.monotonic() - started) * 1000)
@@ -533,6 +552,11 @@ class AnswerService:
             data.add_usage(
                 s,
                 self._usage_row(
-                    req, self._settings.anthropic_model, Usage(), latency_ms, outcome, now
+                    req,
+                    model or self._settings.anthropic_model,
+                    Usage(),
+                    latency_ms,
+                    outcome,
+                    now,
                 ),
             )

@@ -243,6 +243,14 @@ class SummaryService:
             )
         return None
 
+    def _refused(self, channel: str, who: Requester, out: Responder) -> bool:
+        """The workspace's channel allow-list: tell `who` and return True when it excludes
+        `channel`."""
+        refusal = self._answers.workspaces.refusal(who.team_id, channel)
+        if refusal is not None:
+            out.send(refusal, replace=True)
+        return refusal is not None
+
     def _client(self, who: Requester) -> WebClient:
         return self._answers.client_for(who.team_id, who.enterprise_id)
 
@@ -267,6 +275,8 @@ class SummaryService:
         self, channel: str, thread_ts: str, who: Requester, out: Responder, *, extra: str = ""
     ) -> None:
         """A private summary of the thread that `thread_ts` belongs to."""
+        if self._refused(channel, who, out):
+            return
         try:
             read = self._answers.reader.read
             now = self._answers.now()
@@ -307,6 +317,8 @@ class SummaryService:
         now: float | None = None,
     ) -> None:
         """A private recap of the channel: a time window (aligned) or the last N messages."""
+        if self._refused(channel, who, out):
+            return
         now = self._clock() if now is None else now
         oldest = window_start(now, seconds) if seconds else None
         try:

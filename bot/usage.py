@@ -22,6 +22,7 @@ from bot.replies import neutralise_pings
 from bot.schedule import parse_schedule
 from bot.store.models import BudgetAlert, DigestPost, UsageRecord
 from bot.threads import is_member
+from bot.workspace import Effective
 
 log = logging.getLogger(__name__)
 
@@ -282,10 +283,9 @@ class Budgets:
         self._lock = threading.Lock()
         self._in_flight: dict[str, list[tuple[str, float]]] = {}
 
-    @property
-    def enabled(self) -> bool:
-        """True when any limit is set."""
-        s = self._settings
+    def enabled_for(self, limits: Effective | None = None) -> bool:
+        """True when any limit is set (the workspace's `limits`, else the operator's)."""
+        s = limits or self._settings
         return bool(s.budget_daily_usd or s.budget_monthly_usd or s.budget_user_daily_usd)
 
     def _spent(self, session: Session, team_id: str, since: datetime, user: str | None) -> float:
@@ -296,11 +296,20 @@ class Budgets:
             query = query.where(UsageRecord.user_id == user)
         return float(session.scalar(query) or 0.0)
 
-    def reserve(self, team_id: str, user_id: str, estimate: float, now: datetime) -> str:
+    def reserve(
+        self,
+        team_id: str,
+        user_id: str,
+        estimate: float,
+        now: datetime,
+        limits: Effective | None = None,
+    ) -> str:
         """Check every limit counting calls in flight; hold `estimate` until `release`.
 
+        `limits`: the workspace's effective settings (default: the operator's limits).
         Raises BudgetExceeded. Returns a token for `release`.
         """
+        lim = limits or self._settings
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         month = day.replace(day=1)
         next_day = day + timedelta(days=1)
@@ -313,10 +322,10 @@ class Budgets:
             user_held = sum(v for k, v in held if k.split(":")[1] == user_id)
             with self._sessions() as s:
                 checks = [
-                    ("daily", self._settings.budget_daily_usd, day, None, next_day, team_held),
+                    ("daily", lim.budget_daily_usd, day, None, next_day, team_held),
                     (
                         "monthly",
-                        self._settings.budget_monthly_usd,
+                        lim.budget_monthly_usd,
                         month,
                         None,
                         next_month,
@@ -324,7 +333,7 @@ class Budgets:
                     ),
                     (
                         "your daily",
-                        self._settings.budget_user_daily_usd,
+                        lim.budget_user_daily_usd,
                         day,
                         user_id,
                         next_day,
@@ -336,7 +345,12 @@ class Budgets:
                         continue
                     spent = self._spent(s, team_id, since, user) + pending
                     if spent >= limit:
-                        setting = "BUDGET_USER_DAILY_USD" if user else f"BUDGET_{name.upper()}_USD"
+                        key = "user_daily" if user else name
+                        setting = (
+                            limits.limit_source(f"budget_{key}_usd")
+                            if limits is not None
+                            else f"BUDGET_{key.upper()}_USD"
+                        )
                         raise BudgetExceeded(
                             f"the {name} spend limit of ${limit:,.2f} is reached; it resets "
                             f"{resets:%Y-%m-%d %H:%M} UTC. An admin can raise it ({setting})."

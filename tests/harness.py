@@ -259,6 +259,78 @@ class SlackUI:
         return resp, url
 
 
+    def home_action(
+        self, action_id: str, *, user: str = "U1", team_id: str | None = None
+    ) -> httpx.Response:
+        """Click a button on the App Home tab (block_actions from a `home` view)."""
+        team = team_id or self.slack.team_id
+        payload = {
+            "type": "block_actions",
+            "trigger_id": self._trigger(),
+            "api_app_id": "A0001",
+            "team": {"id": team, "domain": "acme"},
+            "user": {"id": user, "username": "someone", "team_id": team},
+            "container": {"type": "view", "view_id": "VHOME"},
+            "view": {"id": "VHOME", "type": "home", "team_id": team, "blocks": []},
+            "token": "legacy",
+            "actions": [
+                {
+                    "type": "button",
+                    "action_id": action_id,
+                    "block_id": "workspace_settings",
+                    "action_ts": self._trigger(),
+                }
+            ],
+        }
+        resp = self.bot.form({"payload": json.dumps(payload)})
+        self.bot.wait()
+        return resp
+
+    def submit(
+        self,
+        view: dict[str, Any],
+        values: dict[str, dict[str, Any]],
+        *,
+        user: str = "U1",
+        team_id: str | None = None,
+    ) -> httpx.Response:
+        """Press Submit on an open modal: `values` maps block id -> the element's state (Slack
+        sends each input's state under view.state.values[block_id][action_id])."""
+        team = team_id or self.slack.team_id
+        state: dict[str, dict[str, Any]] = {}
+        for block in view.get("blocks", []):
+            if block.get("type") != "input":
+                continue
+            element = block["element"]
+            entry: dict[str, Any] = {"type": element["type"]}
+            entry.update(values.get(block["block_id"], _untouched(element)))
+            state[block["block_id"]] = {element["action_id"]: entry}
+        payload = {
+            "type": "view_submission",
+            "team": {"id": team, "domain": "acme"},
+            "user": {"id": user, "username": "someone", "team_id": team},
+            "api_app_id": "A0001",
+            "token": "legacy",
+            "trigger_id": self._trigger(),
+            "view": {**view, "state": {"values": state}},
+            "response_urls": [],
+            "is_enterprise_install": False,
+        }
+        resp = self.bot.form({"payload": json.dumps(payload)})
+        self.bot.wait()
+        return resp
+
+
+def _untouched(element: dict[str, Any]) -> dict[str, Any]:
+    """What Slack sends for an input the user left as it was: its initial value, if any."""
+    kind = element["type"]
+    if kind in ("static_select", "radio_buttons"):
+        return {"selected_option": element.get("initial_option")}
+    if kind == "multi_conversations_select":
+        return {"selected_conversations": list(element.get("initial_conversations") or [])}
+    return {"value": element.get("initial_value")}
+
+
 class BotProcess:
     """`python -m bot serve` in a child process, on a free port, logging to a buffer."""
 

@@ -342,6 +342,37 @@ def test_users_info(fake, client):
     assert error_of(lambda: client.users_info(user="U404")).response["error"] == "user_not_found"
 
 
+def test_users_info_roles_and_grid(fake, client):
+    fake.add_user("UA", "Ada", is_admin=True)
+    fake.add_user("UG", "Gil", team_id="T0009", enterprise_id="E1", is_owner=True)
+    assert client.users_info(user="U1")["user"]["is_admin"] is False
+    assert client.users_info(user="UA")["user"]["is_admin"] is True
+    grid = client.users_info(user="UG")["user"]
+    assert grid["team_id"] == "T0009" and grid["is_owner"] is True
+    assert grid["enterprise_user"]["enterprise_id"] == "E1"
+
+
+def test_views_open_rules(fake, client):
+    modal = {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": "Settings"},
+        "blocks": [{"type": "input", "block_id": "b", "label": {"type": "plain_text", "text": "x"},
+                    "element": {"type": "plain_text_input", "action_id": "a"}}],
+    }
+    no_submit = error_of(lambda: client.views_open(trigger_id="1.2.3", view=modal))
+    assert no_submit.response["error"] == "invalid_arguments"
+    modal["submit"] = {"type": "plain_text", "text": "Save"}
+    assert error_of(lambda: client.views_open(trigger_id="", view=modal)).response["error"] == (
+        "invalid_arguments")
+    opened = client.views_open(trigger_id="1.2.3", view=modal)["view"]
+    assert opened["id"] == fake.modals[-1]["id"] and len(fake.modals) == 1
+    again = error_of(lambda: client.views_open(trigger_id="1.2.3", view=modal))
+    assert again.response["error"] == "exchanged_trigger_id"
+    home = {"type": "home", "blocks": []}
+    assert error_of(lambda: client.views_open(trigger_id="4.5.6", view=home)).response[
+        "error"] == "invalid_arguments"
+
+
 def test_response_url_records_and_allows_five_uses(fake):
     url = fake.response_url()
     assert url.startswith(f"{fake.base}/response/")

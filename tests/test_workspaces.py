@@ -10,7 +10,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from bot.installations import EncryptedInstallationStore, TokenCipher
-from bot.store.models import ThreadMessage, ThreadState, UsageRecord, slack_bots
+from bot.store.models import (
+    ThreadMessage,
+    ThreadState,
+    UsageRecord,
+    WorkspaceSettings,
+    slack_bots,
+)
+from bot.workspace import OPEN_ACTION
+from tests.harness import SlackUI
 
 KEY = Fernet.generate_key().decode()
 
@@ -140,6 +148,36 @@ def test_two_workspaces_are_isolated_and_uninstall_purges_one(oauth_bot, slack, 
         )  # numbers stay
         bots = s.execute(select(slack_bots.c.team_id)).scalars().all()
     assert bots == ["T0003"]
+
+
+def test_settings_of_one_workspace_never_reach_another(oauth_bot, slack, model, engine):
+    install(oauth_bot, slack, "T0002", "xoxb-team-two")
+    install(oauth_bot, slack, "T0003", "xoxb-team-three")
+    slack.add_user("UADM", "Ada Admin", is_admin=True, team_id="T0002")
+    ui = SlackUI(oauth_bot)
+    ui.home_action(OPEN_ACTION, user="UADM", team_id="T0002")
+    modal = slack.modals[-1]
+    assert modal["team_id"] == "T0002"  # opened with workspace two's own token
+    off = {"selected_option": {"text": {"type": "plain_text", "text": "Hide"}, "value": "off"}}
+    resp = ui.submit(
+        modal, {"language": {"value": "Français"}, "footer": off}, user="UADM", team_id="T0002"
+    )
+    assert resp.status_code == 200 and resp.text == ""
+    for team, channel in (("T0002", "C2"), ("T0003", "C3")):
+        slack.add_channel(channel, team.lower(), members={"U1"})
+        slack.channel_teams[channel] = team
+        parent = slack.add_thread(channel, 4, text_fn=lambda i, t=team: words(t, i))
+        mention_in(oauth_bot, slack, team, channel, parent, "summarize")
+    two, three = (r["body"]["messages"][0]["content"][-1]["text"] for r in model.requests)
+    assert two.endswith("(Answer in Français.)") and "Answer in" not in three
+    posts = {p["_team"]: p for p in slack.posts if p.get("thread_ts")}
+    assert not [b for b in posts["T0002"].get("blocks") or [] if b["type"] == "context"]
+    assert [b for b in posts["T0003"]["blocks"] if b["type"] == "context"]  # footer kept
+
+    oauth_bot.event({"type": "app_uninstalled"}, team_id="T0002")
+    oauth_bot.wait()
+    with sessionmaker(engine)() as s:
+        assert s.execute(select(WorkspaceSettings.team_id)).scalars().all() == []
 
 
 def test_tokens_are_unreadable_without_the_key_and_keys_rotate(oauth_bot, slack, engine):

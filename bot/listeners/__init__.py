@@ -43,7 +43,7 @@ def register(
     message_events.register(app, answers, sessions)
     lifecycle.register(app, sessions, store)
     if usage is not None:
-        home.register(app, usage)
+        home.register(app, usage, answers.workspaces, answers.now)
     return handlers
 
 

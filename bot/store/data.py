@@ -20,6 +20,7 @@ from bot.store.models import (
     ThreadMessage,
     ThreadState,
     UsageRecord,
+    WorkspaceSettings,
 )
 
 
@@ -228,7 +229,7 @@ def save_compaction(session: Session, compaction: Compaction) -> None:
 def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
     """Delete everything stored about a workspace's conversations; the ledger keeps numbers."""
     counts = {}
-    for model in (ThreadMessage, Compaction, Summary, ThreadState, SlackUser):
+    for model in (ThreadMessage, Compaction, Summary, ThreadState, SlackUser, WorkspaceSettings):
         result = session.execute(delete(model).where(model.team_id == team_id))
         counts[model.__tablename__] = result.rowcount or 0
     session.execute(

@@ -8,6 +8,7 @@ from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallation
 from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -195,6 +196,28 @@ class BudgetAlert(Base):
     budget: Mapped[str] = mapped_column(String(32))
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkspaceSettings(Base):
+    """What a workspace's admins chose in App Home; NULL means "the operator's default".
+
+    Budgets here can only tighten the operator's (BUDGET_*); `channels` is a space-separated
+    allow-list of conversation ids (empty: every conversation the bot is in).
+    """
+
+    __tablename__ = "workspace_settings"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    enterprise_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    model: Mapped[str | None] = mapped_column(String(100))
+    language: Mapped[str | None] = mapped_column(String(40))
+    footer: Mapped[bool | None] = mapped_column(Boolean)
+    channels: Mapped[str | None] = mapped_column(Text)
+    budget_daily_usd: Mapped[float | None] = mapped_column(Float)
+    budget_monthly_usd: Mapped[float | None] = mapped_column(Float)
+    budget_user_daily_usd: Mapped[float | None] = mapped_column(Float)
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # Bolt's OAuth tables, on our metadata so that Alembic migrations own them.

@@ -85,6 +85,10 @@ class _User:
     display_name: str = ""
     is_bot: bool = False
     deleted: bool = False
+    is_admin: bool = False
+    is_owner: bool = False
+    team_id: str | None = None
+    enterprise_id: str | None = None
 
 
 @dataclass
@@ -275,6 +279,8 @@ class FakeSlack:
         self.updates: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []
         self.views: list[dict[str, Any]] = []
+        self.modals: list[dict[str, Any]] = []
+        self._used_triggers: set[str] = set()
         self.reactions: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
         # chat.postMessage calls whose thread_ts was not a parent message of that channel.
@@ -363,9 +369,18 @@ class FakeSlack:
         *,
         is_bot: bool = False,
         deleted: bool = False,
+        is_admin: bool = False,
+        is_owner: bool = False,
+        team_id: str | None = None,
+        enterprise_id: str | None = None,
     ) -> None:
+        """A user; `team_id` is their home workspace (default: this fake's), `enterprise_id`
+        their Enterprise Grid org (users.info then carries `enterprise_user`)."""
         with self._lock:
-            self._users[user_id] = _User(user_id, real_name, display_name, is_bot, deleted)
+            self._users[user_id] = _User(
+                user_id, real_name, display_name, is_bot, deleted, is_admin, is_owner, team_id,
+                enterprise_id,
+            )
 
     def add_channel(
         self,
@@ -590,14 +605,17 @@ class FakeSlack:
     def _user_dict(self, user: _User) -> dict[str, Any]:
         name = user.display_name or user.real_name or user.id
         handle = name.lower().replace(" ", ".")
-        return {
+        out: dict[str, Any] = {
             "id": user.id,
-            "team_id": self.team_id,
+            "team_id": user.team_id or self.team_id,
             "name": handle,
             "real_name": user.real_name,
             "deleted": user.deleted,
             "is_bot": user.is_bot,
             "is_app_user": False,
+            "is_admin": user.is_admin or user.is_owner,
+            "is_owner": user.is_owner,
+            "is_primary_owner": False,
             "profile": {
                 "display_name": user.display_name,
                 "real_name": user.real_name,
@@ -605,6 +623,16 @@ class FakeSlack:
                 "real_name_normalized": user.real_name,
             },
         }
+        if user.enterprise_id:
+            out["enterprise_user"] = {
+                "id": user.id,
+                "enterprise_id": user.enterprise_id,
+                "enterprise_name": "Org",
+                "is_admin": user.is_admin,
+                "is_owner": user.is_owner,
+                "teams": [user.team_id or self.team_id],
+            }
+        return out
 
     def _channel_dict(self, ch: _Channel) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -1192,18 +1220,23 @@ class FakeSlack:
             link += f"?thread_ts={msg['thread_ts']}&cid={ch.id}"
         return {"channel": ch.id, "permalink": link}
 
-    def _api_views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
-        user_id = params.get("user_id")
+    @staticmethod
+    def _view(params: dict[str, Any], kind: str) -> dict[str, Any]:
+        """The `view` argument (JSON text or an object) of type `kind`, else invalid_arguments."""
         view = params.get("view")
-        if not user_id or view is None or view == "":
-            raise SlackError("invalid_arguments")
         if isinstance(view, str):
             try:
                 view = json.loads(view)
             except json.JSONDecodeError as exc:
                 raise SlackError("invalid_arguments") from exc
-        if not isinstance(view, dict) or view.get("type") != "home":
+        if not isinstance(view, dict) or view.get("type") != kind:
             raise SlackError("invalid_arguments")
+        return view
+
+    def _api_views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("user_id"):
+            raise SlackError("invalid_arguments")
+        view = self._view(params, "home")
         record = copy.deepcopy(params)
         record.pop("token", None)
         record["view"] = copy.deepcopy(view)
@@ -1211,6 +1244,30 @@ class FakeSlack:
         rendered = copy.deepcopy(view)
         rendered.setdefault("id", f"V{len(self.views):08d}")
         rendered.setdefault("team_id", self.team_id)
+        return {"view": rendered}
+
+    def _api_views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        trigger = str(params.get("trigger_id") or "")
+        if not trigger:
+            raise SlackError("invalid_arguments")
+        if trigger in self._used_triggers:
+            raise SlackError("exchanged_trigger_id")
+        view = self._view(params, "modal")
+        title = (view.get("title") or {}).get("text") or ""
+        blocks = view.get("blocks") or []
+        if not title or len(title) > 24 or len(blocks) > 100:
+            raise SlackError("invalid_arguments")
+        has_inputs = any(b.get("type") == "input" for b in blocks)
+        if has_inputs and not (view.get("submit") or {}).get("text"):
+            raise SlackError("invalid_arguments")  # Slack: inputs need a submit button
+        if len(str(view.get("private_metadata") or "")) > 3000:
+            raise SlackError("invalid_arguments")
+        self._used_triggers.add(trigger)
+        rendered = copy.deepcopy(view)
+        rendered["id"] = f"VM{len(self.modals) + 1:07d}"
+        rendered["team_id"] = getattr(self, "_caller_team", self.team_id)
+        rendered.setdefault("state", {"values": {}})
+        self.modals.append(rendered)
         return {"view": rendered}
 
     def _api_reactions_add(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1267,6 +1324,7 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "chat.update": FakeSlack._api_chat_update,
     "chat.getPermalink": FakeSlack._api_chat_get_permalink,
     "views.publish": FakeSlack._api_views_publish,
+    "views.open": FakeSlack._api_views_open,
     "reactions.add": FakeSlack._api_reactions_add,
     "assistant.threads.setStatus": FakeSlack._api_assistant_threads_set_status,
 }
