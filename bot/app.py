@@ -121,12 +121,18 @@ class BotApp:
     _started: bool = False
 
     def team_ids(self) -> list[str]:
-        """The workspaces this bot serves: the token's, or every OAuth installation's."""
+        """The workspaces this bot serves: the token's, or every OAuth installation's (for an
+        org-wide install, the org's workspaces the bot has heard from)."""
         if self.store is None:
             return [str(self.clients.base.auth_test()["team_id"])]
         with self.engine.connect() as conn:
-            rows = conn.execute(select(slack_bots.c.team_id).distinct()).scalars().all()
-        return [r for r in rows if r]
+            rows = conn.execute(
+                select(slack_bots.c.team_id, slack_bots.c.enterprise_id).distinct()
+            ).all()
+        teams = {team for team, _ in rows if team}
+        for org in {org for team, org in rows if not team and org}:
+            teams.update(self.service.workspaces.teams_of(org))
+        return sorted(teams)
 
     def start(self) -> None:
         """Start the workers that run stored jobs (and pick up what a previous run left)."""
@@ -292,7 +298,7 @@ def create_app(
     def budget_alert(team_id: str, text: str) -> None:
         if digest_channel:
             try:
-                clients.for_team(team_id).chat_postMessage(channel=digest_channel, text=text)
+                service.client_for(team_id).chat_postMessage(channel=digest_channel, text=text)
             except Exception as exc:  # noqa: BLE001 - an alert must not break a request
                 log.warning("budget alert for team=%s not posted: %s", team_id, exc)
 
@@ -310,7 +316,7 @@ def create_app(
     )
     summaries = SummaryService(service, sessions, clock=clock)
     usage = UsageService(
-        settings, sessions, lambda team: clients.for_team(team), service.display_name, clock
+        settings, sessions, service.client_for, service.display_name, clock
     )
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
     handlers = listeners.register(

@@ -153,11 +153,13 @@ class AnswerService:
         )
 
     def client_for(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
-        """The Web API client of a workspace."""
-        return self._clients.for_team(team_id, enterprise_id)
+        """The Web API client of a workspace (an org-wide install's, for a Grid workspace)."""
+        return self._clients.for_team(
+            team_id, enterprise_id or self.workspaces.enterprise_of(team_id)
+        )
 
     def _client(self, req: ThreadRequest) -> WebClient:
-        return self._clients.for_team(req.team_id, req.enterprise_id)
+        return self.client_for(req.team_id, req.enterprise_id)
 
     def now(self) -> datetime:
         """The current time (UTC) from the injected clock."""
@@ -166,7 +168,7 @@ class AnswerService:
     def _names(self, team_id: str) -> NameResolver:
         if team_id not in self._resolvers:
             self._resolvers[team_id] = NameResolver(
-                lambda: self._clients.for_team(team_id), self._sessions, team_id
+                lambda: self.client_for(team_id), self._sessions, team_id
             )
         return self._resolvers[team_id]
 
@@ -288,6 +290,7 @@ class AnswerService:
             bot_id=req.bot_id,
             recap=recap,
             team_id=req.team_id,
+            enterprise_id=req.enterprise_id or self.workspaces.enterprise_of(req.team_id),
         )
         now = self.now()
         with self._sessions() as s:

@@ -196,6 +196,7 @@ class NameResolver:
         self._sessions = sessions
         self._team_id = team_id
         self._names: dict[str, str] = {}
+        self._orgs: dict[str, str | None] = {}
 
     def preload(self, user_ids: set[str]) -> None:
         """Resolve many users with one query and as few API calls as needed."""
@@ -219,12 +220,26 @@ class NameResolver:
             self.preload({user_id})
         return self._names[user_id]
 
+    def org(self, user_id: str) -> str | None:
+        """The Enterprise Grid org the user belongs to (None: none, or unknown). Asked of Slack
+        once per user per process; a failure counts as unknown, so a transcript stays stable."""
+        if user_id not in self._orgs:
+            try:
+                user = self._client().users_info(user=user_id)["user"]
+            except (SlackApiError, LookupError) as exc:
+                error = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
+                log.warning("users.info %s for its org failed: %s", user_id, error)
+                user = {}
+            self._orgs[user_id] = (user.get("enterprise_user") or {}).get("enterprise_id")
+        return self._orgs[user_id]
+
     def _fetch(self, user_id: str, now: datetime) -> str:
         try:
             user = self._client().users_info(user=user_id)["user"]
         except SlackApiError as exc:
             log.warning("users.info %s failed: %s", user_id, exc.response.get("error"))
             return user_id
+        self._orgs[user_id] = (user.get("enterprise_user") or {}).get("enterprise_id")
         profile = user.get("profile") or {}
         name = (
             profile.get("display_name")
@@ -279,19 +294,26 @@ def render_thread(
     bot_id: str | None,
     recap: bool = False,
     team_id: str | None = None,
+    enterprise_id: str | None = None,
 ) -> list[Turn]:
     """Render messages as transcript turns; the same messages always give the same bytes.
 
     With `recap`, replies say which thread they belong to (a channel's messages interleave).
-    Slack Connect: a message whose author belongs to another organisation than `team_id` is
-    shown only as a placeholder; its text, files and name never reach the model.
+    Slack Connect: a message whose author belongs to another organisation than `team_id` (and
+    its Enterprise Grid org `enterprise_id`, when there is one) is shown only as a placeholder;
+    its text, files and name never reach the model.
     """
+
+    def foreign(m: dict[str, Any]) -> bool:
+        author_team = m.get("user_team") or m.get("team")
+        if not team_id or not author_team or author_team == team_id:
+            return False
+        if enterprise_id and author_team == enterprise_id:
+            return False
+        return not (enterprise_id and m.get("user") and names.org(m["user"]) == enterprise_id)
+
     users = {
-        m["user"]
-        for m in messages
-        if m.get("user")
-        and not m.get("bot_id")
-        and not (team_id and (m.get("user_team") or m.get("team") or team_id) != team_id)
+        m["user"] for m in messages if m.get("user") and not m.get("bot_id") and not foreign(m)
     }
     for m in messages:
         users.update(u for u, _ in _USER_REF.findall(m.get("text") or ""))
@@ -302,8 +324,7 @@ def render_thread(
         if m.get("subtype") in _SKIPPED_SUBTYPES:
             continue
         own = m.get("user") == bot_user_id or (bot_id is not None and m.get("bot_id") == bot_id)
-        author_team = m.get("user_team") or m.get("team")
-        if team_id and author_team and author_team != team_id and not own:
+        if not own and foreign(m):
             turns.append(Turn(ts=m["ts"], text=f"[{_stamp(m['ts'])}] {EXTERNAL_NOTE}", own=False))
             continue
         if own:

@@ -8,12 +8,15 @@ operator's limits, never loosen them. Read on every request, so a change applies
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
@@ -81,6 +84,54 @@ class Workspaces:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings = settings
         self._sessions = sessions
+        self._orgs: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    # -- which Enterprise Grid org a workspace belongs to ------------------------------------
+
+    def remember(self, team_id: str, enterprise_id: str | None) -> None:
+        """Note that `team_id` belongs to the org `enterprise_id` (once per process)."""
+        if not team_id or not enterprise_id or self._orgs.get(team_id) == enterprise_id:
+            return
+        try:
+            with self._sessions.begin() as s:
+                row = s.get(WorkspaceSettings, team_id)
+                if row is None:
+                    s.add(WorkspaceSettings(team_id=team_id, enterprise_id=enterprise_id))
+                else:
+                    row.enterprise_id = enterprise_id
+        except IntegrityError:  # another process noted it at the same moment
+            pass
+        with self._lock:
+            self._orgs[team_id] = enterprise_id
+
+    def enterprise_of(self, team_id: str) -> str | None:
+        """The org a workspace belongs to, as noted by `remember` (None: not in a Grid org)."""
+        with self._lock:
+            if team_id in self._orgs:
+                return self._orgs[team_id]
+        with self._sessions() as s:
+            row = s.get(WorkspaceSettings, team_id)
+            org = row.enterprise_id if row is not None else None
+        with self._lock:
+            self._orgs[team_id] = org
+        return org
+
+    def teams_of(self, enterprise_id: str) -> list[str]:
+        """Every workspace noted as part of the org."""
+        with self._sessions() as s:
+            return list(
+                s.scalars(
+                    select(WorkspaceSettings.team_id).where(
+                        WorkspaceSettings.enterprise_id == enterprise_id
+                    )
+                )
+            )
+
+    def forget(self, team_id: str) -> None:
+        """Drop what this process remembers of a workspace (after uninstall)."""
+        with self._lock:
+            self._orgs.pop(team_id, None)
 
     @property
     def models(self) -> list[str]:
@@ -170,6 +221,19 @@ class Workspaces:
             f"This workspace's admins have limited me to {names}{more}. Ask there, or ask an "
             "admin to add this conversation in my App Home (Workspace settings)."
         )
+
+
+def team_of(body: dict[str, Any], context_team: str | None) -> str:
+    """The workspace a request came from. Bolt leaves `context.team_id` empty for events of
+    org-wide (Enterprise Grid) installs; the envelope still names the workspace."""
+    if context_team:
+        return context_team
+    event = body.get("event") if isinstance(body.get("event"), dict) else {}
+    user = body.get("user") if isinstance(body.get("user"), dict) else {}
+    view = body.get("view") if isinstance(body.get("view"), dict) else {}
+    return str(
+        body.get("team_id") or event.get("team") or user.get("team_id") or view.get("team_id") or ""
+    )
 
 
 def is_admin(client: WebClient, user_id: str) -> bool:

@@ -51,9 +51,18 @@ def signature_headers(
     return {"x-slack-request-timestamp": ts, "x-slack-signature": sig}
 
 
-def mention_envelope(team_id: str, event: dict[str, Any], event_id: str) -> dict[str, Any]:
-    """An Events API envelope around `event`, as Slack posts it."""
-    return {
+def mention_envelope(
+    team_id: str,
+    event: dict[str, Any],
+    event_id: str,
+    *,
+    enterprise_id: str | None = None,
+    org_wide: bool = False,
+) -> dict[str, Any]:
+    """An Events API envelope around `event`, as Slack posts it. `enterprise_id`: the workspace
+    belongs to that Enterprise Grid org; `org_wide`: the app is installed org-wide there."""
+    auth: dict[str, Any] = {"team_id": team_id, "user_id": "UBOT", "is_bot": True}
+    envelope: dict[str, Any] = {
         "token": "legacy",
         "team_id": team_id,
         "api_app_id": "A0001",
@@ -61,8 +70,16 @@ def mention_envelope(team_id: str, event: dict[str, Any], event_id: str) -> dict
         "type": "event_callback",
         "event_id": event_id,
         "event_time": int(time.time()),
-        "authorizations": [{"team_id": team_id, "user_id": "UBOT", "is_bot": True}],
+        "authorizations": [auth],
     }
+    if enterprise_id:
+        envelope["enterprise_id"] = enterprise_id
+        auth["enterprise_id"] = enterprise_id
+        auth["is_enterprise_install"] = org_wide
+        envelope["is_enterprise_install"] = org_wide
+        if org_wide:
+            auth["team_id"] = None
+    return envelope
 
 
 class Bot:
@@ -116,10 +133,16 @@ class Bot:
         retry_num: int | None = None,
         wait: bool = True,
         team_id: str | None = None,
+        enterprise_id: str | None = None,
+        org_wide: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
         envelope = mention_envelope(
-            team_id or self.slack.team_id, event, event_id or f"Ev{next(self._ids):08d}"
+            team_id or self.slack.team_id,
+            event,
+            event_id or f"Ev{next(self._ids):08d}",
+            enterprise_id=enterprise_id,
+            org_wide=org_wide,
         )
         headers = {}
         if retry_num is not None:

@@ -37,12 +37,12 @@ def oauth_bot(make_bot, slack):
     )
 
 
-def install(bot, slack, team: str, token: str) -> None:
+def install(bot, slack, team: str, token: str, **grant) -> None:
     page = bot.http.get("/slack/install")
     assert page.status_code == 200
     state = re.search(r"state=([A-Za-z0-9_-]+)", page.text).group(1)
     code = f"code-{team}"
-    slack.add_oauth_code(code, team, token)
+    slack.add_oauth_code(code, team, token, **grant)
     done = bot.http.get(
         "/slack/oauth_redirect",
         params={"code": code, "state": state},
@@ -51,7 +51,7 @@ def install(bot, slack, team: str, token: str) -> None:
     assert done.status_code == 200, done.text
 
 
-def mention_in(bot, slack, team: str, channel: str, parent: str, text: str):
+def mention_in(bot, slack, team: str, channel: str, parent: str, text: str, **org):
     ts = slack.add_message(channel, f"<@UBOT> {text}", user="U1", thread_ts=parent)
     event = {
         "type": "app_mention",
@@ -63,7 +63,7 @@ def mention_in(bot, slack, team: str, channel: str, parent: str, text: str):
         "team": team,
         "event_ts": ts,
     }
-    return bot.event(event, team_id=team)
+    return bot.event(event, team_id=team, **org)
 
 
 def test_install_round_trip_stores_encrypted_tokens_and_answers(oauth_bot, slack, model, engine):
@@ -212,3 +212,44 @@ def test_slack_connect_messages_from_other_organisations_are_not_sent(bot, slack
     text = " ".join(b["text"] for b in model.requests[0]["body"]["messages"][0]["content"])
     assert "EXTERNAL SECRET" not in text and "another organisation" in text
     assert "our note 1" in text
+
+
+def test_org_wide_install_serves_every_workspace_of_the_org(oauth_bot, slack, model, engine):
+    install(oauth_bot, slack, "T0005", "xoxb-org", enterprise_id="E1", org_wide=True)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(slack_bots.c.enterprise_id, slack_bots.c.team_id,
+                   slack_bots.c.is_enterprise_install)
+        ).one()
+    assert tuple(row) == ("E1", None, True)
+    slack.add_user("U6", "Uma Six", team_id="T0006", enterprise_id="E1")
+    slack.add_user("UX", "Xavier Partner", team_id="TPARTNER", enterprise_id="E9")
+    org = {"enterprise_id": "E1", "org_wide": True}
+    parents = {}
+    for team, channel in (("T0005", "C5"), ("T0006", "C6")):
+        slack.add_channel(channel, team.lower(), members={"U1", "U6", "UX"})
+        slack.channel_teams[channel] = team
+        parents[team] = slack.add_thread(channel, 3, text_fn=lambda i, t=team: words(t, i))
+    slack.add_message("C5", "Six says: ship on Friday", user="U6", thread_ts=parents["T0005"],
+                      user_team="T0006")
+    slack.add_message("C5", "PARTNER SECRET margin is 40%", user="UX",
+                      thread_ts=parents["T0005"], user_team="TPARTNER")
+    for team, channel in (("T0005", "C5"), ("T0006", "C6")):
+        resp = mention_in(oauth_bot, slack, team, channel, parents[team], "summarize", **org)
+        assert resp.status_code == 200
+    answered = {p["channel"] for p in slack.posts if p.get("thread_ts") in parents.values()}
+    assert answered == {"C5", "C6"}  # both workspaces, with the one org-wide token
+    five = " ".join(b["text"] for b in model.requests[0]["body"]["messages"][0]["content"])
+    assert "Uma Six: Six says: ship on Friday" in five  # same org, other workspace: kept
+    assert "PARTNER SECRET" not in five and "another organisation" in five
+
+    assert oauth_bot.app.team_ids() == ["T0005", "T0006"]  # the scheduled digest reaches both
+
+    resp = oauth_bot.event({"type": "app_uninstalled"}, team_id="T0006", **org)
+    assert resp.status_code == 200
+    oauth_bot.wait()
+    with sessionmaker(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(ThreadMessage)) == 0  # both workspaces
+        assert s.scalar(select(func.count()).select_from(ThreadState)) == 0
+        assert s.scalar(select(func.count()).select_from(slack_bots)) == 0
+        assert s.scalar(select(func.count()).select_from(UsageRecord)) == 2  # numbers stay

@@ -36,12 +36,13 @@ def register(
 ) -> dict[str, Handler]:
     """Attach every listener to `app`; the returned handlers run the stored jobs."""
     handlers: dict[str, Handler] = {}
+    lifecycle.remember_orgs(app, answers.workspaces)  # first: the mention middleware returns early
     handlers.update(mention.register(app, answers, queue))
     handlers.update(summarize.register(app, summaries, queue, _usage_command(usage)))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
     message_events.register(app, answers, sessions)
-    lifecycle.register(app, sessions, store)
+    lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:
         home.register(app, usage, answers.workspaces, answers.now)
     return handlers

@@ -21,6 +21,7 @@ from bot.workspace import (
     is_admin,
     parse_submission,
     settings_modal,
+    team_of,
 )
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,16 @@ def register(
             )
 
     @app.event("app_home_opened")
-    def on_home(event: dict[str, Any], context: BoltContext) -> None:
+    def on_home(event: dict[str, Any], body: dict[str, Any], context: BoltContext) -> None:
         if event.get("tab", "home") != "home" or not event.get("user"):
             return
-        publish(context.client, context.team_id or "", event["user"])
+        publish(context.client, team_of(body, context.team_id), event["user"])
 
     @app.action(OPEN_ACTION)
     def open_settings(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
         ack()
         user_id = body["user"]["id"]
-        team_id = context.team_id or ""
+        team_id = team_of(body, context.team_id)
         client = context.client
         if is_admin(client, user_id):
             eff = workspaces.effective(team_id)
@@ -80,7 +81,7 @@ def register(
     @app.view(CALLBACK_ID)
     def save_settings(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
         user_id = body["user"]["id"]
-        team_id = context.team_id or (body.get("team") or {}).get("id") or ""
+        team_id = team_of(body, context.team_id)
         client = context.client
         if not is_admin(client, user_id):
             ack(response_action="errors", errors={"language": NOT_ADMIN})

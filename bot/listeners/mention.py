@@ -15,6 +15,7 @@ from slack_bolt import App, BoltContext, BoltResponse
 
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService, ThreadRequest
+from bot.workspace import team_of
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
         if event.get("bot_id") or event.get("subtype") or not event.get("user"):
             return BoltResponse(status=200, body="")  # bots never trigger a reply
         req = ThreadRequest(
-            team_id=context.team_id or event.get("team") or body.get("team_id") or "",
+            team_id=team_of(body, context.team_id),
             channel_id=event["channel"],
             thread_ts=event.get("thread_ts") or event["ts"],
             message_ts=event["ts"],
@@ -46,6 +47,7 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
             text=event.get("text") or "",
             bot_user_id=context.bot_user_id or "",
             bot_id=context.bot_id,
+            enterprise_id=context.enterprise_id,
         )
         fresh = queue.enqueue(
             KIND,

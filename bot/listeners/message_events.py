@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.service import AnswerService
 from bot.store import data
 from bot.threads import slim
+from bot.workspace import team_of
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,9 @@ def register(app: App, answers: AnswerService, sessions: sessionmaker[Session]) 
     """Apply message_changed / message_deleted to stored messages; ignore the rest (200)."""
 
     @app.event("message")
-    def on_message(event: dict[str, Any], context: BoltContext) -> None:
+    def on_message(event: dict[str, Any], body: dict[str, Any], context: BoltContext) -> None:
         subtype = event.get("subtype")
-        team_id = context.team_id or event.get("team") or ""
+        team_id = team_of(body, context.team_id)
         channel = event.get("channel", "")
         if subtype == "message_changed" and isinstance(event.get("message"), dict):
             message = event["message"]

@@ -254,6 +254,7 @@ class FakeSlack:
         self.team_domain = team_domain
         self.bot_token = bot_token
         self.workspaces: dict[str, str] = {}  # more installed workspaces: token -> team id
+        self.org_tokens: dict[str, str] = {}  # org-wide (Enterprise Grid) tokens -> org id
         self.channel_teams: dict[str, str] = {}  # channel -> workspace its messages come from
         self.streams: dict[str, dict[str, Any]] = {}  # ts -> streamed message state
         self.streaming_enabled = True  # False: chat.startStream is refused (fallback paths)
@@ -820,6 +821,7 @@ class FakeSlack:
             if token != self.bot_token and token not in self.workspaces:
                 return 200, {}, {"ok": False, "error": "invalid_auth"}
             self._caller_team = self.workspaces.get(token, self.team_id)
+            self._caller_token = token
             queue = self._failures.get(method)
             if queue:
                 failure = queue[0]
@@ -877,13 +879,16 @@ class FakeSlack:
 
     def add_oauth_code(
         self, code: str, team_id: str, token: str, *, refresh_token: str | None = None,
-        expires_in: int | None = None, enterprise_id: str | None = None,
+        expires_in: int | None = None, enterprise_id: str | None = None, org_wide: bool = False,
     ) -> None:
-        """A one-time code that oauth.v2.access exchanges for `token` of `team_id`."""
+        """A one-time code that oauth.v2.access exchanges for `token` of `team_id`.
+
+        `org_wide`: an Enterprise Grid org-wide install of `enterprise_id` (started from
+        `team_id`): the response has no team and `is_enterprise_install: true`."""
         with self._lock:
             self._oauth_codes[code] = {
                 "team_id": team_id, "token": token, "refresh_token": refresh_token,
-                "expires_in": expires_in, "enterprise_id": enterprise_id,
+                "expires_in": expires_in, "enterprise_id": enterprise_id, "org_wide": org_wide,
             }
 
     def _api_oauth_v2_access(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -918,6 +923,10 @@ class FakeSlack:
             ),
             "is_enterprise_install": False,
         }
+        if grant["org_wide"]:
+            out["team"] = None
+            out["is_enterprise_install"] = True
+            self.org_tokens[grant["token"]] = grant["enterprise_id"]
         if grant["refresh_token"]:
             out["refresh_token"] = grant["refresh_token"]
             out["expires_in"] = grant["expires_in"] or 43200
@@ -926,15 +935,19 @@ class FakeSlack:
 
     def _api_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         team = getattr(self, "_caller_team", self.team_id)
-        return {
+        org = self.org_tokens.get(getattr(self, "_caller_token", ""))
+        out = {
             "url": f"https://{self.team_domain}.slack.com/",
             "team": self.team_domain,
             "user": "bot",
             "team_id": team,
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
-            "is_enterprise_install": False,
+            "is_enterprise_install": org is not None,
         }
+        if org is not None:
+            out["enterprise_id"] = org
+        return out
 
     def _api_conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
         ch = self._channel_for_read(params)
