@@ -43,6 +43,7 @@ from bot.threads import (
     slim,
     ts_key,
 )
+from bot.workspace import Workspaces
 
 PREVIEW_CHARS = 160
 TTL_SECONDS = {"5m": 300, "1h": 3600}
@@ -154,7 +155,8 @@ def _inspect(
         w.write(f"{FAIL} the thread {channel}/{thread_ts} has no messages\n")
         return 1
     names = NameResolver(lambda: client, sessions, team_id)
-    model = settings.anthropic_model
+    eff = Workspaces(settings, sessions).effective(team_id)  # what the workspace's admins chose
+    model = eff.model
     mention = next(
         (
             m
@@ -173,8 +175,16 @@ def _inspect(
     else:
         before, ask, requester = messages, request, ""
         what = f"“{ask}” asked after the last message (--request to change)"
+    if eff.language:
+        ask = f"{ask}\n\n(Answer in {eff.language}.)"
     turns = render_thread(
-        before, names, bot_user_id=bot_user_id, bot_id=bot_id, recap=False, team_id=team_id
+        before,
+        names,
+        bot_user_id=bot_user_id,
+        bot_id=bot_id,
+        recap=False,
+        team_id=team_id,
+        enterprise_id=auth.get("enterprise_id"),
     )
     now = datetime.now(UTC)
     with sessions() as s:
@@ -204,7 +214,7 @@ def _inspect(
         w.write(f"Compaction: {compaction_note}\n")
     _print_transcript(built, w, width)
     _print_breakpoints(built, mode, w)
-    _print_costs(built, settings, w)
+    _print_costs(built, settings, model, w)
     if not send:
         w.write("Dry run: nothing was sent to the model. Add --send to send it once.\n")
         return 0
@@ -282,8 +292,7 @@ def _print_breakpoints(built: Built, mode: str, w: MaskedOutput) -> None:
     w.write(f"TTL: {chosen}\n")
 
 
-def _print_costs(built: Built, settings: Settings, w: MaskedOutput) -> None:
-    model = settings.anthropic_model
+def _print_costs(built: Built, settings: Settings, model: str, w: MaskedOutput) -> None:
     floor = cache_floor(model, settings.cache_floors)
     prefix = built.prefix_tokens
     tail = built.estimated_tokens - prefix

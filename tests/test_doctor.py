@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from bot.inspect_thread import run_inspect
 from bot.llm import parse_usage
 from bot.pricing import cost, price_for
 from bot.store.db import alembic_config, head_revision, make_engine
+from bot.workspace import Choice
 from tests.fakes.slack_api import FakeSlack
 from tests.harness import SIGNING_SECRET, make_settings
 
@@ -313,6 +315,22 @@ def test_inspect_rebuilds_a_mention_exactly_as_the_bot_sent_it(bot, slack, model
     assert "end of transcript (write, ttl 5m)" in text
     assert "You (assistant): Fake reply" in text
     assert len(model.requests) == 2
+
+
+def test_inspect_applies_the_workspace_settings_like_the_bot(make_bot, slack, model, database_url):
+    bot = make_bot(workspace_models="claude-haiku-4-5")
+    bot.app.service.workspaces.save(
+        "T0001", None, Choice(model="claude-haiku-4-5", language="Español"), "UADM",
+        datetime.now(UTC),
+    )
+    parent = slack.add_thread("C1", 30, text_fn=long_text)
+    ts, _ = bot.mention("C1", "what did we decide?", thread_ts=parent)
+    settings = make_settings(slack, model, database_url, workspace_models="claude-haiku-4-5")
+    code, text = inspect(settings, link_to("C1", ts, parent), send=True)
+    assert code == 0, text
+    sent = {k: v for k, v in model.requests[0]["body"].items() if k != "stream"}
+    assert sent["model"] == "claude-haiku-4-5" and "(Answer in Español.)" in str(sent)
+    assert model.requests[1]["body"] == sent
 
 
 def test_inspect_refuses_what_it_cannot_read(slack, model, database_url, engine):
