@@ -28,7 +28,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
 from bot.config import Settings
-from bot.installations import EncryptedInstallationStore, OAuthStates, SlackClients, TokenCipher
+from bot.installations import (
+    ClientsAuthorize,
+    EncryptedInstallationStore,
+    OAuthStates,
+    SlackClients,
+    TokenCipher,
+)
 from bot.jobs import JobQueue, WorkerPool
 from bot.llm import MessagesClient
 from bot.metrics import Metrics
@@ -274,14 +280,6 @@ def create_app(
                 install_page_rendering_enabled=True,
             ),
         }
-    bolt = App(
-        client=client,
-        signing_secret=secret.get_secret_value() if secret else None,
-        request_verification_enabled=not settings.socket_mode,
-        listener_executor=executor,
-        logger=logging.getLogger("bot.bolt"),
-        **oauth,
-    )
     clients = SlackClients(
         client,
         store,
@@ -291,6 +289,16 @@ def create_app(
             if settings.slack_client_secret
             else None
         ),
+    )
+    if store is not None:
+        oauth["authorize"] = ClientsAuthorize(clients)  # one place refreshes tokens, locked
+    bolt = App(
+        client=client,
+        signing_secret=secret.get_secret_value() if secret else None,
+        request_verification_enabled=not settings.socket_mode,
+        listener_executor=executor,
+        logger=logging.getLogger("bot.bolt"),
+        **oauth,
     )
     metrics = Metrics()
     digest_channel = settings.digest_channel
@@ -315,9 +323,7 @@ def create_app(
         workspaces=workspaces,
     )
     summaries = SummaryService(service, sessions, clock=clock)
-    usage = UsageService(
-        settings, sessions, service.client_for, service.display_name, clock
-    )
+    usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
     handlers = listeners.register(
         bolt,

@@ -7,19 +7,29 @@ workspace installs through Slack's OAuth flow and its tokens live in `slack_inst
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import hashlib
 import logging
 import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from slack_bolt import BoltContext
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.authorization.authorize import Authorize
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackTokenRotationError
 from slack_sdk.oauth.installation_store.models.bot import Bot
 from slack_sdk.oauth.installation_store.models.installation import Installation
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from slack_sdk.oauth.token_rotation import TokenRotator
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 
 from bot.store.models import Base, slack_bots, slack_installations, slack_oauth_states
 
@@ -140,11 +150,99 @@ class OAuthStates(SQLAlchemyOAuthStateStore):
         self.oauth_states = slack_oauth_states
 
 
+# A rotating bot token is refreshed this long before it expires.
+_REFRESH_MINUTES = 10
+# PostgreSQL: longest wait for another process that is refreshing the same workspace's token
+# (its refresh is one Web API call, bounded by the client's timeout).
+_PG_LOCK_WAIT = "60s"
+
+_WorkspaceKey = tuple[str | None, str | None]  # (enterprise_id, team_id) of a stored bot
+
+
+def _rotation_lock_id(client_id: str, enterprise_id: str | None, team_id: str | None) -> int:
+    """A stable 63-bit PostgreSQL advisory-lock key for one workspace's token rotation (the same
+    in every process, unlike hash())."""
+    name = f"slack-bot-token-rotation\0{client_id}\0{enterprise_id or ''}\0{team_id or ''}"
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock(engine: Engine, lock_id: int) -> Iterator[None]:
+    """Hold a session-level advisory lock on a connection of its own for the block.
+
+    No transaction stays open while it is held. If taking or releasing the lock fails, the
+    connection is discarded: closing its session releases the lock, so a pooled connection
+    never keeps it.
+    """
+    conn = engine.connect()
+    try:
+        # Transaction-local lock_timeout bounds the wait without changing the pooled session.
+        conn.execute(
+            text("SELECT set_config('lock_timeout', :wait, true)"), {"wait": _PG_LOCK_WAIT}
+        )
+        conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+        conn.commit()
+    except BaseException as exc:
+        log.error("token rotation lock not taken: %s", type(exc).__name__)
+        conn.invalidate()
+        conn.close()
+        raise
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+            conn.commit()
+        except Exception as exc:  # noqa: BLE001 - dropping the session releases the lock
+            log.warning("token rotation lock not released cleanly: %s", type(exc).__name__)
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` for the block (SQLite: processes sharing one database file
+    share its directory). Without a usable lock file, the block runs unlocked: the in-process
+    lock and the re-read after a rejected refresh token still apply."""
+    try:
+        fh = open(path, "a")  # closed by the with below
+    except OSError as exc:
+        log.warning("token rotation lock file unusable (%s): not locking", type(exc).__name__)
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _api_error(exc: SlackTokenRotationError) -> str | None:
+    response = getattr(exc.api_error, "response", None)
+    return response.get("error") if response is not None else None
+
+
+def _is_newer(a: Bot, b: Bot) -> bool:
+    """True when `a` is a later state of the workspace's bot than `b`: from a later install, or
+    from the same install with a token that expires later (each refresh gives a later expiry)."""
+    return (a.installed_at, a.bot_token_expires_at or 0) > (
+        b.installed_at,
+        b.bot_token_expires_at or 0,
+    )
+
+
 class SlackClients:
     """The Web API client to use for a workspace.
 
     Single-workspace mode returns the one client; OAuth mode builds a client from the
     workspace's installation (refreshing a rotating token shortly before it expires).
+
+    Slack's refresh tokens are single-use, so one refresh per workspace at a time: threads
+    queue on a per-workspace lock (one SlackClients per process), processes on a PostgreSQL
+    advisory lock (SQLite: a lock file beside the database). Whoever gets the lock re-reads
+    the store first and uses a token another process has already refreshed.
     """
 
     def __init__(
@@ -162,32 +260,37 @@ class SlackClients:
             if store is not None and client_id and client_secret
             else None
         )
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _cache and _refresh_locks
         self._cache: dict[tuple[str | None, str], tuple[str, WebClient]] = {}
+        self._refresh_locks: dict[_WorkspaceKey, threading.Lock] = {}
 
     @property
     def base(self) -> WebClient:
         """The client without a workspace (single-workspace mode: the bot's client)."""
         return self._base
 
-    def for_team(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
-        """The client for `team_id`; raises LookupError when the workspace is not installed."""
+    def bot_for(self, team_id: str | None, enterprise_id: str | None = None) -> Bot:
+        """The workspace's installed bot (its org's, for an org-wide install) with a token that
+        is not about to expire; raises LookupError when there is none (OAuth mode only)."""
         if self._store is None:
-            return self._base
+            raise LookupError("single-workspace mode has no installations")
         bot = self._store.find_bot(enterprise_id=enterprise_id, team_id=team_id)
         if bot is None and enterprise_id:
             bot = self._store.find_bot(
                 enterprise_id=enterprise_id, team_id=None, is_enterprise_install=True
             )
         if bot is None or not bot.bot_token:
-            raise LookupError(f"workspace {team_id} is not installed")
-        if self._rotator is not None and bot.bot_refresh_token:
-            refreshed = self._rotator.perform_bot_token_rotation(
-                bot=bot, minutes_before_expiration=10
-            )
-            if refreshed is not None:
-                self._store.save_bot(refreshed)
-                bot = refreshed
+            raise LookupError(f"workspace {team_id or enterprise_id} is not installed")
+        if self._needs_refresh(bot):
+            bot = self._refresh(bot, team_id or enterprise_id or "")
+        return bot
+
+    def for_team(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
+        """The client for `team_id`; raises LookupError when the workspace is not installed
+        (or its rotating token can no longer be refreshed)."""
+        if self._store is None:
+            return self._base
+        bot = self.bot_for(team_id, enterprise_id)
         key = (enterprise_id, team_id)
         with self._lock:
             cached = self._cache.get(key)
@@ -201,3 +304,137 @@ class SlackClients:
             )
             self._cache[key] = (bot.bot_token, client)
             return client
+
+    def _needs_refresh(self, bot: Bot) -> bool:
+        return (
+            self._rotator is not None
+            and bool(bot.bot_refresh_token)
+            and bot.bot_token_expires_at is not None
+            and bot.bot_token_expires_at <= time.time() + _REFRESH_MINUTES * 60
+        )
+
+    def _reread(self, bot: Bot) -> Bot | None:
+        assert self._store is not None
+        return self._store.find_bot(
+            enterprise_id=bot.enterprise_id,
+            team_id=bot.team_id,
+            is_enterprise_install=bot.is_enterprise_install,
+        )
+
+    @contextlib.contextmanager
+    def _shared_lock(self, key: _WorkspaceKey) -> Iterator[None]:
+        """Exclusion among processes for this workspace's refresh: a PostgreSQL advisory lock,
+        or a lock file beside an SQLite database. Holds no database transaction (SQLite's
+        writer lock is not re-entrant across connections)."""
+        assert self._store is not None
+        engine = self._store.engine
+        backend = engine.url.get_backend_name()
+        if backend == "postgresql":
+            with _pg_advisory_lock(engine, _rotation_lock_id(self._store.client_id, *key)):
+                yield
+        elif backend == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+            with _file_lock(Path(f"{engine.url.database}.token-rotation.lock")):
+                yield
+        else:
+            yield
+
+    def _refresh(self, seen: Bot, team_id: str) -> Bot:
+        """The bot with a fresh token: refreshed here, or by whoever held the lock before."""
+        key = (seen.enterprise_id, seen.team_id)
+        with self._lock:
+            local = self._refresh_locks.setdefault(key, threading.Lock())
+        with local:  # one thread of this process refreshes; the others wait, then re-read
+            current = self._reread(seen)
+            if current is not None and current.bot_token and not self._needs_refresh(current):
+                log.debug("bot token of team=%s refreshed by another thread; using it", team_id)
+                return current
+            with self._shared_lock(key):
+                return self._refresh_locked(seen, team_id)
+
+    def _refresh_locked(self, seen: Bot, team_id: str) -> Bot:
+        """Re-read, refresh if still needed, save: under both locks."""
+        assert self._store is not None and self._rotator is not None
+        current = self._reread(seen)
+        if current is None or not current.bot_token:
+            raise LookupError(f"workspace {team_id} is not installed")
+        if not self._needs_refresh(current):
+            log.info("bot token of team=%s refreshed by another process; using it", team_id)
+            return current
+        try:
+            refreshed = self._rotator.perform_bot_token_rotation(
+                bot=current, minutes_before_expiration=_REFRESH_MINUTES
+            )
+        except SlackTokenRotationError as exc:
+            if _api_error(exc) != "invalid_refresh_token":
+                log.error("bot token refresh for team=%s failed: %s", team_id, _api_error(exc))
+                raise
+            return self._after_used_refresh_token(current, team_id, exc)
+        if refreshed is None:  # not a bot token in the answer: keep the current one
+            return current
+        latest = self._reread(current)
+        if (
+            latest is not None
+            and latest.bot_token != current.bot_token
+            and not _is_newer(refreshed, latest)
+        ):
+            # A writer that bypasses the lock (a reinstall, Bolt's own rotation) stored a newer
+            # bot meanwhile: never overwrite it with ours.
+            log.warning(
+                "a newer bot token for team=%s was stored during the refresh; using it", team_id
+            )
+            return latest
+        self._store.save_bot(refreshed)
+        log.info("bot token of team=%s refreshed", team_id)
+        return refreshed
+
+    def _after_used_refresh_token(
+        self, current: Bot, team_id: str, exc: SlackTokenRotationError
+    ) -> Bot:
+        """Slack refused the refresh token as already used: another process (one that bypasses
+        the lock) has rotated it; its token is in the store unless it failed to save it."""
+        latest = self._reread(current)
+        if latest is not None and latest.bot_token and latest.bot_token != current.bot_token:
+            log.info(
+                "refresh token of team=%s already used by another process; using its token",
+                team_id,
+            )
+            return latest
+        log.error(
+            "bot token refresh for team=%s failed: Slack says the refresh token was already "
+            "used and no newer token is stored; the workspace must reinstall the app",
+            team_id,
+        )
+        raise LookupError(f"workspace {team_id} has no usable bot token") from exc
+
+
+class ClientsAuthorize(Authorize):
+    """Bolt's authorize step through SlackClients: Bolt's own one would rotate tokens without
+    the lock above (two hours before expiry, on every event), racing this process's refreshes
+    and other processes'."""
+
+    def __init__(self, clients: SlackClients) -> None:
+        self._clients = clients
+
+    def __call__(
+        self,
+        *,
+        context: BoltContext,
+        enterprise_id: str | None,
+        team_id: str | None,
+        user_id: str | None,
+    ) -> AuthorizeResult | None:
+        """The bot token and identity for the request's workspace, or None (not installed)."""
+        try:
+            bot = self._clients.bot_for(team_id, enterprise_id)
+        except LookupError as exc:
+            log.info("no installation for team=%s enterprise=%s: %s", team_id, enterprise_id, exc)
+            return None
+        return AuthorizeResult(
+            enterprise_id=bot.enterprise_id or enterprise_id,
+            team_id=team_id or bot.team_id,
+            bot_token=bot.bot_token,
+            bot_id=bot.bot_id,
+            bot_user_id=bot.bot_user_id,
+            bot_scopes=bot.bot_scopes,
+            user_id=user_id,
+        )

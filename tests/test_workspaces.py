@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
 from bot.installations import EncryptedInstallationStore, TokenCipher
@@ -178,6 +179,29 @@ def test_settings_of_one_workspace_never_reach_another(oauth_bot, slack, model, 
     oauth_bot.wait()
     with sessionmaker(engine)() as s:
         assert s.execute(select(WorkspaceSettings.team_id)).scalars().all() == []
+
+
+def test_events_refresh_an_expiring_token_once_through_the_locked_path(
+    oauth_bot, slack, model, engine
+):
+    # Bolt's own authorize would rotate 2 hours ahead, unlocked; the bot's rotates 10 minutes
+    # ahead under its lock. An hour left: nobody refreshes yet.
+    install(oauth_bot, slack, "T0002", "xoxb-team-two", refresh_token="r-1", expires_in=3600)
+    slack.add_channel("C2", "two", members={"U1"})
+    slack.channel_teams["C2"] = "T0002"
+    parent = slack.add_thread("C2", 3, text_fn=lambda i: words("T0002", i))
+    mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize")
+    refreshes = lambda: [c for c in slack.calls_to("oauth.v2.access")  # noqa: E731
+                         if c.get("grant_type") == "refresh_token"]
+    assert refreshes() == [] and len(model.requests) == 1
+    with sessionmaker(engine).begin() as s:  # five minutes left now
+        s.execute(update(slack_bots).values(
+            bot_token_expires_at=datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=5)))
+    mention_in(oauth_bot, slack, "T0002", "C2", parent, "and now?")
+    mention_in(oauth_bot, slack, "T0002", "C2", parent, "once more")
+    assert len(refreshes()) == 1 and len(model.requests) == 3
+    store = EncryptedInstallationStore(slack.client_id, engine, TokenCipher(KEY))
+    assert store.find_bot(enterprise_id=None, team_id="T0002").bot_token == "xoxe.xoxb-rotated-1"
 
 
 def test_tokens_are_unreadable_without_the_key_and_keys_rotate(oauth_bot, slack, engine):

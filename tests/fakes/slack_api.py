@@ -891,11 +891,39 @@ class FakeSlack:
                 "expires_in": expires_in, "enterprise_id": enterprise_id, "org_wide": org_wide,
             }
 
+    # Test hook for token-rotation races (see hold_refreshes).
+    _refresh_holds = 0
+    _refresh_releases = 0
+    refreshes_parked = 0  # refresh-token grants waiting for release_refreshes() right now
+
+    def hold_refreshes(self, count: int = 1) -> None:
+        """Park the next `count` refresh-token grants (oauth.v2.access with
+        grant_type=refresh_token) before they look at their refresh token, until
+        release_refreshes(); later grants go through. Wait for one to be parked with
+        ``wait_for(lambda: fake.refreshes_parked == 1)``."""
+        with self.activity:
+            self._refresh_holds = count
+
+    def release_refreshes(self) -> None:
+        """Let every parked refresh-token grant go on, and drop holds not used yet."""
+        with self.activity:
+            self._refresh_holds = 0
+            self._refresh_releases += 1
+            self.activity.notify_all()
+
     def _api_oauth_v2_access(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("client_id") != self.client_id or params.get("client_secret") != \
                 self.client_secret:
             raise SlackError("invalid_client_id")
         if params.get("grant_type") == "refresh_token":
+            if self._refresh_holds > 0:  # test hook: parked until release_refreshes()
+                self._refresh_holds -= 1
+                released = self._refresh_releases
+                self.refreshes_parked += 1
+                self.activity.notify_all()
+                # Waiting on the condition releases the fake's lock: other calls go on.
+                self.activity.wait_for(lambda: self._refresh_releases != released, timeout=30)
+                self.refreshes_parked -= 1
             old = self._refresh.pop(str(params.get("refresh_token")), None)
             if old is None:
                 raise SlackError("invalid_refresh_token")
