@@ -12,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 
 from bot.installations import EncryptedInstallationStore, TokenCipher
 from bot.store.models import (
+    Base,
     ThreadMessage,
     ThreadState,
     UsageRecord,
@@ -100,8 +101,8 @@ def test_two_workspaces_are_isolated_and_uninstall_purges_one(oauth_bot, slack, 
     slack.channel_teams.update({"C2": "T0002", "C3": "T0003"})
     p2 = slack.add_thread("C2", 30, text_fn=lambda i: words("T0002", i))
     p3 = slack.add_thread("C3", 30, text_fn=lambda i: words("T0003", i))
-    mention_in(oauth_bot, slack, "T0002", "C2", p2, "summarize")
-    mention_in(oauth_bot, slack, "T0003", "C3", p3, "summarize")
+    mention_in(oauth_bot, slack, "T0002", "C2", p2, "summarize T0002-ASK-MARKER")
+    mention_in(oauth_bot, slack, "T0003", "C3", p3, "summarize T0003-ASK-MARKER")
     mention_in(oauth_bot, slack, "T0003", "C3", p3, "and again")
     prompts = {
         team: " ".join(
@@ -149,6 +150,13 @@ def test_two_workspaces_are_isolated_and_uninstall_purges_one(oauth_bot, slack, 
         )  # numbers stay
         bots = s.execute(select(slack_bots.c.team_id)).scalars().all()
     assert bots == ["T0003"]
+    with engine.connect() as conn:  # every table, every row: nothing of T0002's text is left
+        dump = " ".join(
+            str(tuple(row)) for table in Base.metadata.sorted_tables
+            for row in conn.execute(select(table))
+        )
+    assert "T0002 secret" not in dump and "T0002-ASK-MARKER" not in dump
+    assert "T0003 secret" in dump and "T0003-ASK-MARKER" in dump  # the other workspace keeps its
 
 
 def test_settings_of_one_workspace_never_reach_another(oauth_bot, slack, model, engine):

@@ -35,7 +35,7 @@ def register(
         queue.enqueue(
             KIND,
             payload,
-            lane=f"share:{payload['summary_id']}",
+            lane=f"{payload['team_id']}:share:{payload['summary_id']}",
             dedupe_key=f"action:{user}:{action.get('action_ts') or body.get('trigger_id')}",
         )
         ack()
