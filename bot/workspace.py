@@ -459,7 +459,7 @@ def parse_submission(
         except ValueError:
             errors[name] = "Write an amount in dollars, e.g. 25 or 7.50."
             continue
-        if not 0 < amount <= MAX_BUDGET or amount != amount:
+        if not 0.01 <= amount <= MAX_BUDGET:  # also refuses nan and inf
             errors[name] = f"Write an amount between $0.01 and ${MAX_BUDGET:,.0f}."
             continue
         ceiling = getattr(settings, name)

@@ -125,10 +125,12 @@ def test_invalid_values_are_explained_and_nothing_is_saved(ui, slack, engine):
         "language": {"value": "<!channel> please"},
         "budget_daily_usd": {"value": "50"},  # the operator's limit is $20
         "budget_monthly_usd": {"value": "-3"},
+        "budget_user_daily_usd": {"value": "0.004"},  # would round to $0.00: no limit at all
     }, user="UADM")
     answer = resp.json()
     assert answer["response_action"] == "errors"
-    assert set(answer["errors"]) == {"language", "budget_daily_usd", "budget_monthly_usd"}
+    assert set(answer["errors"]) == {
+        "language", "budget_daily_usd", "budget_monthly_usd", "budget_user_daily_usd"}
     assert "$20.00" in answer["errors"]["budget_daily_usd"]
     assert stored(engine) is None
     resp = ui.submit(modal, {"model": option("claude-opus-4-1")}, user="UADM")  # not offered
