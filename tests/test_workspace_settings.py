@@ -186,3 +186,14 @@ def test_the_model_picker_is_hidden_when_the_operator_offers_one_model(make_bot,
     ui = SlackUI(make_bot())
     modal = open_modal(ui)
     assert "model" not in [b["block_id"] for b in modal["blocks"]]
+
+
+def test_a_model_the_operator_stopped_offering_falls_back_to_the_default(
+    ui, make_bot, slack, model, engine
+):
+    ui.submit(open_modal(ui), {"model": option("claude-haiku-4-5")}, user="UADM")
+    assert stored(engine).model == "claude-haiku-4-5"
+    later = make_bot(clock=lambda: NOW)  # restarted without WORKSPACE_MODELS
+    parent = slack.add_thread("C1", 3, text_fn=words)
+    later.mention("C1", "summarize", thread_ts=parent)
+    assert model.requests[-1]["body"]["model"] == "claude-sonnet-4-5"
