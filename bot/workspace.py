@@ -400,7 +400,7 @@ def settings_modal(eff: Effective, models: list[str], settings: Settings) -> dic
         }
         current = getattr(chosen, name)
         if current:
-            element["initial_value"] = f"{current:g}"
+            element["initial_value"] = f"{current:.2f}".rstrip("0").rstrip(".")  # never 1e+06
         ceiling = getattr(settings, name)
         hint = (
             f"The operator's limit is ${ceiling:,.2f}; yours can only be lower."

@@ -89,6 +89,11 @@ def test_admin_edits_settings_and_the_next_mention_uses_them(ui, slack, model, e
     assert row.budget_user_daily_usd == 2.5 and row.budget_daily_usd is None
     republished = slack.views[-1]
     assert republished["user_id"] == "UADM" and "日本語" in settings_text(republished["view"])
+    again = {b["block_id"]: b["element"] for b in open_modal(ui)["blocks"]}
+    assert again["budget_user_daily_usd"]["initial_value"] == "2.5"
+    assert again["model"]["initial_option"]["value"] == "claude-haiku-4-5"
+    assert again["footer"]["initial_option"]["value"] == "off"
+    assert again["channels"]["initial_conversations"] == ["C1"]
 
     parent = slack.add_thread("C1", 6, text_fn=words)
     ui.bot.mention("C1", "what did we decide?", thread_ts=parent)
