@@ -30,6 +30,7 @@ from bot.threads import (
     ThreadReader,
     ThreadReadError,
     clean_request,
+    is_external,
     render_thread,
     ts_key,
 )
@@ -80,6 +81,11 @@ SLACK_READ_MESSAGES = {
     "needs to reinstall the app with the scopes in its manifest.",
     "ratelimited": "Slack is rate-limiting me right now. Please try again in a minute.",
 }
+EXTERNAL_REQUESTER = (
+    "Sorry, I only answer people of the organisation that installed me; in a shared channel, "
+    "what other organisations post stays out of my prompts. Ask someone from that "
+    "organisation to ask me."
+)
 _UNDELIVERABLE = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
 
 
@@ -119,6 +125,7 @@ class ThreadRequest:
     bot_id: str | None = None
     kind: str = "mention"
     enterprise_id: str | None = None
+    user_team: str | None = None  # the requester's workspace (another one in shared channels)
 
 
 class AnswerService:
@@ -190,12 +197,19 @@ class AnswerService:
 
     def _answer(self, req: ThreadRequest) -> None:
         started = time.monotonic()
+        names = self._names(req.team_id)
         refusal = self.workspaces.refusal(req.team_id, req.channel_id)
         if refusal is not None:
             log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
             self.tell(req, refusal, private=True)
             return
-        names = self._names(req.team_id)
+        org = req.enterprise_id or self.workspaces.enterprise_of(req.team_id)
+        if is_external(
+            req.user_team, req.user_id, team_id=req.team_id, enterprise_id=org, names=names
+        ):
+            log.info("team=%s: request from another organisation (%s)", req.team_id, req.user_team)
+            self.tell(req, EXTERNAL_REQUESTER, private=True)
+            return
         streaming = self._settings.stream_answers
         reply = ThreadReply(
             self._client(req),

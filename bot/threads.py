@@ -286,6 +286,24 @@ def _strip_footer(text: str) -> str:
     return "\n".join(lines).rstrip()
 
 
+def is_external(
+    author_team: str | None,
+    user_id: str | None,
+    *,
+    team_id: str | None,
+    enterprise_id: str | None,
+    names: NameResolver,
+) -> bool:
+    """Slack Connect: True when an author of team `author_team` belongs to another organisation
+    than the workspace `team_id` and its Enterprise Grid org `enterprise_id` (same-org authors
+    from other workspaces are recognised by `user_team` being the org, or by users.info)."""
+    if not team_id or not author_team or author_team == team_id:
+        return False
+    if enterprise_id and author_team == enterprise_id:
+        return False
+    return not (enterprise_id and user_id and names.org(user_id) == enterprise_id)
+
+
 def render_thread(
     messages: list[dict[str, Any]],
     names: NameResolver,
@@ -305,12 +323,13 @@ def render_thread(
     """
 
     def foreign(m: dict[str, Any]) -> bool:
-        author_team = m.get("user_team") or m.get("team")
-        if not team_id or not author_team or author_team == team_id:
-            return False
-        if enterprise_id and author_team == enterprise_id:
-            return False
-        return not (enterprise_id and m.get("user") and names.org(m["user"]) == enterprise_id)
+        return is_external(
+            m.get("user_team") or m.get("team"),
+            m.get("user"),
+            team_id=team_id,
+            enterprise_id=enterprise_id,
+            names=names,
+        )
 
     users = {
         m["user"] for m in messages if m.get("user") and not m.get("bot_id") and not foreign(m)

@@ -246,6 +246,23 @@ def test_slack_connect_messages_from_other_organisations_are_not_sent(bot, slack
     assert "our note 1" in text
 
 
+def test_people_of_other_organisations_are_not_answered(bot, slack, model):
+    slack.add_user("UX", "Xavier Partner", team_id="TPARTNER")
+    slack.add_channel("C7", "shared-with-partner", members={"U1", "UX"})
+    parent = slack.add_thread("C7", 3, text_fn=lambda i: f"our note {i}")
+    ts = slack.add_message("C7", "<@UBOT> summarize for me", user="UX", thread_ts=parent,
+                           user_team="TPARTNER")
+    bot.event({"type": "app_mention", "user": "UX", "text": "<@UBOT> summarize for me",
+               "ts": ts, "thread_ts": parent, "channel": "C7", "team": "TPARTNER",
+               "user_team": "TPARTNER", "source_team": "TPARTNER", "event_ts": ts})
+    assert model.requests == []  # neither the thread nor their request reaches the model
+    assert bot.posts_in("C7", parent) == []
+    assert slack.ephemerals[-1]["user"] == "UX"
+    assert "only answer people of the organisation" in slack.ephemerals[-1]["text"]
+    bot.mention("C7", "summarize", thread_ts=parent)  # a member of the workspace is answered
+    assert len(model.requests) == 1
+
+
 def test_org_wide_install_serves_every_workspace_of_the_org(oauth_bot, slack, model, engine):
     install(oauth_bot, slack, "T0005", "xoxb-org", enterprise_id="E1", org_wide=True)
     with engine.connect() as conn:

@@ -48,6 +48,7 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
             bot_user_id=context.bot_user_id or "",
             bot_id=context.bot_id,
             enterprise_id=context.enterprise_id,
+            user_team=event.get("user_team") or event.get("team"),
         )
         fresh = queue.enqueue(
             KIND,
