@@ -285,6 +285,19 @@ class SlackClients:
             bot = self._refresh(bot, team_id or enterprise_id or "")
         return bot
 
+    def installed(self, team_id: str, enterprise_id: str | None = None) -> bool:
+        """False when OAuth mode has no installation for the workspace (any longer)."""
+        if self._store is None:
+            return True
+        if self._store.find_bot(enterprise_id=enterprise_id, team_id=team_id) is not None:
+            return True
+        return bool(enterprise_id) and (
+            self._store.find_bot(
+                enterprise_id=enterprise_id, team_id=None, is_enterprise_install=True
+            )
+            is not None
+        )
+
     def for_team(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
         """The client for `team_id`; raises LookupError when the workspace is not installed
         (or its rotating token can no longer be refreshed)."""

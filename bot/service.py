@@ -165,6 +165,12 @@ class AnswerService:
             team_id, enterprise_id or self.workspaces.enterprise_of(team_id)
         )
 
+    def installed(self, team_id: str, enterprise_id: str | None = None) -> bool:
+        """False once the workspace has uninstalled the app (OAuth mode)."""
+        return self._clients.installed(
+            team_id, enterprise_id or self.workspaces.enterprise_of(team_id)
+        )
+
     def _client(self, req: ThreadRequest) -> WebClient:
         return self.client_for(req.team_id, req.enterprise_id)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -210,6 +211,31 @@ def test_events_refresh_an_expiring_token_once_through_the_locked_path(
     assert len(refreshes()) == 1 and len(model.requests) == 3
     store = EncryptedInstallationStore(slack.client_id, engine, TokenCipher(KEY))
     assert store.find_bot(enterprise_id=None, team_id="T0002").bot_token == "xoxe.xoxb-rotated-1"
+
+
+def test_an_answer_in_flight_during_uninstall_leaves_nothing_behind(
+    oauth_bot, slack, model, engine
+):
+    install(oauth_bot, slack, "T0002", "xoxb-team-two")
+    slack.add_channel("C2", "two", members={"U1"})
+    slack.channel_teams["C2"] = "T0002"
+    parent = slack.add_thread("C2", 5, text_fn=lambda i: words("T0002", i))
+    gate = threading.Event()
+    model.gate = gate
+    mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize", wait=False)
+    assert model.wait_for(lambda: model.arrived >= 1)  # the job has read and stored the thread
+    oauth_bot.event({"type": "app_uninstalled"}, team_id="T0002", wait=False)
+    assert oauth_bot.app.executor.wait_idle(timeout=30)  # the purge ran while the job waits
+    model.gate = None
+    gate.set()
+    oauth_bot.wait()  # the job ends: it wrote the thread's state after the purge
+    with engine.connect() as conn:
+        dump = " ".join(
+            str(tuple(row)) for table in Base.metadata.sorted_tables
+            for row in conn.execute(select(table))
+        )
+        states = conn.execute(select(func.count()).select_from(ThreadState)).scalar_one()
+    assert "T0002 secret" not in dump and states == 0
 
 
 def test_tokens_are_unreadable_without_the_key_and_keys_rotate(oauth_bot, slack, engine):

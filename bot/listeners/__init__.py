@@ -45,6 +45,8 @@ def register(
     lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:
         home.register(app, usage, answers.workspaces, answers.now)
+    if store is not None:  # OAuth: a workspace can uninstall while one of its jobs runs
+        handlers = {k: lifecycle.after_job(h, answers, sessions) for k, h in handlers.items()}
     return handlers
 
 

@@ -11,6 +11,8 @@ from slack_bolt import App, BoltContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.installations import EncryptedInstallationStore
+from bot.jobs import Handler
+from bot.service import AnswerService
 from bot.store import data
 from bot.workspace import Workspaces, team_of
 
@@ -33,6 +35,22 @@ def remember_orgs(app: App, workspaces: Workspaces) -> None:
         return next()
 
 
+def after_job(handler: Handler, answers: AnswerService, sessions: sessionmaker[Session]) -> Handler:
+    """`handler`, then: if the job's workspace uninstalled while it ran, purge what it wrote."""
+
+    def run(payload: dict[str, Any]) -> None:
+        try:
+            handler.run(payload)
+        finally:
+            team_id = payload.get("team_id")
+            if team_id and not answers.installed(team_id, payload.get("enterprise_id")):
+                with sessions.begin() as s:
+                    counts = data.purge_workspace(s, team_id)
+                log.info("workspace team=%s uninstalled during a job; purged %s", team_id, counts)
+
+    return Handler(run, handler.give_up)
+
+
 def register(
     app: App,
     sessions: sessionmaker[Session],
@@ -53,10 +71,16 @@ def register(
         for team in sorted(teams):
             with sessions.begin() as s:
                 counts = data.purge_workspace(s, team)
-            workspaces.forget(team)
             log.info("purged workspace team=%s after %s: %s", team, why, counts)
         if store is not None:
             store.delete_all(enterprise_id=org, team_id=None if org_wide else team_id)
+            # Again: a job that was running wrote after the first pass; jobs ending from now
+            # on find no installation and purge after themselves (after_job).
+            for team in sorted(teams):
+                with sessions.begin() as s:
+                    data.purge_workspace(s, team)
+        for team in teams:
+            workspaces.forget(team)
 
     @app.event("app_uninstalled")
     def on_uninstalled(body: dict[str, Any], context: BoltContext) -> None:
