@@ -274,11 +274,7 @@ class SlackClients:
         is not about to expire; raises LookupError when there is none (OAuth mode only)."""
         if self._store is None:
             raise LookupError("single-workspace mode has no installations")
-        bot = self._store.find_bot(enterprise_id=enterprise_id, team_id=team_id)
-        if bot is None and enterprise_id:
-            bot = self._store.find_bot(
-                enterprise_id=enterprise_id, team_id=None, is_enterprise_install=True
-            )
+        bot = self._find(team_id, enterprise_id)
         if bot is None or not bot.bot_token:
             raise LookupError(f"workspace {team_id or enterprise_id} is not installed")
         if self._needs_refresh(bot):
@@ -287,16 +283,17 @@ class SlackClients:
 
     def installed(self, team_id: str, enterprise_id: str | None = None) -> bool:
         """False when OAuth mode has no installation for the workspace (any longer)."""
-        if self._store is None:
-            return True
-        if self._store.find_bot(enterprise_id=enterprise_id, team_id=team_id) is not None:
-            return True
-        return bool(enterprise_id) and (
-            self._store.find_bot(
+        return self._store is None or self._find(team_id, enterprise_id) is not None
+
+    def _find(self, team_id: str | None, enterprise_id: str | None) -> Bot | None:
+        """The workspace's stored bot, else its org's org-wide one."""
+        assert self._store is not None
+        bot = self._store.find_bot(enterprise_id=enterprise_id, team_id=team_id)
+        if bot is None and enterprise_id:
+            bot = self._store.find_bot(
                 enterprise_id=enterprise_id, team_id=None, is_enterprise_install=True
             )
-            is not None
-        )
+        return bot
 
     def for_team(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
         """The client for `team_id`; raises LookupError when the workspace is not installed

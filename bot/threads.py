@@ -230,7 +230,7 @@ class NameResolver:
                 error = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
                 log.warning("users.info %s for its org failed: %s", user_id, error)
                 user = {}
-            self._orgs[user_id] = (user.get("enterprise_user") or {}).get("enterprise_id")
+            self._orgs[user_id] = _org_of(user)
         return self._orgs[user_id]
 
     def _fetch(self, user_id: str, now: datetime) -> str:
@@ -239,7 +239,7 @@ class NameResolver:
         except SlackApiError as exc:
             log.warning("users.info %s failed: %s", user_id, exc.response.get("error"))
             return user_id
-        self._orgs[user_id] = (user.get("enterprise_user") or {}).get("enterprise_id")
+        self._orgs[user_id] = _org_of(user)
         profile = user.get("profile") or {}
         name = (
             profile.get("display_name")
@@ -251,6 +251,11 @@ class NameResolver:
         with self._sessions.begin() as s:
             data.save_user_name(s, self._team_id, user_id, name, bool(user.get("is_bot")), now)
         return name
+
+
+def _org_of(user: dict[str, Any]) -> str | None:
+    """The Enterprise Grid org of a users.info user (None outside Grid)."""
+    return (user.get("enterprise_user") or {}).get("enterprise_id")
 
 
 def _clean(text: str, names: NameResolver) -> str:
