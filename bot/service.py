@@ -35,7 +35,8 @@ from bot.threads import (
     ts_key,
 )
 from bot.usage import BudgetExceeded, Budgets
-from bot.workspace import Workspaces
+from bot.workspace import Effective, Workspaces
+from bot.workspace import refusal as channel_refusal
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,8 @@ class AnswerService:
     def _answer(self, req: ThreadRequest) -> None:
         started = time.monotonic()
         names = self._names(req.team_id)
-        refusal = self.workspaces.refusal(req.team_id, req.channel_id)
+        eff = self.workspaces.effective(req.team_id)
+        refusal = channel_refusal(eff, req.channel_id)
         if refusal is not None:
             log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
             self.tell(req, refusal, private=True)
@@ -259,6 +261,7 @@ class AnswerService:
                 seen=messages,
                 started=started,
                 on_text=reply.append if streaming else None,
+                eff=eff,
             )
         except BudgetExceeded as exc:
             text = f"Sorry, {exc}"
@@ -292,6 +295,7 @@ class AnswerService:
         started: float | None = None,
         recap: bool = False,
         on_text: Callable[[str], None] | None = None,
+        eff: Effective | None = None,
     ) -> Done:
         """Render `messages`, call the model with the thread's cache state, record state and usage.
 
@@ -299,7 +303,7 @@ class AnswerService:
         """
         started = time.monotonic() if started is None else started
         names = self._names(req.team_id)
-        eff = self.workspaces.effective(req.team_id)
+        eff = eff or self.workspaces.effective(req.team_id)  # the caller's read, if it made one
         model = eff.model
         if eff.language:
             request = f"{request}\n\n(Answer in {eff.language}.)"

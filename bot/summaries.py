@@ -25,6 +25,7 @@ from bot.service import AnswerService, ThreadRequest, llm_error_text, read_error
 from bot.store.models import Summary
 from bot.threads import ThreadReadError, is_member, ts_key
 from bot.usage import BudgetExceeded
+from bot.workspace import Effective, refusal
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +244,15 @@ class SummaryService:
             )
         return None
 
-    def _refused(self, channel: str, who: Requester, out: Responder) -> bool:
-        """The workspace's channel allow-list: tell `who` and return True when it excludes
-        `channel`."""
-        refusal = self._answers.workspaces.refusal(who.team_id, channel)
-        if refusal is not None:
-            out.send(refusal, replace=True)
-        return refusal is not None
+    def _allowed(self, channel: str, who: Requester, out: Responder) -> Effective | None:
+        """The workspace's settings, or None (after telling `who`) when its channel allow-list
+        excludes `channel`."""
+        eff = self._answers.workspaces.effective(who.team_id)
+        text = refusal(eff, channel)
+        if text is not None:
+            out.send(text, replace=True)
+            return None
+        return eff
 
     def _client(self, who: Requester) -> WebClient:
         return self._answers.client_for(who.team_id, who.enterprise_id)
@@ -275,7 +278,8 @@ class SummaryService:
         self, channel: str, thread_ts: str, who: Requester, out: Responder, *, extra: str = ""
     ) -> None:
         """A private summary of the thread that `thread_ts` belongs to."""
-        if self._refused(channel, who, out):
+        eff = self._allowed(channel, who, out)
+        if eff is None:
             return
         try:
             read = self._answers.reader.read
@@ -302,7 +306,7 @@ class SummaryService:
         if extra:
             request += f" The requester adds: {extra}"
         req = self._request(who, channel, thread_ts, "summarize", request)
-        self._finish(req, messages, request, out, thread_ts=thread_ts, recap=False)
+        self._finish(req, messages, request, out, thread_ts=thread_ts, recap=False, eff=eff)
 
     # -- channel recaps ---------------------------------------------------------------------
 
@@ -317,7 +321,8 @@ class SummaryService:
         now: float | None = None,
     ) -> None:
         """A private recap of the channel: a time window (aligned) or the last N messages."""
-        if self._refused(channel, who, out):
+        eff = self._allowed(channel, who, out)
+        if eff is None:
             return
         now = self._clock() if now is None else now
         oldest = window_start(now, seconds) if seconds else None
@@ -357,7 +362,7 @@ class SummaryService:
         )
         key = f"recap:{oldest}" if oldest is not None else f"recap:last{count}"
         req = self._request(who, channel, key, "recap", request)
-        self._finish(req, messages, request, out, thread_ts=None, recap=True)
+        self._finish(req, messages, request, out, thread_ts=None, recap=True, eff=eff)
 
     @staticmethod
     def _history(
@@ -414,9 +419,10 @@ class SummaryService:
         *,
         thread_ts: str | None,
         recap: bool,
+        eff: Effective,
     ) -> None:
         try:
-            done = self._answers.complete(req, messages, request, recap=recap)
+            done = self._answers.complete(req, messages, request, recap=recap, eff=eff)
         except LLMError as exc:
             out.send(llm_error_text(exc), replace=True)
             return

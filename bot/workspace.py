@@ -138,13 +138,10 @@ class Workspaces:
         """The models admins may pick (the operator's default first)."""
         return self.settings.model_choices
 
-    def effective(self, team_id: str, session: Session | None = None) -> Effective:
-        """The workspace's settings merged over the operator's; pass `session` when one is open."""
-        if session is None:
-            with self._sessions() as s:
-                row = s.get(WorkspaceSettings, team_id)
-                return self._merge(row)
-        return self._merge(session.get(WorkspaceSettings, team_id))
+    def effective(self, team_id: str) -> Effective:
+        """The workspace's settings merged over the operator's (one read; once per request)."""
+        with self._sessions() as s:
+            return self._merge(s.get(WorkspaceSettings, team_id))
 
     def _merge(self, row: WorkspaceSettings | None) -> Effective:
         s = self.settings
@@ -210,17 +207,18 @@ class Workspaces:
             row.updated_at = now
         return changed
 
-    def refusal(self, team_id: str, channel_id: str, session: Session | None = None) -> str | None:
-        """Why the bot may not work in `channel_id` of this workspace, or None when it may."""
-        allowed = self.effective(team_id, session).channels
-        if not allowed or channel_id in allowed:
-            return None
-        names = ", ".join(f"<#{c}>" for c in sorted(allowed)[:10])
-        more = f" and {len(allowed) - 10} more" if len(allowed) > 10 else ""
-        return (
-            f"This workspace's admins have limited me to {names}{more}. Ask there, or ask an "
-            "admin to add this conversation in my App Home (Workspace settings)."
-        )
+
+def refusal(eff: Effective, channel_id: str) -> str | None:
+    """Why the workspace's allow-list keeps the bot out of `channel_id`, or None when it may."""
+    allowed = eff.channels
+    if not allowed or channel_id in allowed:
+        return None
+    names = ", ".join(f"<#{c}>" for c in sorted(allowed)[:10])
+    more = f" and {len(allowed) - 10} more" if len(allowed) > 10 else ""
+    return (
+        f"This workspace's admins have limited me to {names}{more}. Ask there, or ask an "
+        "admin to add this conversation in my App Home (Workspace settings)."
+    )
 
 
 def team_of(body: dict[str, Any], context_team: str | None) -> str:
