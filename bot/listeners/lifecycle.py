@@ -68,19 +68,20 @@ def register(
         teams = {team_id} if team_id else set()
         if org_wide and org:
             teams.update(workspaces.teams_of(org))
-        for team in sorted(teams):
-            with sessions.begin() as s:
-                counts = data.purge_workspace(s, team)
-            log.info("purged workspace team=%s after %s: %s", team, why, counts)
-        if store is not None:
-            store.delete_all(enterprise_id=org, team_id=None if org_wide else team_id)
-            # Again: a job that was running wrote after the first pass; jobs ending from now
-            # on find no installation and purge after themselves (after_job).
+
+        def purge_teams() -> None:
             for team in sorted(teams):
                 with sessions.begin() as s:
-                    data.purge_workspace(s, team)
-        for team in teams:
-            workspaces.forget(team)
+                    counts = data.purge_workspace(s, team)
+                workspaces.forget(team)
+                log.info("purged workspace team=%s after %s: %s", team, why, counts)
+
+        purge_teams()  # before the installation goes: a failure here is retried by Slack
+        if store is not None:
+            store.delete_all(enterprise_id=org, team_id=None if org_wide else team_id)
+            # Again: a job running meanwhile may have written after the first pass; jobs
+            # ending from now on find no installation and purge after themselves (after_job).
+            purge_teams()
 
     @app.event("app_uninstalled")
     def on_uninstalled(body: dict[str, Any], context: BoltContext) -> None:
