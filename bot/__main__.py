@@ -102,6 +102,7 @@ def _rotate_key(settings: Settings) -> int:
 
 def _serve(settings: Settings) -> None:
     from slack_bolt.error import BoltError
+    from slack_sdk.errors import SlackClientError
 
     from bot.app import create_app
     from bot.housekeeping import Housekeeper
@@ -109,10 +110,12 @@ def _serve(settings: Settings) -> None:
     settings.require_http()
     _migrate(settings)
     try:
-        app = create_app(settings)
-    except BoltError as exc:
+        app = create_app(settings)  # checks the bot token with auth.test
+    except (BoltError, SlackClientError, OSError) as exc:  # OSError: Slack unreachable
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise SettingsError(
-            f"Slack rejected SLACK_BOT_TOKEN or could not be reached ({exc})"
+            f"Slack rejected SLACK_BOT_TOKEN or could not be reached at SLACK_API_URL "
+            f"({settings.slack_api_url}): {cause}"
         ) from None
     housekeeper = Housekeeper(app.sessions, settings)
     housekeeper.start()

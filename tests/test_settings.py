@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,4 +82,23 @@ def test_start_up_with_bad_settings_prints_one_line(tmp_path: Path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "ANTHROPIC_API_KEY is required" in lines[0] and "PORT" in lines[0]
+    assert "Traceback" not in proc.stderr and "xoxb-secret" not in proc.stderr
+
+
+def test_start_up_when_slack_cannot_be_reached_says_so_in_one_line(tmp_path: Path):
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update(GOOD)
+    env.update({"SLACK_API_URL": f"http://127.0.0.1:{port}/api/", "PORT": "0",
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'bot.db'}"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("configuration error: Slack rejected SLACK_BOT_TOKEN or could not be "
+                           f"reached at SLACK_API_URL (http://127.0.0.1:{port}/api/)"), last
     assert "Traceback" not in proc.stderr and "xoxb-secret" not in proc.stderr
