@@ -3,13 +3,17 @@ servers on loopback, and the bot itself served over HTTP by waitress."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from bot.app import create_app
 from bot.config import Settings
@@ -21,19 +25,35 @@ from tests.harness import Bot, make_settings
 PG_URL_ENV = "TEST_DATABASE_URL"
 
 
-@pytest.fixture
-def database_url(tmp_path) -> Iterator[str]:
-    """A fresh, empty database: an SQLite file, or the PostgreSQL named by TEST_DATABASE_URL."""
+@contextlib.contextmanager
+def fresh_database(tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: an SQLite file, or a schema of its own in the PostgreSQL database
+    named by TEST_DATABASE_URL, created here and dropped on exit. Nothing the suite did not
+    create is touched."""
     url = os.environ.get(PG_URL_ENV)
     if not url:
         yield f"sqlite:///{tmp_path / 'bot.db'}"
         return
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    yield url
+    schema = f"bot_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        # Every connection of the test (the bot's, Alembic's, subprocesses') sees only its schema.
+        scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+        try:
+            yield scoped.render_as_string(hide_password=False)
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path) -> Iterator[str]:
+    with fresh_database(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

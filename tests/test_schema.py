@@ -52,3 +52,44 @@ def test_a_job_is_stored_once_per_dedupe_key_across_engines(engine, database_url
     assert b.enqueue("mention", {}, lane="T:C:1", dedupe_key="event:Ev2")
     assert a.pending() == 2
     other.dispose()
+
+
+def test_the_suite_leaves_what_it_did_not_create(tmp_path):
+    """A table that was in the named database before a test is still there after it; the test's
+    own tables are gone."""
+    import os
+    import uuid
+
+    import pytest
+    from sqlalchemy import inspect, text
+
+    from tests.conftest import PG_URL_ENV, fresh_database
+
+    url = os.environ.get(PG_URL_ENV)
+    if not url:
+        pytest.skip("PostgreSQL only: on SQLite each test has its own file")
+    outside = f"kept_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE TABLE public.{outside} (x integer)"))
+        conn.execute(text(f"INSERT INTO public.{outside} VALUES (42)"))
+    try:
+        with fresh_database(tmp_path) as scoped:
+            eng = make_engine(scoped)
+            migrate(eng)
+            with eng.connect() as conn:
+                schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+            assert schema != "public"
+            assert "thread_state" in inspect(eng).get_table_names()
+            eng.dispose()
+        with admin.connect() as conn:
+            assert conn.execute(text(f"SELECT x FROM public.{outside}")).scalar_one() == 42
+            left = conn.execute(
+                text("SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s"),
+                {"s": schema},
+            ).scalar_one()
+        assert left == 0
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS public.{outside}"))
+        admin.dispose()
