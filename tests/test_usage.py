@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from bot.__main__ import main
+from bot.housekeeping import LEDGER_BATCH
 from bot.store.models import UsageRecord
 from bot.usage import DigestScheduler
 from tests.harness import SlackUI, bot_env
@@ -268,3 +270,30 @@ def test_per_user_daily_budget(make_bot, slack, model, engine):
     bot.mention("C1", "summarize", thread_ts=parent, user="U2")
     assert len(model.requests) == 1
 
+
+def test_housekeeping_forgets_ledger_rows_past_the_retention(
+    slack, model, engine, database_url, monkeypatch, tmp_path, caplog
+):
+    now = datetime.now(UTC)
+    old = [{"created_at": now - timedelta(days=40, seconds=i)} for i in range(LEDGER_BATCH + 5)]
+    ledger(engine, *old, {"created_at": now - timedelta(days=30)}, {"created_at": now})
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url, usage_retention_days="31")
+    caplog.set_level("INFO", logger="bot.housekeeping")
+    assert main(["housekeeping"]) == 0
+    with sessionmaker(engine)() as s:
+        kept = s.scalars(select(UsageRecord.created_at).order_by(UsageRecord.created_at)).all()
+    assert len(kept) == 2
+    assert f"{LEDGER_BATCH + 5} usage ledger rows removed" in caplog.text
+
+
+def test_usage_retention_zero_keeps_the_ledger_and_short_ones_are_refused(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    ledger(engine, {"created_at": datetime(2001, 1, 1, tzinfo=UTC)})
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url, usage_retention_days="0")
+    assert main(["housekeeping"]) == 0
+    with sessionmaker(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(UsageRecord)) == 1
+    monkeypatch.setenv("USAGE_RETENTION_DAYS", "7")
+    assert main(["housekeeping"]) == 2
+    assert "USAGE_RETENTION_DAYS" in capsys.readouterr().err
