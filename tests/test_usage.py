@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from bot.__main__ import main
-from bot.housekeeping import LEDGER_BATCH
 from bot.store.models import UsageRecord
 from bot.usage import DigestScheduler
 from tests.harness import SlackUI, bot_env
@@ -275,7 +274,8 @@ def test_housekeeping_forgets_ledger_rows_past_the_retention(
     slack, model, engine, database_url, monkeypatch, tmp_path, caplog
 ):
     now = datetime.now(UTC)
-    old = [{"created_at": now - timedelta(days=40, seconds=i)} for i in range(LEDGER_BATCH + 5)]
+    n = 10_005  # more than housekeeping deletes in one transaction
+    old = [{"created_at": now - timedelta(days=40, seconds=i)} for i in range(n)]
     ledger(engine, *old, {"created_at": now - timedelta(days=30)}, {"created_at": now})
     _cli_env(monkeypatch, tmp_path, slack, model, database_url, usage_retention_days="31")
     caplog.set_level("INFO", logger="bot.housekeeping")
@@ -283,7 +283,7 @@ def test_housekeeping_forgets_ledger_rows_past_the_retention(
     with sessionmaker(engine)() as s:
         kept = s.scalars(select(UsageRecord.created_at).order_by(UsageRecord.created_at)).all()
     assert len(kept) == 2
-    assert f"{LEDGER_BATCH + 5} usage ledger rows removed" in caplog.text
+    assert f"{n} usage ledger rows removed" in caplog.text
 
 
 def test_usage_retention_zero_keeps_the_ledger_and_short_ones_are_refused(
