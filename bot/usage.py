@@ -130,7 +130,9 @@ class UsageService:
                 names=who,
                 channel_names=names,
             )
-        return digest if people else replace(digest, top_users=(), top_users_hidden=True)
+        if people:
+            return digest
+        return replace(digest, top_users=(), top_users_hidden=bool(digest.top_users))
 
     def for_requester(
         self, team_id: str, user_id: str, period_text: str
