@@ -5,8 +5,9 @@
 Creates a fresh database (default: a temporary SQLite file), migrates it, bulk-inserts `rows`
 ledger rows (seeded) spread over 90 days, 20 workspaces, 200 channels and 2,000 users (Core
 executemany in batches of 10,000 on SQLite, COPY on PostgreSQL) in time order, as the bot
-appends them, runs (VACUUM) ANALYZE, then times `build_digest` + `render_blocks` for one
-workspace over 7 days and over 90 days (median of 5 runs each).
+appends them, runs (VACUUM) ANALYZE, reports the bytes the ledger takes (table and indexes),
+then times `build_digest` + `render_blocks` for one workspace over 7 days and over 90 days
+(median of 5 runs each).
 
 A --database-url that already holds tables is refused unless --reset is given: on PostgreSQL
 --reset drops and recreates schema `public`, on SQLite it deletes the file.
@@ -198,6 +199,18 @@ def analyze(engine: Engine) -> None:
             conn.commit()
 
 
+def ledger_bytes(engine: Engine) -> int:
+    """Bytes on disk for the ledger: on PostgreSQL its table, indexes and TOAST; on SQLite the
+    pages in use of the whole file (measure before and after a load for the ledger's share)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            sql = "SELECT pg_total_relation_size('usage_record')"
+            return int(conn.execute(text(sql)).scalar_one())
+        pages = conn.execute(text("PRAGMA page_count")).scalar_one()
+        free = conn.execute(text("PRAGMA freelist_count")).scalar_one()
+        return int((pages - free) * conn.execute(text("PRAGMA page_size")).scalar_one())
+
+
 def timed(fn: Callable[[], Any], runs: int = RUNS) -> float:
     """Median seconds of `runs` calls."""
     times = []
@@ -215,7 +228,7 @@ def digest_timings(engine: Engine) -> dict[str, tuple[float, int]]:
     private = {channel_id(c) for c in range(3, CHANNELS, TEAMS) if channel_id(c)[0] != "C"}
     out = {}
     for label, days in (("7d", 7), ("90d", 90)):
-        period = Period(END - timedelta(days=days), END)
+        period = Period.ending(END, days, "day")
 
         def run(period: Period = period) -> int:
             with factory() as s:
@@ -239,9 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'digest.db'}"
         engine = fresh_database(url, args.reset)
+        empty = ledger_bytes(engine)
         started = time.perf_counter()
         bulk_insert(engine, args.rows, args.seed)
         insert_s = time.perf_counter() - started
+        size = ledger_bytes(engine) - empty
         with engine.connect() as conn:
             count = conn.execute(text("SELECT count(*) FROM usage_record")).scalar_one()
         timings = digest_timings(engine)
@@ -256,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"database         {engine.dialect.name} ({make_url(url).render_as_string()})")
     print(f"ledger rows      {count:>12,}")
     print(f"insert           {insert_s:>11.1f}s  ({count / insert_s:,.0f} rows/s)")
+    per_row = size / count if count else 0
+    print(f"ledger on disk   {size / 1e6:>10.1f}MB  ({per_row:.0f} bytes per row, with indexes)")
     for label, (seconds, covered) in timings.items():
         line = f"digest {label:<4}      {seconds * 1000:>10.1f}ms  (1 workspace, {covered:,} rows"
         if label in indexed:

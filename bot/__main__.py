@@ -56,13 +56,23 @@ def _digest(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from bot.app import create_app
-    from bot.digest import parse_period, render_text
+    from bot.digest import period_label, render_text
 
+    try:
+        now = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+    except ValueError:
+        print(
+            f"digest: --at wants an ISO 8601 time like 2025-03-15T09:00Z, not {args.at!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
     _migrate(settings)
     app = create_app(settings)
     try:
         try:
-            period = parse_period(args.period, now=datetime.now(UTC))
+            period = app.usage.posting_period(args.period, now)
         except ValueError as exc:
             print(f"digest: {exc}", file=sys.stderr)
             return 2
@@ -75,7 +85,7 @@ def _digest(settings: Settings, args: argparse.Namespace) -> int:
             if args.post and not args.dry_run:
                 assert channel is not None
                 result = app.usage.post_digest(team_id, channel, period)
-                print(f"{team_id}: {result}")
+                print(f"{team_id}: {result} ({period_label(period)}, {period.zone})")
             else:
                 print(render_text(app.usage.build(team_id, period, viewer=None)))
         return 0
@@ -185,7 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     digest.add_argument("--post", action="store_true", help="post to --channel or DIGEST_CHANNEL")
     digest.add_argument("--dry-run", action="store_true", help="print instead of posting")
     digest.add_argument("--channel", help="channel id (default DIGEST_CHANNEL)")
-    digest.add_argument("--period", default="7d", help="e.g. 7d, 30d, 24h (default 7d)")
+    digest.add_argument(
+        "--period",
+        help="e.g. 7d, 30d, 24h: whole days (hours) ending at the last midnight (full hour) of "
+        "the digest's time zone (default: the last DIGEST_SCHEDULE week, else 7d)",
+    )
+    digest.add_argument(
+        "--at",
+        help="count the period back from this moment instead of now (ISO 8601, UTC unless it "
+        "has an offset, e.g. 2025-03-15T09:00), to post a period that was missed",
+    )
     digest.add_argument("--team", help="workspace id (default: every workspace served)")
     sub.add_parser(
         "housekeeping", help="forget old event ids and text past MESSAGE_RETENTION_DAYS, then exit"

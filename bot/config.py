@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     message_retention_days: int = Field(
         30, ge=1, description="Stored message text of threads idle this long is deleted."
     )
+    usage_retention_days: int = Field(
+        730,
+        ge=0,
+        description="Usage ledger rows older than this are deleted by housekeeping (0: kept for "
+        "ever). At least 31: monthly budgets read the month so far.",
+    )
     full_reread_hours: float = Field(
         24.0, gt=0, description="Re-read a whole thread after this long (catches missed edits)."
     )
@@ -123,6 +129,13 @@ class Settings(BaseSettings):
     def _ttl(cls, value: str) -> str:
         if value not in ("auto", "5m", "1h", "off"):
             raise ValueError("must be auto, 5m, 1h or off")
+        return value
+
+    @field_validator("usage_retention_days")
+    @classmethod
+    def _usage_retention(cls, value: int) -> int:
+        if 0 < value < 31:
+            raise ValueError("must be 0 (keep for ever) or at least 31: monthly budgets need it")
         return value
 
     @field_validator("digest_schedule")

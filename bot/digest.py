@@ -11,10 +11,11 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, case, cast, distinct, func, literal_column, select, type_coerce
+from sqlalchemy import case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -30,37 +31,58 @@ HEADER_LIMIT = 150
 MAX_BLOCKS = 50
 PRIVATE_LABEL = "private conversations"
 _PERIOD = re.compile(r"^(\d{1,4})\s*([hdw])$")
-_UNIT_HOURS = {"h": 1, "d": 24, "w": 24 * 7}
 _PING_WORD = re.compile(r"@(?=(?:here|channel|everyone|group))", re.IGNORECASE)
 _PERIOD_HELP = "Use a period like 24h, 7d, 30d or 2w (at most 365 days)."
 
 
 # -- periods --------------------------------------------------------------------------------
 
+UTC_ZONE = ZoneInfo("UTC")
+
 
 @dataclass(frozen=True)
 class Period:
-    """A half-open UTC interval [start, end)."""
+    """A half-open interval [start, end) of `count` whole hours or days of `zone`'s clock.
+
+    `start` and `end` are aware UTC datetimes on boundaries of that clock (a day is a calendar
+    day, so 7 days across a DST change are 167 or 169 hours). `to_date`: the period runs to the
+    end of the current hour or day, which has not ended yet."""
 
     start: datetime
     end: datetime
+    zone: ZoneInfo = UTC_ZONE
+    count: int = 1
+    unit: str = "day"  # "hour" or "day"
+    to_date: bool = False
+
+    @staticmethod
+    def ending(
+        end: datetime, count: int, unit: str, zone: ZoneInfo = UTC_ZONE, *, to_date: bool = False
+    ) -> Period:
+        """The `count` hours or calendar days of `zone` that end at `end`."""
+        local_end = end.astimezone(zone)
+        if unit == "day":  # wall-clock arithmetic: the same time of day, `count` days before
+            start = local_end.replace(tzinfo=None) - timedelta(days=count)
+            begin = start.replace(tzinfo=zone)
+        else:  # elapsed hours (aware arithmetic in one zone would be wall-clock)
+            begin = _utc(end) - timedelta(hours=count)
+        return Period(_utc(begin), _utc(end), zone, count, unit, to_date)
 
     @property
     def length(self) -> timedelta:
         return self.end - self.start
 
     def previous(self) -> Period:
-        """The period of equal length just before this one."""
-        return Period(self.start - self.length, self.start)
+        """The `count` hours or days just before this one (complete)."""
+        return Period.ending(self.start, self.count, self.unit, self.zone)
 
     def describe(self) -> str:
         """'7 days', '1 day', '12 hours'."""
-        hours = self.length / timedelta(hours=1)
-        if hours % 24 == 0:
-            days = int(hours // 24)
-            return f"{days} day" if days == 1 else f"{days} days"
-        whole = int(hours) if hours == int(hours) else round(hours, 1)
-        return f"{whole} hour" if whole == 1 else f"{whole} hours"
+        return f"{self.count} {self.unit}" if self.count == 1 else f"{self.count} {self.unit}s"
+
+    def local(self, moment: datetime) -> datetime:
+        """`moment` on the period's clock."""
+        return moment.astimezone(self.zone)
 
 
 def _utc(value: datetime) -> datetime:
@@ -68,21 +90,46 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def parse_period(text: str, *, now: datetime) -> Period:
-    """The period named by `text` ("7d" when empty; "24h", "30d", "2w", ...) ending at `now`.
+def _floor(now: datetime, unit: str, zone: ZoneInfo) -> datetime:
+    """The last boundary of `unit` on `zone`'s clock at or before `now` (a local midnight or a
+    local whole hour)."""
+    local = _utc(now).astimezone(zone)
+    if unit == "day":
+        return datetime.combine(local.date(), time(0), tzinfo=zone)
+    return local.replace(minute=0, second=0, microsecond=0)
+
+
+def _next(boundary: datetime, unit: str, zone: ZoneInfo) -> datetime:
+    """The boundary after `boundary` (aware, on `zone`'s clock)."""
+    if unit == "day":
+        return datetime.combine(boundary.date() + timedelta(days=1), time(0), tzinfo=zone)
+    return (_utc(boundary) + timedelta(hours=1)).astimezone(zone)
+
+
+def parse_period(
+    text: str, *, now: datetime, zone: ZoneInfo = UTC_ZONE, to_date: bool = False
+) -> Period:
+    """The period named by `text` ("7d" when empty; "24h", "30d", "2w", ...), aligned to `zone`'s
+    clock: `7d` is the 7 whole calendar days ending at the last midnight before `now`, `24h` the
+    24 whole hours ending at the last full hour. `to_date`: end at the next boundary instead,
+    so that the current day (or hour), not over yet, is the last one counted.
 
     Raises ValueError with a short message meant for the user."""
     spec = text.strip().lower() or "7d"
     m = _PERIOD.match(spec)
     if not m:
         raise ValueError(f"I don't understand the period “{text.strip()[:20]}”. {_PERIOD_HELP}")
-    hours = int(m.group(1)) * _UNIT_HOURS[m.group(2)]
-    if hours < 1:
+    amount, letter = int(m.group(1)), m.group(2)
+    count = amount * {"h": 1, "d": 1, "w": 7}[letter]
+    unit = "hour" if letter == "h" else "day"
+    if count < 1:
         raise ValueError(f"The period must be at least one hour. {_PERIOD_HELP}")
-    if hours > MAX_DAYS * 24:
+    if count > (MAX_DAYS * 24 if unit == "hour" else MAX_DAYS):
         raise ValueError(f"That period is too long. {_PERIOD_HELP}")
-    end = _utc(now)
-    return Period(end - timedelta(hours=hours), end)
+    end = _floor(now, unit, zone)
+    if to_date:
+        end = _next(end, unit, zone)
+    return Period.ending(end, count, unit, zone, to_date=to_date)
 
 
 # -- the digest -----------------------------------------------------------------------------
@@ -160,7 +207,8 @@ class UserLine:
 
 @dataclass(frozen=True)
 class DayBucket:
-    """`days` UTC calendar days from `start` (one, unless the period is long)."""
+    """`days` calendar days of the period's clock from `start` (one, unless the period is
+    long)."""
 
     start: date
     days: int
@@ -186,6 +234,7 @@ class Digest:
     top_channels: tuple[ChannelLine, ...] = ()
     top_users: tuple[UserLine, ...] = ()
     days: tuple[DayBucket, ...] = ()
+    top_users_hidden: bool = False  # left out for this viewer (not a workspace admin)
 
 
 def _in_period(team_id: str, period: Period) -> list[ColumnElement[bool]]:
@@ -205,55 +254,86 @@ def _int_sum(col: Any) -> ColumnElement[Any]:
     return func.coalesce(func.sum(col), 0)
 
 
-def _utc_day(session: Session) -> ColumnElement[date]:
-    """The UTC calendar day of created_at, computed by the database."""
-    dialect = session.get_bind(mapper=UsageRecord).dialect.name
-    if dialect == "postgresql":
-        # timestamptz -> UTC wall time -> date, whatever the session's TimeZone is. A literal,
-        # not a bound parameter, so that SELECT and GROUP BY are the same expression.
-        return cast(func.timezone(literal_column("'UTC'"), UsageRecord.created_at), Date)
-    # SQLite stores UTC text ("YYYY-MM-DD HH:MM:SS.ffffff"); date() gives "YYYY-MM-DD".
-    return type_coerce(func.date(UsageRecord.created_at), Date)
+@dataclass(frozen=True)
+class _Span:
+    """One line of the chart: `days` calendar days of the period's clock from `day`, starting
+    at `begin` (UTC; the period's start for the first line)."""
+
+    day: date
+    days: int
+    begin: datetime
 
 
-def _as_date(value: date | str) -> date:
-    return date.fromisoformat(value) if isinstance(value, str) else value
+def _chart_spans(period: Period) -> list[_Span]:
+    """One span per calendar day the period touches, or per few days so that at most
+    CHART_LINES remain."""
+    first = period.local(period.start).date()
+    last = period.local(period.end - timedelta(microseconds=1)).date()
+    ndays = (last - first).days + 1
+    step = max(1, math.ceil(ndays / CHART_LINES))
+    spans = []
+    for offset in range(0, ndays, step):
+        day = first + timedelta(days=offset)
+        midnight = _utc(datetime.combine(day, time(0), tzinfo=period.zone))
+        spans.append(_Span(day, min(step, ndays - offset), max(midnight, period.start)))
+    return spans
 
 
 @dataclass(frozen=True)
 class _Group:
-    day: date | None
+    span: int  # index into the chart's spans
     model: str
     kind: str
     outcome: str
     totals: Totals
 
 
-def _groups(session: Session, team_id: str, period: Period, *, by_day: bool) -> list[_Group]:
-    """Totals per (model, kind, outcome), and per UTC day too when `by_day`: one scan, and
-    few groups (their number does not grow with the ledger)."""
+def _groups(
+    session: Session, team_id: str, period: Period, spans: Sequence[_Span] = ()
+) -> list[_Group]:
+    """Totals per (model, kind, outcome), and per chart span too when `spans` are given: one
+    scan, and few groups (their number does not grow with the ledger)."""
     u = UsageRecord
-    keys: list[ColumnElement[Any]] = [u.model, u.kind, u.outcome]
-    if by_day:
-        keys.append(_utc_day(session).label("day"))
+    span: ColumnElement[Any] = literal(0)
+    if len(spans) > 1:  # the index of the last span that began at or before created_at
+        span = case(
+            *((u.created_at < s.begin, i - 1) for i, s in enumerate(spans) if i),
+            else_=len(spans) - 1,
+        )
+    rows_in = (
+        select(
+            u.model,
+            u.kind,
+            u.outcome,
+            span.label("span"),
+            u.input_tokens,
+            u.cache_creation_tokens,
+            u.cache_read_tokens,
+            u.output_tokens,
+            u.cost_usd,
+            u.savings_usd,
+        )
+        .where(*_in_period(team_id, period))
+        .subquery()
+    )
+    r_ = rows_in.c
+    keys = [r_.model, r_.kind, r_.outcome, r_.span]  # grouped outside: one expression per key
     rows = session.execute(
         select(
             *keys,
             func.count(),
-            _int_sum(u.input_tokens),
-            _int_sum(u.cache_creation_tokens),
-            _int_sum(u.cache_read_tokens),
-            _int_sum(u.output_tokens),
-            _money_sum(u.cost_usd),
-            _money_sum(u.savings_usd),
-            _int_sum(case((u.cost_usd.is_(None), 1), else_=0)),
-        )
-        .where(*_in_period(team_id, period))
-        .group_by(*keys)
+            _int_sum(r_.input_tokens),
+            _int_sum(r_.cache_creation_tokens),
+            _int_sum(r_.cache_read_tokens),
+            _int_sum(r_.output_tokens),
+            _money_sum(r_.cost_usd),
+            _money_sum(r_.savings_usd),
+            _int_sum(case((r_.cost_usd.is_(None), 1), else_=0)),
+        ).group_by(*keys)
     ).all()
     out = []
     for r in rows:
-        model, kind, outcome = r[0], r[1], r[2]
+        model, kind, outcome, index = r[0], r[1], r[2], r[3]
         n, inp, cw, cr, outp, cost, sav, unpriced = r[-8:]
         totals = Totals(
             requests=int(n),
@@ -266,26 +346,16 @@ def _groups(session: Session, team_id: str, period: Period, *, by_day: bool) -> 
             savings_usd=float(sav),
             unpriced_requests=int(unpriced),
         )
-        out.append(_Group(_as_date(r[3]) if by_day else None, model, kind, outcome, totals))
+        out.append(_Group(int(index), model, kind, outcome, totals))
     return out
 
 
-def _chart_buckets(period: Period, per_day: Mapping[date, Totals]) -> tuple[DayBucket, ...]:
-    """One bucket per UTC day the period touches, or per few days so that at most
-    CHART_LINES remain."""
-    first = _utc(period.start).date()
-    last = (_utc(period.end) - timedelta(microseconds=1)).date()
-    ndays = (last - first).days + 1
-    step = max(1, math.ceil(ndays / CHART_LINES))
-    buckets = []
-    for offset in range(0, ndays, step):
-        start = first + timedelta(days=offset)
-        width = min(step, ndays - offset)
-        t = Totals()
-        for i in range(width):
-            t += per_day.get(start + timedelta(days=i), Totals())
-        buckets.append(DayBucket(start, width, t.requests, t.cost_usd, t.savings_usd))
-    return tuple(buckets)
+def _chart_buckets(spans: Sequence[_Span], per_span: Mapping[int, Totals]) -> tuple[DayBucket, ...]:
+    out = []
+    for i, s in enumerate(spans):
+        t = per_span.get(i, Totals())
+        out.append(DayBucket(s.day, s.days, t.requests, t.cost_usd, t.savings_usd))
+    return tuple(out)
 
 
 def _is_private(channel_id: str, private_channels: set[str]) -> bool:
@@ -370,20 +440,20 @@ def build_digest(
     folded into one line without an id."""
     totals = Totals()
     models: dict[str, Totals] = {}
-    per_day: dict[date, Totals] = {}
+    per_span: dict[int, Totals] = {}
     kinds: dict[str, int] = {}
     failures: dict[str, int] = {}
-    for g in _groups(session, team_id, period, by_day=True):
+    spans = _chart_spans(period)
+    for g in _groups(session, team_id, period, spans):
         t = g.totals
         totals += t
         models[g.model] = models.get(g.model, Totals()) + t
-        if g.day is not None:
-            per_day[g.day] = per_day.get(g.day, Totals()) + t
+        per_span[g.span] = per_span.get(g.span, Totals()) + t
         kinds[g.kind] = kinds.get(g.kind, 0) + t.requests
         if g.outcome != "ok":
             failures[g.outcome] = failures.get(g.outcome, 0) + t.requests
     previous = Totals()
-    for g in _groups(session, team_id, period.previous(), by_day=False):
+    for g in _groups(session, team_id, period.previous()):
         previous += g.totals
     top_channels, channels, threads = _channels(
         session, team_id, period, private_channels, viewer_channels or set(), channel_names
@@ -391,7 +461,7 @@ def build_digest(
     top_users, users = _users(session, team_id, period, names)
     return Digest(
         team_id=team_id,
-        period=Period(_utc(period.start), _utc(period.end)),
+        period=period,
         totals=totals,
         previous=previous,
         users=users,
@@ -407,7 +477,7 @@ def build_digest(
         failures=_ranked(failures),
         top_channels=top_channels,
         top_users=top_users,
-        days=_chart_buckets(period, per_day),
+        days=_chart_buckets(spans, per_span),
     )
 
 
@@ -440,14 +510,18 @@ def _pct(share: float) -> str:
     return f"{share * 100:.1f}%"
 
 
-def _change(current: float, previous: float) -> str:
+def _versus(current: float, previous: float, span: str, shown: str) -> str:
+    """How `current` compares with the previous period's value (`shown` formatted)."""
     if previous == 0:
-        return "new" if current else "no change"
+        return f"none in the previous {span}" + (" either" if current == 0 else "")
     delta = (current - previous) / abs(previous) * 100
     if abs(delta) < 0.05:
-        return "no change"
-    arrow = "▲" if delta > 0 else "▼"
-    return f"{arrow} {abs(delta):.0f}%" if abs(delta) >= 10 else f"{arrow} {abs(delta):.1f}%"
+        change = "the same"
+    else:
+        arrow = "▲" if delta > 0 else "▼"
+        size = f"{abs(delta):.0f}" if abs(delta) >= 10 else f"{abs(delta):.1f}"
+        change = f"{arrow} {size}%"
+    return f"{shown} in the previous {span} ({change})"
 
 
 def _safe(text: str, limit: int = 80) -> str:
@@ -521,8 +595,8 @@ def _sections(d: Digest) -> list[_Section]:
         _Section(
             "Requests",
             [
-                f"{_count(t.requests, 'request')} ({_change(t.requests, p.requests)} vs the "
-                f"previous {span}: {_n(p.requests)}) — {_n(t.ok)} answered, {_n(t.failed)} failed",
+                f"{_count(t.requests, 'request')} — {_n(t.ok)} answered, {_n(t.failed)} failed; "
+                + _versus(t.requests, p.requests, span, _n(p.requests)),
                 " · ".join(_more(kinds, len(d.kinds), "kinds")) if kinds else "no requests",
                 f"{_count(d.users, 'user')} · {_count(d.threads, 'thread')} · "
                 f"{_count(d.channels, 'channel')}",
@@ -542,8 +616,7 @@ def _sections(d: Digest) -> list[_Section]:
     )
 
     spend = [
-        f"Spent {money(t.cost_usd)} ({_change(t.cost_usd, p.cost_usd)} vs the previous {span}: "
-        f"{money(p.cost_usd)})"
+        f"Spent {money(t.cost_usd)}; " + _versus(t.cost_usd, p.cost_usd, span, money(p.cost_usd))
     ]
     if t.savings_share is not None:
         spend.append(
@@ -596,6 +669,8 @@ def _sections(d: Digest) -> list[_Section]:
                 ],
             )
         )
+    elif d.top_users_hidden:
+        out.append(_Section("Top users by spend", ["Shown to workspace admins and owners only."]))
 
     causes = [f"{_safe(c)} {_n(n)}" for c, n in d.failures[:MAX_LIST]]
     out.append(
@@ -604,18 +679,35 @@ def _sections(d: Digest) -> list[_Section]:
 
     if d.days:
         unit = "day" if all(b.days == 1 for b in d.days) else f"{d.days[0].days} days"
-        title = f"Spend and savings per {unit} (UTC)  ▇ spent ░ saved"
+        title = f"Spend and savings per {unit} ({d.period.zone})  ▇ spent ░ saved"
         out.append(_Section(title, _chart(d.days), code=True))
     return out
 
 
+def period_label(p: Period) -> str:
+    """The exact period on its own clock: `2025-03-08 – 2025-03-14` (whole days, the last one
+    included), `2025-03-14` (one day), else `2025-03-24 09:00 – 2025-03-31 09:00` (end
+    excluded)."""
+    start, end = p.local(p.start), p.local(p.end)
+    if start.time() == time(0) and end.time() == time(0):
+        first, last = start.date(), end.date() - timedelta(days=1)
+        return f"{first:%Y-%m-%d}" if first >= last else f"{first:%Y-%m-%d} – {last:%Y-%m-%d}"
+    return f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M}"
+
+
 def _title(d: Digest) -> str:
-    return f"Usage digest: the last {d.period.describe()}"
+    p = d.period
+    span = p.describe() + (" to date" if p.to_date else "")
+    return f"Usage digest: {period_label(p)} ({span}, {p.zone})"
 
 
 def _range(d: Digest) -> str:
-    fmt = "%Y-%m-%d %H:%M"
-    return f"{d.period.start:{fmt}} – {d.period.end:{fmt}} UTC"
+    p, fmt = d.period, "%Y-%m-%d %H:%M"
+    until = "now" if p.to_date else f"{p.local(p.end):{fmt}}"
+    return (
+        f"From {p.local(p.start):{fmt}} until {until} ({p.zone}); compared with the previous "
+        f"{p.describe()}, {period_label(p.previous())}"
+    )
 
 
 def _clip(text: str, limit: int = SECTION_LIMIT) -> str:
@@ -643,7 +735,7 @@ def render_blocks(d: Digest) -> list[dict[str, Any]]:
 
 def render_text(d: Digest) -> str:
     """Plain text of the digest (a terminal, or the `text` fallback of a message)."""
-    parts = [f"{_title(d)} ({_range(d)})"]
+    parts = [f"{_title(d)}\n{_range(d)}"]
     for s in _sections(d):
         indent = "" if s.code else "  "
         parts.append("\n".join([s.title, *(f"{indent}{line}" for line in s.lines)]))

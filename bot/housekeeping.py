@@ -1,4 +1,4 @@
-"""Periodic clean-up: finished jobs, and stored text past the retention limit."""
+"""Periodic clean-up: finished jobs, stored text past the retention limit, old ledger rows."""
 
 from __future__ import annotations
 
@@ -14,14 +14,30 @@ from bot.store import data
 log = logging.getLogger(__name__)
 
 JOB_KEEP = timedelta(days=2)  # Slack stops redelivering an event within minutes
+LEDGER_BATCH = 10_000  # ledger rows deleted per transaction (SQLite has one writer)
 
 
 def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> None:
-    """Forget finished jobs and the text of threads idle past MESSAGE_RETENTION_DAYS."""
+    """Forget finished jobs, the text of threads idle past MESSAGE_RETENTION_DAYS, and usage
+    ledger rows older than USAGE_RETENTION_DAYS (unless 0)."""
     with sessions.begin() as s:
         jobs = data.forget_jobs_before(s, now - JOB_KEEP)
         removed = data.purge_idle_threads(s, now - timedelta(days=settings.message_retention_days))
-    log.info("housekeeping: %d finished jobs, %d stored messages removed", jobs, removed)
+    ledger = 0
+    if settings.usage_retention_days:
+        cutoff = now - timedelta(days=settings.usage_retention_days)
+        while True:  # short transactions: requests keep writing the ledger meanwhile
+            with sessions.begin() as s:
+                batch = data.forget_usage_before(s, cutoff, LEDGER_BATCH)
+            ledger += batch
+            if batch < LEDGER_BATCH:
+                break
+    log.info(
+        "housekeeping: %d finished jobs, %d stored messages, %d usage ledger rows removed",
+        jobs,
+        removed,
+        ledger,
+    )
 
 
 class Housekeeper(threading.Thread):

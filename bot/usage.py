@@ -7,8 +7,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -17,12 +19,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
-from bot.digest import Digest, Period, build_digest, parse_period, render_blocks, render_text
+from bot.digest import (
+    UTC_ZONE,
+    Digest,
+    Period,
+    build_digest,
+    parse_period,
+    render_blocks,
+    render_text,
+)
 from bot.replies import neutralise_pings
 from bot.schedule import parse_schedule
 from bot.store.models import BudgetAlert, DigestPost, UsageRecord
 from bot.threads import is_member
-from bot.workspace import Effective
+from bot.workspace import Effective, is_admin
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,12 @@ class UsageService:
         """The current time from the injected clock."""
         return datetime.fromtimestamp(self._clock(), UTC)
 
+    def zone(self) -> ZoneInfo:
+        """The digest's clock, whose midnights periods align to: DIGEST_SCHEDULE's time zone,
+        else UTC."""
+        schedule = self._settings.digest_schedule
+        return parse_schedule(schedule).zone if schedule else UTC_ZONE
+
     # -- building ---------------------------------------------------------------------------
 
     def _channel(self, team_id: str, channel_id: str) -> dict[str, Any] | None:
@@ -68,8 +84,11 @@ class UsageService:
             self._channels[key] = (time.monotonic(), info)
         return info
 
-    def build(self, team_id: str, period: Period, viewer: str | None) -> Digest:
-        """The workspace's digest; private conversations are named only to their members."""
+    def build(
+        self, team_id: str, period: Period, viewer: str | None, *, people: bool = True
+    ) -> Digest:
+        """The workspace's digest; private conversations are named only to their members, and
+        the top users only when `people`."""
         with self._sessions() as s:
             rows = s.execute(
                 select(UsageRecord.channel_id, UsageRecord.user_id)
@@ -100,32 +119,38 @@ class UsageService:
                     visible.add(channel_id)
             if info and info.get("name"):
                 names[channel_id] = str(info["name"])
-        people = {u: neutralise_pings(self._name_of(team_id, u)) for u in user_ids}
+        who = {u: neutralise_pings(self._name_of(team_id, u)) for u in user_ids} if people else {}
         with self._sessions() as s:
-            return build_digest(
+            digest = build_digest(
                 s,
                 team_id,
                 period,
                 private_channels=private,
                 viewer_channels=visible,
-                names=people,
+                names=who,
                 channel_names=names,
             )
+        if people:
+            return digest
+        return replace(digest, top_users=(), top_users_hidden=bool(digest.top_users))
 
     def for_requester(
         self, team_id: str, user_id: str, period_text: str
     ) -> tuple[str, list[dict[str, Any]]]:
-        """`/summarize usage [period]`: text and blocks for the requester only."""
+        """`/summarize usage [period]`: text and blocks for the requester only, up to now; the
+        top users by spend only for workspace admins and owners."""
         try:
-            period = parse_period(period_text, now=self.now())
+            period = parse_period(period_text, now=self.now(), zone=self.zone(), to_date=True)
         except ValueError as exc:
             return str(exc), []
-        digest = self.build(team_id, period, user_id)
+        admin = is_admin(self._client_for(team_id), user_id)
+        digest = self.build(team_id, period, user_id, people=admin)
         return render_text(digest), render_blocks(digest)
 
-    def home_view(self, team_id: str, user_id: str) -> dict[str, Any]:
-        """The App Home tab: the viewer's own usage, then the workspace digest (7 days)."""
-        period = parse_period("7d", now=self.now())
+    def home_view(self, team_id: str, user_id: str, *, admin: bool = False) -> dict[str, Any]:
+        """The App Home tab: the viewer's own usage, then the workspace digest (the last 7 days
+        up to now; the top users by spend only when the viewer is an `admin`)."""
+        period = parse_period("7d", now=self.now(), zone=self.zone(), to_date=True)
         with self._sessions() as s:
             mine = s.execute(
                 select(
@@ -158,7 +183,7 @@ class UsageService:
             {"type": "section", "text": {"type": "mrkdwn", "text": own}},
             {"type": "divider"},
         ]
-        blocks += render_blocks(self.build(team_id, period, user_id))
+        blocks += render_blocks(self.build(team_id, period, user_id, people=admin))
         return {"type": "home", "blocks": blocks[:100]}
 
     # -- posting ----------------------------------------------------------------------------
@@ -213,11 +238,23 @@ class UsageService:
         return "posted"
 
     def scheduled_period(self, now: datetime) -> Period | None:
-        """The 7 days ending at the last scheduled moment, or None without a schedule."""
+        """The week from the scheduled moment before last to the last one (so 7 days apart on
+        the schedule's clock, whatever DST did), or None without a schedule."""
         if not self._settings.digest_schedule:
             return None
-        due = parse_schedule(self._settings.digest_schedule).last_due(now).astimezone(UTC)
-        return Period(due - timedelta(days=7), due)
+        schedule = parse_schedule(self._settings.digest_schedule)
+        return Period.ending(schedule.last_due(now), 7, "day", schedule.zone)
+
+    def posting_period(self, text: str | None, now: datetime) -> Period:
+        """The complete period a posted digest covers: `text` (`7d`, `24h`, ...) ending at the
+        last midnight (or whole hour) of the digest's clock; without `text`, the DIGEST_SCHEDULE
+        week that ended last (else `7d`). The same at every moment inside the next period, so
+        the once-per-period row matches. Raises ValueError."""
+        if not text:
+            scheduled = self.scheduled_period(now)
+            if scheduled is not None:
+                return scheduled
+        return parse_period(text or "7d", now=now, zone=self.zone())
 
 
 class DigestScheduler(threading.Thread):

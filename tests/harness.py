@@ -26,7 +26,10 @@ from tests.fakes.slack_api import FakeSlack
 SIGNING_SECRET = "test-signing-secret"
 
 
-def make_settings(slack: FakeSlack, model: FakeMessagesAPI, database_url: str, **extra: Any):
+def bot_env(
+    slack: FakeSlack, model: FakeMessagesAPI, database_url: str, **extra: Any
+) -> dict[str, str]:
+    """The environment of a bot that talks to these fakes (`extra`: more settings by name)."""
     env = {
         "SLACK_BOT_TOKEN": slack.bot_token,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
@@ -38,7 +41,11 @@ def make_settings(slack: FakeSlack, model: FakeMessagesAPI, database_url: str, *
         "WORKER_THREADS": "4",
     }
     env.update({k.upper(): str(v) for k, v in extra.items()})
-    return load_settings(env, env_file=None)
+    return env
+
+
+def make_settings(slack: FakeSlack, model: FakeMessagesAPI, database_url: str, **extra: Any):
+    return load_settings(bot_env(slack, model, database_url, **extra), env_file=None)
 
 
 def signature_headers(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -16,6 +17,7 @@ from bot.digest import (
     PRIVATE_LABEL,
     Digest,
     Period,
+    Totals,
     build_digest,
     money,
     parse_period,
@@ -132,7 +134,7 @@ def digest(sessions, period: Period | None = None, **kw) -> Digest:
         if s.get_bind().dialect.name == "postgresql":
             # Days are UTC days whatever the connection's time zone.
             s.execute(text("SET TIME ZONE 'Asia/Tokyo'"))
-        return build_digest(s, "T1", period or parse_period("7d", now=NOW), **kw)
+        return build_digest(s, "T1", period or Period.ending(NOW, 7, "day"), **kw)
 
 
 def test_totals_tokens_and_money(sessions):
@@ -182,10 +184,10 @@ def test_previous_period_comparison(sessions):
     assert (p.requests, p.ok) == (3, 3)
     assert p.cost_usd == pytest.approx(2.5)
     assert p.savings_usd == pytest.approx(1.5)
-    assert d.period == Period(at(8), NOW)
+    assert d.period == Period(at(8), NOW, count=7, unit="day")
     out = render_text(d)
-    assert "10 requests (▲ 233% vs the previous 7 days: 3)" in out
-    assert "Spent $4.12 (▲ 65% vs the previous 7 days: $2.50)" in out
+    assert "10 requests — 7 answered, 3 failed; 3 in the previous 7 days (▲ 233%)" in out
+    assert "Spent $4.12; $2.50 in the previous 7 days (▲ 65%)" in out
     assert "41.6% of the $7.06 the same calls would have cost uncached" in out
     assert "Cache hit rate 60.0% · output 430" in out
 
@@ -269,11 +271,12 @@ def test_daily_chart_in_utc_days(sessions):
 @pytest.mark.parametrize(
     ("spec", "days", "lines"),
     [
-        ("30d", 1, 31),
+        ("30d", 1, 30),
         ("12h", 1, 1),
-        ("24h", 1, 2),
-        ("31d", 2, 16),
-        ("90d", 3, 31),
+        ("24h", 1, 2),  # 12:00 to 12:00
+        ("31d", 1, 31),
+        ("32d", 2, 16),
+        ("90d", 3, 30),
         ("365d", 12, 31),
     ],
 )
@@ -362,24 +365,93 @@ def test_an_empty_ledger(engine):
     assert d.top_channels == () and d.top_users == () and d.failures == ()
     blocks = render_blocks(d)
     _assert_within_slack_limits(blocks)
-    assert "0 requests (no change vs the previous 1 day: 0)" in render_text(d)
+    expected = "0 requests — 0 answered, 0 failed; none in the previous 24 hours either"
+    assert expected in render_text(d)
+
+
+MIDNIGHT = datetime(2025, 3, 15, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
-    ("spec", "length"),
+    ("spec", "start", "end"),
     [
-        ("", timedelta(days=7)),
-        ("7d", timedelta(days=7)),
-        ("30d", timedelta(days=30)),
-        ("24h", timedelta(hours=24)),
-        ("12h", timedelta(hours=12)),
-        ("2w", timedelta(weeks=2)),
-        (" 7D ", timedelta(days=7)),
-        ("365d", timedelta(days=365)),
+        ("", MIDNIGHT - timedelta(days=7), MIDNIGHT),
+        ("7d", MIDNIGHT - timedelta(days=7), MIDNIGHT),
+        ("30d", MIDNIGHT - timedelta(days=30), MIDNIGHT),
+        ("24h", NOW - timedelta(hours=24), NOW),
+        ("12h", NOW - timedelta(hours=12), NOW),
+        ("2w", MIDNIGHT - timedelta(weeks=2), MIDNIGHT),
+        (" 7D ", MIDNIGHT - timedelta(days=7), MIDNIGHT),
+        ("365d", MIDNIGHT - timedelta(days=365), MIDNIGHT),
     ],
 )
-def test_parse_period(spec, length):
-    assert parse_period(spec, now=NOW) == Period(NOW - length, NOW)
+def test_parse_period_ends_at_the_last_boundary(spec, start, end):
+    for moment in (NOW, NOW + timedelta(minutes=59, seconds=59, microseconds=999999)):
+        p = parse_period(spec, now=moment)
+        assert (p.start, p.end) == (start, end)
+
+
+def test_every_moment_of_a_day_names_the_same_period():
+    periods = {
+        parse_period("7d", now=MIDNIGHT + timedelta(seconds=s))
+        for s in (0, 1, 3600, 43200, 86399)
+    }
+    assert periods == {Period(MIDNIGHT - timedelta(days=7), MIDNIGHT, count=7, unit="day")}
+    assert parse_period("7d", now=MIDNIGHT - timedelta(microseconds=1)).end == at(14, 0)
+
+
+def test_periods_align_to_the_digest_time_zone_across_dst():
+    berlin = ZoneInfo("Europe/Berlin")
+    # Berlin moved to summer time on Sunday 2025-03-30; Tuesday 1 April, 00:30 local.
+    p = parse_period("7d", now=datetime(2025, 3, 31, 22, 30, tzinfo=UTC), zone=berlin)
+    assert p.start == datetime(2025, 3, 24, 23, 0, tzinfo=UTC)  # Tue 25 Mar 00:00 CET
+    assert p.end == datetime(2025, 3, 31, 22, 0, tzinfo=UTC)  # Tue 1 Apr 00:00 CEST
+    assert p.length == timedelta(days=7, hours=-1)
+    assert p.previous().start == datetime(2025, 3, 17, 23, 0, tzinfo=UTC)
+    assert _header(p) == "Usage digest: 2025-03-25 – 2025-03-31 (7 days, Europe/Berlin)"
+
+
+def test_to_date_periods_end_at_the_next_boundary():
+    p = parse_period("7d", now=NOW, to_date=True)
+    assert (p.start, p.end) == (MIDNIGHT - timedelta(days=6), MIDNIGHT + timedelta(days=1))
+    assert p.previous() == Period(p.start - timedelta(days=7), p.start, count=7, unit="day")
+    assert _header(p) == "Usage digest: 2025-03-09 – 2025-03-15 (7 days to date, UTC)"
+    assert parse_period("1h", now=NOW, to_date=True).end == NOW + timedelta(hours=1)
+
+
+def _header(period: Period) -> str:
+    with_empty = Digest("T1", period, Totals(), Totals())
+    return render_blocks(with_empty)[0]["text"]["text"]
+
+
+def test_header_names_the_exact_period(sessions):
+    d = digest(sessions, parse_period("7d", now=NOW))
+    blocks = render_blocks(d)
+    assert blocks[0]["text"]["text"] == "Usage digest: 2025-03-08 – 2025-03-14 (7 days, UTC)"
+    context = blocks[1]["elements"][0]["text"]
+    assert context == (
+        "From 2025-03-08 00:00 until 2025-03-15 00:00 (UTC); compared with the previous 7 days, "
+        "2025-03-01 – 2025-03-07"
+    )
+    assert render_text(d).startswith(blocks[0]["text"]["text"] + "\n" + context)
+    one_day = render_blocks(digest(sessions, parse_period("1d", now=NOW)))
+    assert one_day[0]["text"]["text"] == "Usage digest: 2025-03-14 (1 day, UTC)"
+    hours = render_blocks(digest(sessions, parse_period("24h", now=NOW)))
+    assert hours[0]["text"]["text"] == (
+        "Usage digest: 2025-03-14 12:00 – 2025-03-15 12:00 (24 hours, UTC)"
+    )
+
+
+def test_daily_chart_in_the_digest_time_zone(sessions):
+    tokyo = ZoneInfo("Asia/Tokyo")  # UTC+9: 12:00 UTC on the 14th is 21:00 there
+    d = digest(sessions, parse_period("7d", now=NOW, zone=tokyo))
+    assert d.period.start == datetime(2025, 3, 7, 15, 0, tzinfo=UTC)
+    # 23:30 UTC on the 12th is the 13th in Tokyo; 11:59:59 UTC on the 8th is the 8th there.
+    assert [(b.start, b.requests) for b in d.days] == [
+        (date(2025, 3, day), n)
+        for day, n in [(8, 2), (9, 1), (10, 1), (11, 1), (12, 0), (13, 2), (14, 2)]
+    ]
+    assert "per day (Asia/Tokyo)" in render_text(d)
 
 
 @pytest.mark.parametrize("spec", ["abc", "7", "0d", "-1d", "1y", "366d", "53w", "7 days", "d"])
@@ -388,10 +460,10 @@ def test_parse_period_rejects(spec):
         parse_period(spec, now=NOW)
 
 
-def test_parse_period_ends_at_now_in_utc():
+def test_parse_period_in_utc_whatever_the_offset_of_now():
     local = datetime(2025, 3, 15, 14, 0, tzinfo=timezone(timedelta(hours=2)))
     p = parse_period("24h", now=local)
-    assert p == Period(at(14), NOW) and p.end.tzinfo == UTC
+    assert p == Period(at(14), NOW, count=24, unit="hour") and p.end.tzinfo == UTC
 
 
 @pytest.mark.parametrize(

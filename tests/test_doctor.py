@@ -19,7 +19,7 @@ from bot.pricing import cost, price_for
 from bot.store.db import alembic_config, head_revision, make_engine
 from bot.workspace import Choice
 from tests.fakes.slack_api import FakeSlack
-from tests.harness import SIGNING_SECRET, make_settings
+from tests.harness import SIGNING_SECRET, bot_env, make_settings
 
 WRONG_KEY = "sk-wrong-key-0123456789"
 
@@ -242,15 +242,7 @@ def test_cli_doctor_reads_the_environment(
     slack, model, database_url, engine, monkeypatch, capsys, tmp_path
 ):
     monkeypatch.chdir(tmp_path)  # no .env here
-    env = {
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": slack.url,
-        "ANTHROPIC_API_KEY": model.api_key,
-        "ANTHROPIC_BASE_URL": model.url,
-        "DATABASE_URL": database_url,
-    }
-    for key, value in env.items():
+    for key, value in bot_env(slack, model, database_url).items():
         monkeypatch.setenv(key, value)
     assert main(["doctor", "--channel", "C1"]) == 0
     text = capsys.readouterr().out

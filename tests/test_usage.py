@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from bot.digest import parse_period
+from bot.__main__ import main
 from bot.store.models import UsageRecord
 from bot.usage import DigestScheduler
-from tests.harness import SlackUI
+from tests.harness import SlackUI, bot_env
 
 NOW = 1_800_000_000.0
 
@@ -74,6 +76,26 @@ def test_private_channel_is_named_only_to_its_members(ui, slack, model):
     assert "merger-talks" in str(ui.responses(url)[-1]) or "G7" in str(ui.responses(url)[-1])
 
 
+def test_top_spenders_are_named_to_workspace_admins_only(ui, slack, model, engine):
+    slack.add_user("U9", "Ada Admin", "ada", is_admin=True)
+    ledger(engine, {"user_id": "U2"}, {"user_id": "U3", "cost_usd": 0.5})
+    _, url = ui.command("usage", user="U1")
+    member = ui.responses(url)[-1]
+    blob = (member["text"] + str(member["blocks"])).lower()
+    assert "shown to workspace admins and owners only" in blob and "2 users" in blob
+    assert "carol" not in blob and "bob" not in blob
+    _, url = ui.command("usage", user="U9")
+    admin = ui.responses(url)[-1]
+    blob = (admin["text"] + str(admin["blocks"])).lower()
+    assert "1. carol" in blob and "2. bob" in blob and "admins and owners only" not in blob
+    for user, named in (("U1", False), ("U9", True)):
+        ui.bot.event({"type": "app_home_opened", "user": user, "tab": "home",
+                      "channel": "D1", "event_ts": "1.2"})
+        home = str(slack.views[-1]["view"]).lower()
+        assert slack.views[-1]["user_id"] == user
+        assert ("1. carol" in home) is named and ("admins and owners only" in home) is not named
+
+
 def test_app_home_shows_own_usage_and_the_digest(ui, slack, model):
     parent = slack.add_thread("C1", 10, text_fn=words)
     ui.bot.mention("C1", "summarize", thread_ts=parent)
@@ -85,30 +107,136 @@ def test_app_home_shows_own_usage_and_the_digest(ui, slack, model):
     assert "Your last 7 days:* 1 requests" in str(view["view"]), view
 
 
-def test_digest_is_posted_once_per_period_even_from_two_processes(make_bot, slack, model, engine):
-    a = make_bot(clock=lambda: NOW)
-    b = make_bot(clock=lambda: NOW)
-    ledger(engine, {}, {"user_id": "U2"})
-    period = parse_period("7d", now=datetime.fromtimestamp(NOW, UTC))
-    assert a.app.usage.post_digest("T0001", "C1", period) == "posted"
-    assert b.app.usage.post_digest("T0001", "C1", period) == "already posted for this period"
-    assert a.app.usage.post_digest("T0001", "C1", period) == "already posted for this period"
-    posts = [p for p in slack.posts if p["channel"] == "C1" and not p.get("thread_ts")]
+def _top_posts(slack, channel: str = "C1") -> list[dict]:
+    return [p for p in slack.posts if p["channel"] == channel and not p.get("thread_ts")]
+
+
+def _cli_env(monkeypatch, tmp_path, slack, model, database_url, **extra: str) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for key, value in bot_env(slack, model, database_url, **extra).items():
+        monkeypatch.setenv(key, value)
+
+
+def test_cli_digest_post_twice_in_one_period_posts_once(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url)
+    ledger(engine, {"created_at": datetime(2027, 1, 14, 23, 59, tzinfo=UTC)},
+           {"created_at": datetime(2027, 1, 8, 0, 0, tzinfo=UTC), "user_id": "U2"},
+           {"created_at": datetime(2027, 1, 15, 0, 0, tzinfo=UTC)})  # the next period
+    cron = ["digest", "--post", "--channel", "C1"]
+    assert main([*cron, "--at", "2027-01-15T00:00:01Z"]) == 0
+    assert main([*cron, "--at", "2027-01-15T00:01:01Z"]) == 0  # a minute later
+    assert main([*cron, "--at", "2027-01-15T23:59:59.999999+00:00"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "T0001: posted (2027-01-08 – 2027-01-14, UTC)",
+        "T0001: already posted for this period (2027-01-08 – 2027-01-14, UTC)",
+        "T0001: already posted for this period (2027-01-08 – 2027-01-14, UTC)",
+    ]
+    posts = _top_posts(slack)
+    assert len(posts) == 1
+    header = posts[0]["blocks"][0]
+    assert header["type"] == "header"
+    assert header["text"]["text"] == "Usage digest: 2027-01-08 – 2027-01-14 (7 days, UTC)"
+    assert "2 requests" in posts[0]["text"]
+    assert main([*cron, "--at", "2027-01-16T08:00:00Z"]) == 0  # the next day: the next period
+    assert capsys.readouterr().out == "T0001: posted (2027-01-09 – 2027-01-15, UTC)\n"
+    assert len(_top_posts(slack)) == 2 and "2 requests" in _top_posts(slack)[1]["text"]
+
+
+def test_cli_digest_post_at_now_twice_posts_once(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url)
+    days = {datetime.now(UTC).date()}
+    assert main(["digest", "--post", "--channel", "C1"]) == 0
+    assert main(["digest", "--post", "--channel", "C1"]) == 0
+    days.add(datetime.now(UTC).date())  # two if the runs straddled midnight: two periods
+    assert len(_top_posts(slack)) == len(days)
+    assert capsys.readouterr().out.count("already posted for this period") == 2 - len(days)
+
+
+def test_cli_digest_rejects_a_bad_moment(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url)
+    assert main(["digest", "--post", "--channel", "C1", "--at", "next tuesday"]) == 2
+    assert "--at wants an ISO 8601 time" in capsys.readouterr().err
+    assert main(["digest", "--post", "--channel", "C1", "--period", "7 days"]) == 2
+    assert "like 24h, 7d, 30d or 2w" in capsys.readouterr().err
+    assert _top_posts(slack) == []
+
+
+def test_two_engines_racing_post_once(make_bot, slack, model, engine):
+    moments = [datetime(2027, 1, 15, 0, 0, 5, tzinfo=UTC), datetime(2027, 1, 15, 17, 3, tzinfo=UTC)]
+    bots = [make_bot(clock=lambda m=m: m.timestamp()) for m in moments]  # an engine each
+    ledger(engine, {"created_at": datetime(2027, 1, 10, tzinfo=UTC)}, {"user_id": "U2",
+           "created_at": datetime(2027, 1, 12, tzinfo=UTC)})
+    start = threading.Barrier(len(bots))
+    results: list[str] = []
+
+    def run(bot) -> None:
+        usage = bot.app.usage
+        period = usage.posting_period(None, usage.now())
+        start.wait()
+        results.append(usage.post_digest("T0001", "C1", period))
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in bots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["already posted for this period", "posted"]
+    posts = _top_posts(slack)
     assert len(posts) == 1 and "2 requests" in posts[0]["text"]
-    text = a.app.usage.post_digest("T0001", "C1", period, dry_run=True)
+    usage = bots[0].app.usage
+    text = usage.post_digest("T0001", "C1", usage.posting_period(None, usage.now()), dry_run=True)
     assert "2 requests" in text  # a dry run prints, and posts nothing more
-    assert len([p for p in slack.posts if p["channel"] == "C1"]) == 1
+    assert len(_top_posts(slack)) == 1
 
 
-def test_weekly_schedule_posts_once(make_bot, slack, model, engine):
-    bot = make_bot(clock=ticking(), digest_schedule="mon 09:00 Europe/Berlin",
-                   digest_channel="C1")
-    ledger(engine, {"created_at": datetime.fromtimestamp(NOW - 4 * 86400, UTC)})
+BERLIN_SCHEDULE = "mon 09:00 Europe/Berlin"
+
+
+def test_weekly_schedule_aligns_to_its_moments_across_dst(make_bot, slack, model, engine):
+    # Berlin moved to summer time on Sunday 2025-03-30.
+    clock = [datetime(2025, 3, 31, 7, 0, 30, tzinfo=UTC).timestamp()]  # Mon 09:00:30 CEST
+    bot = make_bot(clock=lambda: clock[0], digest_schedule=BERLIN_SCHEDULE, digest_channel="C1")
+    ledger(engine, {"created_at": datetime(2025, 3, 24, 8, 0, tzinfo=UTC)},  # Mon 09:00 CET
+           {"created_at": datetime(2025, 3, 24, 7, 59, 59, tzinfo=UTC)},  # the week before
+           {"created_at": datetime(2025, 3, 31, 6, 59, 59, tzinfo=UTC)})  # Mon 08:59:59 CEST
     scheduler = DigestScheduler(bot.app.usage, lambda: ["T0001"], "C1")
     assert scheduler.run_once() == ["posted"]
+    period = bot.app.usage.scheduled_period(bot.app.usage.now())
+    assert (period.start, period.end) == (
+        datetime(2025, 3, 24, 8, 0, tzinfo=UTC), datetime(2025, 3, 31, 7, 0, tzinfo=UTC))
+    posts = _top_posts(slack)
+    assert posts[0]["blocks"][0]["text"]["text"] == (
+        "Usage digest: 2025-03-24 09:00 – 2025-03-31 09:00 (7 days, Europe/Berlin)")
+    assert "2 requests" in posts[0]["text"] and "1 in the previous 7 days" in posts[0]["text"]
+    clock[0] = datetime(2025, 4, 6, 20, 0, tzinfo=UTC).timestamp()  # Sunday evening
     assert scheduler.run_once() == ["already posted for this period"]
-    due = bot.app.usage.scheduled_period(datetime.fromtimestamp(NOW, UTC))
-    assert due.end.astimezone(UTC).weekday() in (0, 6) and due.length == timedelta(days=7)
+    clock[0] = datetime(2025, 4, 7, 7, 0, tzinfo=UTC).timestamp()  # Mon 7 Apr 09:00 CEST
+    assert scheduler.run_once() == ["posted"]
+    assert bot.app.usage.scheduled_period(bot.app.usage.now()).start == period.end
+    assert len(_top_posts(slack)) == 2
+
+
+def test_cli_digest_posts_the_scheduled_week_once_with_the_scheduler(
+    make_bot, slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    moment = datetime(2025, 4, 2, 12, 0, tzinfo=UTC)  # a Wednesday
+    bot = make_bot(clock=moment.timestamp, digest_schedule=BERLIN_SCHEDULE, digest_channel="C1")
+    assert DigestScheduler(bot.app.usage, lambda: ["T0001"], "C1").run_once() == ["posted"]
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url,
+             digest_schedule=BERLIN_SCHEDULE, digest_channel="C1")
+    assert main(["digest", "--post", "--at", "2025-04-03T10:00:00+02:00"]) == 0
+    assert capsys.readouterr().out == (
+        "T0001: already posted for this period "
+        "(2025-03-24 09:00 – 2025-03-31 09:00, Europe/Berlin)\n"
+    )
+    assert len(_top_posts(slack)) == 1
 
 
 def test_daily_budget_at_exactly_the_limit_refuses_politely(make_bot, slack, model, engine):
@@ -140,3 +268,32 @@ def test_per_user_daily_budget(make_bot, slack, model, engine):
     assert model.requests == []
     bot.mention("C1", "summarize", thread_ts=parent, user="U2")
     assert len(model.requests) == 1
+
+
+def test_housekeeping_forgets_ledger_rows_past_the_retention(
+    slack, model, engine, database_url, monkeypatch, tmp_path, caplog
+):
+    now = datetime.now(UTC)
+    n = 10_005  # more than housekeeping deletes in one transaction
+    old = [{"created_at": now - timedelta(days=40, seconds=i)} for i in range(n)]
+    ledger(engine, *old, {"created_at": now - timedelta(days=30)}, {"created_at": now})
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url, usage_retention_days="31")
+    caplog.set_level("INFO", logger="bot.housekeeping")
+    assert main(["housekeeping"]) == 0
+    with sessionmaker(engine)() as s:
+        kept = s.scalars(select(UsageRecord.created_at).order_by(UsageRecord.created_at)).all()
+    assert len(kept) == 2
+    assert f"{n} usage ledger rows removed" in caplog.text
+
+
+def test_usage_retention_zero_keeps_the_ledger_and_short_ones_are_refused(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    ledger(engine, {"created_at": datetime(2001, 1, 1, tzinfo=UTC)})
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url, usage_retention_days="0")
+    assert main(["housekeeping"]) == 0
+    with sessionmaker(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(UsageRecord)) == 1
+    monkeypatch.setenv("USAGE_RETENTION_DAYS", "7")
+    assert main(["housekeeping"]) == 2
+    assert "USAGE_RETENTION_DAYS" in capsys.readouterr().err

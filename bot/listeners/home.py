@@ -37,7 +37,7 @@ def register(
     def publish(client: WebClient, team_id: str, user_id: str) -> None:
         try:
             admin = is_admin(client, user_id)
-            view = usage.home_view(team_id, user_id)
+            view = usage.home_view(team_id, user_id, admin=admin)
             eff = workspaces.effective(team_id)
             extra = [{"type": "divider"}, *home_blocks(eff, can_edit=admin)]
             view["blocks"] = view["blocks"][: 100 - len(extra)] + extra

@@ -39,6 +39,13 @@ def forget_jobs_before(session: Session, cutoff: datetime) -> int:
     return result.rowcount or 0
 
 
+def forget_usage_before(session: Session, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` usage ledger rows created before `cutoff`; returns how many."""
+    old = select(UsageRecord.id).where(UsageRecord.created_at < cutoff).limit(limit)
+    result = session.execute(delete(UsageRecord).where(UsageRecord.id.in_(old)))
+    return result.rowcount or 0
+
+
 def get_thread(
     session: Session, team_id: str, channel_id: str, thread_ts: str
 ) -> ThreadState | None:
