@@ -17,7 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+_PACKAGE = Path(__file__).resolve().parent.parent
+# An installed package carries the migrations as bot/migrations (see pyproject.toml); a checkout
+# has them at its top, next to bot/.
+MIGRATIONS_DIR = next(
+    (d for d in (_PACKAGE / "migrations", _PACKAGE.parent / "migrations") if d.is_dir()),
+    _PACKAGE / "migrations",
+)
 # Arbitrary constant: the PostgreSQL advisory lock that serialises migrations across processes.
 _MIGRATION_LOCK_ID = 74_211_903
 
