@@ -29,10 +29,9 @@ _MIGRATION_LOCK_ID = 74_211_903
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for `url`; SQLite gets WAL and one writer at a time; PostgreSQL a pool sized
-    for every thread that may hold a connection at once."""
-    if url.startswith("postgres://"):  # Heroku's spelling; SQLAlchemy wants postgresql://
-        url = "postgresql://" + url[len("postgres://") :]
+    """An engine for `url` (SQLAlchemy's spelling, as Settings.database_url gives it); SQLite
+    gets WAL and one writer at a time; PostgreSQL a pool sized for every thread that may hold
+    a connection at once."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
