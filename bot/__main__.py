@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     digest.add_argument("--period", default="7d", help="e.g. 7d, 30d, 24h (default 7d)")
     digest.add_argument("--team", help="workspace id (default: every workspace served)")
     sub.add_parser(
-        "housekeeping", help="forget old event ids and text past MESSAGE_RETENTION_DAYS, then exit"
+        "housekeeping",
+        help="delete finished jobs older than 2 days, and stored thread text and summaries "
+        "past MESSAGE_RETENTION_DAYS, then exit (serve does this hourly)",
     )
     doctor = sub.add_parser(
         "doctor",
