@@ -15,6 +15,8 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from bot.store.db import current_revision, head_revision, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +29,10 @@ def run(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def build_wheel(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
     """The project's wheel, built from a copy of its sources (the checkout gets no build/)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"
     src.mkdir()
     for name in SOURCES:
@@ -41,8 +45,8 @@ def build_wheel(tmp_path: Path) -> Path:
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index"]
         + ["--no-build-isolation", "--wheel-dir", str(dist), str(src)]
     )
-    (wheel,) = dist.glob("threadcache_bot-*.whl")
-    return wheel
+    (built,) = dist.glob("threadcache_bot-*.whl")
+    return built
 
 
 def fresh_venv(path: Path) -> Path:
@@ -57,8 +61,8 @@ def fresh_venv(path: Path) -> Path:
     return python
 
 
-def test_the_wheel_ships_every_module_and_migration(tmp_path):
-    names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
+def test_the_wheel_ships_every_module_and_migration(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
     expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bot").rglob("*.py")}
     expected |= {
         "bot/" + p.relative_to(ROOT).as_posix()
@@ -68,8 +72,7 @@ def test_the_wheel_ships_every_module_and_migration(tmp_path):
     assert expected - names == set()
 
 
-def test_an_installed_wheel_migrates_from_another_directory(tmp_path):
-    wheel = build_wheel(tmp_path)
+def test_an_installed_wheel_migrates_from_another_directory(wheel, tmp_path):
     venv = tmp_path / "venv"
     python = fresh_venv(venv)
     run(
