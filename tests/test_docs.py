@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -123,6 +124,12 @@ def test_readme_table_lists_every_operator_setting():
     missing = operator_settings() - listed
     assert not missing, f"README.md: add rows for {sorted(missing)} (or list them as internal)"
     assert not listed - operator_settings(), "README.md's table names settings that do not exist"
+
+
+def test_readme_states_the_python_the_package_requires():
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires.startswith(">=")
+    assert f"Python {requires.removeprefix('>=')} or newer" in (ROOT / "README.md").read_text()
 
 
 def env_example() -> list[tuple[bool, str, str]]:
