@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     digest.add_argument("--team", help="workspace id (default: every workspace served)")
     sub.add_parser(
-        "housekeeping", help="forget old event ids and text past MESSAGE_RETENTION_DAYS, then exit"
+        "housekeeping",
+        help="delete finished jobs older than 2 days, stored thread text and summaries past "
+        "MESSAGE_RETENTION_DAYS and usage ledger rows past USAGE_RETENTION_DAYS, then exit "
+        "(serve does this hourly)",
     )
     doctor = sub.add_parser(
         "doctor",

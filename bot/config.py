@@ -109,7 +109,9 @@ class Settings(BaseSettings):
         None, gt=0, description="Spend limit per user per UTC day."
     )
     database_url: str = Field(
-        "sqlite:///bot.db", description="SQLAlchemy URL; an SQLite file by default."
+        "sqlite:///bot.db",
+        description="SQLAlchemy URL: `sqlite:///path/bot.db` or `postgresql://user:pw@host/db`; "
+        "`postgres://` (as Heroku sets it) is read as `postgresql://`.",
     )
     port: int = Field(3000, ge=0, le=65535, description="HTTP port (0: any free port).")
     worker_threads: int = Field(
@@ -223,6 +225,15 @@ class Settings(BaseSettings):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        dialect, plus, driver = scheme.partition("+")
+        if sep and dialect == "postgres":  # SQLAlchemy 2 knows only the name postgresql
+            return f"postgresql{plus}{driver}://{rest}"
         return value
 
     @field_validator("log_level")

@@ -204,13 +204,6 @@ def _check_database(settings: Settings, report: Report) -> None:
         shown = make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL at all
         shown = "DATABASE_URL"
-    if url.startswith("postgres://"):
-        report.fail(
-            f"database: {shown} uses the postgres:// scheme, which SQLAlchemy 2 does not accept",
-            "write it as postgresql://… (on Heroku see docs/DEPLOY.md: the add-on sets "
-            "postgres://)",
-        )
-        return
     try:
         engine = make_engine(url, pool_size=1)
     except Exception as exc:  # noqa: BLE001 - unknown driver, malformed URL, ...

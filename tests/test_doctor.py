@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,12 +192,35 @@ def test_database_unreachable(slack, model, tmp_path, url):
     assert "pw-s3cret-value" not in text
 
 
-def test_heroku_style_postgres_scheme(slack, model):
-    settings = make_settings(slack, model, "postgres://u:hunter2-secret@db.example.com/d1")
+def test_heroku_style_postgres_scheme_is_read_as_postgresql(slack, model):
+    settings = make_settings(slack, model, "postgres://u:hunter2-secret@127.0.0.1:1/d1")
     code, text = doctor(settings)
     assert code == 1
-    assert "uses the postgres:// scheme" in text and "postgresql://" in text
+    assert f"{FAIL} database: cannot connect to postgresql://u:***@127.0.0.1:1/d1" in text
     assert "hunter2-secret" not in text
+
+
+def test_doctor_and_migrate_agree_on_a_postgres_scheme_url(slack, model, database_url, tmp_path):
+    """The URL Heroku sets: `bot migrate` migrates it and the doctor then finds it current."""
+    if not database_url.startswith("postgresql://"):
+        pytest.skip("PostgreSQL only: the scheme names PostgreSQL")
+    heroku_url = "postgres://" + database_url.removeprefix("postgresql://")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update(
+        SLACK_BOT_TOKEN="xoxb-migrate", ANTHROPIC_API_KEY="sk-migrate", DATABASE_URL=heroku_url
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "migrate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    code, text = doctor(make_settings(slack, model, heroku_url))
+    assert f"{OK} database: postgresql://" in text and "at the latest migration" in text
+    assert code == 0, text
 
 
 def test_channel_membership(slack, model, database_url, engine):

@@ -56,6 +56,19 @@ def test_malformed_values_are_named(name, value, expected):
         assert secret not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        ("postgres://u:pw@db.example.com:5432/d1", "postgresql://u:pw@db.example.com:5432/d1"),
+        ("postgres+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("sqlite:///postgres://odd.db", "sqlite:///postgres://odd.db"),
+    ],
+)
+def test_database_url_postgres_scheme_is_read_as_postgresql(given, read):
+    assert load_settings({**GOOD, "DATABASE_URL": given}, env_file=None).database_url == read
+
+
 def test_http_mode_needs_signing_secret_but_socket_mode_does_not():
     env = {k: v for k, v in GOOD.items() if k != "SLACK_SIGNING_SECRET"}
     with pytest.raises(SettingsError, match="SLACK_SIGNING_SECRET"):

@@ -17,16 +17,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+_PACKAGE = Path(__file__).resolve().parent.parent
+# An installed package carries the migrations as bot/migrations (see pyproject.toml); a checkout
+# has them at its top, next to bot/.
+MIGRATIONS_DIR = next(
+    (d for d in (_PACKAGE / "migrations", _PACKAGE.parent / "migrations") if d.is_dir()),
+    _PACKAGE / "migrations",
+)
 # Arbitrary constant: the PostgreSQL advisory lock that serialises migrations across processes.
 _MIGRATION_LOCK_ID = 74_211_903
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for `url`; SQLite gets WAL and one writer at a time; PostgreSQL a pool sized
-    for every thread that may hold a connection at once."""
-    if url.startswith("postgres://"):  # Heroku's spelling; SQLAlchemy wants postgresql://
-        url = "postgresql://" + url[len("postgres://") :]
+    """An engine for `url` (SQLAlchemy's spelling, as Settings.database_url gives it); SQLite
+    gets WAL and one writer at a time; PostgreSQL a pool sized for every thread that may hold
+    a connection at once."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
