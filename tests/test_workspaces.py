@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from bot.installations import EncryptedInstallationStore, TokenCipher
 from bot.store.models import (
     Base,
+    Job,
     ThreadMessage,
     ThreadState,
     UsageRecord,
@@ -222,7 +223,7 @@ def test_an_answer_in_flight_during_uninstall_leaves_nothing_behind(
     parent = slack.add_thread("C2", 5, text_fn=lambda i: words("T0002", i))
     gate = threading.Event()
     model.gate = gate
-    mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize", wait=False)
+    mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize INFLIGHT-ASK", wait=False)
     assert model.wait_for(lambda: model.arrived >= 1)  # the job has read and stored the thread
     oauth_bot.event({"type": "app_uninstalled"}, team_id="T0002", wait=False)
     assert oauth_bot.app.executor.wait_idle(timeout=30)  # the purge ran while the job waits
@@ -235,7 +236,10 @@ def test_an_answer_in_flight_during_uninstall_leaves_nothing_behind(
             for row in conn.execute(select(table))
         )
         states = conn.execute(select(func.count()).select_from(ThreadState)).scalar_one()
-    assert "T0002 secret" not in dump and states == 0
+        jobs = conn.execute(select(func.count()).select_from(Job)).scalar_one()
+    # Nothing of the workspace's text, nor the request itself (the running job's payload)
+    assert "T0002 secret" not in dump and "INFLIGHT-ASK" not in dump
+    assert states == 0 and jobs == 0
 
 
 def test_tokens_are_unreadable_without_the_key_and_keys_rotate(oauth_bot, slack, engine):
