@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
 from bot.store import data
+from bot.store.db import scrub_deleted
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: d
     with sessions.begin() as s:
         jobs = data.forget_jobs_before(s, now - JOB_KEEP)
         removed = data.purge_idle_threads(s, now - timedelta(days=settings.message_retention_days))
+    scrub_deleted(sessions)
     log.info("housekeeping: %d finished jobs, %d stored messages removed", jobs, removed)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import waitress
+from cryptography.fernet import Fernet
 
 from bot.app import BotApp
 from bot.config import load_settings
@@ -24,6 +25,7 @@ from tests.fakes.messages_api import FakeMessagesAPI
 from tests.fakes.slack_api import FakeSlack
 
 SIGNING_SECRET = "test-signing-secret"
+ENCRYPTION_KEY = Fernet.generate_key().decode()  # of the OAuth bot (oauth_bot fixture)
 
 
 def make_settings(slack: FakeSlack, model: FakeMessagesAPI, database_url: str, **extra: Any):

@@ -22,23 +22,12 @@ from bot.store.models import (
     slack_bots,
 )
 from bot.workspace import OPEN_ACTION
+from tests.harness import ENCRYPTION_KEY as KEY
 from tests.harness import SlackUI
-
-KEY = Fernet.generate_key().decode()
 
 
 def words(team: str, i: int) -> str:
     return f"{team} secret plan item {i}: budget numbers for the {team} launch are confidential."
-
-
-@pytest.fixture
-def oauth_bot(make_bot, slack):
-    return make_bot(
-        slack_bot_token="",
-        slack_client_id=slack.client_id,
-        slack_client_secret=slack.client_secret,
-        encryption_key=KEY,
-    )
 
 
 def install(bot, slack, team: str, token: str, **grant) -> None:
