@@ -311,6 +311,7 @@ class SlackClients:
                 base_url=self._base.base_url,
                 timeout=self._base.timeout,
                 retry_handlers=list(self._base.retry_handlers or []),
+                logger=self._base.logger,  # its filters too (bot.logsafety)
             )
             self._cache[key] = (bot.bot_token, client)
             return client
