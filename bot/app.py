@@ -20,6 +20,7 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.oauth.callback_options import CallbackOptions, FailureArgs, SuccessArgs
 from slack_bolt.oauth.oauth_settings import OAuthSettings
+from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
@@ -38,6 +39,7 @@ from bot.installations import (
     OAuthStates,
     SlackClients,
     TokenCipher,
+    TokenUnreadable,
 )
 from bot.jobs import JobQueue, WorkerPool
 from bot.llm import MessagesClient
@@ -316,6 +318,35 @@ def _install_failed(args: FailureArgs) -> BoltResponse:
     return args.default.failure(args)
 
 
+UNREADABLE_REPLY = (
+    "I can't use this workspace's Slack credentials right now, so I can't answer. The bot's "
+    "operator has been told; please try again later."
+)
+
+
+def _on_error(
+    error: Exception, request: BoltRequest, response: BoltResponse | None
+) -> BoltResponse | None:
+    """Bolt's error handler. A workspace whose stored token cannot be decrypted (a wrong
+    ENCRYPTION_KEY) is answered 200 with one line naming it and the cause: retrying cannot help
+    until the operator acts, and non-200 answers (even with X-Slack-No-Retry) count against the
+    failure rate at which Slack disables an app's event subscriptions. Anything else is logged
+    like Bolt does (the exception's type, not its text)."""
+    if not isinstance(error, TokenUnreadable):
+        log.exception("a listener or middleware raised %s", type(error).__name__)
+        return None
+    log.error(
+        "cannot serve workspace %s: %s; answered 200 so Slack does not retry. Set the right "
+        "ENCRYPTION_KEY (`python -m bot doctor` checks it)",
+        error.workspace or "?",
+        error.cause,
+    )
+    if response is None:  # already acknowledged
+        return None
+    body = request.body if isinstance(request.body, dict) else {}
+    return BoltResponse(status=200, body=UNREADABLE_REPLY if body.get("command") else "")
+
+
 def create_app(
     settings: Settings,
     *,
@@ -377,6 +408,7 @@ def create_app(
         logger=bolt_logger,
         **oauth,
     )
+    bolt.error(_on_error)
     metrics = Metrics()
     digest_channel = settings.digest_channel
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -41,6 +42,22 @@ def make_settings(slack: FakeSlack, model: FakeMessagesAPI, database_url: str, *
     }
     env.update({k.upper(): str(v) for k, v in extra.items()})
     return load_settings(env, env_file=None)
+
+
+def process_env(
+    slack: FakeSlack, model: FakeMessagesAPI, database_url: str, **extra: str
+) -> dict[str, str]:
+    """The environment of `python -m bot` in a child process that talks to the fakes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update({
+        "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.url, "ANTHROPIC_API_KEY": model.api_key,
+        "ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_MODEL": "claude-sonnet-4-5",
+        "DATABASE_URL": database_url, "PORT": "0", "LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    })
+    env.update(extra)
+    return env
 
 
 def signature_headers(

@@ -3,18 +3,25 @@ disk, message text and secrets in logs, tokens stored without a word, an unreada
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
-from tests.harness import mention_envelope
+from bot.doctor import FAIL, OK, WARN, run_doctor
+from tests.harness import ENCRYPTION_KEY as KEY
+from tests.harness import BotProcess, make_settings, mention_envelope, process_env
 from tests.test_workspaces import install, mention_in
 
 ON_POSTGRES = bool(os.environ.get("TEST_DATABASE_URL"))
@@ -143,3 +150,106 @@ def test_bad_requests_leave_their_text_codes_and_states_out_of_every_log_line(
     ]
     for cause in causes:
         assert [line for line in lines if cause in line], (cause, lines)
+
+
+# -- tokens at rest ---------------------------------------------------------------------------
+
+
+def test_oauth_start_up_without_a_key_warns_once_or_refuses_when_asked(
+    slack, model, database_url, engine, tmp_path
+):
+    env = process_env(
+        slack, model, database_url, SLACK_BOT_TOKEN="",
+        SLACK_CLIENT_ID=slack.client_id, SLACK_CLIENT_SECRET=slack.client_secret,
+    )
+    proc = BotProcess(env, tmp_path)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{proc.port}/healthz").status_code == 200
+    finally:
+        assert proc.stop() == 0
+    warned = [line for line in proc.lines if "stored in plain text" in line]
+    assert len(warned) == 1 and " WARNING " in warned[0] and "ENCRYPTION_KEY" in warned[0]
+
+    strict = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"], env={**env, "REQUIRE_ENCRYPTION": "true"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert strict.returncode == 2
+    assert strict.stderr.splitlines()[-1].startswith(
+        "configuration error: REQUIRE_ENCRYPTION is set but ENCRYPTION_KEY is not"
+    )
+    assert "serving HTTP" not in strict.stderr
+    assert "Traceback" not in strict.stderr
+
+    keyed = BotProcess({**env, "ENCRYPTION_KEY": KEY, "REQUIRE_ENCRYPTION": "true"}, tmp_path)
+    assert keyed.stop() == 0
+    assert not [line for line in keyed.lines if "plain text" in line]
+
+
+def _command(bot, team: str) -> httpx.Response:
+    return bot.form({
+        "token": "legacy", "team_id": team, "team_domain": "two", "channel_id": "C2",
+        "channel_name": "two", "user_id": "U1", "user_name": "someone", "command": "/summarize",
+        "text": "", "api_app_id": "A0001", "is_enterprise_install": "false",
+        "response_url": bot.slack.response_url(), "trigger_id": "9.1700000000.abcdef",
+    })
+
+
+def test_a_wrong_key_answers_each_request_once_with_one_line_naming_the_workspace(
+    oauth_bot, make_bot, slack, model, caplog
+):
+    install(oauth_bot, slack, "T0002", "xoxb-t0002")
+    wrong = make_bot(
+        slack_bot_token="", slack_client_id=slack.client_id,
+        slack_client_secret=slack.client_secret, encryption_key=Fernet.generate_key().decode(),
+    )
+    slack.add_channel("C2", "two", members={"U1"})
+    slack.channel_teams["C2"] = "T0002"
+    parent = slack.add_thread("C2", 3, text_fn=lambda i: f"T0002 line {i}")
+    caplog.set_level(logging.INFO)
+    event = mention_in(wrong, slack, "T0002", "C2", parent, "summarize")
+    assert event.status_code == 200 and event.text == ""  # acknowledged: Slack does not retry
+    command = _command(wrong, "T0002")
+    assert command.status_code == 200 and "operator has been told" in command.text
+    assert "Traceback" not in command.text
+    wrong.wait()
+    assert model.requests == [] and slack.posts == []
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2, lines  # one per request, nothing else
+    assert all(
+        line.startswith("cannot serve workspace T0002: a stored token cannot be decrypted with "
+                        "ENCRYPTION_KEY") for line in lines
+    )
+    assert "Traceback" not in caplog.text
+    # The bot with the right key still serves the workspace.
+    mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize")
+    assert len(model.requests) == 1
+
+
+def test_doctor_reports_plain_text_tokens_and_a_key_that_cannot_read_them(
+    oauth_bot, make_bot, slack, model, database_url
+):
+    install(oauth_bot, slack, "T0002", "xoxb-t0002")
+    oauth = {"slack_bot_token": "", "slack_client_id": slack.client_id,
+             "slack_client_secret": slack.client_secret}
+
+    def doctor(**extra) -> str:
+        out = io.StringIO()
+        run_doctor(make_settings(slack, model, database_url, **oauth, **extra), channels=[],
+                   out=out)
+        return out.getvalue()
+
+    right = doctor(encryption_key=KEY)
+    assert f"{OK} tokens: encrypted at rest; ENCRYPTION_KEY reads the stored tokens of 1" in right
+    wrong = doctor(encryption_key=Fernet.generate_key().decode())
+    assert f"{FAIL} tokens: ENCRYPTION_KEY cannot decrypt the stored tokens of 1 workspace(s) " \
+        "(T0002)" in wrong
+    assert f"{FAIL} tokens: ENCRYPTION_KEY is not set, but encrypted are" in doctor()
+    assert f"{FAIL} tokens: REQUIRE_ENCRYPTION is set" in doctor(require_encryption="true")
+    assert "xoxb-t0002" not in right + wrong
+
+    plain = make_bot(**oauth)  # a workspace installed while no key was set
+    install(plain, slack, "T0003", "xoxb-t0003")
+    mixed = doctor(encryption_key=KEY)
+    assert f"{WARN} tokens: 1 workspace(s) still have tokens in plain text" in mixed
+    assert "rotate-key" in mixed and "xoxb-t0003" not in mixed
