@@ -116,8 +116,10 @@ def _serve(settings: Settings) -> None:
 
     from bot.app import create_app
     from bot.housekeeping import Housekeeper
+    from bot.installations import check_token_encryption
 
     settings.require_http()
+    check_token_encryption(settings)
     _migrate(settings)
     try:
         app = create_app(settings)  # checks the bot token with auth.test

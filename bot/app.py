@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import logging
@@ -16,7 +18,10 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.oauth.callback_options import CallbackOptions, FailureArgs, SuccessArgs
 from slack_bolt.oauth.oauth_settings import OAuthSettings
+from slack_bolt.request import BoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
@@ -34,9 +39,11 @@ from bot.installations import (
     OAuthStates,
     SlackClients,
     TokenCipher,
+    TokenUnreadable,
 )
 from bot.jobs import JobQueue, WorkerPool
 from bot.llm import MessagesClient
+from bot.logsafety import withhold_details
 from bot.metrics import Metrics
 from bot.service import AnswerService
 from bot.store.db import make_engine, make_session_factory, ping
@@ -48,6 +55,10 @@ from bot.workspace import Workspaces
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
+# Slack's OAuth redirect carries a code and a state of well under 200 characters each.
+MAX_OAUTH_QUERY_CHARS = 2_000
+# Slack signs every request with its time; older ones are refused as possible replays.
+MAX_REQUEST_AGE_SECONDS = 300
 
 
 class WorkExecutor(ThreadPoolExecutor):
@@ -162,6 +173,8 @@ class BotApp:
         """The WSGI application: POST /slack/events and GET /healthz."""
         handler = SlackRequestHandler(self.bolt, path="/slack/events")
         oauth_paths = {"/slack/install", "/slack/oauth_redirect"}
+        secret = self.settings.slack_signing_secret
+        signing_key = secret.get_secret_value().encode() if secret else None
 
         def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             path = environ.get("PATH_INFO", "")
@@ -179,6 +192,12 @@ class BotApp:
                 if length > MAX_BODY_BYTES:
                     return _plain(start_response, 413, "request body too large")
                 body = environ["wsgi.input"].read(length) if length else b""
+                if signing_key is not None:
+                    unsigned = _unsigned(signing_key, environ, body, time.time())
+                    if unsigned:
+                        # Here, not in Bolt: Bolt logs a badly signed request's whole body.
+                        log.warning("rejected a request to /slack/events: %s", unsigned)
+                        return _plain(start_response, 401, "invalid request signature")
                 problem = _malformed(body, environ.get("CONTENT_TYPE", ""))
                 if problem:
                     log.warning("rejected a malformed request body: %s", problem)
@@ -198,6 +217,14 @@ class BotApp:
                 return result
             if path in oauth_paths and self.bolt.oauth_flow is None:
                 return _plain(start_response, 404, "OAuth is not configured")
+            if path in oauth_paths and len(environ.get("QUERY_STRING", "")) > MAX_OAUTH_QUERY_CHARS:
+                log.warning(
+                    "rejected a request to %s: query string of %d characters (limit %d)",
+                    path,
+                    len(environ.get("QUERY_STRING", "")),
+                    MAX_OAUTH_QUERY_CHARS,
+                )
+                return _plain(start_response, 400, "query string too long")
             return handler(environ, start_response)
 
         return application
@@ -209,6 +236,28 @@ class BotApp:
         self.executor.shutdown(wait=True)
         self.llm.close()
         self.engine.dispose()
+
+
+def _unsigned(key: bytes, environ: dict[str, Any], body: bytes, now: float) -> str | None:
+    """Why a request is not signed by Slack (no text of it), or None when it is: v0= HMAC-SHA256
+    of `v0:{timestamp}:{body}` with the signing secret, at most five minutes old."""
+    timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
+    signature = environ.get("HTTP_X_SLACK_SIGNATURE", "")
+    if not timestamp or not signature:
+        return "no X-Slack-Signature / X-Slack-Request-Timestamp headers"
+    try:
+        age = now - int(timestamp)
+    except ValueError:
+        return "X-Slack-Request-Timestamp is not a number"
+    if abs(age) > MAX_REQUEST_AGE_SECONDS:
+        return (
+            f"signed {int(age)} s ago, more than {MAX_REQUEST_AGE_SECONDS} s (a replay, or this "
+            "host's clock is off)"
+        )
+    expected = "v0=" + hmac.new(key, f"v0:{timestamp}:".encode() + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), signature.encode(errors="replace")):
+        return "signature does not match SLACK_SIGNING_SECRET"
+    return None
 
 
 def _malformed(body: bytes, content_type: str) -> str | None:
@@ -239,9 +288,63 @@ def _malformed(body: bytes, content_type: str) -> str | None:
 
 
 def _plain(start_response: Callable[..., Any], status: int, text: str) -> list[bytes]:
-    reason = {200: "OK", 400: "Bad Request", 413: "Payload Too Large", 503: "Unavailable"}
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        401: "Unauthorized",
+        413: "Payload Too Large",
+        503: "Unavailable",
+    }
     start_response(f"{status} {reason.get(status, '')}", [("content-type", "text/plain")])
     return [text.encode()]
+
+
+def _installed(args: SuccessArgs) -> BoltResponse:
+    """The OAuth install finished: one line with ids, then Bolt's page."""
+    done = args.installation
+    log.info(
+        "installed in team=%s enterprise=%s (org-wide: %s)",
+        done.team_id,
+        done.enterprise_id,
+        bool(done.is_enterprise_install),
+    )
+    return args.default.success(args)
+
+
+def _install_failed(args: FailureArgs) -> BoltResponse:
+    """The OAuth install failed: one line with Bolt's reason (never the code or state)."""
+    error = f" ({type(args.error).__name__})" if args.error else ""
+    log.warning("OAuth install failed: %s%s", args.reason, error)
+    return args.default.failure(args)
+
+
+UNREADABLE_REPLY = (
+    "I can't use this workspace's Slack credentials right now, so I can't answer. The bot's "
+    "operator has been told; please try again later."
+)
+
+
+def _on_error(
+    error: Exception, request: BoltRequest, response: BoltResponse | None
+) -> BoltResponse | None:
+    """Bolt's error handler. A workspace whose stored token cannot be decrypted (a wrong
+    ENCRYPTION_KEY) is answered 200 with one line naming it and the cause: retrying cannot help
+    until the operator acts, and non-200 answers (even with X-Slack-No-Retry) count against the
+    failure rate at which Slack disables an app's event subscriptions. Anything else is logged
+    like Bolt does (the exception's type, not its text)."""
+    if not isinstance(error, TokenUnreadable):
+        log.exception("a listener or middleware raised %s", type(error).__name__)
+        return None
+    log.error(
+        "cannot serve workspace %s: %s; answered 200 so Slack does not retry. Set the right "
+        "ENCRYPTION_KEY (`python -m bot doctor` checks it)",
+        error.workspace or "?",
+        error.cause,
+    )
+    if response is None:  # already acknowledged
+        return None
+    body = request.body if isinstance(request.body, dict) else {}
+    return BoltResponse(status=200, body=UNREADABLE_REPLY if body.get("command") else "")
 
 
 def create_app(
@@ -278,6 +381,7 @@ def create_app(
                 installation_store=store,
                 state_store=OAuthStates(engine),
                 install_page_rendering_enabled=True,
+                callback_options=CallbackOptions(success=_installed, failure=_install_failed),
             ),
         }
     clients = SlackClients(
@@ -292,14 +396,19 @@ def create_app(
     )
     if store is not None:
         oauth["authorize"] = ClientsAuthorize(clients)  # one place refreshes tokens, locked
+    bolt_logger = logging.getLogger("bot.bolt")
+    # Before App(): Bolt copies this logger's filters to the loggers it makes from it.
+    withhold_details(bolt_logger, client.logger)
     bolt = App(
         client=client,
         signing_secret=secret.get_secret_value() if secret else None,
+        # BotApp.wsgi verifies first and logs only the cause; Bolt's check stays as a second one.
         request_verification_enabled=not settings.socket_mode,
         listener_executor=executor,
-        logger=logging.getLogger("bot.bolt"),
+        logger=bolt_logger,
         **oauth,
     )
+    bolt.error(_on_error)
     metrics = Metrics()
     digest_channel = settings.digest_channel
 

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         description="Fernet key(s), comma-separated, newest first: stored bot and refresh tokens "
         "are encrypted with the first and readable with any.",
     )
+    require_encryption: bool = Field(
+        False,
+        description="OAuth mode: refuse to start without ENCRYPTION_KEY (otherwise start-up "
+        "warns that tokens are stored in plain text).",
+    )
     slack_signing_secret: SecretStr | None = Field(
         None, description="Signing secret; required in HTTP mode."
     )

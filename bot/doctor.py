@@ -1,7 +1,8 @@
 """Operator checks (`python -m bot doctor`) and the generated settings reference (`config-docs`).
 
-Every check prints one line, ✓ (works), ✗ (broken: the bot will misbehave) or – (skipped or
-could not tell), and a broken one prints a one-line fix under it. Secret values never reach the
+Every check prints one line, ✓ (works), ✗ (broken: the bot will misbehave), ⚠ (works, with a
+risk the operator should know of) or – (skipped or could not tell); a broken or risky one
+prints a one-line fix under it. Secret values never reach the
 output: everything written goes through a filter that masks them.
 """
 
@@ -25,7 +26,7 @@ from bot.llm import LLMError, MessagesClient
 from bot.pricing import READ, Usage, cache_floor, cost, price_for
 from bot.prompt import estimate_tokens
 
-OK, FAIL, SKIP = "✓", "✗", "–"
+OK, FAIL, WARN, SKIP = "✓", "✗", "⚠", "–"
 MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"
 # The caching probe is skipped (not failed) when it would cost more than this.
 PROBE_BUDGET_USD = 0.25
@@ -120,6 +121,11 @@ class Report:
         self.out.write(f"{FAIL} {line}\n")
         if detail:
             self.out.write(f"    {detail}\n")
+        self.out.write(f"    fix: {fix}\n")
+
+    def warn(self, line: str, fix: str) -> None:
+        """A check that passed with a risk; it does not fail the run."""
+        self.out.write(f"{WARN} {line}\n")
         self.out.write(f"    fix: {fix}\n")
 
     def skip(self, line: str, hint: str = "") -> None:
@@ -252,6 +258,65 @@ def _check_database(settings: Settings, report: Report) -> None:
         )
     finally:
         engine.dispose()
+
+
+# -- stored tokens ----------------------------------------------------------------------------
+
+KEY_FIX = (
+    "set ENCRYPTION_KEY (python -c \"from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())\"), restart, then run `python -m bot rotate-key`"
+)
+
+
+def _check_tokens(settings: Settings, report: Report) -> None:
+    """OAuth mode: are stored tokens encrypted, and can ENCRYPTION_KEY read every one?"""
+    from bot.installations import TokenCipher, token_census
+    from bot.store.db import make_engine
+
+    if not settings.oauth:
+        return
+    key = settings.encryption_key
+    if key is None and settings.require_encryption:
+        report.fail(
+            "tokens: REQUIRE_ENCRYPTION is set but ENCRYPTION_KEY is not; serve refuses to start",
+            KEY_FIX,
+        )
+        return
+    try:
+        engine = make_engine(settings.database_url, pool_size=1)
+        try:
+            census = token_census(engine, TokenCipher(key.get_secret_value() if key else None))
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - no database or no schema: its check said so
+        report.skip(f"tokens: stored tokens not checked ({type(exc).__name__})")
+        return
+    if census.unreadable:
+        teams = ", ".join(sorted(census.unreadable))
+        what = "cannot decrypt" if key else "is not set, but encrypted are"
+        report.fail(
+            f"tokens: ENCRYPTION_KEY {what} the stored tokens of {len(census.unreadable)} "
+            f"workspace(s) ({teams}); their events are answered but not acted on",
+            "set ENCRYPTION_KEY to the key they were stored with (while rotating: NEW,OLD); if "
+            "that key is lost, those workspaces must install the app again",
+        )
+    elif key is None:
+        report.warn(
+            f"tokens: ENCRYPTION_KEY is not set, so bot and refresh tokens are stored in plain "
+            f"text ({len(census.plain)} workspace(s) so far)",
+            KEY_FIX + "; REQUIRE_ENCRYPTION=true makes start-up refuse without a key",
+        )
+    elif census.plain:
+        report.warn(
+            f"tokens: {len(census.plain)} workspace(s) still have tokens in plain text, stored "
+            f"before ENCRYPTION_KEY was set ({', '.join(sorted(census.plain))})",
+            "run `python -m bot rotate-key` to encrypt them",
+        )
+    else:
+        report.ok(
+            f"tokens: encrypted at rest; ENCRYPTION_KEY reads the stored tokens of "
+            f"{len(census.readable)} workspace(s)"
+        )
 
 
 # -- Slack ------------------------------------------------------------------------------------
@@ -561,6 +626,7 @@ def run_doctor(settings: Settings, *, channels: Sequence[str], out: TextIO) -> i
     spending = Spending(settings.anthropic_model)
     _check_settings(settings, report)
     _check_database(settings, report)
+    _check_tokens(settings, report)
     _check_slack(settings, channels, report)
     if _check_messages(settings, report, spending):
         _check_caching(settings, report, spending)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
 from bot.store import data
+from bot.store.db import scrub_deleted
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: d
             ledger += batch
             if batch < LEDGER_BATCH:
                 break
+    scrub_deleted(sessions)
     log.info(
         "housekeeping: %d finished jobs, %d stored messages, %d usage ledger rows removed",
         jobs,

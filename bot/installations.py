@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,40 @@ from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from slack_sdk.oauth.token_rotation import TokenRotator
 from sqlalchemy import Engine, select, text, update
 
+from bot.config import Settings, SettingsError
 from bot.store.models import Base, slack_bots, slack_installations, slack_oauth_states
 
 log = logging.getLogger(__name__)
 
 PREFIX = "enc1:"
 _TOKEN_FIELDS = ("bot_token", "bot_refresh_token", "user_token", "user_refresh_token")
+
+
+class TokenUnreadable(ValueError):
+    """A stored token cannot be decrypted: ENCRYPTION_KEY is missing or not the key it was
+    stored with. `workspace` is the team (or org) id when known."""
+
+    def __init__(self, cause: str, workspace: str | None = None) -> None:
+        super().__init__(f"workspace {workspace}: {cause}" if workspace else cause)
+        self.cause = cause
+        self.workspace = workspace
+
+
+def check_token_encryption(settings: Settings) -> None:
+    """Start-up: in OAuth mode without ENCRYPTION_KEY, log one warning that tokens are stored in
+    plain text; raise SettingsError instead when REQUIRE_ENCRYPTION is set."""
+    if not settings.oauth or settings.encryption_key is not None:
+        return
+    if settings.require_encryption:
+        raise SettingsError(
+            "REQUIRE_ENCRYPTION is set but ENCRYPTION_KEY is not: set ENCRYPTION_KEY "
+            "(docs/SECURITY.md) so installed workspaces' tokens are stored encrypted"
+        )
+    log.warning(
+        "ENCRYPTION_KEY is not set: bot and refresh tokens of installed workspaces are stored in "
+        "plain text; set it and run `python -m bot rotate-key` (REQUIRE_ENCRYPTION=true "
+        "refuses to start without it)"
+    )
 
 
 class TokenCipher:
@@ -58,15 +87,18 @@ class TokenCipher:
         return PREFIX + self._fernet.encrypt(value.encode()).decode()
 
     def decrypt(self, value: str | None) -> str | None:
-        """A usable token from its stored form; raises ValueError without the right key."""
+        """A usable token from its stored form; raises TokenUnreadable without the right key."""
         if value is None or not value.startswith(PREFIX):
             return value
         if self._fernet is None:
-            raise ValueError("a stored token is encrypted but ENCRYPTION_KEY is not set")
+            raise TokenUnreadable("a stored token is encrypted but ENCRYPTION_KEY is not set")
         try:
             return self._fernet.decrypt(value[len(PREFIX) :].encode()).decode()
         except InvalidToken:
-            raise ValueError("a stored token cannot be decrypted with ENCRYPTION_KEY") from None
+            raise TokenUnreadable(
+                "a stored token cannot be decrypted with ENCRYPTION_KEY (not the key it was "
+                "stored with)"
+            ) from None
 
     def rotate(self, value: str | None) -> str | None:
         """Re-encrypt with the newest key (plain values get encrypted)."""
@@ -137,6 +169,41 @@ class EncryptedInstallationStore(SQLAlchemyInstallationStore):
                     conn.execute(update(table).where(table.c.id == row["id"]).values(**values))
                     changed += 1
         return changed
+
+
+@dataclass
+class TokenCensus:
+    """Which workspaces (team, else org id) have stored tokens in plain text, readable with the
+    key, or unreadable with it."""
+
+    plain: set[str] = field(default_factory=set)
+    readable: set[str] = field(default_factory=set)
+    unreadable: set[str] = field(default_factory=set)
+
+
+def token_census(engine: Engine, cipher: TokenCipher) -> TokenCensus:
+    """Try every stored token with `cipher` (`python -m bot doctor`); nothing is changed."""
+    census = TokenCensus()
+    with engine.connect() as conn:
+        for table, fields in (
+            (slack_installations, _TOKEN_FIELDS),
+            (slack_bots, ("bot_token", "bot_refresh_token")),
+        ):
+            cols = [table.c.team_id, table.c.enterprise_id, *(table.c[f] for f in fields)]
+            for row in conn.execute(select(*cols)).all():
+                workspace = row[0] or row[1] or "?"
+                for value in row[2:]:
+                    if not value:
+                        continue
+                    if not value.startswith(PREFIX):
+                        census.plain.add(workspace)
+                        continue
+                    try:
+                        cipher.decrypt(value)
+                        census.readable.add(workspace)
+                    except TokenUnreadable:
+                        census.unreadable.add(workspace)
+    return census
 
 
 class OAuthStates(SQLAlchemyOAuthStateStore):
@@ -283,7 +350,10 @@ class SlackClients:
 
     def installed(self, team_id: str, enterprise_id: str | None = None) -> bool:
         """False when OAuth mode has no installation for the workspace (any longer)."""
-        return self._store is None or self._find(team_id, enterprise_id) is not None
+        try:
+            return self._store is None or self._find(team_id, enterprise_id) is not None
+        except TokenUnreadable:
+            return True  # stored, though ENCRYPTION_KEY cannot read it
 
     def _find(self, team_id: str | None, enterprise_id: str | None) -> Bot | None:
         """The workspace's stored bot, else its org's org-wide one."""
@@ -311,6 +381,7 @@ class SlackClients:
                 base_url=self._base.base_url,
                 timeout=self._base.timeout,
                 retry_handlers=list(self._base.retry_handlers or []),
+                logger=self._base.logger,  # its filters too (bot.logsafety)
             )
             self._cache[key] = (bot.bot_token, client)
             return client
@@ -436,6 +507,8 @@ class ClientsAuthorize(Authorize):
         """The bot token and identity for the request's workspace, or None (not installed)."""
         try:
             bot = self._clients.bot_for(team_id, enterprise_id)
+        except TokenUnreadable as exc:  # answered by the app's error handler (bot.app)
+            raise TokenUnreadable(exc.cause, team_id or enterprise_id) from None
         except LookupError as exc:
             log.info("no installation for team=%s enterprise=%s: %s", team_id, enterprise_id, exc)
             return None

@@ -20,7 +20,7 @@ from bot.config import Settings
 from bot.store.db import make_engine, migrate
 from tests.fakes.messages_api import FakeMessagesAPI
 from tests.fakes.slack_api import FakeSlack
-from tests.harness import Bot, make_settings
+from tests.harness import ENCRYPTION_KEY, Bot, make_settings
 
 PG_URL_ENV = "TEST_DATABASE_URL"
 
@@ -102,3 +102,14 @@ def make_bot(slack, model, database_url, engine) -> Iterator[Any]:
 @pytest.fixture
 def bot(make_bot) -> Bot:
     return make_bot()
+
+
+@pytest.fixture
+def oauth_bot(make_bot, slack) -> Bot:
+    """The bot in OAuth mode (many workspaces), tokens encrypted with ENCRYPTION_KEY."""
+    return make_bot(
+        slack_bot_token="",
+        slack_client_id=slack.client_id,
+        slack_client_secret=slack.client_secret,
+        encryption_key=ENCRYPTION_KEY,
+    )

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import waitress
+from cryptography.fernet import Fernet
 
 from bot.app import BotApp
 from bot.config import load_settings
@@ -24,6 +26,7 @@ from tests.fakes.messages_api import FakeMessagesAPI
 from tests.fakes.slack_api import FakeSlack
 
 SIGNING_SECRET = "test-signing-secret"
+ENCRYPTION_KEY = Fernet.generate_key().decode()  # of the OAuth bot (oauth_bot fixture)
 
 
 def bot_env(
@@ -46,6 +49,22 @@ def bot_env(
 
 def make_settings(slack: FakeSlack, model: FakeMessagesAPI, database_url: str, **extra: Any):
     return load_settings(bot_env(slack, model, database_url, **extra), env_file=None)
+
+
+def process_env(
+    slack: FakeSlack, model: FakeMessagesAPI, database_url: str, **extra: str
+) -> dict[str, str]:
+    """The environment of `python -m bot` in a child process that talks to the fakes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update({
+        "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.url, "ANTHROPIC_API_KEY": model.api_key,
+        "ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_MODEL": "claude-sonnet-4-5",
+        "DATABASE_URL": database_url, "PORT": "0", "LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    })
+    env.update(extra)
+    return env
 
 
 def signature_headers(

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.store.models import Job
-from tests.harness import SIGNING_SECRET, BotProcess
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import BotProcess, process_env
 
 
 @pytest.fixture
 def spawn(slack, model, database_url, engine, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
-    env.update({
-        "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": slack.url, "ANTHROPIC_API_KEY": model.api_key,
-        "ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_MODEL": "claude-sonnet-4-5",
-        "DATABASE_URL": database_url, "PORT": "0", "JOB_LEASE_SECONDS": "3",
-        "SHUTDOWN_TIMEOUT_SECONDS": "1", "LOG_LEVEL": "INFO",
-        "PYTHONPATH": str(ROOT),
-    })
+    env = process_env(
+        slack, model, database_url, JOB_LEASE_SECONDS="3", SHUTDOWN_TIMEOUT_SECONDS="1"
+    )
     procs: list[BotProcess] = []
 
     def start() -> BotProcess:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from bot.installations import EncryptedInstallationStore, TokenCipher
 from bot.store.models import (
     Base,
+    Job,
     ThreadMessage,
     ThreadState,
     UsageRecord,
@@ -21,23 +22,12 @@ from bot.store.models import (
     slack_bots,
 )
 from bot.workspace import OPEN_ACTION
+from tests.harness import ENCRYPTION_KEY as KEY
 from tests.harness import SlackUI
-
-KEY = Fernet.generate_key().decode()
 
 
 def words(team: str, i: int) -> str:
     return f"{team} secret plan item {i}: budget numbers for the {team} launch are confidential."
-
-
-@pytest.fixture
-def oauth_bot(make_bot, slack):
-    return make_bot(
-        slack_bot_token="",
-        slack_client_id=slack.client_id,
-        slack_client_secret=slack.client_secret,
-        encryption_key=KEY,
-    )
 
 
 def install(bot, slack, team: str, token: str, **grant) -> None:
@@ -222,7 +212,7 @@ def test_an_answer_in_flight_during_uninstall_leaves_nothing_behind(
     parent = slack.add_thread("C2", 5, text_fn=lambda i: words("T0002", i))
     gate = threading.Event()
     model.gate = gate
-    mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize", wait=False)
+    mention_in(oauth_bot, slack, "T0002", "C2", parent, "summarize INFLIGHT-ASK", wait=False)
     assert model.wait_for(lambda: model.arrived >= 1)  # the job has read and stored the thread
     oauth_bot.event({"type": "app_uninstalled"}, team_id="T0002", wait=False)
     assert oauth_bot.app.executor.wait_idle(timeout=30)  # the purge ran while the job waits
@@ -235,7 +225,10 @@ def test_an_answer_in_flight_during_uninstall_leaves_nothing_behind(
             for row in conn.execute(select(table))
         )
         states = conn.execute(select(func.count()).select_from(ThreadState)).scalar_one()
-    assert "T0002 secret" not in dump and states == 0
+        jobs = conn.execute(select(func.count()).select_from(Job)).scalar_one()
+    # Nothing of the workspace's text, nor the request itself (the running job's payload)
+    assert "T0002 secret" not in dump and "INFLIGHT-ASK" not in dump
+    assert states == 0 and jobs == 0
 
 
 def test_tokens_are_unreadable_without_the_key_and_keys_rotate(oauth_bot, slack, engine):

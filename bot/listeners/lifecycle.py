@@ -14,6 +14,7 @@ from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler
 from bot.service import AnswerService
 from bot.store import data
+from bot.store.db import scrub_deleted
 from bot.workspace import Workspaces, team_of
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def after_job(handler: Handler, answers: AnswerService, sessions: sessionmaker[S
             if team_id and not answers.installed(team_id, payload.get("enterprise_id")):
                 with sessions.begin() as s:
                     counts = data.purge_workspace(s, team_id)
+                scrub_deleted(sessions)
                 log.info("workspace team=%s uninstalled during a job; purged %s", team_id, counts)
 
     return Handler(run, handler.give_up)
@@ -75,6 +77,7 @@ def register(
                     counts = data.purge_workspace(s, team)
                 workspaces.forget(team)
                 log.info("purged workspace team=%s after %s: %s", team, why, counts)
+            scrub_deleted(sessions)
 
         purge_teams()  # before the installation goes: a failure here is retried by Slack
         if store is not None:

@@ -239,12 +239,11 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
     for model in (ThreadMessage, Compaction, Summary, ThreadState, SlackUser, WorkspaceSettings):
         result = session.execute(delete(model).where(model.team_id == team_id))
         counts[model.__tablename__] = result.rowcount or 0
-    # Jobs carry the request's text; their lanes start with the workspace id. A job running
-    # right now keeps going with what it already loaded.
+    # Jobs carry the request's text; their lanes start with the workspace id. Running ones go
+    # too (the one purging after itself included): a job keeps what it already loaded, and
+    # finishing or heartbeating a deleted job changes no row.
     result = session.execute(
-        delete(Job).where(
-            Job.lane.startswith(f"{team_id}:", autoescape=True), Job.status != "running"
-        )
+        delete(Job).where(Job.lane.startswith(f"{team_id}:", autoescape=True))
     )
     counts[Job.__tablename__] = result.rowcount or 0
     session.execute(
