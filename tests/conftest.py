@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ from bot.config import Settings
 from bot.store.db import make_engine, migrate
 from tests.fakes.messages_api import FakeMessagesAPI
 from tests.fakes.slack_api import FakeSlack
-from tests.harness import Bot, make_settings
+from tests.harness import SIGNING_SECRET, Bot, BotProcess, make_settings
 
 PG_URL_ENV = "TEST_DATABASE_URL"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
@@ -102,3 +104,35 @@ def make_bot(slack, model, database_url, engine) -> Iterator[Any]:
 @pytest.fixture
 def bot(make_bot) -> Bot:
     return make_bot()
+
+
+@pytest.fixture
+def process_env(slack, model, database_url, engine) -> dict[str, str]:
+    """The environment of a `python -m bot …` child process on the fakes and the test's
+    (migrated) database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update({
+        "SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.url, "ANTHROPIC_API_KEY": model.api_key,
+        "ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_MODEL": "claude-sonnet-4-5",
+        "DATABASE_URL": database_url, "PORT": "0", "JOB_LEASE_SECONDS": "3",
+        "SHUTDOWN_TIMEOUT_SECONDS": "1", "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT),
+    })
+    return env
+
+
+@pytest.fixture
+def spawn(process_env, tmp_path) -> Iterator[Any]:
+    """Start `python -m bot <role>` children (killed at the end); keyword arguments are extra
+    settings, e.g. `spawn("worker", metrics_port=0)`."""
+    procs: list[BotProcess] = []
+
+    def start(role: str = "serve", **settings: Any) -> BotProcess:
+        env = {**process_env, **{k.upper(): str(v) for k, v in settings.items()}}
+        p = BotProcess(env, tmp_path, role)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop(signal.SIGKILL)
