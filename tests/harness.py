@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -360,10 +361,11 @@ class BotProcess:
     Waits for the one line a process logs once it serves; `port` is its HTTP port (serve, web),
     `metrics_port` its METRICS_PORT listener when one is configured."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, role: str = "serve") -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, role: str = "serve", nice: int = 0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bot", role], env=env, cwd=cwd,
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,  # bench: a lower CPU priority
         )
         self.lines: list[str] = []
         self.port: int | None = None
