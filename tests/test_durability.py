@@ -175,3 +175,18 @@ def test_metrics_port_takes_metrics_off_the_slack_port_and_shows_a_worker_jobs(
     worker_text = metrics(worker.metrics_port)
     assert 'bot_model_calls_total{outcome="ok"} 1.0' in worker_text  # counted before the post
     assert "bot_queue_depth" in worker_text
+
+
+def test_metrics_port_serves_metrics_and_health_apart_from_the_slack_port(spawn):
+    bot = spawn("serve", metrics_port=0)
+    assert f"GET /metrics on 127.0.0.1:{bot.metrics_port}" in bot.lines[0]
+    assert "GET /metrics," not in bot.lines[0]  # no longer on the Slack port
+    public = f"http://127.0.0.1:{bot.port}"
+    private = f"http://127.0.0.1:{bot.metrics_port}"
+    assert httpx.get(f"{public}/metrics", timeout=10).status_code == 404
+    assert httpx.get(f"{public}/healthz", timeout=10).text == "ok"
+    resp = httpx.get(f"{private}/metrics", timeout=10)
+    assert resp.status_code == 200 and "bot_queue_depth 0.0" in resp.text
+    assert httpx.get(f"{private}/healthz", timeout=10).text == "ok"
+    assert httpx.post(f"{private}/slack/events", content=b"{}", timeout=10).status_code == 404
+    assert bot.stop() == 0
