@@ -42,7 +42,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(shape: str, mentions: int, threads: int, database_url: str | None, workers: int,
-        seed: int, worker_nice: int = 0) -> dict:
+        seed: int, background_nice: int = 0) -> dict:
     """One run of `shape` on a fresh database; the figures of one table row."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack, FakeMessagesAPI() as model:
@@ -50,11 +50,11 @@ def run(shape: str, mentions: int, threads: int, database_url: str | None, worke
             os.environ["TEST_DATABASE_URL"] = database_url  # fresh_database: a schema of its own
         with fresh_database(Path(tmp)) as url:
             return _run(shape, mentions, threads, url, workers, rng, slack, model, Path(tmp),
-                        worker_nice)
+                        background_nice)
 
 
 def _run(shape: str, mentions: int, threads: int, url: str, workers: int, rng: random.Random,
-         slack: FakeSlack, model: FakeMessagesAPI, tmp: Path, worker_nice: int) -> dict:
+         slack: FakeSlack, model: FakeMessagesAPI, tmp: Path, background_nice: int) -> dict:
     engine = make_engine(url)
     dialect = engine.dialect.name
     migrate(engine)
@@ -80,7 +80,8 @@ def _run(shape: str, mentions: int, threads: int, url: str, workers: int, rng: r
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
     })
     if shape == "split":
-        processes = [BotProcess(env, tmp, "worker", nice=worker_nice), BotProcess(env, tmp, "web")]
+        processes = [BotProcess(env, tmp, "worker", nice=background_nice),
+                     BotProcess(env, tmp, "web")]
     else:
         processes = [BotProcess(env, tmp, "serve")]
     port = processes[-1].port
@@ -96,7 +97,9 @@ def _run(shape: str, mentions: int, threads: int, url: str, workers: int, rng: r
     bodies = [json.dumps(mention_envelope(slack.team_id, *item)).encode() for item in events]
     t0 = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(1) as senders:
+        _renice(background_nice)  # the fakes' threads, not the senders' process
         acks, statuses = senders.apply(send_all, (port, bodies))
+        _renice(0)
     sent = time.perf_counter() - t0
     answered = slack.wait_for(
         lambda: sum(1 for p in slack.posts if p.get("thread_ts") in set(parents)) >= mentions,
@@ -109,13 +112,23 @@ def _run(shape: str, mentions: int, threads: int, url: str, workers: int, rng: r
     tags = [p["text"].split("Answer to ", 1)[1].split()[0] for p in posted
             if "Answer to " in p["text"]]
     return {
-        "shape": shape + (f" (worker at nice {worker_nice})" if worker_nice else ""),
+        "shape": shape + (f" ({'worker, ' * (shape == 'split')}fakes at nice {background_nice})"
+                          if background_nice else ""),
         "database": dialect, "p50": statistics.median(acks),
         "p99": percentile(acks, 0.99), "max": max(acks),
         "non200": sum(s != 200 for s in statuses), "answers": len(posted),
         "dupes": len(tags) - len(set(tags)), "lost": mentions - len(set(tags)),
         "answered": answered, "sent": sent, "total": total,
     }
+
+
+def _renice(value: int) -> None:
+    """Set every thread of this process (Linux: niceness is per thread) to `value`."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), value)
+        except OSError:  # a thread that ended, or raising priority again without privileges
+            pass
 
 
 def send_all(port: int, bodies: list[bytes]) -> tuple[list[float], list[int]]:
@@ -164,7 +177,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--worker-nice", type=int, default=0,
+    parser.add_argument("--background-nice", type=int, default=0,
                         help="split: run the worker at this lower CPU priority, standing in for "
                         "a host of its own on a machine the processes share")
     args = parser.parse_args()
@@ -175,7 +188,7 @@ def main() -> None:
             parser.error("--shape split needs --database-url postgresql://…")
         shapes.remove("split")  # SQLite runs only `serve`
     rows = [run(shape, args.mentions, args.threads, args.database_url, args.workers, args.seed,
-                args.worker_nice if shape == "split" else 0) for shape in shapes]
+                args.background_nice) for shape in shapes]
     print(f"{args.mentions} mentions over {args.threads} threads from {SENDERS} concurrent "
           f"senders; {args.workers} worker threads; model 1-3 s")
     print(table(rows))
