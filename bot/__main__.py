@@ -1,4 +1,4 @@
-"""Command line: `python -m bot [serve|migrate|housekeeping|doctor|inspect|config-docs]`.
+"""Command line: `python -m bot [serve|web|worker|migrate|housekeeping|doctor|inspect|…]`.
 
 The only module that configures logging.
 """
@@ -6,20 +6,22 @@ The only module that configures logging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.config import Settings, SettingsError, load_settings
+from bot.server import ROLES, prepare, run
 
 log = logging.getLogger("bot")
 
 
 def _configure_logging(level: str) -> None:
+    from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -27,6 +29,25 @@ def _configure_logging(level: str) -> None:
     )
     # httpx logs every request URL at INFO; keep that at WARNING.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic announces its plugins and dialect at INFO on every start; bot.store.db says in one
+    # line when a migration ran.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Bolt reads SLACK_BOT_TOKEN from the environment itself and warns that the client create_app
+    # hands it wins over that token: the client holds the same token, so nothing is unused.
+    unused = warning_client_prioritized_and_token_skipped()
+    logging.getLogger("bot.bolt").addFilter(lambda record: record.getMessage() != unused)
+
+
+@contextlib.contextmanager
+def _silent() -> Iterator[None]:
+    """Drop log records until logging is configured (Python would print warnings bare)."""
+    root = logging.getLogger()
+    null = logging.NullHandler()
+    root.addHandler(null)
+    try:
+        yield
+    finally:
+        root.removeHandler(null)
 
 
 def _migrate(settings: Settings) -> None:
@@ -110,87 +131,13 @@ def _rotate_key(settings: Settings) -> int:
     return 0
 
 
-def _serve(settings: Settings) -> None:
-    from slack_bolt.error import BoltError
-    from slack_sdk.errors import SlackClientError
-
-    from bot.app import create_app
-    from bot.housekeeping import Housekeeper
-    from bot.installations import check_token_encryption
-
-    settings.require_http()
-    check_token_encryption(settings)
-    _migrate(settings)
-    try:
-        app = create_app(settings)  # checks the bot token with auth.test
-    except (BoltError, SlackClientError, OSError) as exc:  # OSError: Slack unreachable
-        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise SettingsError(
-            f"Slack rejected SLACK_BOT_TOKEN or could not be reached at SLACK_API_URL "
-            f"({settings.slack_api_url}): {cause}"
-        ) from None
-    housekeeper = Housekeeper(app.sessions, settings)
-    housekeeper.start()
-    scheduler = None
-    if settings.digest_schedule and settings.digest_channel:
-        from bot.usage import DigestScheduler
-
-        scheduler = DigestScheduler(app.usage, app.team_ids, settings.digest_channel)
-        scheduler.start()
-    app.start()
-    stop: list[Callable[[], None]] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: no new work; finishing what is in hand", signal.Signals(signum).name)
-        for fn in stop:
-            fn()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        if settings.socket_mode:
-            from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-            assert settings.slack_app_token is not None
-            handler = SocketModeHandler(app.bolt, settings.slack_app_token.get_secret_value())
-            stop.append(handler.close)
-            log.info("starting in Socket Mode")
-            handler.connect()
-            closed = threading.Event()
-            stop.append(closed.set)
-            closed.wait()
-        else:
-            import waitress
-
-            server = waitress.create_server(
-                app.wsgi(),
-                host="0.0.0.0",
-                port=settings.port,
-                threads=settings.http_threads,
-                ident="bot",
-            )
-            stop.append(server.close)
-            log.info(
-                "serving HTTP on port %s (POST /slack/events, GET /healthz, GET /metrics)",
-                server.effective_port,
-            )
-            try:
-                server.run()
-            except OSError:
-                pass  # the listening socket was closed by the signal handler
-    finally:
-        housekeeper.stop()
-        if scheduler is not None:
-            scheduler.stop()
-        app.close(timeout=settings.shutdown_timeout_seconds)
-        log.info("stopped")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bot` console script and `python -m bot`."""
     parser = argparse.ArgumentParser(prog="bot", description="Slack thread bot with prompt caching")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="migrate the database, then serve (default)")
+    sub.add_parser("serve", help="migrate the database, then serve and run jobs (default)")
+    sub.add_parser("web", help="serve Slack: ack and queue jobs, run none (PostgreSQL)")
+    sub.add_parser("worker", help="run queued jobs; no Slack-facing HTTP (PostgreSQL)")
     sub.add_parser("migrate", help="upgrade the database to the latest schema and exit")
     sub.add_parser("rotate-key", help="re-encrypt stored tokens with the first ENCRYPTION_KEY")
     digest = sub.add_parser("digest", help="the usage digest: print it, or post it once per period")
@@ -253,9 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    role = args.command or "serve"
     try:
-        if args.command == "migrate":
+        prepared = None
+        if role in ROLES:
+            with _silent():  # a failed check is one line, not the log records leading to it
+                prepared = prepare(settings, role)
+        _configure_logging(settings.log_level)
+        if prepared is not None:
+            run(prepared, settings)
+        elif args.command == "migrate":
             _migrate(settings)
             log.info("database is at the latest schema")
         elif args.command == "housekeeping":
@@ -270,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
             return run_inspect(
                 settings, args.link, send=args.send, out=sys.stdout, request=args.request
             )
-        else:
-            _serve(settings)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

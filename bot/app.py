@@ -169,21 +169,38 @@ class BotApp:
                 self.queue.changed.wait(0.5)
         return False
 
+    def _observe(self, path: str, start_response: Callable[..., Any]) -> list[bytes] | None:
+        """GET /metrics and GET /healthz; None for any other path."""
+        if path == "/metrics":
+            start_response("200 OK", [("content-type", CONTENT_TYPE_LATEST)])
+            return [self.service.metrics.render()]
+        if path == "/healthz":
+            ok = ping(self.engine)
+            return _plain(start_response, 200 if ok else 503, "ok" if ok else "database down")
+        return None
+
+    def metrics_wsgi(self) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+        """The WSGI application of the METRICS_PORT listener: GET /metrics and GET /healthz."""
+
+        def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            found = self._observe(environ.get("PATH_INFO", ""), start_response)
+            return found if found is not None else _plain(start_response, 404, "not found")
+
+        return application
+
     def wsgi(self) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-        """The WSGI application: POST /slack/events and GET /healthz."""
+        """The WSGI application: POST /slack/events, GET /healthz, and GET /metrics unless
+        METRICS_PORT moves it to a listener of its own."""
         handler = SlackRequestHandler(self.bolt, path="/slack/events")
         oauth_paths = {"/slack/install", "/slack/oauth_redirect"}
         secret = self.settings.slack_signing_secret
         signing_key = secret.get_secret_value().encode() if secret else None
+        public_metrics = self.settings.metrics_port is None
 
         def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             path = environ.get("PATH_INFO", "")
-            if path == "/metrics":
-                start_response("200 OK", [("content-type", CONTENT_TYPE_LATEST)])
-                return [self.service.metrics.render()]
-            if path == "/healthz":
-                ok = ping(self.engine)
-                return _plain(start_response, 200 if ok else 503, "ok" if ok else "database down")
+            if path == "/healthz" or (path == "/metrics" and public_metrics):
+                return self._observe(path, start_response)
             if path == "/slack/events" and environ.get("REQUEST_METHOD") == "POST":
                 try:
                     length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -292,6 +309,7 @@ def _plain(start_response: Callable[..., Any], status: int, text: str) -> list[b
         200: "OK",
         400: "Bad Request",
         401: "Unauthorized",
+        404: "Not Found",
         413: "Payload Too Large",
         503: "Unavailable",
     }

@@ -123,6 +123,17 @@ class Settings(BaseSettings):
         16, ge=1, le=256, description="Threads for slow work (model calls) after the ack."
     )
     http_threads: int = Field(8, ge=1, le=256, description="HTTP server threads.")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve GET /metrics (and /healthz) on this port of METRICS_BIND instead of "
+        "on PORT, which then answers /metrics with 404; also how a `worker` process shows its "
+        "metrics (unset: a worker serves none).",
+    )
+    metrics_bind: str = Field(
+        "127.0.0.1", description="Address the METRICS_PORT listener binds to (0.0.0.0: all)."
+    )
     shutdown_timeout_seconds: float = Field(
         25.0, ge=0, description="On SIGTERM, how long to let jobs in hand finish before re-queuing."
     )

@@ -51,17 +51,17 @@ class TokenUnreadable(ValueError):
         self.workspace = workspace
 
 
-def check_token_encryption(settings: Settings) -> None:
-    """Start-up: in OAuth mode without ENCRYPTION_KEY, log one warning that tokens are stored in
-    plain text; raise SettingsError instead when REQUIRE_ENCRYPTION is set."""
+def check_token_encryption(settings: Settings) -> str | None:
+    """Start-up: in OAuth mode without ENCRYPTION_KEY, the warning to log once (tokens are stored
+    in plain text); SettingsError instead when REQUIRE_ENCRYPTION is set. None when all is well."""
     if not settings.oauth or settings.encryption_key is not None:
-        return
+        return None
     if settings.require_encryption:
         raise SettingsError(
             "REQUIRE_ENCRYPTION is set but ENCRYPTION_KEY is not: set ENCRYPTION_KEY "
             "(docs/SECURITY.md) so installed workspaces' tokens are stored encrypted"
         )
-    log.warning(
+    return (
         "ENCRYPTION_KEY is not set: bot and refresh tokens of installed workspaces are stored in "
         "plain text; set it and run `python -m bot rotate-key` (REQUIRE_ENCRYPTION=true "
         "refuses to start without it)"

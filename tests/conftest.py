@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ from sqlalchemy.engine import make_url
 from bot.app import create_app
 from bot.config import Settings
 from bot.store.db import make_engine, migrate
+from tests import harness
 from tests.fakes.messages_api import FakeMessagesAPI
 from tests.fakes.slack_api import FakeSlack
-from tests.harness import ENCRYPTION_KEY, Bot, make_settings
+from tests.harness import ENCRYPTION_KEY, Bot, BotProcess, make_settings
 
 PG_URL_ENV = "TEST_DATABASE_URL"
 
@@ -113,3 +115,29 @@ def oauth_bot(make_bot, slack) -> Bot:
         slack_client_secret=slack.client_secret,
         encryption_key=ENCRYPTION_KEY,
     )
+
+
+@pytest.fixture
+def process_env(slack, model, database_url, engine) -> dict[str, str]:
+    """The environment of a `python -m bot …` child process on the fakes and the test's
+    (migrated) database, with short leases so tests of killed processes end quickly."""
+    return harness.process_env(
+        slack, model, database_url, JOB_LEASE_SECONDS="3", SHUTDOWN_TIMEOUT_SECONDS="1"
+    )
+
+
+@pytest.fixture
+def spawn(process_env, tmp_path) -> Iterator[Any]:
+    """Start `python -m bot <role>` children (killed at the end); keyword arguments are extra
+    settings, e.g. `spawn("worker", metrics_port=0)`."""
+    procs: list[BotProcess] = []
+
+    def start(role: str = "serve", **settings: Any) -> BotProcess:
+        env = {**process_env, **{k.upper(): str(v) for k, v in settings.items()}}
+        p = BotProcess(env, tmp_path, role)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop(signal.SIGKILL)

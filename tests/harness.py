@@ -381,22 +381,31 @@ def _untouched(element: dict[str, Any]) -> dict[str, Any]:
 
 
 class BotProcess:
-    """`python -m bot serve` in a child process, on a free port, logging to a buffer."""
+    """`python -m bot <role>` (serve, web or worker) in a child process, logging to a buffer.
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    Waits for the one line a process logs once it serves; `port` is its HTTP port (serve, web),
+    `metrics_port` its METRICS_PORT listener when one is configured."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, role: str = "serve", nice: int = 0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve"], env=env, cwd=cwd,
+            [sys.executable, "-m", "bot", role], env=env, cwd=cwd,
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,  # bench: a lower CPU priority
         )
         self.lines: list[str] = []
         self.port: int | None = None
+        self.metrics_port: int | None = None
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:  # blocks until the server says where it listens
+        for line in self.proc.stderr:  # blocks until the process says what it serves
             self.lines.append(line)
-            if "serving HTTP on port" in line:
-                self.port = int(line.split("serving HTTP on port ")[1].split()[0])
+            if " INFO bot: serving " in line or " INFO bot: worker: " in line:
+                if "serving HTTP on port " in line:
+                    self.port = int(line.split("serving HTTP on port ")[1].split()[0])
+                if "GET /metrics on " in line:
+                    self.metrics_port = int(line.split("GET /metrics on ")[1].split(":")[1])
                 break
-        assert self.port, "".join(self.lines)
+        else:
+            raise AssertionError("".join(self.lines))
         self._drain = threading.Thread(target=self._read, daemon=True)
         self._drain.start()
 

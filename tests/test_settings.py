@@ -111,7 +111,25 @@ def test_start_up_when_slack_cannot_be_reached_says_so_in_one_line(tmp_path: Pat
         timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("configuration error: Slack rejected SLACK_BOT_TOKEN or could not be "
-                           f"reached at SLACK_API_URL (http://127.0.0.1:{port}/api/)"), last
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr  # no migration or retry log lines before it
+    assert lines[0].startswith("configuration error: Slack rejected SLACK_BOT_TOKEN or could not "
+                               f"be reached at SLACK_API_URL (http://127.0.0.1:{port}/api/)"), lines
     assert "Traceback" not in proc.stderr and "xoxb-secret" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # checked before the database was created
+
+
+def test_start_up_without_a_signing_secret_says_so_before_anything_else(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "ANTHROPIC_"))}
+    env.update({k: v for k, v in GOOD.items() if k != "SLACK_SIGNING_SECRET"})
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'bot.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "configuration error: SLACK_SIGNING_SECRET is required in HTTP mode (or set "
+        "SLACK_APP_TOKEN to use Socket Mode)"
+    ]
+    assert list(tmp_path.iterdir()) == []

@@ -108,9 +108,14 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Upgrade the database to head; safe when several processes start at once."""
+    """Upgrade the database to head; safe when several processes start at once. Logs one line
+    when it changed the schema, nothing when the database was already at head."""
     with _migration_lock(engine):
+        before = current_revision(engine)
         command.upgrade(alembic_config(engine), "head")
+        after = current_revision(engine)
+    if after != before:
+        log.info("database migrated from %s to revision %s", before or "an empty schema", after)
 
 
 def current_revision(engine: Engine) -> str | None:

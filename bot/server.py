@@ -1,0 +1,208 @@
+"""The long-running processes: `serve` (HTTP and job workers in one process), `web` (acks and
+enqueues, runs no jobs) and `worker` (runs jobs, serves Slack nothing).
+
+`prepare` does every check that can fail for a configuration reason — settings, the Slack token,
+the SQLite one-process rule — before the database is touched; `run` then migrates and serves.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from sqlalchemy.engine import make_url
+
+from bot.config import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from bot.app import BotApp
+
+log = logging.getLogger("bot")
+
+ROLES = ("serve", "web", "worker")
+
+
+@dataclass
+class Prepared:
+    """A process that passed its checks: its role, its app, (SQLite) the file lock it holds, and
+    warnings to log once logging is set up."""
+
+    role: str
+    app: BotApp
+    lock: IO[str] | None
+    warnings: list[str]
+
+
+def prepare(settings: Settings, role: str) -> Prepared:
+    """Check settings, Slack and the database rule for `role`; SettingsError says what is wrong.
+    Touches no database (an SQLite file is not created)."""
+    from slack_bolt.error import BoltError
+    from slack_sdk.errors import SlackClientError
+
+    from bot.app import create_app
+    from bot.installations import check_token_encryption
+
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role}")
+    if role != "worker":
+        settings.require_http()
+    warnings = [w for w in [check_token_encryption(settings)] if w]
+    sqlite = make_url(settings.database_url).get_backend_name() == "sqlite"
+    if sqlite and role != "serve":
+        raise SettingsError(
+            f"`python -m bot {role}` needs PostgreSQL: DATABASE_URL is an SQLite file, which "
+            "only one process may use (run `python -m bot serve`)"
+        )
+    try:
+        app = create_app(settings)  # checks the bot token with auth.test
+    except (BoltError, SlackClientError, OSError) as exc:  # OSError: Slack unreachable
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SettingsError(
+            f"Slack rejected SLACK_BOT_TOKEN or could not be reached at SLACK_API_URL "
+            f"({settings.slack_api_url}): {cause}"
+        ) from None
+    try:
+        lock = _hold_sqlite_file(settings.database_url) if sqlite else None
+    except SettingsError:
+        app.close()
+        raise
+    return Prepared(role, app, lock, warnings)
+
+
+def _hold_sqlite_file(url: str) -> IO[str] | None:
+    """Lock `<file>.serve.lock` for this process's lifetime (the kernel drops it when the process
+    dies, even by SIGKILL); SettingsError when another process holds it."""
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    path = Path(database).resolve()
+    try:
+        fh = open(f"{path}.serve.lock", "a+")  # held until the process exits
+    except OSError as exc:
+        raise SettingsError(f"DATABASE_URL: cannot create files next to {path}: {exc}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise SettingsError(
+            f"another bot process (pid {holder}) is already using the SQLite file {path}; "
+            "SQLite allows one process: stop that one, or use PostgreSQL to run several"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def run(prepared: Prepared, settings: Settings) -> None:
+    """Migrate, start the role's parts, say in one line what this process serves, and run until
+    SIGTERM or SIGINT; then finish or re-queue the jobs in hand."""
+    import waitress
+
+    from bot.housekeeping import Housekeeper
+    from bot.store.db import migrate
+
+    app, role = prepared.app, prepared.role
+    stop: list[Callable[[], None]] = []
+    background: list[Callable[[], None]] = []
+    metrics_server = None
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
+    try:
+        migrate(app.engine)
+        if role != "web":
+            app.start()
+            housekeeper = Housekeeper(app.sessions, settings)
+            housekeeper.start()
+            background.append(housekeeper.stop)
+            if settings.digest_schedule and settings.digest_channel:
+                from bot.usage import DigestScheduler
+
+                scheduler = DigestScheduler(app.usage, app.team_ids, settings.digest_channel)
+                scheduler.start()
+                background.append(scheduler.stop)
+        metrics_note = ""
+        if settings.metrics_port is not None:
+            metrics_server = waitress.create_server(
+                app.metrics_wsgi(),
+                host=settings.metrics_bind,
+                port=settings.metrics_port,
+                threads=2,
+                ident="bot",
+            )
+            threading.Thread(
+                target=_serve_forever, args=(metrics_server,), name="metrics", daemon=True
+            ).start()
+            metrics_note = (
+                f"; GET /metrics on {settings.metrics_bind}:{metrics_server.effective_port}"
+            )
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("%s: no new work; finishing what is in hand", signal.Signals(signum).name)
+            for fn in stop:
+                fn()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        does = {
+            "serve": f"and running jobs on {settings.worker_threads} worker threads",
+            "web": "and queueing jobs for `python -m bot worker` (no worker threads here)",
+            "worker": f"running jobs on {settings.worker_threads} worker threads",
+        }[role]
+        if role == "worker":
+            closed = threading.Event()
+            stop.append(closed.set)
+            log.info("worker: %s; no Slack-facing HTTP%s", does, metrics_note)
+            closed.wait()
+        elif settings.socket_mode:
+            from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+            assert settings.slack_app_token is not None
+            handler = SocketModeHandler(app.bolt, settings.slack_app_token.get_secret_value())
+            stop.append(handler.close)
+            handler.connect()
+            closed = threading.Event()
+            stop.append(closed.set)
+            log.info("serving Slack over Socket Mode %s%s", does, metrics_note)
+            closed.wait()
+        else:
+            server = waitress.create_server(
+                app.wsgi(),
+                host="0.0.0.0",
+                port=settings.port,
+                threads=settings.http_threads,
+                ident="bot",
+            )
+            stop.append(server.close)
+            routes = "POST /slack/events, GET /healthz" + (", GET /metrics" * (not metrics_note))
+            log.info(
+                "serving HTTP on port %s (%s) %s%s", server.effective_port, routes, does,
+                metrics_note,
+            )
+            _serve_forever(server)
+    finally:
+        for fn in background:
+            fn()
+        if metrics_server is not None:
+            metrics_server.close()
+        app.close(timeout=settings.shutdown_timeout_seconds)
+        if prepared.lock is not None:
+            prepared.lock.close()
+        log.info("stopped")
+
+
+def _serve_forever(server: Any) -> None:  # noqa: ANN401 - waitress has two server types
+    try:
+        server.run()
+    except OSError:
+        pass  # the listening socket was closed by the signal handler
