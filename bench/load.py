@@ -14,6 +14,7 @@ On PostgreSQL each shape runs in a schema of its own, created and dropped here.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing
 import os
@@ -24,8 +25,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import httpx
 
 from bot.store.db import make_engine, migrate
 from tests.conftest import fresh_database
@@ -133,23 +132,32 @@ def _renice(value: int) -> None:
 
 def send_all(port: int, bodies: list[bytes]) -> tuple[list[float], list[int]]:
     """Post every body, SENDERS at a time, as Slack would; each ack's latency and status. Runs in
-    a process of its own so that the fakes' threads do not delay reading the acks."""
+    a process of its own so that the fakes' threads do not delay reading the acks. Each sender
+    keeps one plain `http.client` connection: 32 httpx senders on one GIL measured a do-nothing
+    WSGI app at p99 128 ms (http.client: 22 ms), so the senders, not the server, were measured."""
     acks: list[float] = []
     statuses: list[int] = []
     lock = threading.Lock()
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                          limits=httpx.Limits(max_connections=64))
+    local = threading.local()
 
     def send(body: bytes) -> None:
         headers = {"content-type": "application/json", **signature_headers(body)}
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         started = time.perf_counter()
-        resp = client.post("/slack/events", content=body, headers=headers)
+        conn.request("POST", "/slack/events", body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
         elapsed = time.perf_counter() - started
+        if resp.will_close:
+            conn.close()
+            local.conn = None
         with lock:
             acks.append(elapsed)
-            statuses.append(resp.status_code)
+            statuses.append(resp.status)
 
-    with client, ThreadPoolExecutor(max_workers=SENDERS) as pool:
+    with ThreadPoolExecutor(max_workers=SENDERS) as pool:
         list(pool.map(send, bodies))
     return acks, statuses
 
