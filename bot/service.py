@@ -493,10 +493,11 @@ class AnswerService:
             s.flush()
             usage_id = row.id
         log.info(
-            "answered %s/%s kind=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
+            "answered %s/%s kind=%s stop=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
             req.channel_id,
             req.thread_ts,
             req.kind,
+            completion.stop_reason,
             usage.prompt_tokens,
             usage.cache_read_tokens,
             usage.cache_creation_tokens,

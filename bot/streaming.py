@@ -175,6 +175,7 @@ class ThreadReply:
         self._began = 0.0  # when the open stream started
         self._full = False  # the open stream holds all it may; the rest goes into a new one
         self._start_after = 0.0  # no chat.startStream before this (Slack's Retry-After)
+        self._stop_after = 0.0  # no chat.stopStream to rotate before this (likewise)
         self._last_update = 0.0
         self._status_ok = not self._refusals.refused(
             "assistant.threads.setStatus", team_id, channel
@@ -298,8 +299,11 @@ class ThreadReply:
         """Send what can be sent, closing the open stream and starting a new one when it is
         too old or full."""
         while self._mode == "stream":
-            rotate = self._ts is not None and (
-                self._full or self._clock() - self._began >= STREAM_MAX_AGE
+            now = self._clock()
+            rotate = (
+                self._ts is not None
+                and now >= self._stop_after
+                and (self._full or now - self._began >= STREAM_MAX_AGE)
             )
             head = self._sent if self._ts is None or rotate else self._head
             end = len(self._text) if final else _safe_cut(self._text)
@@ -310,9 +314,12 @@ class ThreadReply:
                 end = cut if cut > self._sent else limit
             if end - self._sent < (1 if final else STREAM_CHUNK):
                 return
-            if rotate and not self._close_stream([note_block(CONTINUED)]):
+            if rotate:
+                self._close_stream([note_block(CONTINUED)], rotating=True)
                 if self._mode != "stream":
                     return
+                if self._ts is not None:  # Slack asked to wait: keep this stream a while longer
+                    continue
             if not self._send(self._text[self._sent : end]):
                 return
             self._full = clipped
@@ -376,17 +383,24 @@ class ThreadReply:
             self._placeholder("…")
         return False
 
-    def _close_stream(self, blocks: list[dict[str, Any]] | None) -> bool:
-        """Stop the open stream with `blocks` under it; True when the message is finished."""
-        ts, text = self._ts, self._text[self._head : self._sent]
+    def _close_stream(self, blocks: list[dict[str, Any]] | None, *, rotating: bool = False) -> bool:
+        """Stop the open stream with `blocks` under it; True when the message is finished.
+        `rotating`: the model is still writing, so a 429 is not waited out: the stream stays
+        open (and takes more text) until Slack's Retry-After has passed."""
+        ts, text, full = self._ts, self._text[self._head : self._sent], self._full
         self._ts, self._full = None, False
         if ts is None:
             return False
+        client = self._quick if rotating else self._client
         try:
-            self._client.chat_stopStream(channel=self._channel, ts=ts, blocks=blocks or None)
+            client.chat_stopStream(channel=self._channel, ts=ts, blocks=blocks or None)
             return True
         except SlackApiError as exc:
             error = exc.response.get("error")
+            if rotating and (exc.response.status_code == 429 or error == "ratelimited"):
+                self._ts, self._full = ts, full
+                self._stop_after = self._clock() + max(1.0, _retry_after(exc))
+                return False
             if error == "stopped_by_user":
                 self._user_stopped()
                 return False

@@ -250,3 +250,19 @@ def test_rate_limited_stream_start_does_not_hold_up_the_answer(make_bot, slack, 
     assert len(slack.calls_to("chat.startStream")) == 1  # not retried while the model wrote
     (post,) = bot.posts_in("C1", parent)
     assert not post.get("_streamed") and "Sentence 19" in post["text"]
+
+
+def test_rate_limited_stream_stop_does_not_hold_up_the_answer(make_bot, slack, model):
+    slack.seconds_per_call = 10
+    model.delta_chars = 200
+    bot = make_bot(clock=lambda: slack.now)
+    slack.fail_next("chat.stopStream", status=429, retry_after=10)  # the first rotation
+    parent = slack.add_thread("C1", 5, text_fn=words)
+    model.reply = long_reply()
+    bot.mention("C1", "summarize", thread_ts=parent)
+    methods = [m for m, _ in slack.calls if m.startswith("chat.")]
+    first_stop = methods.index("chat.stopStream")
+    assert methods[first_stop + 1] == "chat.appendStream"  # kept streaming; no wait, no retry
+    streams = list(slack.streams.values())
+    assert len(streams) >= 2 and all(s["state"] == "stopped" for s in streams)
+    assert "".join(s["text"] for s in streams).split() == model.reply.split()
