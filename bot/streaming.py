@@ -269,11 +269,13 @@ class ThreadReply:
             self._text = text
         if self._mode == "stream":
             self._stream_some(final=True)
+            unsent = bool(self._text[self._sent :].strip())  # Slack asked to wait: posted below
             if self._mode == "stream" and self._ts is not None:
-                if self._close_stream(tail_blocks(note, footer)):
+                blocks = [note_block(CONTINUED)] if unsent else tail_blocks(note, footer)
+                if self._close_stream(blocks) and not unsent:
                     return "ok"
                 if self._mode == "stream":
-                    self._mode = "broken"  # the message stays as it is; the end is posted
+                    self._mode = "broken"  # the message stays as it is; the rest is posted
         if self._mode == "stopped":
             return "stopped_by_user"
         if self._mode == "update" and self._ts is not None:

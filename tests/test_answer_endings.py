@@ -266,3 +266,17 @@ def test_rate_limited_stream_stop_does_not_hold_up_the_answer(make_bot, slack, m
     streams = list(slack.streams.values())
     assert len(streams) >= 2 and all(s["state"] == "stopped" for s in streams)
     assert "".join(s["text"] for s in streams).split() == model.reply.split()
+
+
+def test_full_stream_that_cannot_be_rotated_yet_still_delivers_the_rest(make_bot, slack, model):
+    bot = make_bot(clock=lambda: NOW, max_output_tokens=16000)  # Retry-After never passes
+    slack.fail_next("chat.stopStream", status=429, retry_after=30)
+    parent = slack.add_thread("C1", 5, text_fn=words)
+    model.reply = long_reply(260)  # over 10,000 characters: more than one stream may hold
+    bot.mention("C1", "summarize", thread_ts=parent)
+    (stream,) = slack.streams.values()
+    assert stream["state"] == "stopped" and len(stream["text"]) <= 10_000
+    assert "continued in the next message" in stream["blocks"][-1]["text"]["text"]
+    rest = [p for p in bot.posts_in("C1", parent) if not p.get("_streamed")]
+    assert rest and "Sentence 259 of" in rest[-1]["text"]
+    assert rest[-1]["blocks"][-1]["type"] == "context"  # the footer ends the answer
