@@ -73,6 +73,7 @@ class Completion:
     model: str
     stop_reason: str | None
     request_id: str | None = None
+    stop_explanation: str | None = None  # stop_details.explanation (a refusal's reason), if any
 
 
 def parse_usage(raw: dict[str, Any] | None) -> Usage:
@@ -91,6 +92,13 @@ def parse_usage(raw: dict[str, Any] | None) -> Usage:
         creation_5m=num(creation.get("ephemeral_5m_input_tokens")),
         creation_1h=num(creation.get("ephemeral_1h_input_tokens")),
     )
+
+
+def _explanation(details: Any) -> str | None:
+    """The human-readable `explanation` of a `stop_details` object (refusals); may be absent."""
+    if isinstance(details, dict) and isinstance(details.get("explanation"), str):
+        return details["explanation"].strip()[:300] or None
+    return None
 
 
 def _error_from_response(resp: httpx.Response) -> LLMError:
@@ -236,6 +244,7 @@ class MessagesClient:
         usage_raw: dict[str, Any] = {}
         model = str(body.get("model"))
         stop_reason = None
+        explanation = None
         event_name = ""
         try:
             for line in resp.iter_lines():
@@ -259,7 +268,9 @@ class MessagesClient:
                         parts.append(delta["text"])
                         on_text(delta["text"])
                 elif kind == "message_delta":
-                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                    delta = data.get("delta") or {}
+                    stop_reason = delta.get("stop_reason") or stop_reason
+                    explanation = _explanation(delta.get("stop_details")) or explanation
                     for key, value in (data.get("usage") or {}).items():
                         if value is not None:
                             usage_raw[key] = value
@@ -284,6 +295,7 @@ class MessagesClient:
             model=model,
             stop_reason=stop_reason,
             request_id=resp.headers.get("request-id"),
+            stop_explanation=explanation,
         )
 
     @staticmethod
@@ -308,4 +320,5 @@ class MessagesClient:
             model=str(data.get("model") or body.get("model")),
             stop_reason=data.get("stop_reason"),
             request_id=resp.headers.get("request-id"),
+            stop_explanation=_explanation(data.get("stop_details")),
         )

@@ -663,47 +663,90 @@ class Outgoing:
     blocks: list[dict[str, Any]]
 
 
+def note_block(note: str) -> dict[str, Any]:
+    """A short note under an answer (why it may be incomplete), as its own mrkdwn section: apart
+    from the answer's text, so no unclosed code fence or emphasis there can swallow it."""
+    return {"type": "section", "text": {"type": "mrkdwn", "text": f"_{_escape(note)}_"}}
+
+
+def tail_blocks(note: str | None, footer: str | None) -> list[dict[str, Any]]:
+    """The blocks that end an answer's last message: the note, then the footer."""
+    blocks = [note_block(note)] if note else []
+    if footer:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
+    return blocks
+
+
 def _messages(
     parts: list[str],
     footer: str | None,
     block: Callable[[str], dict[str, Any]],
     fallback: Callable[[str], str],
+    *,
+    note: str | None = None,
+    limit: int = MAX_MESSAGES,
 ) -> list[Outgoing]:
-    """Parts grouped into messages within Slack's limits; the footer on the last one."""
-    budget = MESSAGE_LIMIT - (_size(footer) if footer else 0)
+    """Parts grouped into at most `limit` messages within Slack's limits; the note and the footer
+    on the last one."""
+    tail = tail_blocks(note, footer)
+    budget = MESSAGE_LIMIT - sum(_size(_block_text(b)) for b in tail)
     groups: list[list[str]] = [[]]
     for part in parts:
         group = groups[-1]
         if group and (sum(map(_size, group)) + _size(part) > budget or len(group) >= MAX_SECTIONS):
             groups.append([])
         groups[-1].append(part)
-    if len(groups) > MAX_MESSAGES:
-        groups = groups[:MAX_MESSAGES]
+    if len(groups) > limit:
+        groups = groups[:limit]
         groups[-1].append(_TRIMMED_NOTE)
     out = []
     for i, group in enumerate(groups):
         blocks = [block(p) for p in group]
-        text = "\n\n".join(fallback(p) for p in group)
-        if footer and i == len(groups) - 1:
-            blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
-            text = f"{text}\n\n{footer}"
-        out.append(Outgoing(text=text, blocks=blocks))
+        texts = [fallback(p) for p in group]
+        if i == len(groups) - 1:
+            blocks.extend(tail)
+            texts.extend(_block_text(b) for b in tail)
+        out.append(Outgoing(text="\n\n".join(texts), blocks=blocks))
     return out
 
 
-def build_messages(markdown: str, footer: str | None) -> list[Outgoing]:
-    """The answer as mrkdwn section blocks in one or more messages, the footer on the last."""
-    parts = _sections(_mrkdwn_units(markdown), SECTION_LIMIT) or [_EMPTY]
+def _block_text(block: dict[str, Any]) -> str:
+    if block["type"] == "context":
+        return str(block["elements"][0]["text"])
+    return str(block["text"]["text"])
+
+
+def build_messages(
+    markdown: str, footer: str | None, *, note: str | None = None, limit: int = MAX_MESSAGES
+) -> list[Outgoing]:
+    """The answer as mrkdwn section blocks in at most `limit` messages; `note` (why the answer
+    may be incomplete) and the footer end the last one."""
+    parts = _sections(_mrkdwn_units(markdown), SECTION_LIMIT) or ([] if note else [_EMPTY])
     return _messages(
-        parts, footer, lambda p: {"type": "section", "text": {"type": "mrkdwn", "text": p}}, str
+        parts,
+        footer,
+        lambda p: {"type": "section", "text": {"type": "mrkdwn", "text": p}},
+        str,
+        note=note,
+        limit=limit,
     )
 
 
-def build_markdown_messages(markdown: str, footer: str | None) -> list[Outgoing]:
+def build_markdown_messages(
+    markdown: str, footer: str | None, *, note: str | None = None, limit: int = MAX_MESSAGES
+) -> list[Outgoing]:
     """The answer as Slack `markdown` blocks (standard Markdown, pings and Slack syntax made
-    inert, tables laid out), one per message; the text fallback is the mrkdwn rendering."""
-    parts = _sections(_markdown_units(markdown), MARKDOWN_LIMIT) or [_EMPTY]
-    return _messages(parts, footer, lambda p: {"type": "markdown", "text": p}, markdown_to_mrkdwn)
+    inert, tables laid out), one per message; the text fallback is the mrkdwn rendering; `note`
+    and the footer end the last message."""
+    parts = _sections(_markdown_units(markdown), MARKDOWN_LIMIT) or ([] if note else [_EMPTY])
+    return _messages(
+        parts,
+        footer,
+        lambda p: {"type": "markdown", "text": p},
+        markdown_to_mrkdwn,
+        note=note,
+        limit=limit,
+    )
 
 
 def _money(value: float) -> str:

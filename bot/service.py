@@ -24,7 +24,7 @@ from bot.prompt import Built, PriorCache, build_request
 from bot.replies import footer_line, neutralise_pings
 from bot.store import data
 from bot.store.models import ThreadState, UsageRecord
-from bot.streaming import ThreadReply
+from bot.streaming import Refusals, ThreadReply
 from bot.threads import (
     NameResolver,
     ThreadReader,
@@ -69,6 +69,23 @@ LLM_CUT_OFF = {
     "connection": "the connection to the model broke partway",
     "timeout": "the model took too long partway",
 }
+STOP_NOTES = {
+    "max_tokens": "The answer was cut off at the length limit. Ask me for the rest, or ask a "
+    "narrower question.",
+    "model_context_window_exceeded": "The answer was cut off: the thread and the answer filled "
+    "the model's context window. Ask a narrower question, about part of the thread.",
+    "refusal": "The model declined to continue this answer{why}. Try rephrasing the question, "
+    "or ask about another part of the thread.",
+    "pause_turn": "The model paused before finishing this answer. Ask again to get the whole "
+    "answer.",
+    "tool_use": "The model stopped to use a tool I don't offer, so the answer is incomplete. Ask "
+    "again, perhaps more narrowly.",
+}
+_WHOLE = {None, "end_turn", "stop_sequence"}
+_OTHER_STOP = (
+    "The model stopped early ({reason}), so the answer may be incomplete. Ask again, or ask a "
+    "narrower question."
+)
 _DEFAULT_LLM_MESSAGE = (
     "the model endpoint rejected the request. An admin can find the cause in the bot's logs."
 )
@@ -93,6 +110,37 @@ _UNDELIVERABLE = {"not_in_channel", "channel_not_found", "is_archived", "restric
 def llm_error_text(exc: LLMError) -> str:
     """What to tell the user about a failed model call."""
     return "Sorry, " + LLM_MESSAGES.get(exc.kind, _DEFAULT_LLM_MESSAGE)
+
+
+def stop_note(completion: Completion) -> str | None:
+    """What to tell the reader when the model did not finish its answer (None when it did)."""
+    reason = completion.stop_reason
+    if reason in _WHOLE:
+        return None
+    if reason == "refusal":
+        why = f" ({completion.stop_explanation.rstrip('.')})" if completion.stop_explanation else ""
+        return STOP_NOTES["refusal"].format(why=why)
+    return STOP_NOTES.get(str(reason)) or _OTHER_STOP.format(reason=str(reason)[:32])
+
+
+def reading_status(count: int) -> tuple[str, list[str]]:
+    """The status line (and its rotating loading messages) while a thread is read."""
+    what = f"{count:,} messages" if count else "the thread"
+    return f"is reading {what}…", [
+        f"Reading {what}…",
+        "Following who said what…",
+        "Looking for decisions and owners…",
+        "Noting open questions…",
+    ]
+
+
+def writing_status(count: int) -> tuple[str, list[str]]:
+    """The status line (and its loading messages) once the thread is read."""
+    return f"is reading {count:,} messages…", [
+        f"Read {count:,} messages…",
+        "Weighing what matters…",
+        "Writing the answer…",
+    ]
 
 
 def read_error_text(error: str, bot_user_id: str) -> str:
@@ -156,6 +204,7 @@ class AnswerService:
         self._scale: dict[str, float] = {}
         self._priors: dict[str, tuple[float, Prior]] = {}
         self._warned_no_cache: set[str] = set()
+        self.refusals = Refusals(clock)  # Slack methods refused for good, per conversation kind
         self.reader = ThreadReader(
             clients, sessions, full_every=timedelta(hours=settings.full_reread_hours)
         )
@@ -226,15 +275,22 @@ class AnswerService:
             team_id=req.team_id,
             user_id=req.user_id,
             stream=streaming,
+            clock=self._clock,
+            refusals=self.refusals,
         )
         if streaming:
             with self._sessions() as s:
                 known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
                 seen = known.messages_seen if known is not None else 0
-            reply.status(f"is reading {seen:,} messages…" if seen else "is reading the thread…")
+            reply.status(*reading_status(seen))
         try:
             messages = self.reader.read(
-                req.team_id, req.channel_id, req.thread_ts, self.now(), req.enterprise_id
+                req.team_id,
+                req.channel_id,
+                req.thread_ts,
+                self.now(),
+                req.enterprise_id,
+                on_page=(lambda _n: reply.keep_status()) if streaming else None,
             )
         except ThreadReadError as exc:
             log.warning(
@@ -251,8 +307,8 @@ class AnswerService:
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
         request = clean_request(req.text, names, req.bot_user_id)
-        if streaming and not seen:
-            reply.status(f"is reading {len(before):,} messages…")
+        if streaming:
+            reply.status(*writing_status(len(before)))
         try:
             done = self.complete(
                 req,
@@ -275,8 +331,13 @@ class AnswerService:
             elif not reply.fail(llm_error_text(exc)):
                 self.tell(req, llm_error_text(exc))
             return
-        outcome = reply.finish(done.footer, text=done.completion.text)
-        if outcome != "ok":
+        outcome = reply.finish(
+            done.footer, text=done.completion.text, note=stop_note(done.completion)
+        )
+        if outcome == "stopped_by_user":
+            with self._sessions.begin() as s:
+                data.set_stopped_by_user(s, done.usage_id)
+        elif outcome != "ok":
             self.tell(
                 req,
                 f"I wrote an answer but couldn't post it here (Slack said "
@@ -427,14 +488,16 @@ class AnswerService:
             if touched:
                 state.cache_written_at = now
             row = self._usage_row(req, completion.model, usage, latency_ms, "ok", now)
+            row.stop_reason = (completion.stop_reason or "")[:32] or None
             data.add_usage(s, row)
             s.flush()
             usage_id = row.id
         log.info(
-            "answered %s/%s kind=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
+            "answered %s/%s kind=%s stop=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
             req.channel_id,
             req.thread_ts,
             req.kind,
+            completion.stop_reason,
             usage.prompt_tokens,
             usage.cache_read_tokens,
             usage.cache_creation_tokens,
@@ -492,10 +555,10 @@ class AnswerService:
                 bot_user_id=req.bot_user_id,
                 kind="compact",
             )
+            row = self._usage_row(compact_req, done.model, done.usage, 0, "ok", now)
+            row.stop_reason = (done.stop_reason or "")[:32] or None
             with self._sessions.begin() as s:
-                data.add_usage(
-                    s, self._usage_row(compact_req, done.model, done.usage, 0, "ok", now)
-                )
+                data.add_usage(s, row)
 
         return Compactor(
             self._llm,

@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.llm import LLMError
 from bot.replies import build_messages, neutralise_pings
-from bot.service import AnswerService, ThreadRequest, llm_error_text, read_error_text
+from bot.service import (
+    AnswerService,
+    ThreadRequest,
+    llm_error_text,
+    read_error_text,
+    stop_note,
+)
 from bot.store.models import Summary
 from bot.threads import ThreadReadError, is_member, ts_key
 from bot.usage import BudgetExceeded
@@ -430,6 +436,7 @@ class SummaryService:
             out.send(f"Sorry, {exc}", replace=True)
             return
         summary_id = uuid.uuid4().hex
+        note = stop_note(done.completion)
         with self._sessions.begin() as s:
             s.add(
                 Summary(
@@ -442,9 +449,10 @@ class SummaryService:
                     kind=req.kind,
                     text=done.completion.text,
                     footer=done.footer,
+                    note=note,
                 )
             )
-        part = build_messages(done.completion.text, done.footer)[0]
+        part = build_messages(done.completion.text, done.footer, note=note, limit=1)[0]
         where = "thread" if thread_ts else "channel"
         button = {
             "type": "actions",
@@ -479,7 +487,7 @@ class SummaryService:
         footer = f"Shared by {neutralise_pings(sharer_name)}"
         if summary.footer:
             footer += f" · {summary.footer}"
-        parts = build_messages(summary.text, footer)
+        parts = build_messages(summary.text, footer, note=summary.note)
         try:
             for part in parts:
                 self._answers.client_for(summary.team_id).chat_postMessage(

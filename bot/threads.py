@@ -85,9 +85,15 @@ def slim(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def fetch_thread(
-    client: WebClient, channel: str, thread_ts: str, *, oldest: str | None = None
+    client: WebClient,
+    channel: str,
+    thread_ts: str,
+    *,
+    oldest: str | None = None,
+    on_page: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every message of the thread (newer than `oldest`, parent always first), all pages."""
+    """Every message of the thread (newer than `oldest`, parent always first), all pages;
+    `on_page` hears how many messages have arrived after each page."""
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
     cursor: str | None = None
@@ -107,6 +113,8 @@ def fetch_thread(
                 seen.add(ts)
                 messages.append(msg)
         cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
+        if on_page is not None:
+            on_page(len(messages))
         if not cursor:
             break
     messages.sort(key=lambda m: ts_key(m["ts"]))
@@ -154,8 +162,10 @@ class ThreadReader:
         thread_ts: str,
         now: datetime,
         enterprise_id: str | None = None,
+        on_page: Callable[[int], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """The thread's current messages, parent first; raises ThreadReadError."""
+        """The thread's current messages, parent first; raises ThreadReadError. `on_page` hears
+        of each page read from Slack (long reads: keep a status line alive)."""
         client = self._clients.for_team(team_id, enterprise_id)
         with self._sessions() as s:
             state = data.get_thread(s, team_id, channel, thread_ts)
@@ -167,7 +177,8 @@ class ThreadReader:
             )
         if stored:
             last = max(stored, key=lambda m: ts_key(m["ts"]))["ts"]
-            new = [slim(m) for m in fetch_thread(client, channel, thread_ts, oldest=last)]
+            fetched = fetch_thread(client, channel, thread_ts, oldest=last, on_page=on_page)
+            new = [slim(m) for m in fetched]
             known = {m["ts"] for m in stored}
             added = [m for m in new if m["ts"] not in known]
             if added:
@@ -176,7 +187,7 @@ class ThreadReader:
             messages = stored + added
             messages.sort(key=lambda m: ts_key(m["ts"]))
             return messages
-        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
+        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts, on_page=on_page)]
         if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
             return messages  # `thread_ts` named a reply: Slack returned just it; keep nothing
         with self._sessions.begin() as s:

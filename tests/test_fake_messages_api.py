@@ -755,3 +755,34 @@ def test_keep_alive_client_and_restart():
     finally:
         fake.stop()
     fake.stop()  # idempotent
+
+
+@pytest.mark.parametrize("reason", ["max_tokens", "refusal", "pause_turn"])
+def test_enqueued_stop_reason_ends_streamed_and_plain_answers(fake, reason):
+    fake.reply = "The rollout has three phases and"
+    req = {"model": MODEL, "max_tokens": 50, "messages": _msgs(("user", "hi"))}
+    fake.enqueue_stop(reason, after_chars=12, explanation="Declined.", times=2)
+    plain = post(fake, req).json()
+    _, events = stream_events(fake, dict(req, stream=True))
+    delta = [d for n, d in events if n == "message_delta"][0]
+    assert plain["stop_reason"] == delta["delta"]["stop_reason"] == reason
+    assert plain["content"][0]["text"] == "The rollout "
+    streamed = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+    assert streamed == "The rollout "
+    if reason == "refusal":
+        details = {"type": "refusal", "category": None, "explanation": "Declined."}
+        assert plain["stop_details"] == delta["delta"]["stop_details"] == details
+    else:
+        assert "stop_details" not in plain
+    if reason == "max_tokens":
+        assert plain["usage"]["output_tokens"] == 50
+    assert post(fake, req).json()["stop_reason"] == "end_turn"  # only the enqueued ones
+
+
+def test_delta_chars_sets_the_size_of_text_deltas(fake):
+    fake.reply = "x" * 450
+    fake.delta_chars = 100
+    req = {"model": MODEL, "max_tokens": 500, "messages": _msgs(("user", "hi")), "stream": True}
+    _, events = stream_events(fake, req)
+    sizes = [len(d["delta"]["text"]) for n, d in events if n == "content_block_delta"]
+    assert sizes == [100, 100, 100, 100, 50]

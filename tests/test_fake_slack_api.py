@@ -421,3 +421,43 @@ def test_minted_ts_strictly_increase_and_follow_the_clock(fake):
     fake.advance(60)
     c = fake.add_message("C1", "c")
     assert c == "1700000060.000000"
+
+
+def test_streams_expire_after_their_lifetime_and_stop_when_the_user_says(fake, client):
+    parent = fake.add_message("C1", "question", user="U1")
+    kw = {"recipient_team_id": "T0001", "recipient_user_id": "U1"}
+    ts = client.chat_startStream(channel="C1", thread_ts=parent, markdown_text="Hi", **kw)["ts"]
+    fake.advance(fake.stream_lifetime - 1)
+    client.chat_appendStream(channel="C1", ts=ts, markdown_text=" there")
+    fake.advance(1)
+    err = error_of(lambda: client.chat_appendStream(channel="C1", ts=ts, markdown_text="!"))
+    assert err.response["error"] == "message_not_in_streaming_state"
+    assert fake.streams[ts]["state"] == "expired" and fake.streams[ts]["text"] == "Hi there"
+    client.chat_update(channel="C1", ts=ts, text="Hi there (finished)")  # can still be edited
+
+    fake.stop_after_appends = 1
+    ts2 = client.chat_startStream(channel="C1", thread_ts=parent, markdown_text="A", **kw)["ts"]
+    client.chat_appendStream(channel="C1", ts=ts2, markdown_text="B")
+    for call in (client.chat_appendStream, client.chat_stopStream):
+        extra = {"markdown_text": "C"} if call == client.chat_appendStream else {}
+        err = error_of(lambda c=call, e=extra: c(channel="C1", ts=ts2, **e))
+        assert err.response["error"] == "stopped_by_user"
+
+    fake.streaming_enabled = False
+    err = error_of(lambda: client.chat_startStream(channel="C1", thread_ts=parent, **kw))
+    assert err.response["error"] == "channel_type_not_supported"
+
+
+def test_status_loading_messages_limits_and_two_minute_lapse(fake, client):
+    parent = fake.add_message("C1", "question", user="U1")
+    status = {"channel_id": "C1", "thread_ts": parent, "status": "is reading…"}
+    for bad in (["x" * 51], [f"m{i}" for i in range(11)], []):
+        body = {**status, "loading_messages": bad}
+        err = error_of(lambda b=body: client.api_call("assistant.threads.setStatus", json=b))
+        assert err.response["error"] == "invalid_arguments"
+    client.assistant_threads_setStatus(**status, loading_messages=["Reading…"] * 10)
+    fake.advance(119)
+    client.assistant_threads_setStatus(**status)  # refreshed in time
+    fake.advance(121)
+    client.chat_postMessage(channel="C1", thread_ts=parent, text="answer")  # too late
+    assert len(fake.status_lapses) == 1 and fake.status_lapses[0]["thread_ts"] == parent

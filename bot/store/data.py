@@ -96,6 +96,13 @@ def set_outcome(session: Session, usage_id: int, outcome: str) -> None:
         row.outcome = outcome
 
 
+def set_stopped_by_user(session: Session, usage_id: int) -> None:
+    """Mark a ledger row's answer as stopped by its requester (Slack's stop button)."""
+    row = session.get(UsageRecord, usage_id)
+    if row is not None:
+        row.stopped_by_user = True
+
+
 def get_user_names(
     session: Session, team_id: str, user_ids: set[str], *, fresh_after: datetime
 ) -> dict[str, str]:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -84,6 +85,10 @@ class UsageRecord(Base):
     savings_usd: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(32))
+    # Why the model stopped (end_turn, max_tokens, refusal, pause_turn, …); NULL: no answer.
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    # The requester pressed stop on the streamed answer; nothing more was posted.
+    stopped_by_user: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class SlackUser(Base):
@@ -112,6 +117,7 @@ class Summary(Base):
     kind: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
     footer: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)  # why the summary may be incomplete
     shared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

@@ -142,6 +142,13 @@ class _StreamFailure:
 
 
 @dataclass
+class _Stop:
+    stop_reason: str
+    after_chars: int | None
+    explanation: str | None
+
+
+@dataclass
 class _Entry:
     ttl: str
     expires_at: float
@@ -396,12 +403,15 @@ class FakeMessagesAPI:
         self.arrived = 0  # requests that reached the server (counted before any gate)
         # Simulated model latency in seconds for each request (benchmarks only).
         self.delay: Callable[[], float] | None = None
+        # Characters per text_delta event when streaming (None: the reply in three pieces).
+        self.delta_chars: int | None = None
         self._now = float(start_time)
         self._lock = threading.RLock()
         self.activity = threading.Condition(self._lock)  # notified when a request arrives
         self._cache: dict[str, _Entry] = {}
         self._failures: deque[_Failure] = deque()
         self._stream_failures: deque[_StreamFailure] = deque()
+        self._stops: deque[_Stop] = deque()
         self._counter = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -516,6 +526,22 @@ class FakeMessagesAPI:
         )
         with self._lock:
             self._stream_failures.extend([failure] * times)
+
+    def enqueue_stop(
+        self,
+        stop_reason: str,
+        *,
+        after_chars: int | None = None,
+        explanation: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` answers (streamed or not) end with ``stop_reason`` after the
+        first ``after_chars`` characters of the reply (all of it when None). A ``refusal`` carries
+        ``stop_details`` (type, category null, ``explanation``) as the API documents; a
+        ``max_tokens`` stop reports ``max_tokens`` output tokens."""
+        stop = _Stop(stop_reason, after_chars, explanation)
+        with self._lock:
+            self._stops.extend([stop] * times)
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -659,25 +685,39 @@ class FakeMessagesAPI:
             return {"input_tokens": result.total, "output_tokens": output_tokens}
         raise ValueError(f"unknown usage_style {style!r}; expected one of {USAGE_STYLES}")
 
-    def _reply_text(self, body: dict[str, Any]) -> tuple[str, int, str]:
-        """Return (text, output_tokens, stop_reason), honouring max_tokens."""
+    def _reply_text(
+        self, body: dict[str, Any]
+    ) -> tuple[str, int, str, dict[str, Any] | None]:
+        """Return (text, output_tokens, stop_reason, stop_details), honouring max_tokens and
+        any enqueued stop."""
         with self._lock:
             reply = self.reply
             forced = self.output_tokens
+            stop = self._stops.popleft() if self._stops else None
         text = reply(body) if callable(reply) else str(reply)
-        out = forced if forced is not None else count_tokens(text)
         max_tokens = int(body["max_tokens"])
+        if stop is not None:
+            if stop.after_chars is not None:
+                text = text[: stop.after_chars]
+            out = forced if forced is not None else count_tokens(text)
+            details = None
+            if stop.stop_reason == "refusal":
+                details = {"type": "refusal", "category": None, "explanation": stop.explanation}
+            if stop.stop_reason == "max_tokens":
+                out = max_tokens
+            return text, min(out, max_tokens), stop.stop_reason, details
+        out = forced if forced is not None else count_tokens(text)
         if out <= max_tokens:
-            return text, out, "end_turn"
+            return text, out, "end_turn", None
         if forced is None:
             text = text.encode("utf-8")[: max_tokens * 4].decode("utf-8", errors="ignore")
-        return text, max_tokens, "max_tokens"
+        return text, max_tokens, "max_tokens", None
 
 
-def _split_text(text: str, pieces: int = 3) -> list[str]:
+def _split_text(text: str, pieces: int = 3, size: int | None = None) -> list[str]:
     if not text:
         return []
-    size = max(1, math.ceil(len(text) / pieces))
+    size = size or max(1, math.ceil(len(text) / pieces))
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
@@ -850,12 +890,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         result = fake._account(model, positions)
-        text, out_tokens, stop_reason = fake._reply_text(body)
+        text, out_tokens, stop_reason, details = fake._reply_text(body)
         usage = fake._usage(result, out_tokens)
         message_id = fake._next_id("msg")
 
         if body.get("stream"):
-            self._stream(headers, body, message_id, text, usage, stop_reason)
+            self._stream(headers, body, message_id, text, usage, stop_reason, details)
             return
 
         fake._record(headers, body, 200, self._received_at)
@@ -871,6 +911,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "content": [{"type": "text", "text": text}],
                 "stop_reason": stop_reason,
                 "stop_sequence": None,
+                **({"stop_details": details} if details else {}),
                 "usage": usage,
             },
         )
@@ -889,6 +930,7 @@ class _Handler(BaseHTTPRequestHandler):
         text: str,
         usage: dict[str, Any],
         stop_reason: str,
+        details: dict[str, Any] | None = None,
     ) -> None:
         fake = self.fake
         stream_failure = fake._pop_stream_failure()
@@ -925,7 +967,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._write_chunk(_sse("content_block_start", block_start))
         streamed = text if stream_failure is None else text[: stream_failure.after_chars]
-        for piece in _split_text(streamed):
+        for piece in _split_text(streamed, size=fake.delta_chars):
             delta = {
                 "type": "content_block_delta",
                 "index": 0,
@@ -944,7 +986,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "delta": {
+                        "stop_reason": stop_reason,
+                        "stop_sequence": None,
+                        **({"stop_details": details} if details else {}),
+                    },
                     "usage": {"output_tokens": usage["output_tokens"]},
                 },
             )

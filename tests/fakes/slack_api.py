@@ -37,6 +37,10 @@ MAX_MARKDOWN_TOTAL = 12_000
 MAX_BLOCK_ID = 255
 RESPONSE_URL_MAX_USES = 5
 RESPONSE_URL_TTL_SECONDS = 30 * 60
+STATUS_TTL_SECONDS = 120  # a status line vanishes after two minutes without a message
+MAX_LOADING_MESSAGES = 10  # assistant.threads.setStatus: at most 10 loading_messages…
+MAX_LOADING_CHARS = 50  # …of at most 50 characters each
+STREAM_LIFETIME_SECONDS = 300.0  # reports: Slack closes a stream after about five minutes
 
 KNOWN_BLOCK_TYPES = frozenset(
     {
@@ -249,6 +253,7 @@ class FakeSlack:
         bot_user_id: str = "UBOT",
         bot_id: str = "BBOT",
         start_time: float = 1_700_000_000.0,
+        stream_lifetime: float = STREAM_LIFETIME_SECONDS,
     ) -> None:
         self.team_id = team_id
         self.team_domain = team_domain
@@ -258,6 +263,18 @@ class FakeSlack:
         self.channel_teams: dict[str, str] = {}  # channel -> workspace its messages come from
         self.streams: dict[str, dict[str, Any]] = {}  # ts -> streamed message state
         self.streaming_enabled = True  # False: chat.startStream is refused (fallback paths)
+        self.stream_refusal = "channel_type_not_supported"  # the error it is refused with
+        # Seconds (of `now`) after which Slack closes a stream on its own: later append/stop
+        # calls answer message_not_in_streaming_state.
+        self.stream_lifetime = stream_lifetime
+        # The requester presses stop after this many appendStream calls to a stream: later
+        # append/stop calls answer stopped_by_user.
+        self.stop_after_appends: int | None = None
+        # Simulated seconds that pass during every API call (long reads and streams, no sleeps).
+        self.seconds_per_call = 0.0
+        # Status lines that vanished by Slack's two-minute timeout before being replaced.
+        self.status_lapses: list[dict[str, Any]] = []
+        self._status_set: dict[tuple[str, str], float] = {}  # (channel, thread) -> set at
         self.client_id = "1111.2222"
         self.client_secret = "fake-client-secret"
         self._oauth_codes: dict[str, dict[str, Any]] = {}
@@ -797,6 +814,7 @@ class FakeSlack:
         self, method: str, params: dict[str, Any], auth_header: str | None
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         with self._lock:
+            self.now += self.seconds_per_call
             recorded = {k: v for k, v in params.items() if k != "token"}
             self.calls.append((method, copy.deepcopy(recorded)))
             handler = _METHODS.get(method)
@@ -1100,6 +1118,17 @@ class FakeSlack:
             raise SlackError("user_not_found")
         return {"user": self._user_dict(user)}
 
+    def _status_ends(self, channel: str, thread_ts: str | None) -> None:
+        """A status line ends (a reply, a new or empty status); note it if it had lapsed."""
+        if thread_ts is None:
+            return
+        set_at = self._status_set.pop((channel, str(thread_ts)), None)
+        if set_at is not None and self.now - set_at > STATUS_TTL_SECONDS:
+            self.status_lapses.append(
+                {"channel": channel, "thread_ts": str(thread_ts), "set_at": set_at,
+                 "lapsed_at": set_at + STATUS_TTL_SECONDS}
+            )
+
     def _api_chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
         ch = self._channel_for_write(params, open_dm=True)
         blocks = self._parse_blocks(params)
@@ -1120,6 +1149,7 @@ class FakeSlack:
                 thread_ts = target["thread_ts"]
             else:
                 thread_ts = target["ts"]
+        self._status_ends(ch.id, thread_ts)
         ts = us_to_ts(self._mint_us())
         msg: dict[str, Any] = {
             "ts": ts,
@@ -1145,7 +1175,7 @@ class FakeSlack:
 
     def _api_chat_start_stream(self, params: dict[str, Any]) -> dict[str, Any]:
         if not self.streaming_enabled:
-            raise SlackError("method_not_supported_for_channel_type")
+            raise SlackError(self.stream_refusal)
         ch = self._channel_for_write(params, open_dm=False)
         raw_thread = params.get("thread_ts")
         if not raw_thread:
@@ -1153,18 +1183,27 @@ class FakeSlack:
         if not ch.is_im and not (params.get("recipient_team_id") and
                                  params.get("recipient_user_id")):
             raise SlackError("missing_recipient_team_id")
+        self._status_ends(ch.id, str(raw_thread))
         ts = us_to_ts(self._mint_us())
         text = str(params.get("markdown_text") or "")
         ch.messages[ts] = {"ts": ts, "user": self.bot_user_id, "bot_id": self.bot_id,
                            "text": text, "thread_ts": str(raw_thread)}
         self.streams[ts] = {"channel": ch.id, "thread_ts": str(raw_thread), "text": text,
-                            "appends": 0, "state": "streaming"}
+                            "appends": 0, "state": "streaming", "started_at": self.now}
         return {"channel": ch.id, "ts": ts}
 
     def _stream(self, params: dict[str, Any]) -> tuple[_Channel, dict[str, Any]]:
         ch = self._channel_visible(params)
         stream = self.streams.get(str(params.get("ts")))
-        if stream is None or stream["state"] != "streaming":
+        if stream is None:
+            raise SlackError("message_not_found")
+        if stream["state"] == "streaming" and (
+            self.now - stream["started_at"] >= self.stream_lifetime
+        ):
+            stream["state"] = "expired"  # Slack closed it; the message keeps what it had
+        if stream["state"] == "stopped_by_user":
+            raise SlackError("stopped_by_user")
+        if stream["state"] != "streaming":
             raise SlackError("message_not_in_streaming_state")
         return ch, stream
 
@@ -1178,6 +1217,8 @@ class FakeSlack:
         if len(stream["text"]) > MAX_TEXT_CHARS:
             raise SlackError("msg_too_long")
         ch.messages[str(params["ts"])]["text"] = stream["text"]
+        if self.stop_after_appends is not None and stream["appends"] >= self.stop_after_appends:
+            stream["state"] = "stopped_by_user"  # the requester pressed stop
         return {"channel": ch.id, "ts": params["ts"]}
 
     def _api_chat_stop_stream(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1189,8 +1230,9 @@ class FakeSlack:
         msg["text"] = stream["text"]
         if blocks is not None:
             msg["blocks"] = copy.deepcopy(blocks)
+            stream["blocks"] = copy.deepcopy(blocks)
         record = {"channel": ch.id, "thread_ts": stream["thread_ts"], "text": stream["text"],
-                  "blocks": copy.deepcopy(blocks), "_streamed": True,
+                  "blocks": copy.deepcopy(blocks), "_streamed": True, "ts": params["ts"],
                   "_team": getattr(self, "_caller_team", self.team_id)}
         self.posts.append(record)
         return {"channel": ch.id, "ts": params["ts"]}
@@ -1262,14 +1304,20 @@ class FakeSlack:
         return {"channel": ch.id, "permalink": link}
 
     @staticmethod
-    def _view(params: dict[str, Any], kind: str) -> dict[str, Any]:
-        """The `view` argument (JSON text or an object) of type `kind`, else invalid_arguments."""
-        view = params.get("view")
-        if isinstance(view, str):
+    def _json_arg(params: dict[str, Any], key: str) -> Any:
+        """An argument sent as JSON text (form bodies) or as a value (JSON bodies)."""
+        value = params.get(key)
+        if isinstance(value, str):
             try:
-                view = json.loads(view)
+                return json.loads(value)
             except json.JSONDecodeError as exc:
                 raise SlackError("invalid_arguments") from exc
+        return value
+
+    @classmethod
+    def _view(cls, params: dict[str, Any], kind: str) -> dict[str, Any]:
+        """The `view` argument (JSON text or an object) of type `kind`, else invalid_arguments."""
+        view = cls._json_arg(params, "view")
         if not isinstance(view, dict) or view.get("type") != kind:
             raise SlackError("invalid_arguments")
         return view
@@ -1342,8 +1390,20 @@ class FakeSlack:
             raise SlackError("channel_not_found")
         if not params.get("thread_ts"):
             raise SlackError("invalid_arguments")
+        loading = self._json_arg(params, "loading_messages")
+        if loading is not None and (
+            not isinstance(loading, list)
+            or not 1 <= len(loading) <= MAX_LOADING_MESSAGES
+            or any(not isinstance(m, str) or len(m) > MAX_LOADING_CHARS for m in loading)
+        ):
+            raise SlackError("invalid_arguments")
+        channel, thread_ts = str(params["channel_id"]), str(params["thread_ts"])
+        self._status_ends(channel, thread_ts)
+        if params.get("status"):
+            self._status_set[(channel, thread_ts)] = self.now
         record = copy.deepcopy(params)
         record.pop("token", None)
+        record["_at"] = self.now
         self.statuses.append(record)
         return {}
 
