@@ -152,12 +152,14 @@ class JobQueue:
             )
 
     def finish(self, job_id: int, status: str = "done", error: str | None = None) -> None:
-        """Mark a job done or failed."""
+        """Mark a job done or failed and forget its payload (the request's text): only the row
+        stays, so a redelivered event is still recognised as a duplicate."""
         with self._sessions.begin() as s:
             s.execute(
                 update(Job)
                 .where(Job.id == job_id)
                 .values(
+                    payload="{}",
                     status=status,
                     finished_at=datetime.now(UTC),
                     last_error=(error or None) and error[:300],

@@ -253,3 +253,21 @@ def test_doctor_reports_plain_text_tokens_and_a_key_that_cannot_read_them(
     mixed = doctor(encryption_key=KEY)
     assert f"{WARN} tokens: 1 workspace(s) still have tokens in plain text" in mixed
     assert "rotate-key" in mixed and "xoxb-t0003" not in mixed
+
+
+def test_a_finished_job_keeps_no_request_text(bot, slack, model, engine):
+    """SECURITY.md: a job holds the mention's text until it is answered, not for the two days
+    its row is kept to recognise a redelivered event."""
+    from sqlalchemy import select
+
+    from bot.store.models import Job
+
+    parent = slack.add_thread("C1", 3)
+    _, resp = bot.mention("C1", "what did JOBTEXTMARK decide?", thread_ts=parent)
+    assert resp.status_code == 200
+    bot.wait()
+    assert bot.posts_in("C1", parent)  # answered
+    with engine.connect() as conn:
+        rows = conn.execute(select(Job.status, Job.payload)).all()
+    assert rows and all(status == "done" for status, _ in rows)
+    assert all("JOBTEXTMARK" not in payload for _, payload in rows)
