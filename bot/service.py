@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.compaction import Compactor
 from bot.config import Settings
-from bot.engine import Prior, Rhythm, choose_ttl
 from bot.installations import SlackClients
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
@@ -34,6 +33,7 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
+from bot.ttl_policy import Prior, Rhythm, choose_ttl
 from bot.usage import BudgetExceeded, Budgets
 from bot.workspace import Effective, Workspaces
 from bot.workspace import refusal as channel_refusal
