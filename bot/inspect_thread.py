@@ -25,7 +25,6 @@ from bot.prompt import (
     SYSTEM_PROMPT,
     Built,
     Compacted,
-    PriorCache,
     build_request,
     estimate_tokens,
     transcript_digest,
@@ -43,10 +42,10 @@ from bot.threads import (
     slim,
     ts_key,
 )
+from bot.ttl_policy import CachePlan, TtlPolicy
 from bot.workspace import Workspaces
 
 PREVIEW_CHARS = 160
-TTL_SECONDS = {"5m": 300, "1h": 3600}
 _WRITE_PRICE = {"5m": "1.25×", "1h": "2×"}
 
 
@@ -59,22 +58,6 @@ def _preview(text: str, width: int) -> str:
 
 def _money(value: float) -> str:
     return f"${value:,.4f}"
-
-
-def _stamp(when: datetime | None) -> str:
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else "never"
-
-
-def _alive_prior(state: Any, now: datetime) -> tuple[PriorCache | None, str]:
-    """The previous write on this thread if the endpoint should still hold it, and a note."""
-    if state is None or not state.cache_boundary_ts or not state.cache_prefix_digest:
-        return None, "none (the bot has not written a cache entry for this thread)"
-    touched = data.as_utc(state.cache_written_at)
-    ttl = state.cache_ttl if state.cache_ttl in TTL_SECONDS else "5m"
-    where = f"at message {state.cache_boundary_ts} (ttl {ttl}, last used {_stamp(touched)})"
-    if touched is None or (now - touched).total_seconds() > TTL_SECONDS[ttl] - 5:
-        return None, f"{where}: expired, so not read back"
-    return PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl), f"{where}: alive"
 
 
 def run_inspect(
@@ -189,18 +172,16 @@ def _inspect(
     now = datetime.now(UTC)
     with sessions() as s:
         state = data.get_thread(s, team_id, channel, thread_ts)
-        prior, prior_note = _alive_prior(state, now)
+        cache = TtlPolicy(settings.cache_ttl).plan(s, team_id, state, now)
         stored = data.get_compaction(s, team_id, channel, thread_ts)
     compacted, compaction_note = _compaction(turns, settings, stored, model)
-    mode = settings.cache_ttl
-    ttl = {"5m": "5m", "1h": "1h", "off": None, "auto": "5m"}[mode]
     built = build_request(
         model=model,
         turns=turns,
         request=ask,
         requester=requester,
-        prior=prior,
-        ttl=ttl,
+        prior=cache.prior,
+        ttl=cache.ttl,
         max_tokens=settings.max_output_tokens,
         budget_tokens=settings.context_budget_tokens,
         compacted=compacted,
@@ -209,11 +190,11 @@ def _inspect(
         f"Thread {channel}/{thread_ts} in {auth.get('team')} ({team_id}): {len(messages):,} "
         f"messages; request: {what}\n"
     )
-    w.write(f"Previous cache write: {prior_note}\n")
+    w.write(f"Previous cache write: {cache.prior_note}\n")
     if compaction_note:
         w.write(f"Compaction: {compaction_note}\n")
     _print_transcript(built, w, width)
-    _print_breakpoints(built, mode, w)
+    _print_breakpoints(built, cache, w)
     _print_costs(built, settings, model, w)
     if not send:
         w.write("Dry run: nothing was sent to the model. Add --send to send it once.\n")
@@ -263,7 +244,8 @@ def _print_transcript(built: Built, w: MaskedOutput, width: int) -> None:
         w.write(f"  ({built.omitted:,} older messages are left out for length)\n")
 
 
-def _print_breakpoints(built: Built, mode: str, w: MaskedOutput) -> None:
+def _print_breakpoints(built: Built, cache: CachePlan, w: MaskedOutput) -> None:
+    mode = cache.mode
     w.write("\nBreakpoints:\n")
     if not built.breakpoints:
         why = (
@@ -284,12 +266,24 @@ def _print_breakpoints(built: Built, mode: str, w: MaskedOutput) -> None:
             )
         w.write(f"  {line} — {why}\n")
     if mode == "auto":
-        chosen = "5m (CACHE_TTL=auto chooses per thread from its rhythm; shown with 5m)"
+        chosen = f"{built.write_ttl or 'none'} ({_auto_note(built, cache)})"
     elif mode == "off":
         chosen = "none (CACHE_TTL=off)"
     else:
         chosen = f"{mode} (CACHE_TTL={mode})"
     w.write(f"TTL: {chosen}\n")
+
+
+def _auto_note(built: Built, cache: CachePlan) -> str:
+    """Why CACHE_TTL=auto chose this TTL: the thread's rhythm and the expected costs."""
+    r = cache.rhythm
+    costs = cache.choose(built.new_tokens, built.prefix_tokens).costs
+    per = ", ".join(f"{k} {v:,.0f}" for k, v in costs.items())
+    return (
+        f"CACHE_TTL=auto chooses per thread from its rhythm: this would be request {r.requests}, "
+        f"{r.within_5m} of {r.gaps} gaps within 5 min and {r.within_1h} within 1 h; expected "
+        f"cost from now on, in base-price tokens: {per}"
+    )
 
 
 def _print_costs(built: Built, settings: Settings, model: str, w: MaskedOutput) -> None:
