@@ -10,10 +10,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.llm import Completion, MessagesClient
-from bot.prompt import Compacted, estimate_tokens, transcript_digest
+from bot.prompt import Compacted, transcript_digest
 from bot.store import data
 from bot.store.models import Compaction
-from bot.threads import Turn
+from bot.transcript import Turn, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def plan_upto(turns: Sequence[Turn], budget: int, scale: float, current: int | N
 
     An existing boundary is kept while the messages after it still fit.
     """
-    costs = [estimate_tokens(t.text) * scale for t in turns]
+    costs = [t.tokens() * scale for t in turns]
     if sum(costs) <= budget:
         return None
     room = budget - costs[0] - SUMMARY_TOKENS * 1.5

@@ -26,7 +26,6 @@ from bot.prompt import (
     Built,
     Compacted,
     build_request,
-    estimate_tokens,
     transcript_digest,
 )
 from bot.replies import footer_line
@@ -42,6 +41,7 @@ from bot.threads import (
     slim,
     ts_key,
 )
+from bot.transcript import estimate_tokens
 from bot.ttl_policy import CachePlan, TtlPolicy
 from bot.workspace import Workspaces
 
