@@ -48,6 +48,23 @@ def plan_upto(turns: Sequence[Turn], budget: int, scale: float, current: int | N
     return min(upto, (len(turns) - 1) // STEP * STEP) or None
 
 
+def _covers(stored: Compaction, model: str, turns: Sequence[Turn], upto: int) -> bool:
+    """Whether `stored` was made from exactly turns 1..upto-1 as they are now (for `model`)."""
+    return stored.digest == transcript_digest(model, [t.text for t in turns[1:upto]])
+
+
+def reusable(
+    turns: Sequence[Turn], stored: Compaction | None, *, model: str, budget: int, scale: float
+) -> tuple[int | None, Compacted | None]:
+    """Where compaction should end for `turns` (None: they fit the budget), and the stored
+    compaction when it can be used as it is (the same boundary over unchanged messages)."""
+    upto = plan_upto(turns, budget, scale, stored.upto if stored is not None else None)
+    if upto is not None and stored is not None and stored.upto == upto:
+        if _covers(stored, model, turns, upto):
+            return upto, Compacted(upto, stored.summary)
+    return upto, None
+
+
 class Compactor:
     """Makes and stores the summary of a thread's turns 1..upto-1."""
 
@@ -78,23 +95,14 @@ class Compactor:
         """The compaction to use for these turns, made or extended when needed (raises LLMError)."""
         with self._sessions() as s:
             stored = data.get_compaction(s, team_id, channel_id, thread_ts)
-        current = stored.upto if stored else None
-        upto = plan_upto(turns, self._budget, scale, current)
-        if upto is None:
-            return None
+        upto, reused = reusable(
+            turns, stored, model=self._model, budget=self._budget, scale=scale
+        )
+        if upto is None or reused is not None:
+            return reused
         texts = [t.text for t in turns]
-        if (
-            stored
-            and stored.upto == upto
-            and stored.digest == transcript_digest(self._model, texts[1:upto])
-        ):
-            return Compacted(upto, stored.summary)
         summary, start = "", 1
-        if (
-            stored
-            and stored.upto < upto
-            and stored.digest == transcript_digest(self._model, texts[1 : stored.upto])
-        ):
+        if stored and stored.upto < upto and _covers(stored, self._model, turns, stored.upto):
             summary, start = stored.summary, stored.upto  # extend the earlier summary
         summary = self._summarize(summary, texts[start:upto], scale)
         with self._sessions.begin() as s:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.app import make_llm, make_slack_client
-from bot.compaction import plan_upto
+from bot.compaction import reusable
 from bot.config import Settings
 from bot.doctor import FAIL, MaskedOutput, secret_values
 from bot.llm import LLMError
@@ -26,7 +26,6 @@ from bot.prompt import (
     Built,
     Compacted,
     build_request,
-    transcript_digest,
 )
 from bot.replies import footer_line
 from bot.store import data
@@ -206,20 +205,13 @@ def _compaction(
     turns: list[Any], settings: Settings, stored: Any, model: str
 ) -> tuple[Compacted | None, str]:
     """The stored compaction the bot would reuse, or why there is none."""
-    upto = plan_upto(
-        turns, settings.context_budget_tokens, 1.0, stored.upto if stored is not None else None
+    upto, reused = reusable(
+        turns, stored, model=model, budget=settings.context_budget_tokens, scale=1.0
     )
     if upto is None:
         return None, ""
-    texts = [t.text for t in turns]
-    if (
-        stored is not None
-        and stored.upto == upto
-        and stored.digest == transcript_digest(model, texts[1:upto])
-    ):
-        return Compacted(upto, stored.summary), (
-            f"messages 1..{upto - 1} are replaced by the stored summary"
-        )
+    if reused is not None:
+        return reused, f"messages 1..{upto - 1} are replaced by the stored summary"
     return None, (
         f"the thread is over CONTEXT_BUDGET_TOKENS: the bot would first fold messages "
         f"1..{upto - 1} into a summary (a model call this dry run does not make); shown here "

@@ -385,6 +385,22 @@ def test_inspect_shows_the_ttl_the_bot_chooses_and_then_sends(
     assert sent[-2].get("cache_control", {}).get("ttl", "5m" if ttl else None) == ttl
 
 
+def test_inspect_reuses_the_compaction_the_bot_stored(make_bot, slack, model, database_url):
+    parent = slack.add_thread("C1", 600, text_fn=long_text)
+    settings = make_settings(slack, model, database_url, context_budget_tokens=10000)
+    code, text = inspect(settings, link_to("C1", parent))
+    assert code == 0, text
+    assert "the bot would first fold messages 1..499 into a summary" in text
+    bot = make_bot(context_budget_tokens=10000)
+    ts, _ = bot.mention("C1", "what did we decide?", thread_ts=parent)
+    sent = model.requests[-1]["body"]["messages"][0]["content"]
+    assert sent[1]["text"].startswith("[Summary of the 499 messages")
+    code, text = inspect(settings, link_to("C1", ts, parent), send=True)
+    assert code == 0, text
+    assert "Compaction: messages 1..499 are replaced by the stored summary" in text
+    assert model.requests[-1]["body"]["messages"][0]["content"][:2] == sent[:2]
+
+
 def test_inspect_refuses_what_it_cannot_read(slack, model, database_url, engine):
     settings = make_settings(slack, model, database_url)
     assert inspect(settings, "https://example.com/not-a-link")[0] == 2
