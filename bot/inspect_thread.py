@@ -10,9 +10,11 @@ token estimate and the expected cost cold and warm. Nothing is posted and no sta
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.app import make_llm, make_slack_client
@@ -114,56 +116,25 @@ def _inspect(
 ) -> int:
     sessions = make_session_factory(engine)
     client = make_slack_client(settings)
-    try:
-        auth = client.auth_test()
-    except (SlackClientError, OSError) as exc:
-        error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc)
-        w.write(f"{FAIL} Slack auth.test failed ({error}); run `python -m bot doctor`\n")
+    auth = _auth(client, w)
+    if auth is None:
         return 1
     team_id, bot_user_id = str(auth["team_id"]), str(auth["user_id"])
-    bot_id = auth.get("bot_id")
     channel, thread_ts = link.channel_id, link.thread_ts
-    try:
-        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
-        if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
-            thread_ts = messages[0]["thread_ts"]  # the link named a reply: read its thread
-            messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
-    except ThreadReadError as exc:
-        w.write(f"{FAIL} Slack refused to read {channel}/{thread_ts}: {exc.error}\n")
-        if exc.error in ("not_in_channel", "channel_not_found"):
-            w.write(f"    invite the bot to the channel (/invite @{auth.get('user')})\n")
+    read = _read(client, channel, thread_ts, auth, w)
+    if read is None:
         return 1
-    if not messages:
-        w.write(f"{FAIL} the thread {channel}/{thread_ts} has no messages\n")
-        return 1
+    thread_ts, messages = read
     names = NameResolver(lambda: client, sessions, team_id)
     eff = Workspaces(settings, sessions).effective(team_id)  # what the workspace's admins chose
     model = eff.model
-    mention = next(
-        (
-            m
-            for m in messages
-            if m["ts"] == link.ts
-            and m["ts"] != thread_ts
-            and f"<@{bot_user_id}" in (m.get("text") or "")
-        ),
-        None,
-    )
-    if mention is not None:
-        before = [m for m in messages if ts_key(m["ts"]) < ts_key(mention["ts"])]
-        ask = clean_request(mention.get("text") or "", names, bot_user_id)
-        requester = names.name(mention["user"]) if mention.get("user") else ""
-        what = f"the mention at {mention['ts']} by {requester or 'unknown'}: “{ask}”"
-    else:
-        before, ask, requester = messages, request, ""
-        what = f"“{ask}” asked after the last message (--request to change)"
-    if eff.language:
-        ask = f"{ask}\n\n(Answer in {eff.language}.)"
+    asked = _asked(messages, link.ts, thread_ts, names, bot_user_id, request)
+    ask = f"{asked.ask}\n\n(Answer in {eff.language}.)" if eff.language else asked.ask
     turns = render_thread(
-        before,
+        asked.before,
         names,
         bot_user_id=bot_user_id,
-        bot_id=bot_id,
+        bot_id=auth.get("bot_id"),
         recap=False,
         team_id=team_id,
         enterprise_id=auth.get("enterprise_id"),
@@ -178,7 +149,7 @@ def _inspect(
         model=model,
         turns=turns,
         request=ask,
-        requester=requester,
+        requester=asked.requester,
         prior=cache.prior,
         ttl=cache.ttl,
         max_tokens=settings.max_output_tokens,
@@ -187,18 +158,103 @@ def _inspect(
     )
     w.write(
         f"Thread {channel}/{thread_ts} in {auth.get('team')} ({team_id}): {len(messages):,} "
-        f"messages; request: {what}\n"
+        f"messages; request: {asked.what}\n"
     )
+    return _report(settings, built, cache, compaction_note, w, send=send, width=width)
+
+
+def _report(
+    settings: Settings,
+    built: Built,
+    cache: CachePlan,
+    compaction_note: str,
+    w: MaskedOutput,
+    *,
+    send: bool,
+    width: int,
+) -> int:
+    """Print the request and what it would cost; with `send`, send it once."""
     w.write(f"Previous cache write: {cache.prior_note}\n")
     if compaction_note:
         w.write(f"Compaction: {compaction_note}\n")
     _print_transcript(built, w, width)
     _print_breakpoints(built, cache, w)
-    _print_costs(built, settings, model, w)
+    _print_costs(built, settings, built.body["model"], w)
     if not send:
         w.write("Dry run: nothing was sent to the model. Add --send to send it once.\n")
         return 0
     return _send(settings, built, w)
+
+
+def _auth(client: WebClient, w: MaskedOutput) -> Any:
+    """Slack's auth.test answer for the token, or None (said why)."""
+    try:
+        return client.auth_test()
+    except (SlackClientError, OSError) as exc:
+        error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc)
+        w.write(f"{FAIL} Slack auth.test failed ({error}); run `python -m bot doctor`\n")
+        return None
+
+
+def _read(
+    client: WebClient, channel: str, thread_ts: str, auth: Any, w: MaskedOutput
+) -> tuple[str, list[dict[str, Any]]] | None:
+    """The thread's ts and its messages (the whole thread when the link named a reply), or
+    None (said why)."""
+    try:
+        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
+        if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
+            thread_ts = messages[0]["thread_ts"]  # the link named a reply: read its thread
+            messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
+    except ThreadReadError as exc:
+        w.write(f"{FAIL} Slack refused to read {channel}/{thread_ts}: {exc.error}\n")
+        if exc.error in ("not_in_channel", "channel_not_found"):
+            w.write(f"    invite the bot to the channel (/invite @{auth.get('user')})\n")
+        return None
+    if not messages:
+        w.write(f"{FAIL} the thread {channel}/{thread_ts} has no messages\n")
+        return None
+    return thread_ts, messages
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """The request inspect rebuilds: the messages before it, its text, who asked, a summary."""
+
+    before: list[dict[str, Any]]
+    ask: str
+    requester: str
+    what: str
+
+
+def _asked(
+    messages: list[dict[str, Any]],
+    link_ts: str,
+    thread_ts: str,
+    names: NameResolver,
+    bot_user_id: str,
+    request: str,
+) -> _Asked:
+    """A linked reply that mentions the bot is that mention's request (the messages before
+    it); any other link asks `request` after the thread's last message."""
+    mention = next(
+        (
+            m
+            for m in messages
+            if m["ts"] == link_ts
+            and m["ts"] != thread_ts
+            and f"<@{bot_user_id}" in (m.get("text") or "")
+        ),
+        None,
+    )
+    if mention is None:
+        what = f"“{request}” asked after the last message (--request to change)"
+        return _Asked(messages, request, "", what)
+    ask = clean_request(mention.get("text") or "", names, bot_user_id)
+    requester = names.name(mention["user"]) if mention.get("user") else ""
+    what = f"the mention at {mention['ts']} by {requester or 'unknown'}: “{ask}”"
+    before = [m for m in messages if ts_key(m["ts"]) < ts_key(mention["ts"])]
+    return _Asked(before, ask, requester, what)
 
 
 def _compaction(

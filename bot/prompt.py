@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.transcript import Turn, estimate_tokens
+from bot.transcript import TextPart, Turn, estimate_tokens
 
 SYSTEM_PROMPT = """\
 You are a helpful assistant inside Slack. The user turn holds a Slack conversation transcript, \
@@ -76,10 +76,7 @@ def _chain(previous: str, text: str) -> str:
 
 def transcript_digest(model: str, texts: Sequence[str]) -> str:
     """The chained digest after `texts` (what PriorCache.digest stores)."""
-    digest = _seed(model)
-    for t in texts:
-        digest = _chain(digest, t)
-    return digest
+    return _digests(model, texts)[-1] if texts else _seed(model)
 
 
 def compaction_block(summary: str, count: int) -> str:
@@ -121,6 +118,27 @@ class _Marks:
     ends: list[int]  # the index of each turn's last block
     breakpoints: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, kept: Sequence[Turn]) -> _Marks:
+        """The blocks of `kept`, no breakpoints yet."""
+        marks = cls([], [])
+        for t in kept:
+            marks.blocks.extend(t.blocks())
+            marks.ends.append(len(marks.blocks) - 1)
+        return marks
+
+    def place(self, matched: int, write_ttl: str | None, prior: PriorCache | None) -> None:
+        """Read back at the previous write (turn `matched`, -1: none) and write at the end."""
+        last = len(self.ends) - 1
+        if matched >= 0 and matched != last:
+            read_ttl = "1h" if write_ttl == "1h" else prior.ttl if prior is not None else "5m"
+            self.mark(matched, read_ttl, f"previous cache write (read, ttl {read_ttl})")
+        if last >= 0 and write_ttl is not None:
+            self.mark(last, write_ttl, f"end of transcript (write, ttl {write_ttl})")
+        elif last >= 0 and matched == last:
+            ttl = prior.ttl if prior else "5m"
+            self.mark(last, ttl, "previous cache write (read; nothing new)")
+
     def mark(self, turn: int, ttl: str, why: str) -> None:
         """A breakpoint with `ttl` on the last block of kept turn `turn`."""
         block = self.ends[turn]
@@ -158,25 +176,16 @@ def build_request(
     blocks). 1-hour breakpoints never follow 5-minute ones.
     """
     kept, omitted = _layout(turns, budget_tokens, compacted, scale)
-    marks = _Marks([], [])
-    for t in kept:
-        marks.blocks.extend(t.blocks())
-        marks.ends.append(len(marks.blocks) - 1)
-    digests = _digests(model, kept)
+    marks = _Marks.of(kept)
+    digests = _digests(model, [t.text for t in kept])
     costs = [int(t.tokens() * scale) for t in kept]
     system_tokens = int(estimate_tokens(SYSTEM_PROMPT) * scale)
     prefix_tokens = system_tokens + sum(costs)
     matched = _matched(kept, digests, prior)
     new_tokens = sum(costs[matched + 1 :]) + (system_tokens if matched < 0 else 0)
     write_ttl = ttl(new_tokens, prefix_tokens) if callable(ttl) else ttl
+    marks.place(matched, write_ttl, prior)
     last = len(kept) - 1
-    if matched >= 0 and matched != last:
-        read_ttl = "1h" if write_ttl == "1h" else prior.ttl if prior is not None else "5m"
-        marks.mark(matched, read_ttl, f"previous cache write (read, ttl {read_ttl})")
-    if kept and write_ttl is not None:
-        marks.mark(last, write_ttl, f"end of transcript (write, ttl {write_ttl})")
-    elif kept and matched == last:
-        marks.mark(last, prior.ttl if prior else "5m", "previous cache write (read; nothing new)")
     written = bool(kept) and (write_ttl is not None or matched == last)  # the new boundary
     request_text = request.strip() or "Summarize this thread."
     who = f" from {requester}" if requester else ""
@@ -186,7 +195,7 @@ def build_request(
             "model": model,
             "max_tokens": max_tokens,
             "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": [*marks.blocks, _text(asked)]}],
+            "messages": [{"role": "user", "content": [*marks.blocks, TextPart(asked).block()]}],
         },
         boundary_ts=kept[last].ts if written else None,
         digest=digests[last] if written else None,
@@ -200,17 +209,13 @@ def build_request(
     )
 
 
-def _digests(model: str, kept: Sequence[Turn]) -> list[str]:
-    """The chained digest after each kept turn (over its text: the parts it has today)."""
+def _digests(model: str, texts: Sequence[str]) -> list[str]:
+    """The chained digest after each of `texts` (a turn's text: the one part turns have today)."""
     digest, out = _seed(model), []
-    for t in kept:
-        digest = _chain(digest, t.text)
+    for t in texts:
+        digest = _chain(digest, t)
         out.append(digest)
     return out
-
-
-def _text(text: str) -> dict[str, Any]:
-    return {"type": "text", "text": text}
 
 
 def _control(ttl: str) -> dict[str, str]:
