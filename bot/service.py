@@ -40,7 +40,6 @@ from bot.workspace import refusal as channel_refusal
 
 log = logging.getLogger(__name__)
 
-
 LLM_MESSAGES = {
     "auth": "the model endpoint rejected the API key. An admin needs to check `ANTHROPIC_API_KEY`.",
     "billing": "the model endpoint refused the request for billing reasons. An admin needs to "
