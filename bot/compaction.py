@@ -10,10 +10,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.llm import Completion, MessagesClient
-from bot.prompt import Compacted, estimate_tokens, transcript_digest
+from bot.prompt import Compacted, transcript_digest
 from bot.store import data
 from bot.store.models import Compaction
-from bot.threads import Turn
+from bot.transcript import Turn, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def plan_upto(turns: Sequence[Turn], budget: int, scale: float, current: int | N
 
     An existing boundary is kept while the messages after it still fit.
     """
-    costs = [estimate_tokens(t.text) * scale for t in turns]
+    costs = [t.tokens() * scale for t in turns]
     if sum(costs) <= budget:
         return None
     room = budget - costs[0] - SUMMARY_TOKENS * 1.5
@@ -46,6 +46,23 @@ def plan_upto(turns: Sequence[Turn], budget: int, scale: float, current: int | N
     while upto < len(turns) - 1 and tail[upto] > room * TAIL_SHARE:
         upto += STEP
     return min(upto, (len(turns) - 1) // STEP * STEP) or None
+
+
+def _covers(stored: Compaction, model: str, turns: Sequence[Turn], upto: int) -> bool:
+    """Whether `stored` was made from exactly turns 1..upto-1 as they are now (for `model`)."""
+    return stored.digest == transcript_digest(model, [t.text for t in turns[1:upto]])
+
+
+def reusable(
+    turns: Sequence[Turn], stored: Compaction | None, *, model: str, budget: int, scale: float
+) -> tuple[int | None, Compacted | None]:
+    """Where compaction should end for `turns` (None: they fit the budget), and the stored
+    compaction when it can be used as it is (the same boundary over unchanged messages)."""
+    upto = plan_upto(turns, budget, scale, stored.upto if stored is not None else None)
+    if upto is not None and stored is not None and stored.upto == upto:
+        if _covers(stored, model, turns, upto):
+            return upto, Compacted(upto, stored.summary)
+    return upto, None
 
 
 class Compactor:
@@ -78,23 +95,14 @@ class Compactor:
         """The compaction to use for these turns, made or extended when needed (raises LLMError)."""
         with self._sessions() as s:
             stored = data.get_compaction(s, team_id, channel_id, thread_ts)
-        current = stored.upto if stored else None
-        upto = plan_upto(turns, self._budget, scale, current)
-        if upto is None:
-            return None
+        upto, reused = reusable(
+            turns, stored, model=self._model, budget=self._budget, scale=scale
+        )
+        if upto is None or reused is not None:
+            return reused
         texts = [t.text for t in turns]
-        if (
-            stored
-            and stored.upto == upto
-            and stored.digest == transcript_digest(self._model, texts[1:upto])
-        ):
-            return Compacted(upto, stored.summary)
         summary, start = "", 1
-        if (
-            stored
-            and stored.upto < upto
-            and stored.digest == transcript_digest(self._model, texts[1 : stored.upto])
-        ):
+        if stored and stored.upto < upto and _covers(stored, self._model, turns, stored.upto):
             summary, start = stored.summary, stored.upto  # extend the earlier summary
         summary = self._summarize(summary, texts[start:upto], scale)
         with self._sessions.begin() as s:

@@ -24,7 +24,7 @@ from bot.app import make_llm, make_slack_client
 from bot.config import Settings, SettingsError, load_settings
 from bot.llm import LLMError, MessagesClient
 from bot.pricing import READ, Usage, cache_floor, cost, price_for
-from bot.prompt import estimate_tokens
+from bot.transcript import estimate_tokens
 
 OK, FAIL, WARN, SKIP = "✓", "✗", "⚠", "–"
 MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"

@@ -10,13 +10,15 @@ token estimate and the expected cost cold and warm. Nothing is posted and no sta
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.app import make_llm, make_slack_client
-from bot.compaction import plan_upto
+from bot.compaction import reusable
 from bot.config import Settings
 from bot.doctor import FAIL, MaskedOutput, secret_values
 from bot.llm import LLMError
@@ -25,10 +27,7 @@ from bot.prompt import (
     SYSTEM_PROMPT,
     Built,
     Compacted,
-    PriorCache,
     build_request,
-    estimate_tokens,
-    transcript_digest,
 )
 from bot.replies import footer_line
 from bot.store import data
@@ -43,10 +42,11 @@ from bot.threads import (
     slim,
     ts_key,
 )
+from bot.transcript import estimate_tokens
+from bot.ttl_policy import CachePlan, TtlPolicy
 from bot.workspace import Workspaces
 
 PREVIEW_CHARS = 160
-TTL_SECONDS = {"5m": 300, "1h": 3600}
 _WRITE_PRICE = {"5m": "1.25×", "1h": "2×"}
 
 
@@ -59,22 +59,6 @@ def _preview(text: str, width: int) -> str:
 
 def _money(value: float) -> str:
     return f"${value:,.4f}"
-
-
-def _stamp(when: datetime | None) -> str:
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else "never"
-
-
-def _alive_prior(state: Any, now: datetime) -> tuple[PriorCache | None, str]:
-    """The previous write on this thread if the endpoint should still hold it, and a note."""
-    if state is None or not state.cache_boundary_ts or not state.cache_prefix_digest:
-        return None, "none (the bot has not written a cache entry for this thread)"
-    touched = data.as_utc(state.cache_written_at)
-    ttl = state.cache_ttl if state.cache_ttl in TTL_SECONDS else "5m"
-    where = f"at message {state.cache_boundary_ts} (ttl {ttl}, last used {_stamp(touched)})"
-    if touched is None or (now - touched).total_seconds() > TTL_SECONDS[ttl] - 5:
-        return None, f"{where}: expired, so not read back"
-    return PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl), f"{where}: alive"
 
 
 def run_inspect(
@@ -132,15 +116,91 @@ def _inspect(
 ) -> int:
     sessions = make_session_factory(engine)
     client = make_slack_client(settings)
+    auth = _auth(client, w)
+    if auth is None:
+        return 1
+    team_id, bot_user_id = str(auth["team_id"]), str(auth["user_id"])
+    channel, thread_ts = link.channel_id, link.thread_ts
+    read = _read(client, channel, thread_ts, auth, w)
+    if read is None:
+        return 1
+    thread_ts, messages = read
+    names = NameResolver(lambda: client, sessions, team_id)
+    eff = Workspaces(settings, sessions).effective(team_id)  # what the workspace's admins chose
+    model = eff.model
+    asked = _asked(messages, link.ts, thread_ts, names, bot_user_id, request)
+    ask = f"{asked.ask}\n\n(Answer in {eff.language}.)" if eff.language else asked.ask
+    turns = render_thread(
+        asked.before,
+        names,
+        bot_user_id=bot_user_id,
+        bot_id=auth.get("bot_id"),
+        recap=False,
+        team_id=team_id,
+        enterprise_id=auth.get("enterprise_id"),
+    )
+    now = datetime.now(UTC)
+    with sessions() as s:
+        state = data.get_thread(s, team_id, channel, thread_ts)
+        cache = TtlPolicy(settings.cache_ttl).plan(s, team_id, state, now)
+        stored = data.get_compaction(s, team_id, channel, thread_ts)
+    compacted, compaction_note = _compaction(turns, settings, stored, model)
+    built = build_request(
+        model=model,
+        turns=turns,
+        request=ask,
+        requester=asked.requester,
+        prior=cache.prior,
+        ttl=cache.ttl,
+        max_tokens=settings.max_output_tokens,
+        budget_tokens=settings.context_budget_tokens,
+        compacted=compacted,
+    )
+    w.write(
+        f"Thread {channel}/{thread_ts} in {auth.get('team')} ({team_id}): {len(messages):,} "
+        f"messages; request: {asked.what}\n"
+    )
+    return _report(settings, built, cache, compaction_note, w, send=send, width=width)
+
+
+def _report(
+    settings: Settings,
+    built: Built,
+    cache: CachePlan,
+    compaction_note: str,
+    w: MaskedOutput,
+    *,
+    send: bool,
+    width: int,
+) -> int:
+    """Print the request and what it would cost; with `send`, send it once."""
+    w.write(f"Previous cache write: {cache.prior_note}\n")
+    if compaction_note:
+        w.write(f"Compaction: {compaction_note}\n")
+    _print_transcript(built, w, width)
+    _print_breakpoints(built, cache, w)
+    _print_costs(built, settings, built.body["model"], w)
+    if not send:
+        w.write("Dry run: nothing was sent to the model. Add --send to send it once.\n")
+        return 0
+    return _send(settings, built, w)
+
+
+def _auth(client: WebClient, w: MaskedOutput) -> Any:
+    """Slack's auth.test answer for the token, or None (said why)."""
     try:
-        auth = client.auth_test()
+        return client.auth_test()
     except (SlackClientError, OSError) as exc:
         error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc)
         w.write(f"{FAIL} Slack auth.test failed ({error}); run `python -m bot doctor`\n")
-        return 1
-    team_id, bot_user_id = str(auth["team_id"]), str(auth["user_id"])
-    bot_id = auth.get("bot_id")
-    channel, thread_ts = link.channel_id, link.thread_ts
+        return None
+
+
+def _read(
+    client: WebClient, channel: str, thread_ts: str, auth: Any, w: MaskedOutput
+) -> tuple[str, list[dict[str, Any]]] | None:
+    """The thread's ts and its messages (the whole thread when the link named a reply), or
+    None (said why)."""
     try:
         messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
         if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
@@ -150,95 +210,64 @@ def _inspect(
         w.write(f"{FAIL} Slack refused to read {channel}/{thread_ts}: {exc.error}\n")
         if exc.error in ("not_in_channel", "channel_not_found"):
             w.write(f"    invite the bot to the channel (/invite @{auth.get('user')})\n")
-        return 1
+        return None
     if not messages:
         w.write(f"{FAIL} the thread {channel}/{thread_ts} has no messages\n")
-        return 1
-    names = NameResolver(lambda: client, sessions, team_id)
-    eff = Workspaces(settings, sessions).effective(team_id)  # what the workspace's admins chose
-    model = eff.model
+        return None
+    return thread_ts, messages
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """The request inspect rebuilds: the messages before it, its text, who asked, a summary."""
+
+    before: list[dict[str, Any]]
+    ask: str
+    requester: str
+    what: str
+
+
+def _asked(
+    messages: list[dict[str, Any]],
+    link_ts: str,
+    thread_ts: str,
+    names: NameResolver,
+    bot_user_id: str,
+    request: str,
+) -> _Asked:
+    """A linked reply that mentions the bot is that mention's request (the messages before
+    it); any other link asks `request` after the thread's last message."""
     mention = next(
         (
             m
             for m in messages
-            if m["ts"] == link.ts
+            if m["ts"] == link_ts
             and m["ts"] != thread_ts
             and f"<@{bot_user_id}" in (m.get("text") or "")
         ),
         None,
     )
-    if mention is not None:
-        before = [m for m in messages if ts_key(m["ts"]) < ts_key(mention["ts"])]
-        ask = clean_request(mention.get("text") or "", names, bot_user_id)
-        requester = names.name(mention["user"]) if mention.get("user") else ""
-        what = f"the mention at {mention['ts']} by {requester or 'unknown'}: “{ask}”"
-    else:
-        before, ask, requester = messages, request, ""
-        what = f"“{ask}” asked after the last message (--request to change)"
-    if eff.language:
-        ask = f"{ask}\n\n(Answer in {eff.language}.)"
-    turns = render_thread(
-        before,
-        names,
-        bot_user_id=bot_user_id,
-        bot_id=bot_id,
-        recap=False,
-        team_id=team_id,
-        enterprise_id=auth.get("enterprise_id"),
-    )
-    now = datetime.now(UTC)
-    with sessions() as s:
-        state = data.get_thread(s, team_id, channel, thread_ts)
-        prior, prior_note = _alive_prior(state, now)
-        stored = data.get_compaction(s, team_id, channel, thread_ts)
-    compacted, compaction_note = _compaction(turns, settings, stored, model)
-    mode = settings.cache_ttl
-    ttl = {"5m": "5m", "1h": "1h", "off": None, "auto": "5m"}[mode]
-    built = build_request(
-        model=model,
-        turns=turns,
-        request=ask,
-        requester=requester,
-        prior=prior,
-        ttl=ttl,
-        max_tokens=settings.max_output_tokens,
-        budget_tokens=settings.context_budget_tokens,
-        compacted=compacted,
-    )
-    w.write(
-        f"Thread {channel}/{thread_ts} in {auth.get('team')} ({team_id}): {len(messages):,} "
-        f"messages; request: {what}\n"
-    )
-    w.write(f"Previous cache write: {prior_note}\n")
-    if compaction_note:
-        w.write(f"Compaction: {compaction_note}\n")
-    _print_transcript(built, w, width)
-    _print_breakpoints(built, mode, w)
-    _print_costs(built, settings, model, w)
-    if not send:
-        w.write("Dry run: nothing was sent to the model. Add --send to send it once.\n")
-        return 0
-    return _send(settings, built, w)
+    if mention is None:
+        what = f"“{request}” asked after the last message (--request to change)"
+        return _Asked(messages, request, "", what)
+    ask = clean_request(mention.get("text") or "", names, bot_user_id)
+    requester = names.name(mention["user"]) if mention.get("user") else ""
+    what = f"the mention at {mention['ts']} by {requester or 'unknown'}: “{ask}”"
+    before = [m for m in messages if ts_key(m["ts"]) < ts_key(mention["ts"])]
+    return _Asked(before, ask, requester, what)
 
 
 def _compaction(
     turns: list[Any], settings: Settings, stored: Any, model: str
 ) -> tuple[Compacted | None, str]:
     """The stored compaction the bot would reuse, or why there is none."""
-    upto = plan_upto(
-        turns, settings.context_budget_tokens, 1.0, stored.upto if stored is not None else None
+    upto, reused = reusable(
+        turns, stored, model=model, budget=settings.context_budget_tokens, scale=1.0
     )
     if upto is None:
         return None, ""
-    texts = [t.text for t in turns]
-    if (
-        stored is not None
-        and stored.upto == upto
-        and stored.digest == transcript_digest(model, texts[1:upto])
-    ):
-        return Compacted(upto, stored.summary), (
-            f"messages 1..{upto - 1} are replaced by the stored summary"
-        )
+    if reused is not None:
+        return reused, f"messages 1..{upto - 1} are replaced by the stored summary"
     return None, (
         f"the thread is over CONTEXT_BUDGET_TOKENS: the bot would first fold messages "
         f"1..{upto - 1} into a summary (a model call this dry run does not make); shown here "
@@ -263,7 +292,8 @@ def _print_transcript(built: Built, w: MaskedOutput, width: int) -> None:
         w.write(f"  ({built.omitted:,} older messages are left out for length)\n")
 
 
-def _print_breakpoints(built: Built, mode: str, w: MaskedOutput) -> None:
+def _print_breakpoints(built: Built, cache: CachePlan, w: MaskedOutput) -> None:
+    mode = cache.mode
     w.write("\nBreakpoints:\n")
     if not built.breakpoints:
         why = (
@@ -284,12 +314,24 @@ def _print_breakpoints(built: Built, mode: str, w: MaskedOutput) -> None:
             )
         w.write(f"  {line} — {why}\n")
     if mode == "auto":
-        chosen = "5m (CACHE_TTL=auto chooses per thread from its rhythm; shown with 5m)"
+        chosen = f"{built.write_ttl or 'none'} ({_auto_note(built, cache)})"
     elif mode == "off":
         chosen = "none (CACHE_TTL=off)"
     else:
         chosen = f"{mode} (CACHE_TTL={mode})"
     w.write(f"TTL: {chosen}\n")
+
+
+def _auto_note(built: Built, cache: CachePlan) -> str:
+    """Why CACHE_TTL=auto chose this TTL: the thread's rhythm and the expected costs."""
+    r = cache.rhythm
+    costs = cache.choose(built.new_tokens, built.prefix_tokens).costs
+    per = ", ".join(f"{k} {v:,.0f}" for k, v in costs.items())
+    return (
+        f"CACHE_TTL=auto chooses per thread from its rhythm: this would be request {r.requests}, "
+        f"{r.within_5m} of {r.gaps} gaps within 5 min and {r.within_1h} within 1 h; expected "
+        f"cost from now on, in base-price tokens: {per}"
+    )
 
 
 def _print_costs(built: Built, settings: Settings, model: str, w: MaskedOutput) -> None:

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -51,6 +51,48 @@ _KIND_BY_TYPE = {
     "api_error": "server",
     "timeout_error": "timeout",
 }
+
+
+@dataclass
+class _Stream:
+    """What a streamed answer has said so far."""
+
+    model: str
+    on_text: Callable[[str], None]
+    parts: list[str] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = None
+    explanation: str | None = None
+
+    def take(self, kind: str, data: dict[str, Any]) -> bool:
+        """Take one event of type `kind`; True once the message is complete. Raises LLMError
+        (with the text so far) on an error event."""
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self.model = str(message.get("model") or self.model)
+            self.usage.update(message.get("usage") or {})
+        elif kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                self.parts.append(delta["text"])
+                self.on_text(delta["text"])
+        elif kind == "message_delta":
+            delta = data.get("delta") or {}
+            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+            self.explanation = _explanation(delta.get("stop_details")) or self.explanation
+            for key, value in (data.get("usage") or {}).items():
+                if value is not None:
+                    self.usage[key] = value
+        elif kind == "error":
+            err = data.get("error") or {}
+            error = LLMError(
+                _KIND_BY_TYPE.get(str(err.get("type")), "server"),
+                f"stream error {err.get('type')}: {str(err.get('message'))[:200]}",
+                status=200,
+            )
+            error.partial = "".join(self.parts)
+            raise error
+        return kind == "message_stop"
 
 
 class LLMError(Exception):
@@ -240,11 +282,7 @@ class MessagesClient:
         resp: httpx.Response, body: dict[str, Any], on_text: Callable[[str], None]
     ) -> Completion:
         """Read an SSE stream: text deltas go to `on_text`; usage from start and delta events."""
-        parts: list[str] = []
-        usage_raw: dict[str, Any] = {}
-        model = str(body.get("model"))
-        stop_reason = None
-        explanation = None
+        stream = _Stream(str(body.get("model")), on_text)
         event_name = ""
         try:
             for line in resp.iter_lines():
@@ -257,45 +295,19 @@ class MessagesClient:
                     data = json.loads(line[5:].strip())
                 except ValueError:
                     continue
-                kind = data.get("type") or event_name
-                if kind == "message_start":
-                    message = data.get("message") or {}
-                    model = str(message.get("model") or model)
-                    usage_raw.update(message.get("usage") or {})
-                elif kind == "content_block_delta":
-                    delta = data.get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        parts.append(delta["text"])
-                        on_text(delta["text"])
-                elif kind == "message_delta":
-                    delta = data.get("delta") or {}
-                    stop_reason = delta.get("stop_reason") or stop_reason
-                    explanation = _explanation(delta.get("stop_details")) or explanation
-                    for key, value in (data.get("usage") or {}).items():
-                        if value is not None:
-                            usage_raw[key] = value
-                elif kind == "error":
-                    err = data.get("error") or {}
-                    error = LLMError(
-                        _KIND_BY_TYPE.get(str(err.get("type")), "server"),
-                        f"stream error {err.get('type')}: {str(err.get('message'))[:200]}",
-                        status=200,
-                    )
-                    error.partial = "".join(parts)
-                    raise error
-                elif kind == "message_stop":
+                if stream.take(data.get("type") or event_name, data):
                     break
         except httpx.TransportError as exc:
             error = LLMError("connection", f"stream broke: {type(exc).__name__}", status=200)
-            error.partial = "".join(parts)
+            error.partial = "".join(stream.parts)
             raise error from None
         return Completion(
-            text="".join(parts),
-            usage=parse_usage(usage_raw),
-            model=model,
-            stop_reason=stop_reason,
+            text="".join(stream.parts),
+            usage=parse_usage(stream.usage),
+            model=stream.model,
+            stop_reason=stream.stop_reason,
             request_id=resp.headers.get("request-id"),
-            stop_explanation=explanation,
+            stop_explanation=stream.explanation,
         )
 
     @staticmethod

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.threads import Turn
+from bot.transcript import TextPart, Turn, estimate_tokens
 
 SYSTEM_PROMPT = """\
 You are a helpful assistant inside Slack. The user turn holds a Slack conversation transcript, \
@@ -29,13 +28,6 @@ conversations. Never write @channel, @here or @everyone.
 
 # Older messages are dropped in steps of this many, so a trimmed prefix stays stable.
 TRIM_STEP = 200
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef]")
-
-
-def estimate_tokens(text: str) -> int:
-    """A network-free token estimate: CJK characters ~1 token each, other text ~4 chars a token."""
-    cjk = len(_CJK.findall(text))
-    return cjk + (len(text) - cjk + 3) // 4 + 1
 
 
 @dataclass(frozen=True)
@@ -84,10 +76,7 @@ def _chain(previous: str, text: str) -> str:
 
 def transcript_digest(model: str, texts: Sequence[str]) -> str:
     """The chained digest after `texts` (what PriorCache.digest stores)."""
-    digest = _seed(model)
-    for t in texts:
-        digest = _chain(digest, t)
-    return digest
+    return _digests(model, texts)[-1] if texts else _seed(model)
 
 
 def compaction_block(summary: str, count: int) -> str:
@@ -97,20 +86,15 @@ def compaction_block(summary: str, count: int) -> str:
 
 def _layout(
     turns: Sequence[Turn], budget: int, compacted: Compacted | None, scale: float
-) -> tuple[list[str], list[str], int]:
-    """Kept block texts, their ts ('' for a synthetic block), and how many turns were left out."""
-    texts = [t.text for t in turns]
-    stamps = [t.ts for t in turns]
+) -> tuple[list[Turn], int]:
+    """The kept turns (a synthetic one, ts '', where messages are summarized or left out) and
+    how many turns were left out."""
     if compacted is not None and 1 < compacted.upto < len(turns):
-        block = compaction_block(compacted.summary, compacted.upto - 1)
-        return (
-            [texts[0], block, *texts[compacted.upto :]],
-            [stamps[0], "", *stamps[compacted.upto :]],
-            compacted.upto - 1,
-        )
-    costs = [estimate_tokens(t) * scale for t in texts]
+        block = Turn("", compaction_block(compacted.summary, compacted.upto - 1))
+        return [turns[0], block, *turns[compacted.upto :]], compacted.upto - 1
+    costs = [t.tokens() * scale for t in turns]
     if sum(costs) <= budget or len(turns) <= 2:
-        return texts, stamps, 0
+        return list(turns), 0
     suffix = [0.0] * (len(costs) + 1)
     for i in range(len(costs) - 1, -1, -1):
         suffix[i] = suffix[i + 1] + costs[i]
@@ -122,8 +106,53 @@ def _layout(
     while start < len(turns) - 1 and suffix[start] > room:
         start += 1  # only when even the newest step is too large
     omitted = start - 1
-    note = f"[{omitted} earlier messages of this thread are omitted here for length]"
-    return [texts[0], note, *texts[start:]], [stamps[0], "", *stamps[start:]], omitted
+    note = Turn("", f"[{omitted} earlier messages of this thread are omitted here for length]")
+    return [turns[0], note, *turns[start:]], omitted
+
+
+@dataclass
+class _Marks:
+    """Content blocks of the kept turns, and the breakpoints placed on them."""
+
+    blocks: list[dict[str, Any]]
+    ends: list[int]  # the index of each turn's last block
+    breakpoints: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, kept: Sequence[Turn]) -> _Marks:
+        """The blocks of `kept`, no breakpoints yet."""
+        marks = cls([], [])
+        for t in kept:
+            marks.blocks.extend(t.blocks())
+            marks.ends.append(len(marks.blocks) - 1)
+        return marks
+
+    def place(self, matched: int, write_ttl: str | None, prior: PriorCache | None) -> None:
+        """Read back at the previous write (turn `matched`, -1: none) and write at the end."""
+        last = len(self.ends) - 1
+        if matched >= 0 and matched != last:
+            read_ttl = "1h" if write_ttl == "1h" else prior.ttl if prior is not None else "5m"
+            self.mark(matched, read_ttl, f"previous cache write (read, ttl {read_ttl})")
+        if last >= 0 and write_ttl is not None:
+            self.mark(last, write_ttl, f"end of transcript (write, ttl {write_ttl})")
+        elif last >= 0 and matched == last:
+            ttl = prior.ttl if prior else "5m"
+            self.mark(last, ttl, "previous cache write (read; nothing new)")
+
+    def mark(self, turn: int, ttl: str, why: str) -> None:
+        """A breakpoint with `ttl` on the last block of kept turn `turn`."""
+        block = self.ends[turn]
+        self.blocks[block]["cache_control"] = _control(ttl)
+        self.breakpoints.append(f"block {block}: {why}")
+
+
+def _matched(kept: Sequence[Turn], digests: Sequence[str], prior: PriorCache | None) -> int:
+    """The kept turn where the previous request wrote, if its prefix is unchanged (else -1)."""
+    if prior is not None:
+        for i in range(len(kept) - 1, -1, -1):
+            if kept[i].ts == prior.boundary_ts:
+                return i if digests[i] == prior.digest else -1
+    return -1
 
 
 def build_request(
@@ -146,62 +175,47 @@ def build_request(
     unchanged, the boundary the previous request wrote (read back even after more than 20 new
     blocks). 1-hour breakpoints never follow 5-minute ones.
     """
-    texts, stamps, omitted = _layout(turns, budget_tokens, compacted, scale)
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in texts]
-    digest = _seed(model)
-    digests = []
-    for t in texts:
-        digest = _chain(digest, t)
-        digests.append(digest)
-    costs = [int(estimate_tokens(t) * scale) for t in texts]
+    kept, omitted = _layout(turns, budget_tokens, compacted, scale)
+    marks = _Marks.of(kept)
+    digests = _digests(model, [t.text for t in kept])
+    costs = [int(t.tokens() * scale) for t in kept]
     system_tokens = int(estimate_tokens(SYSTEM_PROMPT) * scale)
     prefix_tokens = system_tokens + sum(costs)
-    matched = -1
-    if prior is not None and blocks:
-        for i in range(len(blocks) - 1, -1, -1):
-            if stamps[i] == prior.boundary_ts:
-                if digests[i] == prior.digest:
-                    matched = i
-                break
+    matched = _matched(kept, digests, prior)
     new_tokens = sum(costs[matched + 1 :]) + (system_tokens if matched < 0 else 0)
     write_ttl = ttl(new_tokens, prefix_tokens) if callable(ttl) else ttl
-    breakpoints: list[str] = []
-    boundary_ts = digest_out = None
-    if blocks and matched >= 0 and matched != len(blocks) - 1:
-        read_ttl = prior.ttl if prior is not None else "5m"
-        if write_ttl == "1h":
-            read_ttl = "1h"  # a 1h breakpoint may not follow a 5m one
-        blocks[matched]["cache_control"] = _control(read_ttl)
-        breakpoints.append(f"block {matched}: previous cache write (read, ttl {read_ttl})")
-    if blocks and write_ttl is not None:
-        blocks[-1]["cache_control"] = _control(write_ttl)
-        breakpoints.append(f"block {len(blocks) - 1}: end of transcript (write, ttl {write_ttl})")
-        boundary_ts, digest_out = stamps[-1], digests[-1]
-    elif blocks and matched == len(blocks) - 1:
-        blocks[-1]["cache_control"] = _control(prior.ttl if prior else "5m")
-        breakpoints.append(f"block {matched}: previous cache write (read; nothing new)")
-        boundary_ts, digest_out = stamps[-1], digests[-1]
+    marks.place(matched, write_ttl, prior)
+    last = len(kept) - 1
+    written = bool(kept) and (write_ttl is not None or matched == last)  # the new boundary
     request_text = request.strip() or "Summarize this thread."
     who = f" from {requester}" if requester else ""
-    blocks.append({"type": "text", "text": f"Request{who}: {request_text}"})
-    body = {
-        "model": model,
-        "max_tokens": max_tokens,
-        "system": SYSTEM_PROMPT,
-        "messages": [{"role": "user", "content": blocks}],
-    }
+    asked = f"Request{who}: {request_text}"
     return Built(
-        body=body,
-        boundary_ts=boundary_ts,
-        digest=digest_out,
+        body={
+            "model": model,
+            "max_tokens": max_tokens,
+            "system": SYSTEM_PROMPT,
+            "messages": [{"role": "user", "content": [*marks.blocks, TextPart(asked).block()]}],
+        },
+        boundary_ts=kept[last].ts if written else None,
+        digest=digests[last] if written else None,
         prefix_tokens=prefix_tokens,
-        estimated_tokens=prefix_tokens + estimate_tokens(blocks[-1]["text"]),
+        estimated_tokens=prefix_tokens + estimate_tokens(asked),
         omitted=omitted,
-        write_ttl=write_ttl if blocks[:-1] else None,
+        write_ttl=write_ttl if kept else None,
         read_prior=matched >= 0,
         new_tokens=new_tokens,
-        breakpoints=breakpoints,
+        breakpoints=marks.breakpoints,
     )
+
+
+def _digests(model: str, texts: Sequence[str]) -> list[str]:
+    """The chained digest after each of `texts` (a turn's text: the one part turns have today)."""
+    digest, out = _seed(model), []
+    for t in texts:
+        digest = _chain(digest, t)
+        out.append(digest)
+    return out
 
 
 def _control(ttl: str) -> dict[str, str]:

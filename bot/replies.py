@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.pricing import Usage, cache_floor, price_for, savings
-from bot.threads import FOOTER_MARK
+from bot.transcript import FOOTER_MARK
 
 SECTION_LIMIT = 2900  # Slack allows 3,000 characters of section text
 MESSAGE_LIMIT = 11_000  # headroom below the ~13k where msg_blocks_too_long has been seen

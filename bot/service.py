@@ -15,15 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.compaction import Compactor
 from bot.config import Settings
-from bot.engine import Prior, Rhythm, choose_ttl
 from bot.installations import SlackClients
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
 from bot.pricing import Usage, cache_floor, cost, price_for, savings
-from bot.prompt import Built, PriorCache, build_request
+from bot.prompt import Built, build_request
 from bot.replies import footer_line, neutralise_pings
 from bot.store import data
-from bot.store.models import ThreadState, UsageRecord
+from bot.store.models import UsageRecord
 from bot.streaming import Refusals, ThreadReply
 from bot.threads import (
     NameResolver,
@@ -34,14 +33,12 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
+from bot.ttl_policy import TtlPolicy
 from bot.usage import BudgetExceeded, Budgets
 from bot.workspace import Effective, Workspaces
 from bot.workspace import refusal as channel_refusal
 
 log = logging.getLogger(__name__)
-
-TTL_SECONDS = {"5m": 300, "1h": 3600}
-PRIOR_REFRESH = 60.0  # seconds between recomputing a workspace's rhythm
 
 LLM_MESSAGES = {
     "auth": "the model endpoint rejected the API key. An admin needs to check `ANTHROPIC_API_KEY`.",
@@ -202,7 +199,7 @@ class AnswerService:
         self._clock = clock
         self._resolvers: dict[str, NameResolver] = {}
         self._scale: dict[str, float] = {}
-        self._priors: dict[str, tuple[float, Prior]] = {}
+        self._ttl = TtlPolicy(settings.cache_ttl)
         self._warned_no_cache: set[str] = set()
         self.refusals = Refusals(clock)  # Slack methods refused for good, per conversation kind
         self.reader = ThreadReader(
@@ -380,21 +377,8 @@ class AnswerService:
         now = self.now()
         with self._sessions() as s:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
-            last_at = data.as_utc(state.last_request_at) if state else None
-            gap = (now - last_at).total_seconds() if last_at else None
-            habits = self._prior(s, req.team_id)
-            rhythm = (
-                Rhythm(
-                    state.requests or 0,
-                    state.gaps or 0,
-                    state.gaps_within_5m or 0,
-                    state.gaps_within_1h or 0,
-                    habits,
-                )
-                if state
-                else Rhythm(prior=habits)
-            )
-            prior = self._alive_prior(state, now)
+            cache = self._ttl.plan(s, req.team_id, state, now)
+        rhythm = cache.rhythm
         scale = self._scale.get(model, 1.0)
         try:
             compacted = self._compactor(req, model).compacted(
@@ -404,26 +388,13 @@ class AnswerService:
             log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self._record_failure(req, exc.kind, started, model)
             raise
-        rhythm = rhythm.after_gap(gap)
-        choice: dict[str, Any] = {}
-
-        def decide(new_tokens: int, prefix_tokens: int) -> str | None:
-            picked = choose_ttl(
-                rhythm,
-                new_tokens=new_tokens,
-                prefix_tokens=prefix_tokens,
-                mode=self._settings.cache_ttl,
-            )
-            choice["costs"] = picked.costs
-            return picked.ttl
-
         built = build_request(
             model=model,
             turns=turns,
             request=request,
             requester=names.name(req.user_id),
-            prior=prior,
-            ttl=decide,
+            prior=cache.prior,
+            ttl=cache.ttl,
             max_tokens=self._settings.max_output_tokens,
             budget_tokens=self._settings.context_budget_tokens,
             compacted=compacted,
@@ -507,32 +478,12 @@ class AnswerService:
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
         return Done(completion, footer if eff.footer else "", usage_id)
 
-    def _prior(self, session: Session, team_id: str) -> Prior:
-        """The workspace's request rhythm, recomputed at most every PRIOR_REFRESH seconds."""
-        cached = self._priors.get(team_id)
-        now = self._clock()
-        if cached and 0 <= now - cached[0] < PRIOR_REFRESH:
-            return cached[1]
-        prior = Prior.from_totals(**data.rhythm_totals(session, team_id))
-        self._priors[team_id] = (now, prior)
-        return prior
-
     def _worst_case(self, built: Built, model: str) -> float:
         """Dollars the call could cost at most: every prompt token written, max output."""
         price = price_for(model)
         if price is None:
             return 0.0
         return built.estimated_tokens * price.input * 2 + built.body["max_tokens"] * price.output
-
-    def _alive_prior(self, state: ThreadState | None, now: datetime) -> PriorCache | None:
-        """The previous write, if the endpoint should still hold it."""
-        if not state or not state.cache_boundary_ts or not state.cache_prefix_digest:
-            return None
-        touched = data.as_utc(state.cache_written_at)
-        ttl = state.cache_ttl if state.cache_ttl in TTL_SECONDS else "5m"
-        if touched is None or (now - touched).total_seconds() > TTL_SECONDS[ttl] - 5:
-            return None
-        return PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl)
 
     def _calibrate(self, model: str, estimated: int, actual: int) -> None:
         """Learn how the estimate compares with the endpoint's count (moving average)."""

@@ -1,12 +1,10 @@
-"""Reading a Slack thread (every page) and rendering it as a deterministic transcript."""
+"""Reading a Slack thread (every page), and what rendering it needs from Slack (names, orgs)."""
 
 from __future__ import annotations
 
-import html
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +13,15 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.store import data
+from bot.transcript import (
+    OWN_NAME,
+    Renderer,
+    Turn,
+    clean,
+    is_own,
+    mentioned_users,
+    rendered,
+)
 
 if TYPE_CHECKING:
     from bot.installations import SlackClients
@@ -23,19 +30,6 @@ log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 200
 NAME_TTL = timedelta(days=7)
-FOOTER_MARK = "⚡"
-EXTERNAL_NOTE = (
-    "[a message from another organisation in this shared channel (Slack Connect); "
-    "its content is not shared with the assistant]"
-)
-_SKIPPED_SUBTYPES = {"channel_join", "channel_leave", "tombstone", "group_join", "group_leave"}
-
-_USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
-_CHANNEL_REF = re.compile(r"<#([CGD][A-Z0-9]+)(?:\|([^>]*))?>")
-_SPECIAL_REF = re.compile(
-    r"<!(subteam\^[A-Z0-9]+|here|channel|everyone|date\^[^>|]*)(?:\|([^>]*))?>"
-)
-_LINK_REF = re.compile(r"<((?:https?|mailto):[^>|]+)(?:\|([^>]*))?>")
 
 
 class ThreadReadError(Exception):
@@ -44,15 +38,6 @@ class ThreadReadError(Exception):
     def __init__(self, error: str) -> None:
         super().__init__(error)
         self.error = error
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One message of the transcript, rendered once and never changed."""
-
-    ts: str
-    text: str
-    own: bool
 
 
 def slim(message: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +206,10 @@ class NameResolver:
         for user_id in sorted(missing - known.keys()):
             self._names[user_id] = self._fetch(user_id, now)
 
+    def names(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """The display names of `user_ids`, looked up in that order."""
+        return {u: self.name(u) for u in user_ids}
+
     def alias(self, user_id: str, name: str) -> None:
         """Use `name` for `user_id` without asking Slack (the bot itself)."""
         self._names[user_id] = name
@@ -269,39 +258,6 @@ def _org_of(user: dict[str, Any]) -> str | None:
     return (user.get("enterprise_user") or {}).get("enterprise_id")
 
 
-def _clean(text: str, names: NameResolver) -> str:
-    """Slack's markup to plain text: mentions become names, links show label and URL."""
-
-    def user(m: re.Match[str]) -> str:
-        return "@" + (names.name(m.group(1)) if not m.group(2) else m.group(2))
-
-    def channel(m: re.Match[str]) -> str:
-        return "#" + (m.group(2) or m.group(1))
-
-    def special(m: re.Match[str]) -> str:
-        if m.group(2):
-            return m.group(2)
-        kind = m.group(1)
-        return "@" + kind if kind in ("here", "channel", "everyone") else "@group"
-
-    def link(m: re.Match[str]) -> str:
-        url, label = m.group(1), m.group(2)
-        return f"{label} ({url})" if label and label != url else url
-
-    text = _USER_REF.sub(user, text)
-    text = _CHANNEL_REF.sub(channel, text)
-    text = _SPECIAL_REF.sub(special, text)
-    text = _LINK_REF.sub(link, text)
-    return html.unescape(text)
-
-
-def _strip_footer(text: str) -> str:
-    lines = text.rstrip().split("\n")
-    while lines and lines[-1].startswith(FOOTER_MARK):
-        lines.pop()
-    return "\n".join(lines).rstrip()
-
-
 def is_external(
     author_team: str | None,
     user_id: str | None,
@@ -330,12 +286,10 @@ def render_thread(
     team_id: str | None = None,
     enterprise_id: str | None = None,
 ) -> list[Turn]:
-    """Render messages as transcript turns; the same messages always give the same bytes.
+    """Resolve what the transcript needs from Slack, then render it (`transcript.Renderer`).
 
-    With `recap`, replies say which thread they belong to (a channel's messages interleave).
     Slack Connect: a message whose author belongs to another organisation than `team_id` (and
-    its Enterprise Grid org `enterprise_id`, when there is one) is shown only as a placeholder;
-    its text, files and name never reach the model.
+    its Enterprise Grid org `enterprise_id`, when there is one) is shown only as a placeholder.
     """
 
     def foreign(m: dict[str, Any]) -> bool:
@@ -351,44 +305,24 @@ def render_thread(
         m["user"] for m in messages if m.get("user") and not m.get("bot_id") and not foreign(m)
     }
     for m in messages:
-        users.update(u for u, _ in _USER_REF.findall(m.get("text") or ""))
-    names.alias(bot_user_id, "You (assistant)")
+        users.update(mentioned_users(m.get("text") or ""))
+    names.alias(bot_user_id, OWN_NAME)
     names.preload(users)
-    turns = []
-    for m in messages:
-        if m.get("subtype") in _SKIPPED_SUBTYPES:
-            continue
-        own = m.get("user") == bot_user_id or (bot_id is not None and m.get("bot_id") == bot_id)
-        if not own and foreign(m):
-            turns.append(Turn(ts=m["ts"], text=f"[{_stamp(m['ts'])}] {EXTERNAL_NOTE}", own=False))
-            continue
-        if own:
-            author = "You (assistant)"
-            body = _strip_footer(m.get("text") or "")
-        elif m.get("bot_id") or m.get("subtype") == "bot_message":
-            profile = m.get("bot_profile") or {}
-            author = f"{m.get('username') or profile.get('name') or 'bot'} (bot)"
-            body = m.get("text") or ""
-        else:
-            author = names.name(m["user"]) if m.get("user") else "unknown"
-            body = m.get("text") or ""
-        body = _clean(body, names).strip()
-        for f in m.get("files") or []:
-            kind = f.get("pretty_type") or f.get("filetype") or "file"
-            body += f"\n[file: {f.get('name') or f.get('title') or 'unnamed'} ({kind})]"
-        stamp = _stamp(m["ts"])
-        parent = m.get("thread_ts")
-        if recap and parent and parent != m["ts"]:
-            author += f" (reply in the thread started {_stamp(parent)})"
-        turns.append(Turn(ts=m["ts"], text=f"[{stamp}] {author}: {body.strip()}", own=own))
-    return turns
-
-
-def _stamp(ts: str) -> str:
-    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    external = {
+        m["ts"]
+        for m in messages
+        if rendered(m) and not is_own(m, bot_user_id, bot_id) and foreign(m)
+    }
+    return Renderer(
+        names=names.names(users),
+        is_external=lambda m: m["ts"] in external,
+        bot_user_id=bot_user_id,
+        bot_id=bot_id,
+        recap=recap,
+    ).render(messages)
 
 
 def clean_request(text: str, names: NameResolver, bot_user_id: str) -> str:
     """The mention's text without the bot's own mention, as plain text."""
     text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", "", text)
-    return _clean(text, names).strip()
+    return clean(text, names.names(mentioned_users(text, unlabelled=True))).strip()

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -349,6 +350,55 @@ def test_inspect_applies_the_workspace_settings_like_the_bot(make_bot, slack, mo
     sent = {k: v for k, v in model.requests[0]["body"].items() if k != "stream"}
     assert sent["model"] == "claude-haiku-4-5" and "(Answer in Español.)" in str(sent)
     assert model.requests[1]["body"] == sent
+
+
+@pytest.mark.parametrize(
+    ("gap", "ttl", "requests"), [(25 * 60, "1h", 4), (86_400, None, 6)], ids=["1h", "none"]
+)
+def test_inspect_shows_the_ttl_the_bot_chooses_and_then_sends(
+    make_bot, slack, model, database_url, gap, ttl, requests
+):
+    # CACHE_TTL=auto: the bot's clock runs `requests` gaps behind the wall clock that inspect
+    # reads, so inspect comes one more gap after the bot's last answer
+    clock = {"now": time.time() - requests * gap}
+    model.now = clock["now"]
+    bot = make_bot(clock=lambda: clock["now"])
+    parent = slack.add_thread("C1", 60, text_fn=long_text)
+    for turn in range(requests):
+        bot.mention("C1", f"status {turn}?", thread_ts=parent)
+        clock["now"] += gap
+        model.now = clock["now"]
+    assert ttl is None or ttl in str(model.requests[-1]["body"])  # the rhythm is established
+    settings = make_settings(slack, model, database_url)
+    code, text = inspect(settings, link_to("C1", parent), send=True)
+    assert code == 0, text
+    assert f"TTL: {ttl or 'none'} (CACHE_TTL=auto chooses per thread from its rhythm" in text
+    assert (f"end of transcript (write, ttl {ttl})" in text) == (ttl is not None)
+    shown = model.requests[-1]["body"]["messages"][0]["content"]
+
+    clock["now"] = time.time()
+    model.now = clock["now"]
+    bot.mention("C1", "summarize", thread_ts=parent)
+    sent = model.requests[-1]["body"]["messages"][0]["content"]
+    assert sent[:-1] == shown[:-1]  # the same transcript with the same breakpoints and TTLs
+    assert ("cache_control" in sent[-2]) == (ttl is not None)
+    assert sent[-2].get("cache_control", {}).get("ttl", "5m" if ttl else None) == ttl
+
+
+def test_inspect_reuses_the_compaction_the_bot_stored(make_bot, slack, model, database_url):
+    parent = slack.add_thread("C1", 600, text_fn=long_text)
+    settings = make_settings(slack, model, database_url, context_budget_tokens=10000)
+    code, text = inspect(settings, link_to("C1", parent))
+    assert code == 0, text
+    assert "the bot would first fold messages 1..499 into a summary" in text
+    bot = make_bot(context_budget_tokens=10000)
+    ts, _ = bot.mention("C1", "what did we decide?", thread_ts=parent)
+    sent = model.requests[-1]["body"]["messages"][0]["content"]
+    assert sent[1]["text"].startswith("[Summary of the 499 messages")
+    code, text = inspect(settings, link_to("C1", ts, parent), send=True)
+    assert code == 0, text
+    assert "Compaction: messages 1..499 are replaced by the stored summary" in text
+    assert model.requests[-1]["body"]["messages"][0]["content"][:2] == sent[:2]
 
 
 def test_inspect_refuses_what_it_cannot_read(slack, model, database_url, engine):

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from bot.engine import Rhythm, choose_ttl
 from bot.housekeeping import run_housekeeping
 from bot.store.models import (
     Compaction,
@@ -19,6 +18,7 @@ from bot.store.models import (
     ThreadState,
     UsageRecord,
 )
+from bot.ttl_policy import Rhythm, choose_ttl
 from tests.harness import SlackUI
 
 T0 = 1_800_000_000.0

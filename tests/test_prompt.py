@@ -5,7 +5,7 @@ from __future__ import annotations
 from bot.pricing import Usage, cost, price_for, savings
 from bot.prompt import PriorCache, build_request
 from bot.replies import build_messages, footer_line, markdown_to_mrkdwn
-from bot.threads import Turn
+from bot.transcript import Turn
 
 
 def turns(n: int, start: int = 0) -> list[Turn]:

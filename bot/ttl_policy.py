@@ -1,14 +1,22 @@
-"""Pure cache arithmetic: which TTL (if any) a request should write, from the thread's rhythm.
+"""The TTL policy: from a thread's stored state to the cache entry to read and the TTL to write.
 
-Prices are relative to the base input price: a 5-minute write costs 1.25, a 1-hour write 2,
-a read 0.1. A write pays for itself only if a later request reads it before it expires.
+`TtlPolicy.plan` is the one entry point (the answer path and `inspect` call it); below it the
+arithmetic is pure. Prices are relative to the base input price: a 5-minute write costs 1.25,
+a 1-hour write 2, a read 0.1. A write pays for itself only if a later request reads it before
+it expires.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
 
 from bot.pricing import READ, WRITE_1H, WRITE_5M
+from bot.prompt import PriorCache
+from bot.store import data
+from bot.store.models import ThreadState
 
 # What the next request pays per token of a prefix it cannot read: it writes it again.
 MISS = WRITE_5M
@@ -20,6 +28,8 @@ PRIOR_WITHIN_1H = 0.5
 BURST_FLOOR = 0.75  # a slow thread still gets quick follow-ups at this share of the usual rate
 MAX_CHAIN = 4.0  # expected follow-ups in a row counted at most
 WORKSPACE_WEIGHT = 2.0  # how many of a thread's own gaps the workspace's habits are worth
+TTL_SECONDS = {"5m": 300, "1h": 3600}
+PRIOR_REFRESH = 60.0  # seconds between recomputing a workspace's rhythm
 
 
 @dataclass(frozen=True)
@@ -130,3 +140,77 @@ def choose_ttl(
         costs[ttl] = premium * (w + chain * wf) - (MISS - READ) * p * chain
     best = min(costs, key=lambda k: (costs[k], ["5m", "1h", "none"].index(k)))
     return Choice(None if best == "none" else best, costs)
+
+
+def alive_prior(state: ThreadState | None, now: datetime) -> tuple[PriorCache | None, str]:
+    """The previous write on this thread if the endpoint should still hold it, and a note."""
+    if state is None or not state.cache_boundary_ts or not state.cache_prefix_digest:
+        return None, "none (the bot has not written a cache entry for this thread)"
+    touched = data.as_utc(state.cache_written_at)
+    ttl = state.cache_ttl if state.cache_ttl in TTL_SECONDS else "5m"
+    used = touched.strftime("%Y-%m-%d %H:%M:%S UTC") if touched else "never"
+    where = f"at message {state.cache_boundary_ts} (ttl {ttl}, last used {used})"
+    if touched is None or (now - touched).total_seconds() > TTL_SECONDS[ttl] - 5:
+        return None, f"{where}: expired, so not read back"
+    return PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl), f"{where}: alive"
+
+
+def rhythm_now(state: ThreadState | None, habits: Prior, now: datetime) -> Rhythm:
+    """The thread's rhythm once a request arrives at `now` (the workspace's `habits` beneath)."""
+    if state is None:
+        return Rhythm(prior=habits).after_gap(None)
+    last_at = data.as_utc(state.last_request_at)
+    rhythm = Rhythm(
+        state.requests or 0,
+        state.gaps or 0,
+        state.gaps_within_5m or 0,
+        state.gaps_within_1h or 0,
+        habits,
+    )
+    return rhythm.after_gap((now - last_at).total_seconds() if last_at else None)
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """A request's cache decisions from stored state: the entry to read back (`prior`) and the
+    rhythm (to store) that chooses the write once the prompt's sizes are known (`ttl`)."""
+
+    prior: PriorCache | None
+    prior_note: str
+    rhythm: Rhythm
+    mode: str
+
+    def choose(self, new_tokens: int, prefix_tokens: int) -> Choice:
+        """The write for a prompt with these token counts, and the expected costs behind it."""
+        return choose_ttl(
+            self.rhythm, new_tokens=new_tokens, prefix_tokens=prefix_tokens, mode=self.mode
+        )
+
+    def ttl(self, new_tokens: int, prefix_tokens: int) -> str | None:
+        """The TTL to write with (None: write nothing): `build_request`'s chooser."""
+        return self.choose(new_tokens, prefix_tokens).ttl
+
+
+class TtlPolicy:
+    """`CACHE_TTL` applied to stored state; keeps each workspace's rhythm for PRIOR_REFRESH s."""
+
+    def __init__(self, mode: str) -> None:
+        self._mode = mode
+        self._priors: dict[str, tuple[float, Prior]] = {}
+
+    def plan(
+        self, session: Session, team_id: str, state: ThreadState | None, now: datetime
+    ) -> CachePlan:
+        """What to read back and how to choose the write for a request on `state`'s thread."""
+        prior, note = alive_prior(state, now)
+        rhythm = rhythm_now(state, self._workspace(session, team_id, now.timestamp()), now)
+        return CachePlan(prior, note, rhythm, self._mode)
+
+    def _workspace(self, session: Session, team_id: str, at: float) -> Prior:
+        """The workspace's request rhythm, recomputed at most every PRIOR_REFRESH seconds."""
+        cached = self._priors.get(team_id)
+        if cached and 0 <= at - cached[0] < PRIOR_REFRESH:
+            return cached[1]
+        prior = Prior.from_totals(**data.rhythm_totals(session, team_id))
+        self._priors[team_id] = (at, prior)
+        return prior
