@@ -50,6 +50,7 @@ from bot.store.db import make_engine, make_session_factory, ping
 from bot.store.models import slack_bots
 from bot.summaries import SummaryService
 from bot.usage import Budgets, UsageService
+from bot.user_messages import UNREADABLE_REPLY
 from bot.workspace import Workspaces
 
 log = logging.getLogger(__name__)
@@ -334,12 +335,6 @@ def _install_failed(args: FailureArgs) -> BoltResponse:
     error = f" ({type(args.error).__name__})" if args.error else ""
     log.warning("OAuth install failed: %s%s", args.reason, error)
     return args.default.failure(args)
-
-
-UNREADABLE_REPLY = (
-    "I can't use this workspace's Slack credentials right now, so I can't answer. The bot's "
-    "operator has been told; please try again later."
-)
 
 
 def _on_error(

@@ -10,21 +10,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.compaction import Compactor
 from bot.config import Settings
+from bot.delivery import Refusals, ThreadReply, tell
 from bot.engine import Prior, Rhythm, choose_ttl
 from bot.installations import SlackClients
+from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
-from bot.pricing import Usage, cache_floor, cost, price_for, savings
+from bot.pricing import cache_floor, price_for
 from bot.prompt import Built, PriorCache, build_request
-from bot.replies import footer_line, neutralise_pings
+from bot.replies import footer_line
 from bot.store import data
-from bot.store.models import ThreadState, UsageRecord
-from bot.streaming import Refusals, ThreadReply
+from bot.store.models import ThreadState
 from bot.threads import (
     NameResolver,
     ThreadReader,
@@ -35,6 +35,18 @@ from bot.threads import (
     ts_key,
 )
 from bot.usage import BudgetExceeded, Budgets
+from bot.user_messages import (
+    EXTERNAL_REQUESTER,
+    SOMETHING_WRONG,
+    cut_off_note,
+    llm_error_text,
+    read_error_text,
+    reading_status,
+    refused_text,
+    stop_note,
+    unposted_text,
+    writing_status,
+)
 from bot.workspace import Effective, Workspaces
 from bot.workspace import refusal as channel_refusal
 
@@ -42,113 +54,6 @@ log = logging.getLogger(__name__)
 
 TTL_SECONDS = {"5m": 300, "1h": 3600}
 PRIOR_REFRESH = 60.0  # seconds between recomputing a workspace's rhythm
-
-LLM_MESSAGES = {
-    "auth": "the model endpoint rejected the API key. An admin needs to check `ANTHROPIC_API_KEY`.",
-    "billing": "the model endpoint refused the request for billing reasons. An admin needs to "
-    "check the account's credit.",
-    "permission": "the API key is not allowed to use this model. An admin needs to check the key "
-    "and `ANTHROPIC_MODEL` (or the model picked in my App Home).",
-    "not_found": "the configured model is not available on this endpoint. An admin needs to "
-    "check `ANTHROPIC_MODEL` (or the model picked in my App Home).",
-    "rate_limited": "the model is rate-limited right now, even after retrying. Please try again "
-    "in a minute.",
-    "overloaded": "the model is overloaded right now, even after retrying. Please try again in a "
-    "few minutes.",
-    "too_large": "this thread is too large for the model. Ask about a narrower part of it, or an "
-    "admin can lower `CONTEXT_BUDGET_TOKENS`.",
-    "timeout": "the model did not answer in time. Please try again shortly.",
-    "connection": "I could not reach the model endpoint. Please try again shortly; if it keeps "
-    "failing, an admin should check `ANTHROPIC_BASE_URL`.",
-    "server": "the model endpoint had an internal error, even after retrying. Please try again "
-    "shortly.",
-}
-LLM_CUT_OFF = {
-    "overloaded": "the model became overloaded partway",
-    "rate_limited": "the model hit a rate limit partway",
-    "connection": "the connection to the model broke partway",
-    "timeout": "the model took too long partway",
-}
-STOP_NOTES = {
-    "max_tokens": "The answer was cut off at the length limit. Ask me for the rest, or ask a "
-    "narrower question.",
-    "model_context_window_exceeded": "The answer was cut off: the thread and the answer filled "
-    "the model's context window. Ask a narrower question, about part of the thread.",
-    "refusal": "The model declined to continue this answer{why}. Try rephrasing the question, "
-    "or ask about another part of the thread.",
-    "pause_turn": "The model paused before finishing this answer. Ask again to get the whole "
-    "answer.",
-    "tool_use": "The model stopped to use a tool I don't offer, so the answer is incomplete. Ask "
-    "again, perhaps more narrowly.",
-}
-_WHOLE = {None, "end_turn", "stop_sequence"}
-_OTHER_STOP = (
-    "The model stopped early ({reason}), so the answer may be incomplete. Ask again, or ask a "
-    "narrower question."
-)
-_DEFAULT_LLM_MESSAGE = (
-    "the model endpoint rejected the request. An admin can find the cause in the bot's logs."
-)
-SLACK_READ_MESSAGES = {
-    "not_in_channel": "I'm not a member of this channel, so I can't read it. Invite me with "
-    "/invite <@{bot}> and ask again.",
-    "channel_not_found": "I can't see this conversation. Invite me with /invite <@{bot}> and ask "
-    "again.",
-    "thread_not_found": "I couldn't find that thread; it may have been deleted.",
-    "missing_scope": "I'm missing a Slack permission needed to read this conversation. An admin "
-    "needs to reinstall the app with the scopes in its manifest.",
-    "ratelimited": "Slack is rate-limiting me right now. Please try again in a minute.",
-}
-EXTERNAL_REQUESTER = (
-    "Sorry, I only answer people of the organisation that installed me; in a shared channel, "
-    "what other organisations post stays out of my prompts. Ask someone from that "
-    "organisation to ask me."
-)
-_UNDELIVERABLE = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
-
-
-def llm_error_text(exc: LLMError) -> str:
-    """What to tell the user about a failed model call."""
-    return "Sorry, " + LLM_MESSAGES.get(exc.kind, _DEFAULT_LLM_MESSAGE)
-
-
-def stop_note(completion: Completion) -> str | None:
-    """What to tell the reader when the model did not finish its answer (None when it did)."""
-    reason = completion.stop_reason
-    if reason in _WHOLE:
-        return None
-    if reason == "refusal":
-        why = f" ({completion.stop_explanation.rstrip('.')})" if completion.stop_explanation else ""
-        return STOP_NOTES["refusal"].format(why=why)
-    return STOP_NOTES.get(str(reason)) or _OTHER_STOP.format(reason=str(reason)[:32])
-
-
-def reading_status(count: int) -> tuple[str, list[str]]:
-    """The status line (and its rotating loading messages) while a thread is read."""
-    what = f"{count:,} messages" if count else "the thread"
-    return f"is reading {what}…", [
-        f"Reading {what}…",
-        "Following who said what…",
-        "Looking for decisions and owners…",
-        "Noting open questions…",
-    ]
-
-
-def writing_status(count: int) -> tuple[str, list[str]]:
-    """The status line (and its loading messages) once the thread is read."""
-    return f"is reading {count:,} messages…", [
-        f"Read {count:,} messages…",
-        "Weighing what matters…",
-        "Writing the answer…",
-    ]
-
-
-def read_error_text(error: str, bot_user_id: str) -> str:
-    """What to tell the user when Slack refused a read."""
-    text = SLACK_READ_MESSAGES.get(
-        error, "Slack wouldn't let me read this conversation ({error}). Please try again."
-    )
-    return text.format(bot=bot_user_id, error=error)
 
 
 @dataclass(frozen=True)
@@ -191,10 +96,14 @@ class AnswerService:
         metrics: Metrics | None = None,
         budgets: Budgets | None = None,
         workspaces: Workspaces | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._settings = settings
         self.workspaces = workspaces or Workspaces(settings, sessions)
         self.metrics = metrics or Metrics()
+        self.ledger = ledger or Ledger(
+            sessions, metrics=self.metrics, default_model=settings.anthropic_model, clock=clock
+        )
         self.budgets = budgets
         self._clients = clients
         self._llm = llm
@@ -245,11 +154,7 @@ class AnswerService:
             self._answer(req)
         except Exception:
             log.exception("answering %s/%s failed", req.channel_id, req.thread_ts)
-            self.tell(
-                req,
-                "Sorry, something went wrong on my side. The operator's logs have "
-                "the details; please try again.",
-            )
+            self.tell(req, SOMETHING_WRONG)
 
     def _answer(self, req: ThreadRequest) -> None:
         started = time.monotonic()
@@ -300,7 +205,7 @@ class AnswerService:
                 req.thread_ts,
                 exc.error,
             )
-            self._record_failure(req, f"slack_{exc.error}", started)
+            self.ledger.failed(req, f"slack_{exc.error}", started)
             text = read_error_text(exc.error, req.bot_user_id)
             if not reply.fail(text):
                 self.tell(req, text)
@@ -320,14 +225,13 @@ class AnswerService:
                 eff=eff,
             )
         except BudgetExceeded as exc:
-            text = f"Sorry, {exc}"
+            text = refused_text(exc)
             if not reply.fail(text):
                 self.tell(req, text)
             return
         except LLMError as exc:
             if exc.partial:
-                why = LLM_CUT_OFF.get(exc.kind, "the model stopped partway")
-                reply.finish(None, note=f"The answer was cut off: {why}. Ask again for the rest.")
+                reply.finish(None, note=cut_off_note(exc.kind))
             elif not reply.fail(llm_error_text(exc)):
                 self.tell(req, llm_error_text(exc))
             return
@@ -335,16 +239,10 @@ class AnswerService:
             done.footer, text=done.completion.text, note=stop_note(done.completion)
         )
         if outcome == "stopped_by_user":
-            with self._sessions.begin() as s:
-                data.set_stopped_by_user(s, done.usage_id)
+            self.ledger.stopped_by_user(done.usage_id)
         elif outcome != "ok":
-            self.tell(
-                req,
-                f"I wrote an answer but couldn't post it here (Slack said "
-                f"`{outcome.removeprefix('post_')}`).",
-            )
-            with self._sessions.begin() as s:
-                data.set_outcome(s, done.usage_id, outcome)
+            self.tell(req, unposted_text(outcome))
+            self.ledger.set_outcome(done.usage_id, outcome)
 
     def complete(
         self,
@@ -402,7 +300,7 @@ class AnswerService:
             )
         except LLMError as exc:
             log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self._record_failure(req, exc.kind, started, model)
+            self.ledger.failed(req, exc.kind, started, model)
             raise
         rhythm = rhythm.after_gap(gap)
         choice: dict[str, Any] = {}
@@ -436,13 +334,13 @@ class AnswerService:
                     req.team_id, req.user_id, self._worst_case(built, model), now, eff
                 )
             except BudgetExceeded:
-                self._record_failure(req, "budget", started, model)
+                self.ledger.failed(req, "budget", started, model)
                 raise
         try:
             completion = self._llm.create(built.body, on_text=on_text)
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self._record_failure(req, exc.kind, started, model)
+            self.ledger.failed(req, exc.kind, started, model)
             raise
         finally:
             if hold is not None and self.budgets is not None:
@@ -487,11 +385,7 @@ class AnswerService:
                 state.cache_ttl = built.write_ttl
             if touched:
                 state.cache_written_at = now
-            row = self._usage_row(req, completion.model, usage, latency_ms, "ok", now)
-            row.stop_reason = (completion.stop_reason or "")[:32] or None
-            data.add_usage(s, row)
-            s.flush()
-            usage_id = row.id
+            usage_id = self.ledger.answered(s, req, completion, latency_ms, now)
         log.info(
             "answered %s/%s kind=%s stop=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
             req.channel_id,
@@ -543,110 +437,19 @@ class AnswerService:
         self._scale[model] = ratio if old is None else 0.8 * old + 0.2 * ratio
 
     def _compactor(self, req: ThreadRequest, model: str) -> Compactor:
-        def record(done: Completion) -> None:
-            now = self.now()
-            compact_req = ThreadRequest(
-                team_id=req.team_id,
-                channel_id=req.channel_id,
-                thread_ts=req.thread_ts,
-                message_ts="",
-                user_id=req.user_id,
-                text="",
-                bot_user_id=req.bot_user_id,
-                kind="compact",
-            )
-            row = self._usage_row(compact_req, done.model, done.usage, 0, "ok", now)
-            row.stop_reason = (done.stop_reason or "")[:32] or None
-            with self._sessions.begin() as s:
-                data.add_usage(s, row)
-
         return Compactor(
             self._llm,
             self._sessions,
             model=model,
             budget=self._settings.context_budget_tokens,
-            record=record,
+            record=lambda done: self.ledger.compacted(req, done),
         )
 
     def tell(self, req: ThreadRequest, text: str, *, private: bool = False) -> None:
-        """A short message to the requester in the thread; ephemeral or DM when that fails.
-
-        `private`: only the requester sees it (ephemeral in the thread, else a DM).
-        """
-        text = neutralise_pings(text)
+        """A short message to the requester in the thread (see `delivery.tell`)."""
         try:
             client = self._client(req)
         except LookupError:
             log.error("cannot tell user in team=%s: workspace not installed", req.team_id)
             return
-        try:
-            if not private:
-                client.chat_postMessage(channel=req.channel_id, thread_ts=req.thread_ts, text=text)
-                return
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            if error not in _UNDELIVERABLE:
-                log.error("could not tell user in %s: %s", req.channel_id, error)
-                return
-        try:
-            client.chat_postEphemeral(
-                channel=req.channel_id, user=req.user_id, thread_ts=req.thread_ts, text=text
-            )
-            return
-        except SlackApiError as exc:
-            log.info(
-                "ephemeral in %s failed (%s); sending a DM",
-                req.channel_id,
-                exc.response.get("error"),
-            )
-        try:
-            client.chat_postMessage(channel=req.user_id, text=text)
-        except SlackApiError as exc:
-            log.error("could not reach user %s at all: %s", req.user_id, exc.response.get("error"))
-
-    def _usage_row(
-        self,
-        req: ThreadRequest,
-        model: str,
-        usage: Usage,
-        latency_ms: int,
-        outcome: str,
-        now: datetime,
-    ) -> UsageRecord:
-        price = price_for(model)
-        return UsageRecord(
-            created_at=now,
-            team_id=req.team_id,
-            channel_id=req.channel_id,
-            thread_ts=req.thread_ts,
-            user_id=req.user_id,
-            kind=req.kind,
-            model=model,
-            input_tokens=usage.input_tokens,
-            cache_creation_tokens=usage.cache_creation_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            output_tokens=usage.output_tokens,
-            cost_usd=cost(usage, price) if price else None,
-            savings_usd=savings(usage, price) if price else None,
-            latency_ms=latency_ms,
-            outcome=outcome,
-        )
-
-    def _record_failure(
-        self, req: ThreadRequest, outcome: str, started: float, model: str | None = None
-    ) -> None:
-        self.metrics.model_calls.labels(outcome).inc()
-        now = self.now()
-        latency_ms = int((time.monotonic() - started) * 1000)
-        with self._sessions.begin() as s:
-            data.add_usage(
-                s,
-                self._usage_row(
-                    req,
-                    model or self._settings.anthropic_model,
-                    Usage(),
-                    latency_ms,
-                    outcome,
-                    now,
-                ),
-            )
+        tell(client, req.channel_id, req.thread_ts, req.user_id, text, private=private)

@@ -7,9 +7,10 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from bot.delivery import ResponseUrl
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService
-from bot.summaries import SHARE_ACTION, ResponseUrl, SummaryService
+from bot.summaries import SHARE_ACTION, SummaryService
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from bot.delivery import Ephemeral
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService
-from bot.summaries import Ephemeral, Requester, SummaryService
+from bot.summaries import Requester, SummaryService
 
 log = logging.getLogger(__name__)
 
