@@ -29,6 +29,7 @@ from bot.threads import (
     NameResolver,
     ThreadReader,
     ThreadReadError,
+    Turn,
     clean_request,
     is_external,
     render_thread,
@@ -63,6 +64,21 @@ class Done:
     completion: Completion
     footer: str
     usage_id: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A model call ready to go: the request built on the thread's cache state, the rhythm to
+    store after it, and the budget hold that ends with the call."""
+
+    req: ThreadRequest
+    eff: Effective
+    model: str
+    built: Built
+    rhythm: Rhythm
+    now: datetime
+    started: float
+    hold: str | None
 
 
 @dataclass(frozen=True)
@@ -160,17 +176,7 @@ class AnswerService:
         started = time.monotonic()
         names = self._names(req.team_id)
         eff = self.workspaces.effective(req.team_id)
-        refusal = channel_refusal(eff, req.channel_id)
-        if refusal is not None:
-            log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
-            self.tell(req, refusal, private=True)
-            return
-        org = req.enterprise_id or self.workspaces.enterprise_of(req.team_id)
-        if is_external(
-            req.user_team, req.user_id, team_id=req.team_id, enterprise_id=org, names=names
-        ):
-            log.info("team=%s: request from another organisation (%s)", req.team_id, req.user_team)
-            self.tell(req, EXTERNAL_REQUESTER, private=True)
+        if self._turned_away(req, eff, names):
             return
         streaming = self._settings.stream_answers
         reply = ThreadReply(
@@ -183,32 +189,8 @@ class AnswerService:
             clock=self._clock,
             refusals=self.refusals,
         )
-        if streaming:
-            with self._sessions() as s:
-                known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
-                seen = known.messages_seen if known is not None else 0
-            reply.status(*reading_status(seen))
-        try:
-            messages = self.reader.read(
-                req.team_id,
-                req.channel_id,
-                req.thread_ts,
-                self.now(),
-                req.enterprise_id,
-                on_page=(lambda _n: reply.keep_status()) if streaming else None,
-            )
-        except ThreadReadError as exc:
-            log.warning(
-                "reading team=%s channel=%s thread=%s failed: %s",
-                req.team_id,
-                req.channel_id,
-                req.thread_ts,
-                exc.error,
-            )
-            self.ledger.failed(req, f"slack_{exc.error}", started)
-            text = read_error_text(exc.error, req.bot_user_id)
-            if not reply.fail(text):
-                self.tell(req, text)
+        messages = self._read(req, reply, started)
+        if messages is None:
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
         request = clean_request(req.text, names, req.bot_user_id)
@@ -225,16 +207,72 @@ class AnswerService:
                 eff=eff,
             )
         except BudgetExceeded as exc:
-            text = refused_text(exc)
-            if not reply.fail(text):
-                self.tell(req, text)
+            self._fail(req, reply, refused_text(exc))
             return
         except LLMError as exc:
             if exc.partial:
                 reply.finish(None, note=cut_off_note(exc.kind))
-            elif not reply.fail(llm_error_text(exc)):
-                self.tell(req, llm_error_text(exc))
+            else:
+                self._fail(req, reply, llm_error_text(exc))
             return
+        self._deliver(req, reply, done)
+
+    def _turned_away(self, req: ThreadRequest, eff: Effective, names: NameResolver) -> bool:
+        """True (after telling the requester) when the channel is not on the workspace's
+        allow-list or the requester belongs to another organisation."""
+        refusal = channel_refusal(eff, req.channel_id)
+        if refusal is not None:
+            log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
+            self.tell(req, refusal, private=True)
+            return True
+        org = req.enterprise_id or self.workspaces.enterprise_of(req.team_id)
+        if is_external(
+            req.user_team, req.user_id, team_id=req.team_id, enterprise_id=org, names=names
+        ):
+            log.info("team=%s: request from another organisation (%s)", req.team_id, req.user_team)
+            self.tell(req, EXTERNAL_REQUESTER, private=True)
+            return True
+        return False
+
+    def _read(
+        self, req: ThreadRequest, reply: ThreadReply, started: float
+    ) -> list[dict[str, Any]] | None:
+        """The thread's messages, with a status line while they are read; None (after telling
+        the requester) when Slack refused the read."""
+        streaming = self._settings.stream_answers
+        if streaming:
+            with self._sessions() as s:
+                known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
+                seen = known.messages_seen if known is not None else 0
+            reply.status(*reading_status(seen))
+        try:
+            return self.reader.read(
+                req.team_id,
+                req.channel_id,
+                req.thread_ts,
+                self.now(),
+                req.enterprise_id,
+                on_page=(lambda _n: reply.keep_status()) if streaming else None,
+            )
+        except ThreadReadError as exc:
+            log.warning(
+                "reading team=%s channel=%s thread=%s failed: %s",
+                req.team_id,
+                req.channel_id,
+                req.thread_ts,
+                exc.error,
+            )
+            self.ledger.failed(req, f"slack_{exc.error}", started)
+            self._fail(req, reply, read_error_text(exc.error, req.bot_user_id))
+            return None
+
+    def _fail(self, req: ThreadRequest, reply: ThreadReply, text: str) -> None:
+        """Say what went wrong in the reply's placeholder, else in a message of its own."""
+        if not reply.fail(text):
+            self.tell(req, text)
+
+    def _deliver(self, req: ThreadRequest, reply: ThreadReply, done: Done) -> None:
+        """Finish the reply with the answer; note in the ledger how its delivery ended."""
         outcome = reply.finish(
             done.footer, text=done.completion.text, note=stop_note(done.completion)
         )
@@ -256,17 +294,20 @@ class AnswerService:
         on_text: Callable[[str], None] | None = None,
         eff: Effective | None = None,
     ) -> Done:
-        """Render `messages`, call the model with the thread's cache state, record state and usage.
+        """Render `messages`, call the model with the thread's cache state, record state and usage:
+        plan (`_plan`), call (`_call`), record (`_record`).
 
-        Raises LLMError after recording the failure; the caller tells the user.
+        Raises LLMError or BudgetExceeded after recording the failure; the caller tells the user.
         """
         started = time.monotonic() if started is None else started
-        names = self._names(req.team_id)
         eff = eff or self.workspaces.effective(req.team_id)  # the caller's read, if it made one
-        model = eff.model
-        if eff.language:
-            request = f"{request}\n\n(Answer in {eff.language}.)"
-        turns = render_thread(
+        plan = self._plan(req, self._turns(req, messages, recap), request, eff, started)
+        completion = self._call(plan, on_text)
+        return self._record(plan, completion, messages if seen is None else seen)
+
+    def _turns(self, req: ThreadRequest, messages: list[dict[str, Any]], recap: bool) -> list[Turn]:
+        names = self._names(req.team_id)
+        return render_thread(
             messages,
             names,
             bot_user_id=req.bot_user_id,
@@ -275,6 +316,16 @@ class AnswerService:
             team_id=req.team_id,
             enterprise_id=req.enterprise_id or self.workspaces.enterprise_of(req.team_id),
         )
+
+    def _plan(
+        self, req: ThreadRequest, turns: list[Turn], request: str, eff: Effective, started: float
+    ) -> Plan:
+        """The plan step: the thread's stored state and the TTL decision, compaction, the request
+        with its cache breakpoints, the budget hold."""
+        names = self._names(req.team_id)
+        model = eff.model
+        if eff.language:
+            request = f"{request}\n\n(Answer in {eff.language}.)"
         now = self.now()
         with self._sessions() as s:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
@@ -327,27 +378,45 @@ class AnswerService:
             compacted=compacted,
             scale=scale,
         )
-        hold = None
-        if self.budgets is not None and self.budgets.enabled_for(eff):
-            try:
-                hold = self.budgets.reserve(
-                    req.team_id, req.user_id, self._worst_case(built, model), now, eff
-                )
-            except BudgetExceeded:
-                self.ledger.failed(req, "budget", started, model)
-                raise
+        hold = self._hold(req, built, model, now, eff, started)
+        return Plan(req, eff, model, built, rhythm, now, started, hold)
+
+    def _hold(
+        self,
+        req: ThreadRequest,
+        built: Built,
+        model: str,
+        now: datetime,
+        eff: Effective,
+        started: float,
+    ) -> str | None:
+        """Reserve the call's worst case against the spend budgets (None when none is set)."""
+        if self.budgets is None or not self.budgets.enabled_for(eff):
+            return None
         try:
-            completion = self._llm.create(built.body, on_text=on_text)
+            return self.budgets.reserve(
+                req.team_id, req.user_id, self._worst_case(built, model), now, eff
+            )
+        except BudgetExceeded:
+            self.ledger.failed(req, "budget", started, model)
+            raise
+
+    def _call(self, plan: Plan, on_text: Callable[[str], None] | None) -> Completion:
+        """The call step: the model call; the budget hold ends with it, however it ends."""
+        req = plan.req
+        try:
+            return self._llm.create(plan.built.body, on_text=on_text)
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self.ledger.failed(req, exc.kind, started, model)
+            self.ledger.failed(req, exc.kind, plan.started, plan.model)
             raise
         finally:
-            if hold is not None and self.budgets is not None:
-                self.budgets.release(req.team_id, hold)
+            if plan.hold is not None and self.budgets is not None:
+                self.budgets.release(req.team_id, plan.hold)
+
+    def _check_caching(self, built: Built, completion: Completion) -> None:
+        """Warn once per model when the endpoint reports no cache activity where it should."""
         usage = completion.usage
-        self.metrics.observe_usage(usage)
-        self._calibrate(model, built.estimated_tokens, usage.prompt_tokens)
         floor = cache_floor(completion.model, self._settings.cache_floors)
         relay_ignored = (
             bool(built.breakpoints)
@@ -365,8 +434,16 @@ class AnswerService:
                 completion.model,
                 floor,
             )
-        latency_ms = int((time.monotonic() - started) * 1000)
-        seen = messages if seen is None else seen
+
+    def _record(self, plan: Plan, completion: Completion, seen: list[dict[str, Any]]) -> Done:
+        """The record step: metrics, the thread's state (rhythm, cache boundary) and the ledger
+        row, in one transaction."""
+        req, built, now, rhythm = plan.req, plan.built, plan.now, plan.rhythm
+        usage = completion.usage
+        self.metrics.observe_usage(usage)
+        self._calibrate(plan.model, built.estimated_tokens, usage.prompt_tokens)
+        self._check_caching(built, completion)
+        latency_ms = int((time.monotonic() - plan.started) * 1000)
         with self._sessions.begin() as s:
             state = data.get_or_create_thread(s, req.team_id, req.channel_id, req.thread_ts)
             state.messages_seen = len(seen)
@@ -399,7 +476,7 @@ class AnswerService:
             len(built.breakpoints),
         )
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
-        return Done(completion, footer if eff.footer else "", usage_id)
+        return Done(completion, footer if plan.eff.footer else "", usage_id)
 
     def _prior(self, session: Session, team_id: str) -> Prior:
         """The workspace's request rhythm, recomputed at most every PRIOR_REFRESH seconds."""
