@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,6 +64,20 @@ class Done:
     completion: Completion
     footer: str
     usage_id: int
+
+
+class Complete(Protocol):
+    """`AnswerService.complete` as its other callers see it (summaries, recaps)."""
+
+    def __call__(
+        self,
+        req: ThreadRequest,
+        messages: list[dict[str, Any]],
+        request: str,
+        *,
+        recap: bool = False,
+        eff: Effective | None = None,
+    ) -> Done: ...
 
 
 @dataclass(frozen=True)

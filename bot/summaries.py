@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.delivery import Responder
 from bot.llm import LLMError
 from bot.replies import build_messages, neutralise_pings
-from bot.service import AnswerService, ThreadRequest
+from bot.service import Complete, ThreadRequest
 from bot.store.models import Summary
-from bot.threads import ThreadReadError, is_member, ts_key
+from bot.threads import ThreadReader, ThreadReadError, is_member, ts_key
 from bot.usage import BudgetExceeded
 from bot.user_messages import (
     MESSAGE_GONE,
@@ -39,7 +39,7 @@ from bot.user_messages import (
     stop_note,
     summary_read_error,
 )
-from bot.workspace import Effective, refusal
+from bot.workspace import Effective, Workspaces, refusal
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,23 @@ class SummaryService:
 
     def __init__(
         self,
-        answers: AnswerService,
+        *,
+        reader: ThreadReader,
+        workspaces: Workspaces,
+        complete: Complete,
+        client_for: Callable[[str, str | None], WebClient],
         sessions: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._answers = answers
+        self._reader = reader
+        self._workspaces = workspaces
+        self._complete = complete
+        self._client_for = client_for
         self._sessions = sessions
         self._clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     # -- permissions ------------------------------------------------------------------------
 
@@ -202,7 +212,7 @@ class SummaryService:
     def _allowed(self, channel: str, who: Requester, out: Responder) -> Effective | None:
         """The workspace's settings, or None (after telling `who`) when its channel allow-list
         excludes `channel`."""
-        eff = self._answers.workspaces.effective(who.team_id)
+        eff = self._workspaces.effective(who.team_id)
         text = refusal(eff, channel)
         if text is not None:
             out.send(text, replace=True)
@@ -210,7 +220,7 @@ class SummaryService:
         return eff
 
     def _client(self, who: Requester) -> WebClient:
-        return self._answers.client_for(who.team_id, who.enterprise_id)
+        return self._client_for(who.team_id, who.enterprise_id)
 
     # -- thread summaries -------------------------------------------------------------------
 
@@ -233,8 +243,8 @@ class SummaryService:
         if eff is None:
             return
         try:
-            read = self._answers.reader.read
-            now = self._answers.now()
+            read = self._reader.read
+            now = self._now()
             messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
             if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
                 thread_ts = messages[0]["thread_ts"]  # a reply's ts: read its whole thread
@@ -291,8 +301,8 @@ class SummaryService:
         parents.sort(key=lambda m: ts_key(m["ts"]), reverse=True)
         for parent in parents[:MAX_RECAP_THREADS]:
             try:
-                replies = self._answers.reader.read(
-                    who.team_id, channel, parent["ts"], self._answers.now(), who.enterprise_id
+                replies = self._reader.read(
+                    who.team_id, channel, parent["ts"], self._now(), who.enterprise_id
                 )
             except ThreadReadError as exc:
                 log.info("skipping thread %s in recap: %s", parent["ts"], exc.error)
@@ -366,7 +376,7 @@ class SummaryService:
         eff: Effective,
     ) -> None:
         try:
-            done = self._answers.complete(req, messages, request, recap=recap, eff=eff)
+            done = self._complete(req, messages, request, recap=recap, eff=eff)
         except LLMError as exc:
             out.send(llm_error_text(exc), replace=True)
             return
@@ -428,7 +438,7 @@ class SummaryService:
         parts = build_messages(summary.text, footer, note=summary.note)
         try:
             for part in parts:
-                self._answers.client_for(summary.team_id).chat_postMessage(
+                self._client_for(summary.team_id, None).chat_postMessage(
                     channel=summary.channel_id,
                     thread_ts=summary.thread_ts,
                     text=part.text,

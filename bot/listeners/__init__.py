@@ -42,7 +42,7 @@ def register(
     handlers.update(summarize.register(app, summaries, queue, _usage_command(usage)))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
-    message_events.register(app, answers, sessions)
+    message_events.register(app, sessions, answers.now)
     lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:
         home.register(app, usage, answers.workspaces, answers.now)
