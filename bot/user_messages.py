@@ -75,6 +75,13 @@ SOMETHING_WRONG = (
     "Sorry, something went wrong on my side. The operator's logs have the details; please try "
     "again."
 )
+GAVE_UP_ANSWER = (
+    "Sorry, I couldn't answer this after several attempts. Please ask again; if it keeps "
+    "failing, the operator's logs have the cause."
+)
+GAVE_UP_SUMMARY = "Sorry, I couldn't finish this summary after several attempts. Please try again."
+SHARE_WENT_WRONG = "Sorry, something went wrong on my side; please try again."
+SHARE_GAVE_UP = "Sorry, I couldn't post it; please try again."
 UNREADABLE_REPLY = (
     "I can't use this workspace's Slack credentials right now, so I can't answer. The bot's "
     "operator has been told; please try again later."
