@@ -41,7 +41,7 @@ from bot.installations import (
     TokenCipher,
     TokenUnreadable,
 )
-from bot.jobs import JobQueue, WorkerPool
+from bot.jobs import Handler, JobQueue, WorkerPool
 from bot.llm import MessagesClient
 from bot.logsafety import withhold_details
 from bot.metrics import Metrics
@@ -50,6 +50,7 @@ from bot.store.db import make_engine, make_session_factory, ping
 from bot.store.models import slack_bots
 from bot.summaries import SummaryService
 from bot.usage import Budgets, UsageService
+from bot.user_messages import UNREADABLE_REPLY
 from bot.workspace import Workspaces
 
 log = logging.getLogger(__name__)
@@ -336,12 +337,6 @@ def _install_failed(args: FailureArgs) -> BoltResponse:
     return args.default.failure(args)
 
 
-UNREADABLE_REPLY = (
-    "I can't use this workspace's Slack credentials right now, so I can't answer. The bot's "
-    "operator has been told; please try again later."
-)
-
-
 def _on_error(
     error: Exception, request: BoltRequest, response: BoltResponse | None
 ) -> BoltResponse | None:
@@ -381,28 +376,79 @@ def create_app(
     client = slack_client or make_slack_client(settings)
     llm = llm or make_llm(settings)
     executor = WorkExecutor(settings.worker_threads)
-    secret = settings.slack_signing_secret
-    store: EncryptedInstallationStore | None = None
-    oauth: dict[str, Any] = {}
-    if settings.oauth:
-        assert settings.slack_client_id and settings.slack_client_secret
-        key = settings.encryption_key
-        store = EncryptedInstallationStore(
-            settings.slack_client_id, engine, TokenCipher(key.get_secret_value() if key else None)
-        )
-        oauth = {
-            "installation_store": store,
-            "oauth_settings": OAuthSettings(
-                client_id=settings.slack_client_id,
-                client_secret=settings.slack_client_secret.get_secret_value(),
-                scopes=[s.strip() for s in settings.slack_scopes.split(",") if s.strip()],
-                installation_store=store,
-                state_store=OAuthStates(engine),
-                install_page_rendering_enabled=True,
-                callback_options=CallbackOptions(success=_installed, failure=_install_failed),
-            ),
-        }
-    clients = SlackClients(
+    store, oauth = _oauth(settings, engine)
+    clients = _slack_clients(settings, client, store)
+    if store is not None:
+        oauth["authorize"] = ClientsAuthorize(clients)  # one place refreshes tokens, locked
+    bolt = _bolt(settings, client, executor, oauth)
+    metrics = Metrics()
+    service = _answer_service(settings, clients, llm, sessions, clock, metrics)
+    summaries = SummaryService(
+        reader=service.reader,
+        workspaces=service.workspaces,
+        complete=service.complete,
+        client_for=service.client_for,
+        sessions=sessions,
+        clock=clock,
+    )
+    usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
+    queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
+    handlers = listeners.register(
+        bolt,
+        answers=service,
+        summaries=summaries,
+        sessions=sessions,
+        queue=queue,
+        store=store,
+        usage=usage,
+    )
+    pool = _worker_pool(settings, queue, handlers, metrics)
+    return BotApp(
+        settings,
+        bolt,
+        engine,
+        sessions,
+        service,
+        llm,
+        executor,
+        queue,
+        pool,
+        usage,
+        clients,
+        store,
+    )
+
+
+def _oauth(
+    settings: Settings, engine: Engine
+) -> tuple[EncryptedInstallationStore | None, dict[str, Any]]:
+    """With OAuth settings: the installation store and Bolt's OAuth arguments; else (None, {})."""
+    if not settings.oauth:
+        return None, {}
+    assert settings.slack_client_id and settings.slack_client_secret
+    key = settings.encryption_key
+    store = EncryptedInstallationStore(
+        settings.slack_client_id, engine, TokenCipher(key.get_secret_value() if key else None)
+    )
+    return store, {
+        "installation_store": store,
+        "oauth_settings": OAuthSettings(
+            client_id=settings.slack_client_id,
+            client_secret=settings.slack_client_secret.get_secret_value(),
+            scopes=[s.strip() for s in settings.slack_scopes.split(",") if s.strip()],
+            installation_store=store,
+            state_store=OAuthStates(engine),
+            install_page_rendering_enabled=True,
+            callback_options=CallbackOptions(success=_installed, failure=_install_failed),
+        ),
+    }
+
+
+def _slack_clients(
+    settings: Settings, client: WebClient, store: EncryptedInstallationStore | None
+) -> SlackClients:
+    """The Web API client of each workspace: the token's, or each installation's."""
+    return SlackClients(
         client,
         store,
         client_id=settings.slack_client_id,
@@ -412,8 +458,13 @@ def create_app(
             else None
         ),
     )
-    if store is not None:
-        oauth["authorize"] = ClientsAuthorize(clients)  # one place refreshes tokens, locked
+
+
+def _bolt(
+    settings: Settings, client: WebClient, executor: WorkExecutor, oauth: dict[str, Any]
+) -> App:
+    """The Bolt app: listeners run on `executor`, its logs withhold request details."""
+    secret = settings.slack_signing_secret
     bolt_logger = logging.getLogger("bot.bolt")
     # Before App(): Bolt copies this logger's filters to the loggers it makes from it.
     withhold_details(bolt_logger, client.logger)
@@ -427,7 +478,19 @@ def create_app(
         **oauth,
     )
     bolt.error(_on_error)
-    metrics = Metrics()
+    return bolt
+
+
+def _answer_service(
+    settings: Settings,
+    clients: SlackClients,
+    llm: MessagesClient,
+    sessions: sessionmaker[Session],
+    clock: Callable[[], float],
+    metrics: Metrics,
+) -> AnswerService:
+    """The answer path, with the spend budgets (alerts go to DIGEST_CHANNEL) and the
+    per-workspace settings."""
     digest_channel = settings.digest_channel
 
     def budget_alert(team_id: str, text: str) -> None:
@@ -449,36 +512,17 @@ def create_app(
         budgets=budgets,
         workspaces=workspaces,
     )
-    summaries = SummaryService(service, sessions, clock=clock)
-    usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
-    queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
-    handlers = listeners.register(
-        bolt,
-        answers=service,
-        summaries=summaries,
-        sessions=sessions,
-        queue=queue,
-        store=store,
-        usage=usage,
-    )
+    return service
+
+
+def _worker_pool(
+    settings: Settings, queue: JobQueue, handlers: dict[str, Handler], metrics: Metrics
+) -> WorkerPool:
+    """The threads that run stored jobs, counted and timed in `metrics`."""
     metrics.add_gauges(queue.pending, queue.oldest_queued_age)
 
     def job_done(kind: str, outcome: str, seconds: float) -> None:
         metrics.jobs.labels(kind, outcome).inc()
         metrics.job_seconds.labels(kind).observe(seconds)
 
-    pool = WorkerPool(queue, handlers, threads=settings.worker_threads, on_done=job_done)
-    return BotApp(
-        settings,
-        bolt,
-        engine,
-        sessions,
-        service,
-        llm,
-        executor,
-        queue,
-        pool,
-        usage,
-        clients,
-        store,
-    )
+    return WorkerPool(queue, handlers, threads=settings.worker_threads, on_done=job_done)

@@ -7,23 +7,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.compaction import Compactor
 from bot.config import Settings
+from bot.delivery import Refusals, ThreadReply, tell
 from bot.installations import SlackClients
+from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
-from bot.pricing import Usage, cache_floor, cost, price_for, savings
+from bot.pricing import cache_floor, price_for
 from bot.prompt import Built, build_request
-from bot.replies import footer_line, neutralise_pings
+from bot.replies import footer_line
 from bot.store import data
-from bot.store.models import UsageRecord
-from bot.streaming import Refusals, ThreadReply
 from bot.threads import (
     NameResolver,
     ThreadReader,
@@ -33,119 +32,26 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
-from bot.ttl_policy import TtlPolicy
+from bot.transcript import Turn
+from bot.ttl_policy import Rhythm, TtlPolicy
 from bot.usage import BudgetExceeded, Budgets
+from bot.user_messages import (
+    EXTERNAL_REQUESTER,
+    SOMETHING_WRONG,
+    cut_off_note,
+    llm_error_text,
+    read_error_text,
+    reading_status,
+    refused_text,
+    stop_note,
+    unposted_text,
+    writing_status,
+)
 from bot.workspace import Effective, Workspaces
 from bot.workspace import refusal as channel_refusal
 
 log = logging.getLogger(__name__)
 
-LLM_MESSAGES = {
-    "auth": "the model endpoint rejected the API key. An admin needs to check `ANTHROPIC_API_KEY`.",
-    "billing": "the model endpoint refused the request for billing reasons. An admin needs to "
-    "check the account's credit.",
-    "permission": "the API key is not allowed to use this model. An admin needs to check the key "
-    "and `ANTHROPIC_MODEL` (or the model picked in my App Home).",
-    "not_found": "the configured model is not available on this endpoint. An admin needs to "
-    "check `ANTHROPIC_MODEL` (or the model picked in my App Home).",
-    "rate_limited": "the model is rate-limited right now, even after retrying. Please try again "
-    "in a minute.",
-    "overloaded": "the model is overloaded right now, even after retrying. Please try again in a "
-    "few minutes.",
-    "too_large": "this thread is too large for the model. Ask about a narrower part of it, or an "
-    "admin can lower `CONTEXT_BUDGET_TOKENS`.",
-    "timeout": "the model did not answer in time. Please try again shortly.",
-    "connection": "I could not reach the model endpoint. Please try again shortly; if it keeps "
-    "failing, an admin should check `ANTHROPIC_BASE_URL`.",
-    "server": "the model endpoint had an internal error, even after retrying. Please try again "
-    "shortly.",
-}
-LLM_CUT_OFF = {
-    "overloaded": "the model became overloaded partway",
-    "rate_limited": "the model hit a rate limit partway",
-    "connection": "the connection to the model broke partway",
-    "timeout": "the model took too long partway",
-}
-STOP_NOTES = {
-    "max_tokens": "The answer was cut off at the length limit. Ask me for the rest, or ask a "
-    "narrower question.",
-    "model_context_window_exceeded": "The answer was cut off: the thread and the answer filled "
-    "the model's context window. Ask a narrower question, about part of the thread.",
-    "refusal": "The model declined to continue this answer{why}. Try rephrasing the question, "
-    "or ask about another part of the thread.",
-    "pause_turn": "The model paused before finishing this answer. Ask again to get the whole "
-    "answer.",
-    "tool_use": "The model stopped to use a tool I don't offer, so the answer is incomplete. Ask "
-    "again, perhaps more narrowly.",
-}
-_WHOLE = {None, "end_turn", "stop_sequence"}
-_OTHER_STOP = (
-    "The model stopped early ({reason}), so the answer may be incomplete. Ask again, or ask a "
-    "narrower question."
-)
-_DEFAULT_LLM_MESSAGE = (
-    "the model endpoint rejected the request. An admin can find the cause in the bot's logs."
-)
-SLACK_READ_MESSAGES = {
-    "not_in_channel": "I'm not a member of this channel, so I can't read it. Invite me with "
-    "/invite <@{bot}> and ask again.",
-    "channel_not_found": "I can't see this conversation. Invite me with /invite <@{bot}> and ask "
-    "again.",
-    "thread_not_found": "I couldn't find that thread; it may have been deleted.",
-    "missing_scope": "I'm missing a Slack permission needed to read this conversation. An admin "
-    "needs to reinstall the app with the scopes in its manifest.",
-    "ratelimited": "Slack is rate-limiting me right now. Please try again in a minute.",
-}
-EXTERNAL_REQUESTER = (
-    "Sorry, I only answer people of the organisation that installed me; in a shared channel, "
-    "what other organisations post stays out of my prompts. Ask someone from that "
-    "organisation to ask me."
-)
-_UNDELIVERABLE = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
-
-
-def llm_error_text(exc: LLMError) -> str:
-    """What to tell the user about a failed model call."""
-    return "Sorry, " + LLM_MESSAGES.get(exc.kind, _DEFAULT_LLM_MESSAGE)
-
-
-def stop_note(completion: Completion) -> str | None:
-    """What to tell the reader when the model did not finish its answer (None when it did)."""
-    reason = completion.stop_reason
-    if reason in _WHOLE:
-        return None
-    if reason == "refusal":
-        why = f" ({completion.stop_explanation.rstrip('.')})" if completion.stop_explanation else ""
-        return STOP_NOTES["refusal"].format(why=why)
-    return STOP_NOTES.get(str(reason)) or _OTHER_STOP.format(reason=str(reason)[:32])
-
-
-def reading_status(count: int) -> tuple[str, list[str]]:
-    """The status line (and its rotating loading messages) while a thread is read."""
-    what = f"{count:,} messages" if count else "the thread"
-    return f"is reading {what}…", [
-        f"Reading {what}…",
-        "Following who said what…",
-        "Looking for decisions and owners…",
-        "Noting open questions…",
-    ]
-
-
-def writing_status(count: int) -> tuple[str, list[str]]:
-    """The status line (and its loading messages) once the thread is read."""
-    return f"is reading {count:,} messages…", [
-        f"Read {count:,} messages…",
-        "Weighing what matters…",
-        "Writing the answer…",
-    ]
-
-
-def read_error_text(error: str, bot_user_id: str) -> str:
-    """What to tell the user when Slack refused a read."""
-    text = SLACK_READ_MESSAGES.get(
-        error, "Slack wouldn't let me read this conversation ({error}). Please try again."
-    )
-    return text.format(bot=bot_user_id, error=error)
 
 
 @dataclass(frozen=True)
@@ -155,6 +61,35 @@ class Done:
     completion: Completion
     footer: str
     usage_id: int
+
+
+class Complete(Protocol):
+    """`AnswerService.complete` as its other callers see it (summaries, recaps)."""
+
+    def __call__(
+        self,
+        req: ThreadRequest,
+        messages: list[dict[str, Any]],
+        request: str,
+        *,
+        recap: bool = False,
+        eff: Effective | None = None,
+    ) -> Done: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A model call ready to go: the request built on the thread's cache state, the rhythm to
+    store after it, and the budget hold that ends with the call."""
+
+    req: ThreadRequest
+    eff: Effective
+    model: str
+    built: Built
+    rhythm: Rhythm
+    now: datetime
+    started: float
+    hold: str | None
 
 
 @dataclass(frozen=True)
@@ -188,10 +123,14 @@ class AnswerService:
         metrics: Metrics | None = None,
         budgets: Budgets | None = None,
         workspaces: Workspaces | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._settings = settings
         self.workspaces = workspaces or Workspaces(settings, sessions)
         self.metrics = metrics or Metrics()
+        self.ledger = ledger or Ledger(
+            sessions, metrics=self.metrics, default_model=settings.anthropic_model, clock=clock
+        )
         self.budgets = budgets
         self._clients = clients
         self._llm = llm
@@ -242,27 +181,13 @@ class AnswerService:
             self._answer(req)
         except Exception:
             log.exception("answering %s/%s failed", req.channel_id, req.thread_ts)
-            self.tell(
-                req,
-                "Sorry, something went wrong on my side. The operator's logs have "
-                "the details; please try again.",
-            )
+            self.tell(req, SOMETHING_WRONG)
 
     def _answer(self, req: ThreadRequest) -> None:
         started = time.monotonic()
         names = self._names(req.team_id)
         eff = self.workspaces.effective(req.team_id)
-        refusal = channel_refusal(eff, req.channel_id)
-        if refusal is not None:
-            log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
-            self.tell(req, refusal, private=True)
-            return
-        org = req.enterprise_id or self.workspaces.enterprise_of(req.team_id)
-        if is_external(
-            req.user_team, req.user_id, team_id=req.team_id, enterprise_id=org, names=names
-        ):
-            log.info("team=%s: request from another organisation (%s)", req.team_id, req.user_team)
-            self.tell(req, EXTERNAL_REQUESTER, private=True)
+        if self._turned_away(req, eff, names):
             return
         streaming = self._settings.stream_answers
         reply = ThreadReply(
@@ -275,32 +200,8 @@ class AnswerService:
             clock=self._clock,
             refusals=self.refusals,
         )
-        if streaming:
-            with self._sessions() as s:
-                known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
-                seen = known.messages_seen if known is not None else 0
-            reply.status(*reading_status(seen))
-        try:
-            messages = self.reader.read(
-                req.team_id,
-                req.channel_id,
-                req.thread_ts,
-                self.now(),
-                req.enterprise_id,
-                on_page=(lambda _n: reply.keep_status()) if streaming else None,
-            )
-        except ThreadReadError as exc:
-            log.warning(
-                "reading team=%s channel=%s thread=%s failed: %s",
-                req.team_id,
-                req.channel_id,
-                req.thread_ts,
-                exc.error,
-            )
-            self._record_failure(req, f"slack_{exc.error}", started)
-            text = read_error_text(exc.error, req.bot_user_id)
-            if not reply.fail(text):
-                self.tell(req, text)
+        messages = self._read(req, reply, started)
+        if messages is None:
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
         request = clean_request(req.text, names, req.bot_user_id)
@@ -317,31 +218,80 @@ class AnswerService:
                 eff=eff,
             )
         except BudgetExceeded as exc:
-            text = f"Sorry, {exc}"
-            if not reply.fail(text):
-                self.tell(req, text)
+            self._fail(req, reply, refused_text(exc))
             return
         except LLMError as exc:
             if exc.partial:
-                why = LLM_CUT_OFF.get(exc.kind, "the model stopped partway")
-                reply.finish(None, note=f"The answer was cut off: {why}. Ask again for the rest.")
-            elif not reply.fail(llm_error_text(exc)):
-                self.tell(req, llm_error_text(exc))
+                reply.finish(None, note=cut_off_note(exc.kind))
+            else:
+                self._fail(req, reply, llm_error_text(exc))
             return
+        self._deliver(req, reply, done)
+
+    def _turned_away(self, req: ThreadRequest, eff: Effective, names: NameResolver) -> bool:
+        """True (after telling the requester) when the channel is not on the workspace's
+        allow-list or the requester belongs to another organisation."""
+        refusal = channel_refusal(eff, req.channel_id)
+        if refusal is not None:
+            log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
+            self.tell(req, refusal, private=True)
+            return True
+        org = req.enterprise_id or self.workspaces.enterprise_of(req.team_id)
+        if is_external(
+            req.user_team, req.user_id, team_id=req.team_id, enterprise_id=org, names=names
+        ):
+            log.info("team=%s: request from another organisation (%s)", req.team_id, req.user_team)
+            self.tell(req, EXTERNAL_REQUESTER, private=True)
+            return True
+        return False
+
+    def _read(
+        self, req: ThreadRequest, reply: ThreadReply, started: float
+    ) -> list[dict[str, Any]] | None:
+        """The thread's messages, with a status line while they are read; None (after telling
+        the requester) when Slack refused the read."""
+        streaming = self._settings.stream_answers
+        if streaming:
+            with self._sessions() as s:
+                known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
+                seen = known.messages_seen if known is not None else 0
+            reply.status(*reading_status(seen))
+        try:
+            return self.reader.read(
+                req.team_id,
+                req.channel_id,
+                req.thread_ts,
+                self.now(),
+                req.enterprise_id,
+                on_page=(lambda _n: reply.keep_status()) if streaming else None,
+            )
+        except ThreadReadError as exc:
+            log.warning(
+                "reading team=%s channel=%s thread=%s failed: %s",
+                req.team_id,
+                req.channel_id,
+                req.thread_ts,
+                exc.error,
+            )
+            self.ledger.failed(req, f"slack_{exc.error}", started)
+            self._fail(req, reply, read_error_text(exc.error, req.bot_user_id))
+            return None
+
+    def _fail(self, req: ThreadRequest, reply: ThreadReply, text: str) -> None:
+        """Say what went wrong in the reply's placeholder, else in a message of its own."""
+        if not reply.fail(text):
+            self.tell(req, text)
+
+    def _deliver(self, req: ThreadRequest, reply: ThreadReply, done: Done) -> None:
+        """Finish the reply with the answer; note in the ledger how its delivery ended."""
         outcome = reply.finish(
             done.footer, text=done.completion.text, note=stop_note(done.completion)
         )
         if outcome == "stopped_by_user":
-            with self._sessions.begin() as s:
-                data.set_stopped_by_user(s, done.usage_id)
+            self.ledger.stopped_by_user(done.usage_id)
         elif outcome != "ok":
-            self.tell(
-                req,
-                f"I wrote an answer but couldn't post it here (Slack said "
-                f"`{outcome.removeprefix('post_')}`).",
-            )
-            with self._sessions.begin() as s:
-                data.set_outcome(s, done.usage_id, outcome)
+            self.tell(req, unposted_text(outcome))
+            self.ledger.set_outcome(done.usage_id, outcome)
 
     def complete(
         self,
@@ -355,17 +305,20 @@ class AnswerService:
         on_text: Callable[[str], None] | None = None,
         eff: Effective | None = None,
     ) -> Done:
-        """Render `messages`, call the model with the thread's cache state, record state and usage.
+        """Render `messages`, call the model with the thread's cache state, record state and usage:
+        plan (`_plan`), call (`_call`), record (`_record`).
 
-        Raises LLMError after recording the failure; the caller tells the user.
+        Raises LLMError or BudgetExceeded after recording the failure; the caller tells the user.
         """
         started = time.monotonic() if started is None else started
-        names = self._names(req.team_id)
         eff = eff or self.workspaces.effective(req.team_id)  # the caller's read, if it made one
-        model = eff.model
-        if eff.language:
-            request = f"{request}\n\n(Answer in {eff.language}.)"
-        turns = render_thread(
+        plan = self._plan(req, self._turns(req, messages, recap), request, eff, started)
+        completion = self._call(plan, on_text)
+        return self._record(plan, completion, messages if seen is None else seen)
+
+    def _turns(self, req: ThreadRequest, messages: list[dict[str, Any]], recap: bool) -> list[Turn]:
+        names = self._names(req.team_id)
+        return render_thread(
             messages,
             names,
             bot_user_id=req.bot_user_id,
@@ -374,11 +327,20 @@ class AnswerService:
             team_id=req.team_id,
             enterprise_id=req.enterprise_id or self.workspaces.enterprise_of(req.team_id),
         )
+
+    def _plan(
+        self, req: ThreadRequest, turns: list[Turn], request: str, eff: Effective, started: float
+    ) -> Plan:
+        """The plan step: the thread's stored state and the TTL decision, compaction, the request
+        with its cache breakpoints, the budget hold."""
+        names = self._names(req.team_id)
+        model = eff.model
+        if eff.language:
+            request = f"{request}\n\n(Answer in {eff.language}.)"
         now = self.now()
         with self._sessions() as s:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
             cache = self._ttl.plan(s, req.team_id, state, now)
-        rhythm = cache.rhythm
         scale = self._scale.get(model, 1.0)
         try:
             compacted = self._compactor(req, model).compacted(
@@ -386,7 +348,7 @@ class AnswerService:
             )
         except LLMError as exc:
             log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self._record_failure(req, exc.kind, started, model)
+            self.ledger.failed(req, exc.kind, started, model)
             raise
         built = build_request(
             model=model,
@@ -400,27 +362,45 @@ class AnswerService:
             compacted=compacted,
             scale=scale,
         )
-        hold = None
-        if self.budgets is not None and self.budgets.enabled_for(eff):
-            try:
-                hold = self.budgets.reserve(
-                    req.team_id, req.user_id, self._worst_case(built, model), now, eff
-                )
-            except BudgetExceeded:
-                self._record_failure(req, "budget", started, model)
-                raise
+        hold = self._hold(req, built, model, now, eff, started)
+        return Plan(req, eff, model, built, cache.rhythm, now, started, hold)
+
+    def _hold(
+        self,
+        req: ThreadRequest,
+        built: Built,
+        model: str,
+        now: datetime,
+        eff: Effective,
+        started: float,
+    ) -> str | None:
+        """Reserve the call's worst case against the spend budgets (None when none is set)."""
+        if self.budgets is None or not self.budgets.enabled_for(eff):
+            return None
         try:
-            completion = self._llm.create(built.body, on_text=on_text)
+            return self.budgets.reserve(
+                req.team_id, req.user_id, self._worst_case(built, model), now, eff
+            )
+        except BudgetExceeded:
+            self.ledger.failed(req, "budget", started, model)
+            raise
+
+    def _call(self, plan: Plan, on_text: Callable[[str], None] | None) -> Completion:
+        """The call step: the model call; the budget hold ends with it, however it ends."""
+        req = plan.req
+        try:
+            return self._llm.create(plan.built.body, on_text=on_text)
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self._record_failure(req, exc.kind, started, model)
+            self.ledger.failed(req, exc.kind, plan.started, plan.model)
             raise
         finally:
-            if hold is not None and self.budgets is not None:
-                self.budgets.release(req.team_id, hold)
+            if plan.hold is not None and self.budgets is not None:
+                self.budgets.release(req.team_id, plan.hold)
+
+    def _check_caching(self, built: Built, completion: Completion) -> None:
+        """Warn once per model when the endpoint reports no cache activity where it should."""
         usage = completion.usage
-        self.metrics.observe_usage(usage)
-        self._calibrate(model, built.estimated_tokens, usage.prompt_tokens)
         floor = cache_floor(completion.model, self._settings.cache_floors)
         relay_ignored = (
             bool(built.breakpoints)
@@ -438,8 +418,16 @@ class AnswerService:
                 completion.model,
                 floor,
             )
-        latency_ms = int((time.monotonic() - started) * 1000)
-        seen = messages if seen is None else seen
+
+    def _record(self, plan: Plan, completion: Completion, seen: list[dict[str, Any]]) -> Done:
+        """The record step: metrics, the thread's state (rhythm, cache boundary) and the ledger
+        row, in one transaction."""
+        req, built, now, rhythm = plan.req, plan.built, plan.now, plan.rhythm
+        usage = completion.usage
+        self.metrics.observe_usage(usage)
+        self._calibrate(plan.model, built.estimated_tokens, usage.prompt_tokens)
+        self._check_caching(built, completion)
+        latency_ms = int((time.monotonic() - plan.started) * 1000)
         with self._sessions.begin() as s:
             state = data.get_or_create_thread(s, req.team_id, req.channel_id, req.thread_ts)
             state.messages_seen = len(seen)
@@ -458,11 +446,7 @@ class AnswerService:
                 state.cache_ttl = built.write_ttl
             if touched:
                 state.cache_written_at = now
-            row = self._usage_row(req, completion.model, usage, latency_ms, "ok", now)
-            row.stop_reason = (completion.stop_reason or "")[:32] or None
-            data.add_usage(s, row)
-            s.flush()
-            usage_id = row.id
+            usage_id = self.ledger.answered(s, req, completion, latency_ms, now)
         log.info(
             "answered %s/%s kind=%s stop=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
             req.channel_id,
@@ -476,7 +460,7 @@ class AnswerService:
             len(built.breakpoints),
         )
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
-        return Done(completion, footer if eff.footer else "", usage_id)
+        return Done(completion, footer if plan.eff.footer else "", usage_id)
 
     def _worst_case(self, built: Built, model: str) -> float:
         """Dollars the call could cost at most: every prompt token written, max output."""
@@ -494,110 +478,19 @@ class AnswerService:
         self._scale[model] = ratio if old is None else 0.8 * old + 0.2 * ratio
 
     def _compactor(self, req: ThreadRequest, model: str) -> Compactor:
-        def record(done: Completion) -> None:
-            now = self.now()
-            compact_req = ThreadRequest(
-                team_id=req.team_id,
-                channel_id=req.channel_id,
-                thread_ts=req.thread_ts,
-                message_ts="",
-                user_id=req.user_id,
-                text="",
-                bot_user_id=req.bot_user_id,
-                kind="compact",
-            )
-            row = self._usage_row(compact_req, done.model, done.usage, 0, "ok", now)
-            row.stop_reason = (done.stop_reason or "")[:32] or None
-            with self._sessions.begin() as s:
-                data.add_usage(s, row)
-
         return Compactor(
             self._llm,
             self._sessions,
             model=model,
             budget=self._settings.context_budget_tokens,
-            record=record,
+            record=lambda done: self.ledger.compacted(req, done),
         )
 
     def tell(self, req: ThreadRequest, text: str, *, private: bool = False) -> None:
-        """A short message to the requester in the thread; ephemeral or DM when that fails.
-
-        `private`: only the requester sees it (ephemeral in the thread, else a DM).
-        """
-        text = neutralise_pings(text)
+        """A short message to the requester in the thread (see `delivery.tell`)."""
         try:
             client = self._client(req)
         except LookupError:
             log.error("cannot tell user in team=%s: workspace not installed", req.team_id)
             return
-        try:
-            if not private:
-                client.chat_postMessage(channel=req.channel_id, thread_ts=req.thread_ts, text=text)
-                return
-        except SlackApiError as exc:
-            error = exc.response.get("error")
-            if error not in _UNDELIVERABLE:
-                log.error("could not tell user in %s: %s", req.channel_id, error)
-                return
-        try:
-            client.chat_postEphemeral(
-                channel=req.channel_id, user=req.user_id, thread_ts=req.thread_ts, text=text
-            )
-            return
-        except SlackApiError as exc:
-            log.info(
-                "ephemeral in %s failed (%s); sending a DM",
-                req.channel_id,
-                exc.response.get("error"),
-            )
-        try:
-            client.chat_postMessage(channel=req.user_id, text=text)
-        except SlackApiError as exc:
-            log.error("could not reach user %s at all: %s", req.user_id, exc.response.get("error"))
-
-    def _usage_row(
-        self,
-        req: ThreadRequest,
-        model: str,
-        usage: Usage,
-        latency_ms: int,
-        outcome: str,
-        now: datetime,
-    ) -> UsageRecord:
-        price = price_for(model)
-        return UsageRecord(
-            created_at=now,
-            team_id=req.team_id,
-            channel_id=req.channel_id,
-            thread_ts=req.thread_ts,
-            user_id=req.user_id,
-            kind=req.kind,
-            model=model,
-            input_tokens=usage.input_tokens,
-            cache_creation_tokens=usage.cache_creation_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            output_tokens=usage.output_tokens,
-            cost_usd=cost(usage, price) if price else None,
-            savings_usd=savings(usage, price) if price else None,
-            latency_ms=latency_ms,
-            outcome=outcome,
-        )
-
-    def _record_failure(
-        self, req: ThreadRequest, outcome: str, started: float, model: str | None = None
-    ) -> None:
-        self.metrics.model_calls.labels(outcome).inc()
-        now = self.now()
-        latency_ms = int((time.monotonic() - started) * 1000)
-        with self._sessions.begin() as s:
-            data.add_usage(
-                s,
-                self._usage_row(
-                    req,
-                    model or self._settings.anthropic_model,
-                    Usage(),
-                    latency_ms,
-                    outcome,
-                    now,
-                ),
-            )
+        tell(client, req.channel_id, req.thread_ts, req.user_id, text, private=private)

@@ -11,27 +11,35 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.webhook import WebhookClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.delivery import Responder
 from bot.llm import LLMError
 from bot.replies import build_messages, neutralise_pings
-from bot.service import (
-    AnswerService,
-    ThreadRequest,
-    llm_error_text,
-    read_error_text,
-    stop_note,
-)
+from bot.service import Complete, ThreadRequest
 from bot.store.models import Summary
-from bot.threads import ThreadReadError, is_member, ts_key
+from bot.threads import ThreadReader, ThreadReadError, is_member, ts_key
 from bot.usage import BudgetExceeded
-from bot.workspace import Effective, refusal
+from bot.user_messages import (
+    MESSAGE_GONE,
+    NOTHING_IN_WINDOW,
+    REFUSAL,
+    SUMMARY_GONE,
+    SUMMARY_SHARED,
+    llm_error_text,
+    not_in_channel,
+    other_workspace,
+    refused_text,
+    share_failed,
+    stop_note,
+    summary_read_error,
+)
+from bot.workspace import Effective, Workspaces, refusal
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +56,6 @@ HELP = """\
 • `/summarize usage [30d]` — what the bot cost and what caching saved
 • Inside a thread: the message shortcut *Summarize thread* (⋮ on any message)
 Summaries are shown only to you, with a button to post them for everyone."""
-
-REFUSAL = (
-    "I can't summarize that link: either it doesn't exist, or it's a private conversation "
-    "that you or I are not part of. If you are a member, invite me there "
-    "(/invite <@{bot}>) and try again."
-)
 
 _LINK = re.compile(
     r"^https?://(?P<host>[a-z0-9.-]+)\.slack\.com/archives/(?P<channel>[CGD][A-Z0-9]+)"
@@ -151,56 +153,6 @@ def window_start(now: float, seconds: int) -> int:
     return int((now - seconds) // step * step)
 
 
-class Responder(Protocol):
-    """Somewhere to tell the requester privately."""
-
-    def send(
-        self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
-    ) -> None: ...
-
-
-class ResponseUrl:
-    """Ephemeral replies through a command's or action's response_url."""
-
-    def __init__(self, url: str) -> None:
-        self._hook = WebhookClient(url, timeout=15)
-
-    def send(
-        self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
-    ) -> None:
-        resp = self._hook.send(
-            text=text, blocks=blocks, response_type="ephemeral", replace_original=replace
-        )
-        if resp.status_code != 200:
-            log.warning("response_url answered %s", resp.status_code)
-
-
-class Ephemeral:
-    """Ephemeral messages in a thread (chat.postEphemeral), else through the response_url."""
-
-    def __init__(
-        self, client: WebClient, channel: str, user: str, thread_ts: str, fallback: str | None
-    ) -> None:
-        self._client, self._channel, self._user, self._thread = client, channel, user, thread_ts
-        self._fallback = ResponseUrl(fallback) if fallback else None
-
-    def send(
-        self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
-    ) -> None:
-        try:
-            self._client.chat_postEphemeral(
-                channel=self._channel,
-                user=self._user,
-                thread_ts=self._thread,
-                text=text,
-                blocks=blocks,
-            )
-        except SlackApiError as exc:
-            log.info("postEphemeral failed (%s); using response_url", exc.response.get("error"))
-            if self._fallback is not None:
-                self._fallback.send(text, blocks, replace=replace)
-
-
 @dataclass(frozen=True)
 class Requester:
     """Who asked, in which workspace, and who the bot is there."""
@@ -218,13 +170,23 @@ class SummaryService:
 
     def __init__(
         self,
-        answers: AnswerService,
+        *,
+        reader: ThreadReader,
+        workspaces: Workspaces,
+        complete: Complete,
+        client_for: Callable[[str, str | None], WebClient],
         sessions: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._answers = answers
+        self._reader = reader
+        self._workspaces = workspaces
+        self._complete = complete
+        self._client_for = client_for
         self._sessions = sessions
         self._clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     # -- permissions ------------------------------------------------------------------------
 
@@ -244,16 +206,13 @@ class SummaryService:
         if private and not is_member(self._client(who), channel, who.user_id):
             return REFUSAL.format(bot=who.bot_user_id)
         if not private and not info.get("is_member"):
-            return (
-                f"I'm not in <#{channel}>, so I can't read it. Invite me with "
-                f"/invite <@{who.bot_user_id}> in that channel and try again."
-            )
+            return not_in_channel(channel, who.bot_user_id)
         return None
 
     def _allowed(self, channel: str, who: Requester, out: Responder) -> Effective | None:
         """The workspace's settings, or None (after telling `who`) when its channel allow-list
         excludes `channel`."""
-        eff = self._answers.workspaces.effective(who.team_id)
+        eff = self._workspaces.effective(who.team_id)
         text = refusal(eff, channel)
         if text is not None:
             out.send(text, replace=True)
@@ -261,18 +220,14 @@ class SummaryService:
         return eff
 
     def _client(self, who: Requester) -> WebClient:
-        return self._answers.client_for(who.team_id, who.enterprise_id)
+        return self._client_for(who.team_id, who.enterprise_id)
 
     # -- thread summaries -------------------------------------------------------------------
 
     def summarize_link(self, link: ThreadLink, extra: str, who: Requester, out: Responder) -> None:
         """`/summarize <link>`: permission checks, then a private summary of the thread."""
         if who.team_domain and link.host.split(".")[0] != who.team_domain.lower():
-            out.send(
-                f"That link is from another workspace ({link.host}.slack.com). I can only "
-                "summarize threads in this workspace.",
-                replace=True,
-            )
+            out.send(other_workspace(link.host), replace=True)
             return
         refusal = self.check_access(link.channel_id, who)
         if refusal:
@@ -288,18 +243,18 @@ class SummaryService:
         if eff is None:
             return
         try:
-            read = self._answers.reader.read
-            now = self._answers.now()
+            read = self._reader.read
+            now = self._now()
             messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
             if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
                 thread_ts = messages[0]["thread_ts"]  # a reply's ts: read its whole thread
                 messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", channel, thread_ts, exc.error)
-            out.send(self._read_error(exc.error, who), replace=True)
+            out.send(summary_read_error(exc.error, who.bot_user_id), replace=True)
             return
         if not messages:
-            out.send("That message no longer exists (it may have been deleted).", replace=True)
+            out.send(MESSAGE_GONE, replace=True)
             return
         out.send(
             f"Reading {len(messages):,} messages… the summary follows in a moment.", replace=True
@@ -336,18 +291,18 @@ class SummaryService:
             top = self._history(self._client(who), channel, oldest=oldest, count=count)
         except ThreadReadError as exc:
             log.warning("reading history of %s failed: %s", channel, exc.error)
-            out.send(self._read_error(exc.error, who), replace=True)
+            out.send(summary_read_error(exc.error, who.bot_user_id), replace=True)
             return
         if not top:
-            out.send("Nothing was said in this channel in that window.", replace=True)
+            out.send(NOTHING_IN_WINDOW, replace=True)
             return
         messages = list(top)
         parents = [m for m in top if m.get("reply_count")]
         parents.sort(key=lambda m: ts_key(m["ts"]), reverse=True)
         for parent in parents[:MAX_RECAP_THREADS]:
             try:
-                replies = self._answers.reader.read(
-                    who.team_id, channel, parent["ts"], self._answers.now(), who.enterprise_id
+                replies = self._reader.read(
+                    who.team_id, channel, parent["ts"], self._now(), who.enterprise_id
                 )
             except ThreadReadError as exc:
                 log.info("skipping thread %s in recap: %s", parent["ts"], exc.error)
@@ -395,13 +350,6 @@ class SummaryService:
 
     # -- shared -----------------------------------------------------------------------------
 
-    def _read_error(self, error: str, who: Requester) -> str:
-        if error == "thread_not_found":
-            return "That message no longer exists (it may have been deleted)."
-        if error == "channel_not_found":
-            return REFUSAL.format(bot=who.bot_user_id)
-        return read_error_text(error, who.bot_user_id)
-
     @staticmethod
     def _request(who: Requester, channel: str, key: str, kind: str, text: str) -> ThreadRequest:
         return ThreadRequest(
@@ -428,12 +376,12 @@ class SummaryService:
         eff: Effective,
     ) -> None:
         try:
-            done = self._answers.complete(req, messages, request, recap=recap, eff=eff)
+            done = self._complete(req, messages, request, recap=recap, eff=eff)
         except LLMError as exc:
             out.send(llm_error_text(exc), replace=True)
             return
         except BudgetExceeded as exc:
-            out.send(f"Sorry, {exc}", replace=True)
+            out.send(refused_text(exc), replace=True)
             return
         summary_id = uuid.uuid4().hex
         note = stop_note(done.completion)
@@ -474,7 +422,7 @@ class SummaryService:
         with self._sessions.begin() as s:
             summary = s.get(Summary, summary_id)
             if summary is None or summary.user_id != user_id:
-                out.send("That summary is no longer available; run /summarize again.")
+                out.send(SUMMARY_GONE)
                 return
             claimed = s.execute(
                 update(Summary)
@@ -482,7 +430,7 @@ class SummaryService:
                 .values(shared_at=datetime.now(UTC))
             ).rowcount
         if not claimed:
-            out.send("That summary was already posted.", replace=True)
+            out.send(SUMMARY_SHARED, replace=True)
             return
         footer = f"Shared by {neutralise_pings(sharer_name)}"
         if summary.footer:
@@ -490,7 +438,7 @@ class SummaryService:
         parts = build_messages(summary.text, footer, note=summary.note)
         try:
             for part in parts:
-                self._answers.client_for(summary.team_id).chat_postMessage(
+                self._client_for(summary.team_id, None).chat_postMessage(
                     channel=summary.channel_id,
                     thread_ts=summary.thread_ts,
                     text=part.text,
@@ -503,10 +451,7 @@ class SummaryService:
             log.warning("sharing summary in %s failed: %s", summary.channel_id, error)
             with self._sessions.begin() as s:
                 s.execute(update(Summary).where(Summary.id == summary_id).values(shared_at=None))
-            out.send(
-                f"I couldn't post it (Slack said `{error}`). If I'm not in the channel, "
-                "invite me and try again."
-            )
+            out.send(share_failed(error))
             return
         where = "thread" if summary.thread_ts else "channel"
         out.send(f"Posted to the {where} for everyone.", replace=True)

@@ -7,6 +7,7 @@ from typing import Any
 from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.delivery import ResponseUrl
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import (
@@ -20,7 +21,7 @@ from bot.listeners import (
 )
 from bot.listeners.summarize import UsageHandler
 from bot.service import AnswerService
-from bot.summaries import ResponseUrl, SummaryService
+from bot.summaries import SummaryService
 from bot.usage import UsageService
 
 
@@ -41,7 +42,7 @@ def register(
     handlers.update(summarize.register(app, summaries, queue, _usage_command(usage)))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
-    message_events.register(app, answers, sessions)
+    message_events.register(app, sessions, answers.now)
     lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:
         home.register(app, usage, answers.workspaces, answers.now)

@@ -15,6 +15,7 @@ from slack_bolt import App, BoltContext, BoltResponse
 
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService, ThreadRequest
+from bot.user_messages import GAVE_UP_ANSWER
 from bot.workspace import team_of
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
         service.answer(ThreadRequest(**payload))
 
     def give_up(payload: dict[str, Any]) -> None:
-        service.tell(
-            ThreadRequest(**payload),
-            "Sorry, I couldn't answer this after several attempts. Please ask again; if it "
-            "keeps failing, the operator's logs have the cause.",
-        )
+        service.tell(ThreadRequest(**payload), GAVE_UP_ANSWER)
 
     return {KIND: Handler(run, give_up)}

@@ -6,12 +6,13 @@ New messages need nothing here: the next read of the thread fetches them (`oldes
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from slack_bolt import App, BoltContext
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.service import AnswerService
 from bot.store import data
 from bot.threads import slim
 from bot.workspace import team_of
@@ -19,7 +20,7 @@ from bot.workspace import team_of
 log = logging.getLogger(__name__)
 
 
-def register(app: App, answers: AnswerService, sessions: sessionmaker[Session]) -> None:
+def register(app: App, sessions: sessionmaker[Session], now: Callable[[], datetime]) -> None:
     """Apply message_changed / message_deleted to stored messages; ignore the rest (200)."""
 
     @app.event("message")
@@ -38,7 +39,7 @@ def register(app: App, answers: AnswerService, sessions: sessionmaker[Session]) 
                     changed = data.delete_message(s, team_id, channel, message.get("ts", ""))
                 else:
                     changed = data.update_message(
-                        s, team_id, channel, message.get("ts", ""), slim(message), answers.now()
+                        s, team_id, channel, message.get("ts", ""), slim(message), now()
                     )
             if changed:
                 log.info(

@@ -7,9 +7,11 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from bot.delivery import ResponseUrl
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService
-from bot.summaries import SHARE_ACTION, ResponseUrl, SummaryService
+from bot.summaries import SHARE_ACTION, SummaryService
+from bot.user_messages import SHARE_GAVE_UP, SHARE_WENT_WRONG
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,9 @@ def register(
             summaries.share(payload["summary_id"], payload["user_id"], name, out)
         except Exception:
             log.exception("sharing a summary failed")
-            out.send("Sorry, something went wrong on my side; please try again.")
+            out.send(SHARE_WENT_WRONG)
 
     def give_up(payload: dict[str, Any]) -> None:
-        ResponseUrl(payload["response_url"]).send("Sorry, I couldn't post it; please try again.")
+        ResponseUrl(payload["response_url"]).send(SHARE_GAVE_UP)
 
     return {KIND: Handler(run, give_up)}

@@ -7,9 +7,11 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from bot.delivery import Ephemeral
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService
-from bot.summaries import Ephemeral, Requester, SummaryService
+from bot.summaries import Requester, SummaryService
+from bot.user_messages import GAVE_UP_SUMMARY, SOMETHING_WRONG
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +71,9 @@ def register(
             summaries.summarize_thread(payload["channel_id"], payload["thread_ts"], who, out)
         except Exception:
             log.exception("shortcut failed in %s", payload["channel_id"])
-            out.send(
-                "Sorry, something went wrong on my side. The operator's logs have the "
-                "details; please try again."
-            )
+            out.send(SOMETHING_WRONG)
 
     def give_up(payload: dict[str, Any]) -> None:
-        responder(payload).send(
-            "Sorry, I couldn't finish this summary after several attempts. Please try again."
-        )
+        responder(payload).send(GAVE_UP_SUMMARY)
 
     return {KIND: Handler(run, give_up)}

@@ -12,8 +12,9 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from bot.delivery import ResponseUrl
 from bot.jobs import Handler, JobQueue
-from bot.summaries import HELP, Requester, ResponseUrl, SummaryService, parse_command
+from bot.summaries import HELP, Requester, SummaryService, parse_command
 
 log = logging.getLogger(__name__)
 

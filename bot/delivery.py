@@ -1,10 +1,12 @@
-"""An answer that appears in the thread while the model writes it.
+"""Every way the bot delivers text to Slack: the answer in the thread (`ThreadReply`), a short
+message to a requester (`tell`), and private replies (`ResponseUrl`, `Ephemeral`).
 
-In order of preference: Slack's streaming API (chat.startStream / appendStream / stopStream);
-a placeholder message edited at most every UPDATE_INTERVAL seconds (chat.update); one post
-at the end. Each step falls back to the next when Slack refuses it; a refusal that will not
-change (`channel_type_not_supported`, a missing scope) is remembered in `Refusals`, so later
-answers in that kind of conversation skip the call.
+`ThreadReply`: an answer that appears in the thread while the model writes it. In order of
+preference: Slack's streaming API (chat.startStream / appendStream / stopStream); a placeholder
+message edited at most every UPDATE_INTERVAL seconds (chat.update); one post at the end. Each
+step falls back to the next when Slack refuses it; a refusal that will not change
+(`channel_type_not_supported`, a missing scope) is remembered in `Refusals`, so later answers in
+that kind of conversation skip the call.
 
 A stream is closed before Slack's own limits (about five minutes, STREAM_LIMIT characters) and
 the answer continues in a new one; a stream Slack closed anyway is finished with chat.update.
@@ -24,16 +26,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.webhook import WebhookClient
 
 from bot.replies import (
     build_messages,
     inert_markdown,
     markdown_to_mrkdwn,
+    neutralise_pings,
     note_block,
     tail_blocks,
 )
@@ -49,6 +53,8 @@ REFUSAL_MEMORY = 3600.0  # seconds a permanent refusal is remembered (a reinstal
 LOADING_MAX = 10  # assistant.threads.setStatus takes at most 10 loading_messages…
 LOADING_CHARS = 50  # …of at most 50 characters each
 CONTINUED = "(continued in the next message)"
+# Where `tell` gives up on the thread and tells the requester privately instead.
+_UNDELIVERABLE = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
 
 # Errors that will not go away by asking again in the same kind of conversation.
 PERMANENT = frozenset(
@@ -508,3 +514,85 @@ class ThreadReply:
                 except SlackApiError as again:
                     error = str(again.response.get("error"))
             return f"post_{error}"
+
+
+def tell(
+    client: WebClient, channel: str, thread_ts: str, user: str, text: str, *, private: bool = False
+) -> None:
+    """A short message to the requester in the thread; ephemeral or DM when that fails.
+
+    `private`: only the requester sees it (ephemeral in the thread, else a DM).
+    """
+    text = neutralise_pings(text)
+    try:
+        if not private:
+            client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
+            return
+    except SlackApiError as exc:
+        error = exc.response.get("error")
+        if error not in _UNDELIVERABLE:
+            log.error("could not tell user in %s: %s", channel, error)
+            return
+    try:
+        client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=text)
+        return
+    except SlackApiError as exc:
+        log.info(
+            "ephemeral in %s failed (%s); sending a DM",
+            channel,
+            exc.response.get("error"),
+        )
+    try:
+        client.chat_postMessage(channel=user, text=text)
+    except SlackApiError as exc:
+        log.error("could not reach user %s at all: %s", user, exc.response.get("error"))
+
+
+class Responder(Protocol):
+    """Somewhere to tell the requester privately."""
+
+    def send(
+        self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
+    ) -> None: ...
+
+
+class ResponseUrl:
+    """Ephemeral replies through a command's or action's response_url."""
+
+    def __init__(self, url: str) -> None:
+        self._hook = WebhookClient(url, timeout=15)
+
+    def send(
+        self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
+    ) -> None:
+        resp = self._hook.send(
+            text=text, blocks=blocks, response_type="ephemeral", replace_original=replace
+        )
+        if resp.status_code != 200:
+            log.warning("response_url answered %s", resp.status_code)
+
+
+class Ephemeral:
+    """Ephemeral messages in a thread (chat.postEphemeral), else through the response_url."""
+
+    def __init__(
+        self, client: WebClient, channel: str, user: str, thread_ts: str, fallback: str | None
+    ) -> None:
+        self._client, self._channel, self._user, self._thread = client, channel, user, thread_ts
+        self._fallback = ResponseUrl(fallback) if fallback else None
+
+    def send(
+        self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
+    ) -> None:
+        try:
+            self._client.chat_postEphemeral(
+                channel=self._channel,
+                user=self._user,
+                thread_ts=self._thread,
+                text=text,
+                blocks=blocks,
+            )
+        except SlackApiError as exc:
+            log.info("postEphemeral failed (%s); using response_url", exc.response.get("error"))
+            if self._fallback is not None:
+                self._fallback.send(text, blocks, replace=replace)
