@@ -32,6 +32,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
+from bot.budgets import Budgets
 from bot.config import Settings
 from bot.installations import (
     ClientsAuthorize,
@@ -49,7 +50,7 @@ from bot.service import AnswerService
 from bot.store.db import make_engine, make_session_factory, ping
 from bot.store.models import slack_bots
 from bot.summaries import SummaryService
-from bot.usage import Budgets, UsageService
+from bot.usage import UsageService
 from bot.workspace import Workspaces
 
 log = logging.getLogger(__name__)

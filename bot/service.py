@@ -13,6 +13,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.budgets import BudgetExceeded, Budgets
 from bot.compaction import Compactor
 from bot.config import Settings
 from bot.engine import Prior, Rhythm, choose_ttl
@@ -34,7 +35,6 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
-from bot.usage import BudgetExceeded, Budgets
 from bot.workspace import Effective, Workspaces
 from bot.workspace import refusal as channel_refusal
 

@@ -19,6 +19,7 @@ from slack_sdk.webhook import WebhookClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.budgets import BudgetExceeded
 from bot.llm import LLMError
 from bot.replies import build_messages, neutralise_pings
 from bot.service import (
@@ -30,7 +31,6 @@ from bot.service import (
 )
 from bot.store.models import Summary
 from bot.threads import ThreadReadError, is_member, ts_key
-from bot.usage import BudgetExceeded
 from bot.workspace import Effective, refusal
 
 log = logging.getLogger(__name__)
