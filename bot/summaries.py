@@ -30,7 +30,7 @@ from bot.service import (
     stop_note,
 )
 from bot.store.models import Summary
-from bot.threads import ThreadReadError, is_member, ts_key
+from bot.threads import ThreadReadError, is_member, is_private, read_whole_thread, ts_key
 from bot.workspace import Effective, refusal
 
 log = logging.getLogger(__name__)
@@ -235,12 +235,7 @@ class SummaryService:
         except SlackApiError as exc:
             log.info("conversations.info %s: %s", channel, exc.response.get("error"))
             return REFUSAL.format(bot=who.bot_user_id)
-        private = bool(
-            info.get("is_private")
-            or info.get("is_im")
-            or info.get("is_mpim")
-            or info.get("is_group")
-        )
+        private = is_private(info)
         if private and not is_member(self._client(who), channel, who.user_id):
             return REFUSAL.format(bot=who.bot_user_id)
         if not private and not info.get("is_member"):
@@ -290,10 +285,9 @@ class SummaryService:
         try:
             read = self._answers.reader.read
             now = self._answers.now()
-            messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
-            if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
-                thread_ts = messages[0]["thread_ts"]  # a reply's ts: read its whole thread
-                messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
+            thread_ts, messages = read_whole_thread(
+                lambda ts: read(who.team_id, channel, ts, now, who.enterprise_id), thread_ts
+            )
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", channel, thread_ts, exc.error)
             out.send(self._read_error(exc.error, who), replace=True)

@@ -31,7 +31,7 @@ from bot.digest import (
 from bot.replies import neutralise_pings
 from bot.schedule import parse_schedule
 from bot.store.models import DigestPost, UsageRecord
-from bot.threads import is_member
+from bot.threads import is_member, is_private
 from bot.workspace import is_admin
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ class UsageService:
         visible: set[str] = set()
         for channel_id in channel_ids:
             info = self._channel(team_id, channel_id)
-            is_private = info is None or bool(
-                info.get("is_private") or info.get("is_im") or info.get("is_mpim")
-            )
-            if is_private:
+            if is_private(info):
                 private.add(channel_id)
                 if (
                     viewer

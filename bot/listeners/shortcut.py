@@ -10,6 +10,7 @@ from slack_bolt import Ack, App, BoltContext
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService
 from bot.summaries import Ephemeral, Requester, SummaryService
+from bot.threads import thread_of
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def register(
     def ack_shortcut(ack: Ack, shortcut: dict[str, Any], context: BoltContext) -> None:
         message = shortcut.get("message") or {}
         channel = (shortcut.get("channel") or {}).get("id", "")
-        thread_ts = message.get("thread_ts") or message.get("ts", "")
+        thread_ts = thread_of(message)
         team = context.team_id or (shortcut.get("team") or {}).get("id", "")
         payload = {
             "team_id": team,
