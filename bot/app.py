@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -43,6 +43,7 @@ from bot.installations import (
     TokenUnreadable,
 )
 from bot.jobs import JobQueue, WorkerPool
+from bot.listeners.messages import MessageRouter
 from bot.llm import MessagesClient
 from bot.logsafety import withhold_details
 from bot.metrics import Metrics
@@ -136,6 +137,7 @@ class BotApp:
     usage: UsageService
     clients: SlackClients
     store: EncryptedInstallationStore | None
+    messages: MessageRouter = field(default_factory=MessageRouter)
     _started: bool = False
 
     def team_ids(self) -> list[str]:
@@ -453,6 +455,7 @@ def create_app(
     summaries = SummaryService(service, sessions, clock=clock)
     usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
+    messages = MessageRouter()
     handlers = listeners.register(
         bolt,
         answers=service,
@@ -461,6 +464,7 @@ def create_app(
         queue=queue,
         store=store,
         usage=usage,
+        messages=messages,
     )
     metrics.add_gauges(queue.pending, queue.oldest_queued_age)
 
@@ -482,4 +486,5 @@ def create_app(
         usage,
         clients,
         store,
+        messages,
     )

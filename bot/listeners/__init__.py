@@ -18,6 +18,7 @@ from bot.listeners import (
     shortcut,
     summarize,
 )
+from bot.listeners.messages import MessageRouter
 from bot.listeners.summarize import UsageHandler
 from bot.service import AnswerService
 from bot.summaries import ResponseUrl, SummaryService
@@ -33,15 +34,19 @@ def register(
     queue: JobQueue,
     store: EncryptedInstallationStore | None = None,
     usage: UsageService | None = None,
+    messages: MessageRouter | None = None,
 ) -> dict[str, Handler]:
-    """Attach every listener to `app`; the returned handlers run the stored jobs."""
+    """Attach every listener to `app`; the returned handlers run the stored jobs. `messages`
+    routes `message` events (pass one to register more handlers on it)."""
     handlers: dict[str, Handler] = {}
+    messages = messages if messages is not None else MessageRouter()
     lifecycle.remember_orgs(app, answers.workspaces)  # first: the mention middleware returns early
     handlers.update(mention.register(app, answers, queue))
     handlers.update(summarize.register(app, summaries, queue, _usage_command(usage)))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
-    message_events.register(app, answers, sessions)
+    message_events.register(messages, answers, sessions)
+    messages.attach(app)
     lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:
         home.register(app, usage, answers.workspaces, answers.now)
