@@ -39,16 +39,6 @@ SHARE_ACTION = "share_summary"
 MAX_RECAP_THREADS = 50
 HISTORY_PAGE = 200
 
-HELP = """\
-*How to use /summarize*
-• `/summarize` — recap of this channel's last 24 hours, thread replies included
-• `/summarize 3d` / `12h` / `90m` — recap of another window
-• `/summarize 200` — recap of the last 200 messages
-• `/summarize <thread link>` — summary of that thread (use *Copy link* on any of its messages)
-• `/summarize usage [30d]` — what the bot cost and what caching saved
-• Inside a thread: the message shortcut *Summarize thread* (⋮ on any message)
-Summaries are shown only to you, with a button to post them for everyone."""
-
 REFUSAL = (
     "I can't summarize that link: either it doesn't exist, or it's a private conversation "
     "that you or I are not part of. If you are a member, invite me there "
@@ -60,8 +50,6 @@ _LINK = re.compile(
     r"/p(?P<ts>\d{16})/?(?:\?(?P<query>\S*))?$",
     re.IGNORECASE,
 )
-_WINDOW = re.compile(r"^(\d{1,4})\s*([mhdw])$", re.IGNORECASE)
-_UNIT = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -72,19 +60,6 @@ class ThreadLink:
     channel_id: str
     ts: str
     thread_ts: str
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """What `/summarize TEXT` asks for. `action` is help|usage|recap|thread|invalid."""
-
-    action: str
-    seconds: int | None = None
-    count: int | None = None
-    link: ThreadLink | None = None
-    extra: str = ""
-    error: str = ""
-    period: str = ""
 
 
 def _p_to_ts(digits: str) -> str:
@@ -106,43 +81,6 @@ def parse_link(text: str) -> ThreadLink | None:
         return None
     channel = (query.get("cid") or [m.group("channel")])[0].upper()
     return ThreadLink(m.group("host").lower(), channel, ts, thread_ts)
-
-
-def parse_command(text: str) -> Parsed:
-    """Parse the argument of `/summarize`."""
-    text = text.strip()
-    if not text:
-        return Parsed("recap", seconds=86400)
-    if text.startswith("<") and ">" in text:  # <url> or <url|label with spaces>
-        end = text.index(">") + 1
-        word, rest = text[:end], text[end:]
-    else:
-        word, _, rest = text.partition(" ")
-    lowered = word.lower()
-    if lowered in ("help", "-h", "--help", "?"):
-        return Parsed("help")
-    if lowered == "usage":
-        return Parsed("usage", period=rest.strip())
-    if m := _WINDOW.match(text):
-        seconds = int(m.group(1)) * _UNIT[m.group(2).lower()]
-        if not 60 * 10 <= seconds <= 31 * 86400:
-            return Parsed("invalid", error="A recap window must be between 10m and 31d.")
-        return Parsed("recap", seconds=seconds)
-    if text.isdigit():
-        count = int(text)
-        if not 1 <= count <= 2000:
-            return Parsed("invalid", error="A recap can cover 1 to 2000 messages.")
-        return Parsed("recap", count=count)
-    if "slack.com/archives" in word or word.startswith(("<http", "http")):
-        link = parse_link(word)
-        if link is None:
-            return Parsed(
-                "invalid",
-                error="That doesn't look like a Slack message link. Use *Copy link* on a "
-                "message of the thread and paste it after /summarize.",
-            )
-        return Parsed("thread", link=link, extra=rest.strip())
-    return Parsed("invalid", error="I didn't understand that.")
 
 
 def window_start(now: float, seconds: int) -> int:

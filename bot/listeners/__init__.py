@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,9 +17,8 @@ from bot.listeners import (
     summarize,
 )
 from bot.listeners.messages import MessageRouter
-from bot.listeners.summarize import UsageHandler
 from bot.service import AnswerService
-from bot.summaries import ResponseUrl, SummaryService
+from bot.summaries import SummaryService
 from bot.usage import UsageService
 
 
@@ -42,7 +39,7 @@ def register(
     messages = messages if messages is not None else MessageRouter()
     lifecycle.remember_orgs(app, answers.workspaces)  # first: the mention middleware returns early
     handlers.update(mention.register(app, answers, queue))
-    handlers.update(summarize.register(app, summaries, queue, _usage_command(usage)))
+    handlers.update(summarize.register(app, summaries, queue, usage))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
     message_events.register(messages, answers, sessions)
@@ -53,15 +50,3 @@ def register(
     if store is not None:  # OAuth: a workspace can uninstall while one of its jobs runs
         handlers = {k: lifecycle.after_job(h, answers, sessions) for k, h in handlers.items()}
     return handlers
-
-
-def _usage_command(usage: UsageService | None) -> UsageHandler | None:
-    """`/summarize usage [period]`: the digest, privately to the requester."""
-    if usage is None:
-        return None
-
-    def run(payload: dict[str, Any], period: str, out: ResponseUrl) -> None:
-        text, blocks = usage.for_requester(payload["team_id"], payload["user_id"], period)
-        out.send(text[:3000], blocks or None, replace=True)
-
-    return run
