@@ -131,15 +131,7 @@ def _rotate_key(settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `bot` console script and `python -m bot`."""
-    parser = argparse.ArgumentParser(prog="bot", description="Slack thread bot with prompt caching")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("serve", help="migrate the database, then serve and run jobs (default)")
-    sub.add_parser("web", help="serve Slack: ack and queue jobs, run none (PostgreSQL)")
-    sub.add_parser("worker", help="run queued jobs; no Slack-facing HTTP (PostgreSQL)")
-    sub.add_parser("migrate", help="upgrade the database to the latest schema and exit")
-    sub.add_parser("rotate-key", help="re-encrypt stored tokens with the first ENCRYPTION_KEY")
+def _add_digest(sub: argparse._SubParsersAction) -> None:
     digest = sub.add_parser("digest", help="the usage digest: print it, or post it once per period")
     digest.add_argument("--post", action="store_true", help="post to --channel or DIGEST_CHANNEL")
     digest.add_argument("--dry-run", action="store_true", help="print instead of posting")
@@ -155,12 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         "has an offset, e.g. 2025-03-15T09:00), to post a period that was missed",
     )
     digest.add_argument("--team", help="workspace id (default: every workspace served)")
-    sub.add_parser(
-        "housekeeping",
-        help="delete finished jobs older than 2 days, stored thread text and summaries past "
-        "MESSAGE_RETENTION_DAYS and usage ledger rows past USAGE_RETENTION_DAYS, then exit "
-        "(serve does this hourly)",
-    )
+
+
+def _add_checks(sub: argparse._SubParsersAction) -> None:
     doctor = sub.add_parser(
         "doctor",
         help="check settings, database, Slack, the Messages endpoint and prompt caching "
@@ -183,8 +172,59 @@ def main(argv: list[str] | None = None) -> int:
         default="summarize",
         help="what is asked after the thread (default: %(default)s)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bot", description="Slack thread bot with prompt caching")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="migrate the database, then serve and run jobs (default)")
+    sub.add_parser("web", help="serve Slack: ack and queue jobs, run none (PostgreSQL)")
+    sub.add_parser("worker", help="run queued jobs; no Slack-facing HTTP (PostgreSQL)")
+    sub.add_parser("migrate", help="upgrade the database to the latest schema and exit")
+    sub.add_parser("rotate-key", help="re-encrypt stored tokens with the first ENCRYPTION_KEY")
+    _add_digest(sub)
+    sub.add_parser(
+        "housekeeping",
+        help="delete finished jobs older than 2 days, stored thread text and summaries past "
+        "MESSAGE_RETENTION_DAYS and usage ledger rows past USAGE_RETENTION_DAYS, then exit "
+        "(serve does this hourly)",
+    )
+    _add_checks(sub)
     sub.add_parser("config-docs", help="print docs/CONFIG.md (every setting) to stdout")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a command that needs settings (logging is configured here, after the checks)."""
+    role = args.command or "serve"
+    prepared = None
+    if role in ROLES:
+        with _silent():  # a failed check is one line, not the log records leading to it
+            prepared = prepare(settings, role)
+    _configure_logging(settings.log_level)
+    if prepared is not None:
+        run(prepared, settings)
+    elif args.command == "migrate":
+        _migrate(settings)
+        log.info("database is at the latest schema")
+    elif args.command == "housekeeping":
+        _housekeeping(settings)
+    elif args.command == "rotate-key":
+        return _rotate_key(settings)
+    elif args.command == "digest":
+        return _digest(settings, args)
+    elif args.command == "inspect":
+        from bot.inspect_thread import run_inspect
+
+        return run_inspect(
+            settings, args.link, send=args.send, out=sys.stdout, request=args.request
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bot` console script and `python -m bot`."""
+    args = _parser().parse_args(argv)
     if args.command == "config-docs":
         from bot.doctor import config_markdown
 
@@ -200,30 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    role = args.command or "serve"
     try:
-        prepared = None
-        if role in ROLES:
-            with _silent():  # a failed check is one line, not the log records leading to it
-                prepared = prepare(settings, role)
-        _configure_logging(settings.log_level)
-        if prepared is not None:
-            run(prepared, settings)
-        elif args.command == "migrate":
-            _migrate(settings)
-            log.info("database is at the latest schema")
-        elif args.command == "housekeeping":
-            _housekeeping(settings)
-        elif args.command == "rotate-key":
-            return _rotate_key(settings)
-        elif args.command == "digest":
-            return _digest(settings, args)
-        elif args.command == "inspect":
-            from bot.inspect_thread import run_inspect
-
-            return run_inspect(
-                settings, args.link, send=args.send, out=sys.stdout, request=args.request
-            )
+        return _run(args, settings)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -233,7 +251,6 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt:
         return 0
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -32,6 +32,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
+from bot.budgets import Budgets
 from bot.config import Settings
 from bot.installations import (
     ClientsAuthorize,
@@ -42,6 +43,7 @@ from bot.installations import (
     TokenUnreadable,
 )
 from bot.jobs import Handler, JobQueue, WorkerPool
+from bot.listeners.messages import MessageRouter
 from bot.llm import MessagesClient
 from bot.logsafety import withhold_details
 from bot.metrics import Metrics
@@ -49,7 +51,7 @@ from bot.service import AnswerService
 from bot.store.db import make_engine, make_session_factory, ping
 from bot.store.models import slack_bots
 from bot.summaries import SummaryService
-from bot.usage import Budgets, UsageService
+from bot.usage import UsageService
 from bot.user_messages import UNREADABLE_REPLY
 from bot.workspace import Workspaces
 
@@ -136,6 +138,7 @@ class BotApp:
     usage: UsageService
     clients: SlackClients
     store: EncryptedInstallationStore | None
+    messages: MessageRouter = field(default_factory=MessageRouter)
     _started: bool = False
 
     def team_ids(self) -> list[str]:
@@ -393,6 +396,7 @@ def create_app(
     )
     usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
+    messages = MessageRouter()
     handlers = listeners.register(
         bolt,
         answers=service,
@@ -401,6 +405,7 @@ def create_app(
         queue=queue,
         store=store,
         usage=usage,
+        messages=messages,
     )
     pool = _worker_pool(settings, queue, handlers, metrics)
     return BotApp(
@@ -416,6 +421,7 @@ def create_app(
         usage,
         clients,
         store,
+        messages,
     )
 
 

@@ -38,6 +38,7 @@ from bot.threads import (
     ThreadReadError,
     clean_request,
     fetch_thread,
+    read_whole_thread,
     render_thread,
     slim,
     ts_key,
@@ -202,10 +203,9 @@ def _read(
     """The thread's ts and its messages (the whole thread when the link named a reply), or
     None (said why)."""
     try:
-        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
-        if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
-            thread_ts = messages[0]["thread_ts"]  # the link named a reply: read its thread
-            messages = [slim(m) for m in fetch_thread(client, channel, thread_ts)]
+        thread_ts, messages = read_whole_thread(
+            lambda ts: [slim(m) for m in fetch_thread(client, channel, ts)], thread_ts
+        )
     except ThreadReadError as exc:
         w.write(f"{FAIL} Slack refused to read {channel}/{thread_ts}: {exc.error}\n")
         if exc.error in ("not_in_channel", "channel_not_found"):

@@ -107,9 +107,6 @@ def _hold_sqlite_file(url: str) -> IO[str] | None:
 def run(prepared: Prepared, settings: Settings) -> None:
     """Migrate, start the role's parts, say in one line what this process serves, and run until
     SIGTERM or SIGINT; then finish or re-queue the jobs in hand."""
-    import waitress
-
-    from bot.housekeeping import Housekeeper
     from bot.store.db import migrate
 
     app, role = prepared.app, prepared.role
@@ -122,74 +119,15 @@ def run(prepared: Prepared, settings: Settings) -> None:
         migrate(app.engine)
         if role != "web":
             app.start()
-            housekeeper = Housekeeper(app.sessions, settings)
-            housekeeper.start()
-            background.append(housekeeper.stop)
-            if settings.digest_schedule and settings.digest_channel:
-                from bot.usage import DigestScheduler
-
-                scheduler = DigestScheduler(app.usage, app.team_ids, settings.digest_channel)
-                scheduler.start()
-                background.append(scheduler.stop)
-        metrics_note = ""
-        if settings.metrics_port is not None:
-            metrics_server = waitress.create_server(
-                app.metrics_wsgi(),
-                host=settings.metrics_bind,
-                port=settings.metrics_port,
-                threads=2,
-                ident="bot",
-            )
-            threading.Thread(
-                target=_serve_forever, args=(metrics_server,), name="metrics", daemon=True
-            ).start()
-            metrics_note = (
-                f"; GET /metrics on {settings.metrics_bind}:{metrics_server.effective_port}"
-            )
-
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("%s: no new work; finishing what is in hand", signal.Signals(signum).name)
-            for fn in stop:
-                fn()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        does = {
-            "serve": f"and running jobs on {settings.worker_threads} worker threads",
-            "web": "and queueing jobs for `python -m bot worker` (no worker threads here)",
-            "worker": f"running jobs on {settings.worker_threads} worker threads",
-        }[role]
-        if role == "worker":
-            closed = threading.Event()
-            stop.append(closed.set)
-            log.info("worker: %s; no Slack-facing HTTP%s", does, metrics_note)
-            closed.wait()
-        elif settings.socket_mode:
-            from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-            assert settings.slack_app_token is not None
-            handler = SocketModeHandler(app.bolt, settings.slack_app_token.get_secret_value())
-            stop.append(handler.close)
-            handler.connect()
-            closed = threading.Event()
-            stop.append(closed.set)
-            log.info("serving Slack over Socket Mode %s%s", does, metrics_note)
-            closed.wait()
-        else:
-            server = waitress.create_server(
-                app.wsgi(),
-                host="0.0.0.0",
-                port=settings.port,
-                threads=settings.http_threads,
-                ident="bot",
-            )
-            stop.append(server.close)
-            routes = "POST /slack/events, GET /healthz" + (", GET /metrics" * (not metrics_note))
-            log.info(
-                "serving HTTP on port %s (%s) %s%s", server.effective_port, routes, does,
-                metrics_note,
-            )
-            _serve_forever(server)
+            _start_background(app, settings, background)
+        metrics_server = _start_metrics(app, settings)
+        metrics_note = (
+            f"; GET /metrics on {settings.metrics_bind}:{metrics_server.effective_port}"
+            if metrics_server is not None
+            else ""
+        )
+        _on_signals(stop)
+        _serve(app, settings, role, metrics_note, stop)
     finally:
         for fn in background:
             fn()
@@ -199,6 +137,96 @@ def run(prepared: Prepared, settings: Settings) -> None:
         if prepared.lock is not None:
             prepared.lock.close()
         log.info("stopped")
+
+
+def _start_background(app: BotApp, settings: Settings, stops: list[Callable[[], None]]) -> None:
+    """Start housekeeping and (when scheduled) the digest; add how to stop each to `stops`."""
+    from bot.housekeeping import Housekeeper
+
+    housekeeper = Housekeeper(app.sessions, settings)
+    housekeeper.start()
+    stops.append(housekeeper.stop)
+    if settings.digest_schedule and settings.digest_channel:
+        from bot.usage import DigestScheduler
+
+        scheduler = DigestScheduler(app.usage, app.team_ids, settings.digest_channel)
+        scheduler.start()
+        stops.append(scheduler.stop)
+
+
+def _start_metrics(app: BotApp, settings: Settings) -> Any:  # noqa: ANN401 - a waitress server
+    """With METRICS_PORT, serve /metrics there on a thread of its own; else None."""
+    import waitress
+
+    if settings.metrics_port is None:
+        return None
+    server = waitress.create_server(
+        app.metrics_wsgi(),
+        host=settings.metrics_bind,
+        port=settings.metrics_port,
+        threads=2,
+        ident="bot",
+    )
+    threading.Thread(target=_serve_forever, args=(server,), name="metrics", daemon=True).start()
+    return server
+
+
+def _on_signals(stop: list[Callable[[], None]]) -> None:
+    """On SIGTERM or SIGINT, call everything in `stop` (filled in as the parts start)."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: no new work; finishing what is in hand", signal.Signals(signum).name)
+        for fn in stop:
+            fn()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _serve(
+    app: BotApp, settings: Settings, role: str, metrics_note: str, stop: list[Callable[[], None]]
+) -> None:
+    """Say in one line what this process serves, and serve until a signal: nothing for Slack
+    (worker), Socket Mode, or HTTP."""
+    import waitress
+
+    does = {
+        "serve": f"and running jobs on {settings.worker_threads} worker threads",
+        "web": "and queueing jobs for `python -m bot worker` (no worker threads here)",
+        "worker": f"running jobs on {settings.worker_threads} worker threads",
+    }[role]
+    if role == "worker":
+        _until_signal(stop, "worker: %s; no Slack-facing HTTP%s", does, metrics_note)
+    elif settings.socket_mode:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        assert settings.slack_app_token is not None
+        handler = SocketModeHandler(app.bolt, settings.slack_app_token.get_secret_value())
+        stop.append(handler.close)
+        handler.connect()
+        _until_signal(stop, "serving Slack over Socket Mode %s%s", does, metrics_note)
+    else:
+        server = waitress.create_server(
+            app.wsgi(),
+            host="0.0.0.0",
+            port=settings.port,
+            threads=settings.http_threads,
+            ident="bot",
+        )
+        stop.append(server.close)
+        routes = "POST /slack/events, GET /healthz" + (", GET /metrics" * (not metrics_note))
+        log.info(
+            "serving HTTP on port %s (%s) %s%s", server.effective_port, routes, does, metrics_note
+        )
+        _serve_forever(server)
+
+
+def _until_signal(stop: list[Callable[[], None]], line: str, *args: object) -> None:
+    """Log `line` (ready), then wait until a signal calls what is in `stop`."""
+    closed = threading.Event()
+    stop.append(closed.set)
+    log.info(line, *args)
+    closed.wait()
 
 
 def _serve_forever(server: Any) -> None:  # noqa: ANN401 - waitress has two server types

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.budgets import BudgetExceeded, Budgets
 from bot.compaction import Compactor
 from bot.config import Settings
 from bot.delivery import Refusals, ThreadReply, tell
@@ -34,7 +35,6 @@ from bot.threads import (
 )
 from bot.transcript import Turn
 from bot.ttl_policy import Rhythm, TtlPolicy
-from bot.usage import BudgetExceeded, Budgets
 from bot.user_messages import (
     EXTERNAL_REQUESTER,
     SOMETHING_WRONG,

@@ -18,13 +18,20 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.budgets import BudgetExceeded
 from bot.delivery import Responder
 from bot.llm import LLMError
 from bot.replies import build_messages, neutralise_pings
 from bot.service import Complete, ThreadRequest
 from bot.store.models import Summary
-from bot.threads import ThreadReader, ThreadReadError, is_member, ts_key
-from bot.usage import BudgetExceeded
+from bot.threads import (
+    ThreadReader,
+    ThreadReadError,
+    is_member,
+    is_private,
+    read_whole_thread,
+    ts_key,
+)
 from bot.user_messages import (
     MESSAGE_GONE,
     NOTHING_IN_WINDOW,
@@ -47,23 +54,12 @@ SHARE_ACTION = "share_summary"
 MAX_RECAP_THREADS = 50
 HISTORY_PAGE = 200
 
-HELP = """\
-*How to use /summarize*
-• `/summarize` — recap of this channel's last 24 hours, thread replies included
-• `/summarize 3d` / `12h` / `90m` — recap of another window
-• `/summarize 200` — recap of the last 200 messages
-• `/summarize <thread link>` — summary of that thread (use *Copy link* on any of its messages)
-• `/summarize usage [30d]` — what the bot cost and what caching saved
-• Inside a thread: the message shortcut *Summarize thread* (⋮ on any message)
-Summaries are shown only to you, with a button to post them for everyone."""
 
 _LINK = re.compile(
     r"^https?://(?P<host>[a-z0-9.-]+)\.slack\.com/archives/(?P<channel>[CGD][A-Z0-9]+)"
     r"/p(?P<ts>\d{16})/?(?:\?(?P<query>\S*))?$",
     re.IGNORECASE,
 )
-_WINDOW = re.compile(r"^(\d{1,4})\s*([mhdw])$", re.IGNORECASE)
-_UNIT = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -74,19 +70,6 @@ class ThreadLink:
     channel_id: str
     ts: str
     thread_ts: str
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """What `/summarize TEXT` asks for. `action` is help|usage|recap|thread|invalid."""
-
-    action: str
-    seconds: int | None = None
-    count: int | None = None
-    link: ThreadLink | None = None
-    extra: str = ""
-    error: str = ""
-    period: str = ""
 
 
 def _p_to_ts(digits: str) -> str:
@@ -108,43 +91,6 @@ def parse_link(text: str) -> ThreadLink | None:
         return None
     channel = (query.get("cid") or [m.group("channel")])[0].upper()
     return ThreadLink(m.group("host").lower(), channel, ts, thread_ts)
-
-
-def parse_command(text: str) -> Parsed:
-    """Parse the argument of `/summarize`."""
-    text = text.strip()
-    if not text:
-        return Parsed("recap", seconds=86400)
-    if text.startswith("<") and ">" in text:  # <url> or <url|label with spaces>
-        end = text.index(">") + 1
-        word, rest = text[:end], text[end:]
-    else:
-        word, _, rest = text.partition(" ")
-    lowered = word.lower()
-    if lowered in ("help", "-h", "--help", "?"):
-        return Parsed("help")
-    if lowered == "usage":
-        return Parsed("usage", period=rest.strip())
-    if m := _WINDOW.match(text):
-        seconds = int(m.group(1)) * _UNIT[m.group(2).lower()]
-        if not 60 * 10 <= seconds <= 31 * 86400:
-            return Parsed("invalid", error="A recap window must be between 10m and 31d.")
-        return Parsed("recap", seconds=seconds)
-    if text.isdigit():
-        count = int(text)
-        if not 1 <= count <= 2000:
-            return Parsed("invalid", error="A recap can cover 1 to 2000 messages.")
-        return Parsed("recap", count=count)
-    if "slack.com/archives" in word or word.startswith(("<http", "http")):
-        link = parse_link(word)
-        if link is None:
-            return Parsed(
-                "invalid",
-                error="That doesn't look like a Slack message link. Use *Copy link* on a "
-                "message of the thread and paste it after /summarize.",
-            )
-        return Parsed("thread", link=link, extra=rest.strip())
-    return Parsed("invalid", error="I didn't understand that.")
 
 
 def window_start(now: float, seconds: int) -> int:
@@ -197,12 +143,7 @@ class SummaryService:
         except SlackApiError as exc:
             log.info("conversations.info %s: %s", channel, exc.response.get("error"))
             return REFUSAL.format(bot=who.bot_user_id)
-        private = bool(
-            info.get("is_private")
-            or info.get("is_im")
-            or info.get("is_mpim")
-            or info.get("is_group")
-        )
+        private = is_private(info)
         if private and not is_member(self._client(who), channel, who.user_id):
             return REFUSAL.format(bot=who.bot_user_id)
         if not private and not info.get("is_member"):
@@ -245,10 +186,9 @@ class SummaryService:
         try:
             read = self._reader.read
             now = self._now()
-            messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
-            if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
-                thread_ts = messages[0]["thread_ts"]  # a reply's ts: read its whole thread
-                messages = read(who.team_id, channel, thread_ts, now, who.enterprise_id)
+            thread_ts, messages = read_whole_thread(
+                lambda ts: read(who.team_id, channel, ts, now, who.enterprise_id), thread_ts
+            )
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", channel, thread_ts, exc.error)
             out.send(summary_read_error(exc.error, who.bot_user_id), replace=True)

@@ -106,6 +106,41 @@ def fetch_thread(
     return messages
 
 
+def thread_of(message: dict[str, Any]) -> str:
+    """The ts of the thread `message` belongs to: its parent's, or its own when it starts one
+    or stands alone."""
+    return message.get("thread_ts") or message.get("ts", "")
+
+
+def is_reply(message: dict[str, Any]) -> bool:
+    """Whether `message` is a reply in a thread (not the thread's parent, not a lone message)."""
+    return thread_of(message) != message.get("ts", "")
+
+
+def read_whole_thread(
+    read: Callable[[str], list[dict[str, Any]]], ts: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """(thread ts, messages) of the thread the message `ts` belongs to, with `read` (ts →
+    messages). A link may name a reply, and conversations.replies answers a reply's ts with
+    just that reply: then read its parent's whole thread."""
+    messages = read(ts)
+    if messages and is_reply(messages[0]):
+        ts = thread_of(messages[0])
+        messages = read(ts)
+    return ts, messages
+
+
+def is_private(info: dict[str, Any] | None) -> bool:
+    """Whether a conversation (its conversations.info object; None when the bot cannot see it)
+    is private. Slack's docs: `is_private` marks private channels (`is_group` too, for those
+    created before March 2021: check both), `is_im` and `is_mpim` direct messages."""
+    if info is None:
+        return True
+    return bool(
+        info.get("is_private") or info.get("is_group") or info.get("is_im") or info.get("is_mpim")
+    )
+
+
 def is_member(client: WebClient, channel: str, user: str) -> bool:
     """Whether `user` is in `channel` (every page of conversations.members); False on errors."""
     cursor = None
@@ -173,7 +208,7 @@ class ThreadReader:
             messages.sort(key=lambda m: ts_key(m["ts"]))
             return messages
         messages = [slim(m) for m in fetch_thread(client, channel, thread_ts, on_page=on_page)]
-        if messages and messages[0].get("thread_ts") not in (None, messages[0]["ts"]):
+        if messages and is_reply(messages[0]):
             return messages  # `thread_ts` named a reply: Slack returned just it; keep nothing
         with self._sessions.begin() as s:
             data.store_messages(s, team_id, channel, thread_ts, messages, now, replace=True)

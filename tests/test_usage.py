@@ -13,6 +13,7 @@ from sqlalchemy.orm import sessionmaker
 
 from bot.__main__ import main
 from bot.store.models import UsageRecord
+from bot.threads import is_private
 from bot.usage import DigestScheduler
 from tests.harness import SlackUI, bot_env
 
@@ -74,6 +75,24 @@ def test_private_channel_is_named_only_to_its_members(ui, slack, model):
     assert "private conversations" in outsider
     _, url = ui.command("usage", user="U1")
     assert "merger-talks" in str(ui.responses(url)[-1]) or "G7" in str(ui.responses(url)[-1])
+
+
+@pytest.mark.parametrize(
+    ("info", "private"),
+    [
+        ({"is_channel": True, "is_group": False, "is_private": False}, False),
+        ({"is_channel": False, "is_private": True}, True),
+        ({"is_group": True, "is_private": True}, True),
+        ({"is_group": True}, True),  # the usage digest once read this one as public
+        ({"is_im": True}, True),
+        ({"is_mpim": True}, True),
+        (None, True),  # the bot cannot see it
+    ],
+)
+def test_one_rule_says_which_conversations_are_private(info, private):
+    """The digest and /summarize decide privacy alike, from every flag Slack's conversation
+    object documents (`is_group` marks private channels made before March 2021)."""
+    assert is_private(info) is private
 
 
 def test_top_spenders_are_named_to_workspace_admins_only(ui, slack, model, engine):

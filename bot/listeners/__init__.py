@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.delivery import ResponseUrl
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import (
@@ -19,7 +16,7 @@ from bot.listeners import (
     shortcut,
     summarize,
 )
-from bot.listeners.summarize import UsageHandler
+from bot.listeners.messages import MessageRouter
 from bot.service import AnswerService
 from bot.summaries import SummaryService
 from bot.usage import UsageService
@@ -34,30 +31,22 @@ def register(
     queue: JobQueue,
     store: EncryptedInstallationStore | None = None,
     usage: UsageService | None = None,
+    messages: MessageRouter | None = None,
 ) -> dict[str, Handler]:
-    """Attach every listener to `app`; the returned handlers run the stored jobs."""
+    """Attach every listener to `app`; the returned handlers run the stored jobs. `messages`
+    routes `message` events (pass one to register more handlers on it)."""
     handlers: dict[str, Handler] = {}
+    messages = messages if messages is not None else MessageRouter()
     lifecycle.remember_orgs(app, answers.workspaces)  # first: the mention middleware returns early
     handlers.update(mention.register(app, answers, queue))
-    handlers.update(summarize.register(app, summaries, queue, _usage_command(usage)))
+    handlers.update(summarize.register(app, summaries, queue, usage))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
-    message_events.register(app, sessions, answers.now)
+    message_events.register(messages, sessions, answers.now)
+    messages.attach(app)
     lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:
         home.register(app, usage, answers.workspaces, answers.now)
     if store is not None:  # OAuth: a workspace can uninstall while one of its jobs runs
         handlers = {k: lifecycle.after_job(h, answers, sessions) for k, h in handlers.items()}
     return handlers
-
-
-def _usage_command(usage: UsageService | None) -> UsageHandler | None:
-    """`/summarize usage [period]`: the digest, privately to the requester."""
-    if usage is None:
-        return None
-
-    def run(payload: dict[str, Any], period: str, out: ResponseUrl) -> None:
-        text, blocks = usage.for_requester(payload["team_id"], payload["user_id"], period)
-        out.send(text[:3000], blocks or None, replace=True)
-
-    return run

@@ -27,18 +27,30 @@ from bot.workspace import (
 log = logging.getLogger(__name__)
 
 NOT_ADMIN = "Only workspace admins and owners can change these settings."
+NOT_ADMIN_VIEW = {
+    "type": "modal",
+    "title": {"type": "plain_text", "text": "Workspace settings"},
+    "close": {"type": "plain_text", "text": "Close"},
+    "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": NOT_ADMIN}}],
+}
 
 
-def register(
-    app: App, usage: UsageService, workspaces: Workspaces, now: Callable[[], datetime]
-) -> None:
-    """Publish the Home tab on app_home_opened; handle the settings button and modal."""
+class HomeTab:
+    """The Home tab and the workspace settings modal of one bot."""
 
-    def publish(client: WebClient, team_id: str, user_id: str) -> None:
+    def __init__(
+        self, usage: UsageService, workspaces: Workspaces, now: Callable[[], datetime]
+    ) -> None:
+        self._usage = usage
+        self._workspaces = workspaces
+        self._now = now
+
+    def publish(self, client: WebClient, team_id: str, user_id: str) -> None:
+        """Publish `user_id`'s Home tab: their usage, the digest, the workspace's settings."""
         try:
             admin = is_admin(client, user_id)
-            view = usage.home_view(team_id, user_id, admin=admin)
-            eff = workspaces.effective(team_id)
+            view = self._usage.home_view(team_id, user_id, admin=admin)
+            eff = self._workspaces.effective(team_id)
             extra = [{"type": "divider"}, *home_blocks(eff, can_edit=admin)]
             view["blocks"] = view["blocks"][: 100 - len(extra)] + extra
             client.views_publish(user_id=user_id, view=view)
@@ -47,28 +59,22 @@ def register(
                 "publishing App Home for team=%s failed: %s", team_id, exc.response.get("error")
             )
 
-    @app.event("app_home_opened")
-    def on_home(event: dict[str, Any], body: dict[str, Any], context: BoltContext) -> None:
+    def on_home(self, event: dict[str, Any], body: dict[str, Any], context: BoltContext) -> None:
+        """app_home_opened on the Home tab."""
         if event.get("tab", "home") != "home" or not event.get("user"):
             return
-        publish(context.client, team_of(body, context.team_id), event["user"])
+        self.publish(context.client, team_of(body, context.team_id), event["user"])
 
-    @app.action(OPEN_ACTION)
-    def open_settings(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
+    def open_settings(self, ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
+        """The settings button: the modal for admins, a note for everyone else."""
         ack()
         user_id = body["user"]["id"]
         team_id = team_of(body, context.team_id)
         client = context.client
+        view = NOT_ADMIN_VIEW
         if is_admin(client, user_id):
-            eff = workspaces.effective(team_id)
-            view = settings_modal(eff, workspaces.models, workspaces.settings)
-        else:
-            view = {
-                "type": "modal",
-                "title": {"type": "plain_text", "text": "Workspace settings"},
-                "close": {"type": "plain_text", "text": "Close"},
-                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": NOT_ADMIN}}],
-            }
+            eff = self._workspaces.effective(team_id)
+            view = settings_modal(eff, self._workspaces.models, self._workspaces.settings)
         try:
             client.views_open(trigger_id=body["trigger_id"], view=view)
         except SlackApiError as exc:
@@ -78,8 +84,8 @@ def register(
                 exc.response.get("error"),
             )
 
-    @app.view(CALLBACK_ID)
-    def save_settings(ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
+    def save_settings(self, ack: Ack, body: dict[str, Any], context: BoltContext) -> None:
+        """The modal's submission: checked, saved, and the Home tab rebuilt."""
         user_id = body["user"]["id"]
         team_id = team_of(body, context.team_id)
         client = context.client
@@ -87,12 +93,13 @@ def register(
             ack(response_action="errors", errors={"language": NOT_ADMIN})
             return
         values = ((body.get("view") or {}).get("state") or {}).get("values") or {}
-        choice, errors = parse_submission(values, workspaces.models, workspaces.settings)
+        ws = self._workspaces
+        choice, errors = parse_submission(values, ws.models, ws.settings)
         if errors:
             ack(response_action="errors", errors=errors)
             return
         try:
-            changed = workspaces.save(team_id, context.enterprise_id, choice, user_id, now())
+            changed = ws.save(team_id, context.enterprise_id, choice, user_id, self._now())
         except Exception:
             log.exception("saving workspace settings of team=%s failed", team_id)
             ack(
@@ -107,4 +114,14 @@ def register(
             user_id,
             ", ".join(changed) or "nothing",
         )
-        publish(client, team_id, user_id)
+        self.publish(client, team_id, user_id)
+
+
+def register(
+    app: App, usage: UsageService, workspaces: Workspaces, now: Callable[[], datetime]
+) -> None:
+    """Publish the Home tab on app_home_opened; handle the settings button and modal."""
+    tab = HomeTab(usage, workspaces, now)
+    app.event("app_home_opened")(tab.on_home)
+    app.action(OPEN_ACTION)(tab.open_settings)
+    app.view(CALLBACK_ID)(tab.save_settings)

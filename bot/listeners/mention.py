@@ -15,6 +15,7 @@ from slack_bolt import App, BoltContext, BoltResponse
 
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService, ThreadRequest
+from bot.threads import thread_of
 from bot.user_messages import GAVE_UP_ANSWER
 from bot.workspace import team_of
 
@@ -42,7 +43,7 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
         req = ThreadRequest(
             team_id=team_of(body, context.team_id),
             channel_id=event["channel"],
-            thread_ts=event.get("thread_ts") or event["ts"],
+            thread_ts=thread_of(event),
             message_ts=event["ts"],
             user_id=event["user"],
             text=event.get("text") or "",
