@@ -19,6 +19,7 @@ from bot.app import make_llm, make_slack_client
 from bot.compaction import plan_upto
 from bot.config import Settings
 from bot.doctor import FAIL, MaskedOutput, secret_values
+from bot.formatting import footer_line
 from bot.llm import LLMError
 from bot.pricing import Usage, cache_floor, cost, price_for
 from bot.prompt import (
@@ -30,7 +31,6 @@ from bot.prompt import (
     estimate_tokens,
     transcript_digest,
 )
-from bot.replies import footer_line
 from bot.store import data
 from bot.store.db import current_revision, head_revision, make_engine, make_session_factory
 from bot.summaries import parse_link

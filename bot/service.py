@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.compaction import Compactor
 from bot.config import Settings
 from bot.engine import Prior, Rhythm, choose_ttl
+from bot.formatting import footer_line, neutralise_pings
 from bot.installations import SlackClients
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
 from bot.pricing import Usage, cache_floor, cost, price_for, savings
 from bot.prompt import Built, PriorCache, build_request
-from bot.replies import footer_line, neutralise_pings
 from bot.store import data
 from bot.store.models import ThreadState, UsageRecord
 from bot.streaming import Refusals, ThreadReply

@@ -30,7 +30,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.replies import (
+from bot.formatting import (
     build_messages,
     inert_markdown,
     markdown_to_mrkdwn,

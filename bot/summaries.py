@@ -19,8 +19,8 @@ from slack_sdk.webhook import WebhookClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.formatting import build_messages, neutralise_pings
 from bot.llm import LLMError
-from bot.replies import build_messages, neutralise_pings
 from bot.service import (
     AnswerService,
     ThreadRequest,

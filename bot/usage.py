@@ -28,7 +28,7 @@ from bot.digest import (
     render_blocks,
     render_text,
 )
-from bot.replies import neutralise_pings
+from bot.formatting import neutralise_pings
 from bot.schedule import parse_schedule
 from bot.store.models import BudgetAlert, DigestPost, UsageRecord
 from bot.threads import is_member

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
-from bot.replies import neutralise_pings
+from bot.formatting import neutralise_pings
 from bot.store.models import WorkspaceSettings
 
 log = logging.getLogger(__name__)
