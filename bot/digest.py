@@ -19,6 +19,7 @@ from sqlalchemy import case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from bot.pricing import money
 from bot.store.models import UsageRecord
 
 MAX_DAYS = 365
@@ -482,19 +483,6 @@ def build_digest(
 
 
 # -- formatting -----------------------------------------------------------------------------
-
-
-def money(usd: float) -> str:
-    """$1,234.56; four decimals under a cent; a sign in front when negative."""
-    sign = "-" if usd < 0 else ""
-    a = abs(usd)
-    if a == 0:
-        return "$0.00"
-    if a < 0.00005:
-        return f"{sign}<$0.0001"
-    if a < 0.01:
-        return f"{sign}${a:.4f}"
-    return f"{sign}${a:,.2f}"
 
 
 def _n(value: int) -> str:

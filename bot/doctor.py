@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from bot.app import make_llm, make_slack_client
 from bot.config import Settings, SettingsError, load_settings
 from bot.llm import LLMError, MessagesClient
-from bot.pricing import READ, Usage, cache_floor, cost, price_for
+from bot.pricing import READ, Usage, cache_floor, cost, money, price_for
 from bot.prompt import estimate_tokens
 
 OK, FAIL, WARN, SKIP = "✓", "✗", "⚠", "–"
@@ -143,10 +143,6 @@ def _first_line(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
     return (lines[0] if lines else type(cause).__name__)[:200]
-
-
-def _money(value: float) -> str:
-    return f"${value:,.4f}"
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -480,7 +476,7 @@ class Spending:
         if price is None:
             return f"spent: {n} model calls, {tokens} (no price known for {self.model})"
         total = sum(cost(u, price) for u in self.usages)
-        return f"spent: {_money(total)} on {n} model calls, {tokens}"
+        return f"spent: {money(total, 4)} on {n} model calls, {tokens}"
 
 
 def cache_filler(tokens: int) -> str:
@@ -597,9 +593,9 @@ def _check_caching(settings: Settings, report: Report, spending: Spending) -> No
     if price is not None:
         full = TURN_TOKENS * price.input
         cost_line = (
-            f"follow-ups will cost {factor}× more than with caching: {_money(full)} per "
+            f"follow-ups will cost {factor}× more than with caching: {money(full, 4)} per "
             f"{TURN_TOKENS // 1000}k-token thread turn at {model}'s price, instead of "
-            f"{_money(full * READ)}"
+            f"{money(full * READ, 4)}"
         )
     else:
         cost_line = (

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.pricing import Usage, cache_floor, price_for, savings
+from bot.pricing import Usage, cache_floor, money, price_for, savings
 from bot.threads import FOOTER_MARK
 
 SECTION_LIMIT = 2900  # Slack allows 3,000 characters of section text
@@ -800,12 +800,6 @@ def build_markdown_messages(
     )
 
 
-def _money(value: float) -> str:
-    if abs(value) >= 0.01:
-        return f"${value:,.2f}"
-    return f"${value:,.4f}"
-
-
 def footer_line(usage: Usage, model: str, floor_overrides: dict[str, int] | None = None) -> str:
     """One line: cache reads and their share, money saved; or what was written; or why not."""
     prompt = usage.prompt_tokens
@@ -817,7 +811,7 @@ def footer_line(usage: Usage, model: str, floor_overrides: dict[str, int] | None
             f"({usage.read_share:.0%})"
         )
         if price is not None:
-            line += f" · saved {_money(savings(usage, price))}"
+            line += f" · saved {money(savings(usage, price), bare=True)}"
         if usage.cache_creation_tokens:
             line += f" · {usage.cache_creation_tokens:,} more cached for follow-ups"
         return line
@@ -828,7 +822,7 @@ def footer_line(usage: Usage, model: str, floor_overrides: dict[str, int] | None
         )
         if price is not None:
             full = usage.cache_creation_tokens * price.input
-            line += f" · each follow-up saves up to {_money(full * 0.9)}"
+            line += f" · each follow-up saves up to {money(full * 0.9, bare=True)}"
         return line
     if prompt < floor:
         return (

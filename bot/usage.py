@@ -29,6 +29,7 @@ from bot.digest import (
     render_text,
 )
 from bot.formatting import neutralise_pings
+from bot.pricing import money
 from bot.schedule import parse_schedule
 from bot.store.models import BudgetAlert, DigestPost, UsageRecord
 from bot.threads import is_member
@@ -177,7 +178,7 @@ class UsageService:
         share = f"{read / prompt:.0%}" if prompt else "—"
         own = (
             f"*Your last 7 days:* {count:,} requests · {prompt:,} prompt tokens, {share} from "
-            f"cache · spent ${float(spent):,.4f}, caching saved ${float(saved):,.4f}"
+            f"cache · spent {money(float(spent), 4)}, caching saved {money(float(saved), 4)}"
         )
         blocks: list[dict[str, Any]] = [
             {"type": "section", "text": {"type": "mrkdwn", "text": own}},
@@ -389,7 +390,7 @@ class Budgets:
                             else f"BUDGET_{key.upper()}_USD"
                         )
                         raise BudgetExceeded(
-                            f"the {name} spend limit of ${limit:,.2f} is reached; it resets "
+                            f"the {name} spend limit of {money(limit, 2)} is reached; it resets "
                             f"{resets:%Y-%m-%d %H:%M} UTC. An admin can raise it ({setting})."
                         )
                     if user is None and spent >= 0.8 * limit:
@@ -419,7 +420,7 @@ class Budgets:
             return
         text = (
             f"Heads-up: this workspace has used {spent / limit:.0%} of its {name} budget "
-            f"(${spent:,.2f} of ${limit:,.2f})."
+            f"({money(spent, 2)} of {money(limit, 2)})."
         )
         log.warning("team=%s budget alert: %s", team_id, text)
         self._notify(team_id, text)

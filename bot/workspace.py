@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
 from bot.formatting import neutralise_pings
+from bot.pricing import money
 from bot.store.models import WorkspaceSettings
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,8 @@ def is_admin(client: WebClient, user_id: str) -> bool:
 # -- App Home ----------------------------------------------------------------------------------
 
 
-def _money(value: float | None) -> str:
-    return f"${value:,.2f}" if value else "none"
+def _limit(value: float | None) -> str:
+    return money(value, 2) if value else "none"
 
 
 def home_blocks(eff: Effective, *, can_edit: bool) -> list[dict[str, Any]]:
@@ -274,8 +275,8 @@ def home_blocks(eff: Effective, *, can_edit: bool) -> list[dict[str, Any]]:
         f"*Answer language:* {language}",
         f"*Cache-savings footer:* {'shown' if eff.footer else 'hidden'}",
         f"*Channels:* {channels}",
-        f"*Spend limits:* daily {_money(eff.budget_daily_usd)} · monthly "
-        f"{_money(eff.budget_monthly_usd)} · per person daily {_money(eff.budget_user_daily_usd)}",
+        f"*Spend limits:* daily {_limit(eff.budget_daily_usd)} · monthly "
+        f"{_limit(eff.budget_monthly_usd)} · per person daily {_limit(eff.budget_user_daily_usd)}",
     ]
     if eff.updated_by and eff.updated_at:
         lines.append(
@@ -401,7 +402,7 @@ def settings_modal(eff: Effective, models: list[str], settings: Settings) -> dic
             element["initial_value"] = f"{current:.2f}".rstrip("0").rstrip(".")  # never 1e+06
         ceiling = getattr(settings, name)
         hint = (
-            f"The operator's limit is ${ceiling:,.2f}; yours can only be lower."
+            f"The operator's limit is {money(ceiling, 2)}; yours can only be lower."
             if ceiling
             else "Leave empty for no limit."
         )
@@ -458,11 +459,11 @@ def parse_submission(
             errors[name] = "Write an amount in dollars, e.g. 25 or 7.50."
             continue
         if not 0.01 <= amount <= MAX_BUDGET:  # also refuses nan and inf
-            errors[name] = f"Write an amount between $0.01 and ${MAX_BUDGET:,.0f}."
+            errors[name] = f"Write an amount between $0.01 and {money(MAX_BUDGET, 0)}."
             continue
         ceiling = getattr(settings, name)
         if ceiling and amount > ceiling:
-            errors[name] = f"The operator's limit is ${ceiling:,.2f}; pick a lower amount."
+            errors[name] = f"The operator's limit is {money(ceiling, 2)}; pick a lower amount."
             continue
         budgets[name] = round(amount, 2)
     choice = Choice(
