@@ -1,4 +1,4 @@
-"""Model prices, cache floors and the cost/savings arithmetic of one call."""
+"""Model prices, cache floors, the cost/savings arithmetic of one call; `money` shows dollars."""
 
 from __future__ import annotations
 
