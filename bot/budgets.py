@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
+from bot.pricing import money
 from bot.store.models import BudgetAlert, UsageRecord
 from bot.workspace import Effective
 
@@ -66,58 +67,65 @@ class Budgets:
         `limits`: the workspace's effective settings (default: the operator's limits).
         Raises BudgetExceeded. Returns a token for `release`.
         """
-        lim = limits or self._settings
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        month = day.replace(day=1)
-        next_day = day + timedelta(days=1)
-        next_month = (month + timedelta(days=32)).replace(day=1)
         token = f"{team_id}:{user_id}:{time.monotonic_ns()}"
-        alerts: list[tuple[str, datetime, float, float]] = []
         with self._lock:
             held = self._in_flight.setdefault(team_id, [])
-            team_held = sum(v for _, v in held)
-            user_held = sum(v for k, v in held if k.split(":")[1] == user_id)
+            windows = self._windows(user_id, now, limits or self._settings, held)
             with self._sessions() as s:
-                checks = [
-                    ("daily", lim.budget_daily_usd, day, None, next_day, team_held),
-                    (
-                        "monthly",
-                        lim.budget_monthly_usd,
-                        month,
-                        None,
-                        next_month,
-                        team_held,
-                    ),
-                    (
-                        "your daily",
-                        lim.budget_user_daily_usd,
-                        day,
-                        user_id,
-                        next_day,
-                        user_held,
-                    ),
+                alerts = [
+                    alert
+                    for window in windows
+                    if (alert := self._check(s, team_id, window, limits)) is not None
                 ]
-                for name, limit, since, user, resets, pending in checks:
-                    if not limit:
-                        continue
-                    spent = self._spent(s, team_id, since, user) + pending
-                    if spent >= limit:
-                        key = "user_daily" if user else name
-                        setting = (
-                            limits.limit_source(f"budget_{key}_usd")
-                            if limits is not None
-                            else f"BUDGET_{key.upper()}_USD"
-                        )
-                        raise BudgetExceeded(
-                            f"the {name} spend limit of ${limit:,.2f} is reached; it resets "
-                            f"{resets:%Y-%m-%d %H:%M} UTC. An admin can raise it ({setting})."
-                        )
-                    if user is None and spent >= 0.8 * limit:
-                        alerts.append((name, since, spent, limit))
             held.append((token, estimate))
         for name, since, spent, limit in alerts:  # after the read: one transaction at a time
             self._alert_once(team_id, name, since, spent, limit)
         return token
+
+    @staticmethod
+    def _windows(
+        user_id: str, now: datetime, lim: Settings | Effective, held: list[tuple[str, float]]
+    ) -> list[tuple[str, float | None, datetime, str | None, datetime, float]]:
+        """Each limit's (name, limit, window start, user or None, reset, held in flight)."""
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        month = day.replace(day=1)
+        next_day = day + timedelta(days=1)
+        next_month = (month + timedelta(days=32)).replace(day=1)
+        team_held = sum(v for _, v in held)
+        user_held = sum(v for k, v in held if k.split(":")[1] == user_id)
+        return [
+            ("daily", lim.budget_daily_usd, day, None, next_day, team_held),
+            ("monthly", lim.budget_monthly_usd, month, None, next_month, team_held),
+            ("your daily", lim.budget_user_daily_usd, day, user_id, next_day, user_held),
+        ]
+
+    def _check(
+        self,
+        s: Session,
+        team_id: str,
+        window: tuple[str, float | None, datetime, str | None, datetime, float],
+        limits: Effective | None,
+    ) -> tuple[str, datetime, float, float] | None:
+        """Raise BudgetExceeded when the window's limit is reached; else the 80 % alert it
+        calls for (name, window start, spent, limit), or None."""
+        name, limit, since, user, resets, pending = window
+        if not limit:
+            return None
+        spent = self._spent(s, team_id, since, user) + pending
+        if spent >= limit:
+            key = "user_daily" if user else name
+            setting = (
+                limits.limit_source(f"budget_{key}_usd")
+                if limits is not None
+                else f"BUDGET_{key.upper()}_USD"
+            )
+            raise BudgetExceeded(
+                f"the {name} spend limit of {money(limit, 2)} is reached; it resets "
+                f"{resets:%Y-%m-%d %H:%M} UTC. An admin can raise it ({setting})."
+            )
+        if user is None and spent >= 0.8 * limit:
+            return name, since, spent, limit
+        return None
 
     def release(self, team_id: str, token: str) -> None:
         """The call ended (its real cost is now in the ledger)."""
@@ -139,7 +147,7 @@ class Budgets:
             return
         text = (
             f"Heads-up: this workspace has used {spent / limit:.0%} of its {name} budget "
-            f"(${spent:,.2f} of ${limit:,.2f})."
+            f"({money(spent, 2)} of {money(limit, 2)})."
         )
         log.warning("team=%s budget alert: %s", team_id, text)
         self._notify(team_id, text)

@@ -33,7 +33,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
-from bot.replies import (
+from bot.formatting import (
     build_messages,
     inert_markdown,
     markdown_to_mrkdwn,

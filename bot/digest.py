@@ -19,6 +19,7 @@ from sqlalchemy import case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from bot.pricing import money
 from bot.store.models import UsageRecord
 
 MAX_DAYS = 365
@@ -484,19 +485,6 @@ def build_digest(
 # -- formatting -----------------------------------------------------------------------------
 
 
-def money(usd: float) -> str:
-    """$1,234.56; four decimals under a cent; a sign in front when negative."""
-    sign = "-" if usd < 0 else ""
-    a = abs(usd)
-    if a == 0:
-        return "$0.00"
-    if a < 0.00005:
-        return f"{sign}<$0.0001"
-    if a < 0.01:
-        return f"{sign}${a:.4f}"
-    return f"{sign}${a:,.2f}"
-
-
 def _n(value: int) -> str:
     return f"{value:,}"
 
@@ -586,35 +574,48 @@ class _Section:
 
 
 def _sections(d: Digest) -> list[_Section]:
+    """The digest's sections in reading order; a section with nothing to show is left out."""
+    sections = [
+        _requests_section(d),
+        _tokens_section(d.totals),
+        _spend_section(d),
+        _models_section(d),
+        *_top_sections(d),
+        _failures_section(d),
+        _chart_section(d),
+    ]
+    return [s for s in sections if s is not None]
+
+
+def _requests_section(d: Digest) -> _Section:
+    t, p = d.totals, d.previous
+    kinds = [f"{_safe(k)} {_n(n)}" for k, n in d.kinds[:MAX_LIST]]
+    return _Section(
+        "Requests",
+        [
+            f"{_count(t.requests, 'request')} — {_n(t.ok)} answered, {_n(t.failed)} failed; "
+            + _versus(t.requests, p.requests, d.period.describe(), _n(p.requests)),
+            " · ".join(_more(kinds, len(d.kinds), "kinds")) if kinds else "no requests",
+            f"{_count(d.users, 'user')} · {_count(d.threads, 'thread')} · "
+            f"{_count(d.channels, 'channel')}",
+        ],
+    )
+
+
+def _tokens_section(t: Totals) -> _Section:
+    return _Section(
+        "Tokens",
+        [
+            f"Prompt {_n(t.prompt_tokens)}: uncached {_n(t.input_tokens)} · written to cache "
+            f"{_n(t.cache_creation_tokens)} · read from cache {_n(t.cache_read_tokens)}",
+            f"Cache hit rate {_pct(t.hit_rate)} · output {_n(t.output_tokens)}",
+        ],
+    )
+
+
+def _spend_section(d: Digest) -> _Section:
     t, p = d.totals, d.previous
     span = d.period.describe()
-    out: list[_Section] = []
-
-    kinds = [f"{_safe(k)} {_n(n)}" for k, n in d.kinds[:MAX_LIST]]
-    out.append(
-        _Section(
-            "Requests",
-            [
-                f"{_count(t.requests, 'request')} — {_n(t.ok)} answered, {_n(t.failed)} failed; "
-                + _versus(t.requests, p.requests, span, _n(p.requests)),
-                " · ".join(_more(kinds, len(d.kinds), "kinds")) if kinds else "no requests",
-                f"{_count(d.users, 'user')} · {_count(d.threads, 'thread')} · "
-                f"{_count(d.channels, 'channel')}",
-            ],
-        )
-    )
-
-    out.append(
-        _Section(
-            "Tokens",
-            [
-                f"Prompt {_n(t.prompt_tokens)}: uncached {_n(t.input_tokens)} · written to cache "
-                f"{_n(t.cache_creation_tokens)} · read from cache {_n(t.cache_read_tokens)}",
-                f"Cache hit rate {_pct(t.hit_rate)} · output {_n(t.output_tokens)}",
-            ],
-        )
-    )
-
     spend = [
         f"Spent {money(t.cost_usd)}; " + _versus(t.cost_usd, p.cost_usd, span, money(p.cost_usd))
     ]
@@ -631,8 +632,10 @@ def _sections(d: Digest) -> list[_Section]:
             f"{_count(t.unpriced_requests, 'request')} on a model with an unknown price "
             f"({', '.join(_safe(m) for m in unknown[:MAX_LIST])}) count in tokens, not in money"
         )
-    out.append(_Section("Spend", spend))
+    return _Section("Spend", spend)
 
+
+def _models_section(d: Digest) -> _Section | None:
     models = []
     for m in d.models[:MAX_LIST]:
         mt = m.totals
@@ -646,42 +649,38 @@ def _sections(d: Digest) -> list[_Section]:
         if mt.unpriced_requests:
             line += f" · {_n(mt.unpriced_requests)} req price unknown"
         models.append(line)
-    if models:
-        out.append(_Section("By model", _more(models, len(d.models), "models")))
+    return _Section("By model", _more(models, len(d.models), "models")) if models else None
 
-    if d.top_channels:
-        out.append(
-            _Section(
-                "Top channels by spend",
-                [
-                    f"{i}. {_channel_label(c)} {money(c.cost_usd)} ({_n(c.requests)} req)"
-                    for i, c in enumerate(d.top_channels, 1)
-                ],
-            )
-        )
-    if d.top_users:
-        out.append(
-            _Section(
-                "Top users by spend",
-                [
-                    f"{i}. {_user_label(u)} {money(u.cost_usd)} ({_n(u.requests)} req)"
-                    for i, u in enumerate(d.top_users, 1)
-                ],
-            )
-        )
+
+def _top_sections(d: Digest) -> list[_Section]:
+    """Top channels and top users by spend (the users' list only for admins)."""
+    channels = [(_channel_label(c), c.cost_usd, c.requests) for c in d.top_channels]
+    users = [(_user_label(u), u.cost_usd, u.requests) for u in d.top_users]
+    out = [_top_list("Top channels by spend", channels)] if channels else []
+    if users:
+        out.append(_top_list("Top users by spend", users))
     elif d.top_users_hidden:
         out.append(_Section("Top users by spend", ["Shown to workspace admins and owners only."]))
-
-    causes = [f"{_safe(c)} {_n(n)}" for c, n in d.failures[:MAX_LIST]]
-    out.append(
-        _Section("Failures", [", ".join(_more(causes, len(d.failures), "causes")) or "none"])
-    )
-
-    if d.days:
-        unit = "day" if all(b.days == 1 for b in d.days) else f"{d.days[0].days} days"
-        title = f"Spend and savings per {unit} ({d.period.zone})  ▇ spent ░ saved"
-        out.append(_Section(title, _chart(d.days), code=True))
     return out
+
+
+def _top_list(title: str, rows: list[tuple[str, float, int]]) -> _Section:
+    """Numbered lines: who, what they spent, how many requests."""
+    lines = [f"{i}. {who} {money(usd)} ({_n(n)} req)" for i, (who, usd, n) in enumerate(rows, 1)]
+    return _Section(title, lines)
+
+
+def _failures_section(d: Digest) -> _Section:
+    causes = [f"{_safe(c)} {_n(n)}" for c, n in d.failures[:MAX_LIST]]
+    return _Section("Failures", [", ".join(_more(causes, len(d.failures), "causes")) or "none"])
+
+
+def _chart_section(d: Digest) -> _Section | None:
+    if not d.days:
+        return None
+    unit = "day" if all(b.days == 1 for b in d.days) else f"{d.days[0].days} days"
+    title = f"Spend and savings per {unit} ({d.period.zone})  ▇ spent ░ saved"
+    return _Section(title, _chart(d.days), code=True)
 
 
 def period_label(p: Period) -> str:

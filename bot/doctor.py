@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from bot.app import make_llm, make_slack_client
 from bot.config import Settings, SettingsError, load_settings
 from bot.llm import LLMError, MessagesClient
-from bot.pricing import READ, Usage, cache_floor, cost, price_for
+from bot.pricing import READ, Price, Usage, cache_floor, cost, money, price_for
 from bot.transcript import estimate_tokens
 
 OK, FAIL, WARN, SKIP = "✓", "✗", "⚠", "–"
@@ -143,10 +143,6 @@ def _first_line(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
     return (lines[0] if lines else type(cause).__name__)[:200]
-
-
-def _money(value: float) -> str:
-    return f"${value:,.4f}"
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -480,7 +476,7 @@ class Spending:
         if price is None:
             return f"spent: {n} model calls, {tokens} (no price known for {self.model})"
         total = sum(cost(u, price) for u in self.usages)
-        return f"spent: {_money(total)} on {n} model calls, {tokens}"
+        return f"spent: {money(total, 4)} on {n} model calls, {tokens}"
 
 
 def cache_filler(tokens: int) -> str:
@@ -551,20 +547,7 @@ def _check_caching(settings: Settings, report: Report, spending: Spending) -> No
             "check CACHE_MIN_TOKENS",
         )
         return
-    body = {
-        "model": model,
-        "max_tokens": 1,
-        "system": _CACHE_DOCTOR_SYSTEM,
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": filler, "cache_control": {"type": "ephemeral"}},
-                    {"type": "text", "text": "Reply with OK."},
-                ],
-            }
-        ],
-    }
+    body = _cache_probe(model, filler)
     llm: MessagesClient = make_llm(settings)
     try:
         first = llm.create(body)
@@ -593,27 +576,48 @@ def _check_caching(settings: Settings, report: Report, spending: Spending) -> No
             f" (the 1st call reported writing {first.usage.cache_creation_tokens:,} tokens, the "
             "2nd read none: the endpoint may spread calls over several upstream keys)"
         )
-    factor = round(1 / READ)
-    if price is not None:
-        full = TURN_TOKENS * price.input
-        cost_line = (
-            f"follow-ups will cost {factor}× more than with caching: {_money(full)} per "
-            f"{TURN_TOKENS // 1000}k-token thread turn at {model}'s price, instead of "
-            f"{_money(full * READ)}"
-        )
-    else:
-        cost_line = (
-            f"follow-ups will cost {factor}× more than with caching: every turn of a "
-            f"{TURN_TOKENS // 1000}k-token thread pays for all {TURN_TOKENS:,} prompt tokens "
-            f"instead of about {int(TURN_TOKENS * READ):,}"
-        )
     report.fail(
         f"prompt caching: the endpoint does not cache — two identical {usage.prompt_tokens:,}"
         f"-token calls (over the {floor:,}-token minimum of {model}) reported no cache reads"
         f"{why}",
         "use an endpoint (or relay channel) with prompt caching — relays may accept "
         "cache_control and ignore it; ask the relay's admin — or set CACHE_TTL=off",
-        detail=cost_line,
+        detail=_uncached_cost(model, price),
+    )
+
+
+def _cache_probe(model: str, filler: str) -> dict[str, Any]:
+    """The request the caching check sends twice: `filler` marked for caching, a one-token reply."""
+    return {
+        "model": model,
+        "max_tokens": 1,
+        "system": _CACHE_DOCTOR_SYSTEM,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": filler, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "Reply with OK."},
+                ],
+            }
+        ],
+    }
+
+
+def _uncached_cost(model: str, price: Price | None) -> str:
+    """What working without the cache costs a thread's follow-ups, in dollars when priced."""
+    factor = round(1 / READ)
+    if price is not None:
+        full = TURN_TOKENS * price.input
+        return (
+            f"follow-ups will cost {factor}× more than with caching: {money(full, 4)} per "
+            f"{TURN_TOKENS // 1000}k-token thread turn at {model}'s price, instead of "
+            f"{money(full * READ, 4)}"
+        )
+    return (
+        f"follow-ups will cost {factor}× more than with caching: every turn of a "
+        f"{TURN_TOKENS // 1000}k-token thread pays for all {TURN_TOKENS:,} prompt tokens "
+        f"instead of about {int(TURN_TOKENS * READ):,}"
     )
 
 

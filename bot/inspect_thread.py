@@ -21,15 +21,15 @@ from bot.app import make_llm, make_slack_client
 from bot.compaction import reusable
 from bot.config import Settings
 from bot.doctor import FAIL, MaskedOutput, secret_values
+from bot.formatting import footer_line
 from bot.llm import LLMError
-from bot.pricing import Usage, cache_floor, cost, price_for
+from bot.pricing import Usage, cache_floor, cost, money, price_for
 from bot.prompt import (
     SYSTEM_PROMPT,
     Built,
     Compacted,
     build_request,
 )
-from bot.replies import footer_line
 from bot.store import data
 from bot.store.db import current_revision, head_revision, make_engine, make_session_factory
 from bot.summaries import parse_link
@@ -371,7 +371,7 @@ def _print_costs(built: Built, settings: Settings, model: str, w: MaskedOutput) 
     write_note = f"prefix written at {_WRITE_PRICE[ttl]}" if cacheable and ttl else "no cache"
     read_note = "prefix read at 0.1×" if cacheable else "no cache"
     w.write(
-        f"Expected cost of the prompt at {model}'s price (output adds up to {_money(out_max)}):\n"
+        f"Expected cost of the prompt at {model}'s price (output adds up to {money(out_max, 4)}):\n"
     )
     rows = [
         (f"cold ({write_note})", cost(cold, price)),
@@ -380,7 +380,7 @@ def _print_costs(built: Built, settings: Settings, model: str, w: MaskedOutput) 
     ]
     pad = max(len(label) for label, _ in rows) + 1
     for label, value in rows:
-        w.write(f"  {label + ':':<{pad}} {_money(value)}\n")
+        w.write(f"  {label + ':':<{pad}} {money(value, 4)}\n")
 
 
 def _send(settings: Settings, built: Built, w: MaskedOutput) -> int:
@@ -404,7 +404,7 @@ def _send(settings: Settings, built: Built, w: MaskedOutput) -> int:
         w.write(f"  the estimate was {built.estimated_tokens:,} ({off:+.0%})\n")
     price = price_for(done.model)
     if price is not None:
-        w.write(f"  cost: {_money(cost(usage, price))}\n")
+        w.write(f"  cost: {money(cost(usage, price), 4)}\n")
     w.write(f"  footer: {footer_line(usage, done.model, settings.cache_floors)}\n")
     answer = re.sub(r"\s+", " ", done.text).strip()
     w.write(f"  answer: {_preview(answer, 300)}\n")

@@ -1,4 +1,4 @@
-"""Model prices, cache floors and the cost/savings arithmetic of one call."""
+"""Model prices, cache floors, the cost/savings arithmetic of one call; `money` shows dollars."""
 
 from __future__ import annotations
 
@@ -106,3 +106,25 @@ def savings(usage: Usage, price: Price) -> float:
         usage.input_tokens + WRITE_5M * e5m + WRITE_1H * e1h + READ * usage.cache_read_tokens
     ) * price.input
     return uncached - cached
+
+
+def money(usd: float, places: int | None = None, *, bare: bool = False) -> str:
+    """Dollars as a person reads them: the one formatter for every amount the bot shows.
+
+    - `places` given: that many decimals with thousands separators, "$1,234.5678" (ledger
+      figures in App Home, `doctor` and `inspect` use 4, spend limits 2, the largest limit 0).
+    - default: two decimals, four under a cent; "-$0.50" when negative, "$0.00" for nothing
+      and "<$0.0001" for less than that shows (the digest).
+    - `bare=True`: two decimals, four under a cent, and nothing else: "$-0.0050", "$0.0000"
+      (the ⚡ footer).
+    """
+    if places is not None:
+        return f"${usd:,.{places}f}"
+    if bare:
+        return money(usd, 2 if abs(usd) >= 0.01 else 4)
+    if usd == 0:
+        return "$0.00"
+    sign = "-" if usd < 0 else ""
+    if abs(usd) < 0.00005:
+        return f"{sign}<$0.0001"
+    return sign + money(abs(usd), bare=True)

@@ -16,13 +16,13 @@ from bot.budgets import BudgetExceeded, Budgets
 from bot.compaction import Compactor
 from bot.config import Settings
 from bot.delivery import Refusals, ThreadReply, tell
+from bot.formatting import footer_line
 from bot.installations import SlackClients
 from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient
 from bot.metrics import Metrics
 from bot.pricing import cache_floor, price_for
 from bot.prompt import Built, build_request
-from bot.replies import footer_line
 from bot.store import data
 from bot.threads import (
     NameResolver,

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.budgets import BudgetExceeded
 from bot.delivery import Responder
+from bot.formatting import build_messages, neutralise_pings
 from bot.llm import LLMError
-from bot.replies import build_messages, neutralise_pings
 from bot.service import Complete, ThreadRequest
 from bot.store.models import Summary
 from bot.threads import (

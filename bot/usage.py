@@ -28,7 +28,8 @@ from bot.digest import (
     render_blocks,
     render_text,
 )
-from bot.replies import neutralise_pings
+from bot.formatting import neutralise_pings
+from bot.pricing import money
 from bot.schedule import parse_schedule
 from bot.store.models import DigestPost, UsageRecord
 from bot.threads import is_member, is_private
@@ -174,7 +175,7 @@ class UsageService:
         share = f"{read / prompt:.0%}" if prompt else "—"
         own = (
             f"*Your last 7 days:* {count:,} requests · {prompt:,} prompt tokens, {share} from "
-            f"cache · spent ${float(spent):,.4f}, caching saved ${float(saved):,.4f}"
+            f"cache · spent {money(float(spent), 4)}, caching saved {money(float(saved), 4)}"
         )
         blocks: list[dict[str, Any]] = [
             {"type": "section", "text": {"type": "mrkdwn", "text": own}},

@@ -20,7 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
-from bot.replies import neutralise_pings
+from bot.formatting import neutralise_pings
+from bot.pricing import money
 from bot.store.models import WorkspaceSettings
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,8 @@ def is_admin(client: WebClient, user_id: str) -> bool:
 # -- App Home ----------------------------------------------------------------------------------
 
 
-def _money(value: float | None) -> str:
-    return f"${value:,.2f}" if value else "none"
+def _limit(value: float | None) -> str:
+    return money(value, 2) if value else "none"
 
 
 def home_blocks(eff: Effective, *, can_edit: bool) -> list[dict[str, Any]]:
@@ -274,8 +275,8 @@ def home_blocks(eff: Effective, *, can_edit: bool) -> list[dict[str, Any]]:
         f"*Answer language:* {language}",
         f"*Cache-savings footer:* {'shown' if eff.footer else 'hidden'}",
         f"*Channels:* {channels}",
-        f"*Spend limits:* daily {_money(eff.budget_daily_usd)} · monthly "
-        f"{_money(eff.budget_monthly_usd)} · per person daily {_money(eff.budget_user_daily_usd)}",
+        f"*Spend limits:* daily {_limit(eff.budget_daily_usd)} · monthly "
+        f"{_limit(eff.budget_monthly_usd)} · per person daily {_limit(eff.budget_user_daily_usd)}",
     ]
     if eff.updated_by and eff.updated_at:
         lines.append(
@@ -330,82 +331,13 @@ def _input(block_id: str, label: str, element: dict[str, Any], hint: str = "") -
 
 def settings_modal(eff: Effective, models: list[str], settings: Settings) -> dict[str, Any]:
     """The modal admins edit the workspace's settings in."""
-    chosen = eff.chosen
-    blocks: list[dict[str, Any]] = []
-    if len(models) > 1:
-        options = [_option(f"{m} (default)" if i == 0 else m, m) for i, m in enumerate(models)]
-        blocks.append(
-            _input(
-                "model",
-                "Model",
-                {
-                    "type": "static_select",
-                    "options": options,
-                    "initial_option": options[models.index(eff.model)]
-                    if eff.model in models
-                    else options[0],
-                },
-            )
-        )
-    language: dict[str, Any] = {
-        "type": "plain_text_input",
-        "max_length": LANGUAGE_MAX,
-        "placeholder": {"type": "plain_text", "text": "e.g. English, 日本語, Español"},
-    }
-    if chosen.language:
-        language["initial_value"] = chosen.language
-    blocks.append(
-        _input(
-            "language",
-            "Answer language",
-            language,
-            "Leave empty to answer in the language of the question.",
-        )
-    )
-    shown, hidden = _option("Show", "on"), _option("Hide", "off")
-    blocks.append(
-        _input(
-            "footer",
-            "Cache-savings footer under answers",
-            {
-                "type": "radio_buttons",
-                "options": [shown, hidden],
-                "initial_option": shown if eff.footer else hidden,
-            },
-        )
-    )
-    conversations: dict[str, Any] = {
-        "type": "multi_conversations_select",
-        "filter": {"include": ["public", "private"], "exclude_bot_users": True},
-        "max_selected_items": MAX_CHANNELS,
-        "placeholder": {"type": "plain_text", "text": "Every conversation I'm a member of"},
-    }
-    if chosen.channels:
-        conversations["initial_conversations"] = list(chosen.channels)
-    blocks.append(
-        _input(
-            "channels",
-            "Only answer in these channels",
-            conversations,
-            "Leave empty to answer wherever I'm invited.",
-        )
-    )
-    for name, label, _ in _BUDGETS:
-        element: dict[str, Any] = {
-            "type": "number_input",
-            "is_decimal_allowed": True,
-            "min_value": "0.01",
-        }
-        current = getattr(chosen, name)
-        if current:
-            element["initial_value"] = f"{current:.2f}".rstrip("0").rstrip(".")  # never 1e+06
-        ceiling = getattr(settings, name)
-        hint = (
-            f"The operator's limit is ${ceiling:,.2f}; yours can only be lower."
-            if ceiling
-            else "Leave empty for no limit."
-        )
-        blocks.append(_input(name, label, element, hint))
+    blocks = [
+        *_model_input(eff, models),
+        _language_input(eff.chosen),
+        _footer_input(eff),
+        _channels_input(eff.chosen),
+        *(_budget_input(name, label, eff.chosen, settings) for name, label, _ in _BUDGETS),
+    ]
     return {
         "type": "modal",
         "callback_id": CALLBACK_ID,
@@ -414,6 +346,91 @@ def settings_modal(eff: Effective, models: list[str], settings: Settings) -> dic
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": blocks,
     }
+
+
+def _model_input(eff: Effective, models: list[str]) -> list[dict[str, Any]]:
+    """The model picker, first model the default; none when the operator offers one model."""
+    if len(models) <= 1:
+        return []
+    options = [_option(f"{m} (default)" if i == 0 else m, m) for i, m in enumerate(models)]
+    return [
+        _input(
+            "model",
+            "Model",
+            {
+                "type": "static_select",
+                "options": options,
+                "initial_option": options[models.index(eff.model)]
+                if eff.model in models
+                else options[0],
+            },
+        )
+    ]
+
+
+def _language_input(chosen: Choice) -> dict[str, Any]:
+    language: dict[str, Any] = {
+        "type": "plain_text_input",
+        "max_length": LANGUAGE_MAX,
+        "placeholder": {"type": "plain_text", "text": "e.g. English, 日本語, Español"},
+    }
+    if chosen.language:
+        language["initial_value"] = chosen.language
+    return _input(
+        "language",
+        "Answer language",
+        language,
+        "Leave empty to answer in the language of the question.",
+    )
+
+
+def _footer_input(eff: Effective) -> dict[str, Any]:
+    shown, hidden = _option("Show", "on"), _option("Hide", "off")
+    return _input(
+        "footer",
+        "Cache-savings footer under answers",
+        {
+            "type": "radio_buttons",
+            "options": [shown, hidden],
+            "initial_option": shown if eff.footer else hidden,
+        },
+    )
+
+
+def _channels_input(chosen: Choice) -> dict[str, Any]:
+    conversations: dict[str, Any] = {
+        "type": "multi_conversations_select",
+        "filter": {"include": ["public", "private"], "exclude_bot_users": True},
+        "max_selected_items": MAX_CHANNELS,
+        "placeholder": {"type": "plain_text", "text": "Every conversation I'm a member of"},
+    }
+    if chosen.channels:
+        conversations["initial_conversations"] = list(chosen.channels)
+    return _input(
+        "channels",
+        "Only answer in these channels",
+        conversations,
+        "Leave empty to answer wherever I'm invited.",
+    )
+
+
+def _budget_input(name: str, label: str, chosen: Choice, settings: Settings) -> dict[str, Any]:
+    """One spend limit in dollars; the hint names the operator's ceiling, if any."""
+    element: dict[str, Any] = {
+        "type": "number_input",
+        "is_decimal_allowed": True,
+        "min_value": "0.01",
+    }
+    current = getattr(chosen, name)
+    if current:
+        element["initial_value"] = f"{current:.2f}".rstrip("0").rstrip(".")  # never 1e+06
+    ceiling = getattr(settings, name)
+    hint = (
+        f"The operator's limit is {money(ceiling, 2)}; yours can only be lower."
+        if ceiling
+        else "Leave empty for no limit."
+    )
+    return _input(name, label, element, hint)
 
 
 def parse_submission(
@@ -458,11 +475,11 @@ def parse_submission(
             errors[name] = "Write an amount in dollars, e.g. 25 or 7.50."
             continue
         if not 0.01 <= amount <= MAX_BUDGET:  # also refuses nan and inf
-            errors[name] = f"Write an amount between $0.01 and ${MAX_BUDGET:,.0f}."
+            errors[name] = f"Write an amount between $0.01 and {money(MAX_BUDGET, 0)}."
             continue
         ceiling = getattr(settings, name)
         if ceiling and amount > ceiling:
-            errors[name] = f"The operator's limit is ${ceiling:,.2f}; pick a lower amount."
+            errors[name] = f"The operator's limit is {money(ceiling, 2)}; pick a lower amount."
             continue
         budgets[name] = round(amount, 2)
     choice = Choice(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from bot.replies import build_markdown_messages, build_messages
+from bot.formatting import build_markdown_messages, build_messages
 from bot.store.models import Summary, UsageRecord
 from tests.harness import SlackUI
 

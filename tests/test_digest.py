@@ -19,11 +19,11 @@ from bot.digest import (
     Period,
     Totals,
     build_digest,
-    money,
     parse_period,
     render_blocks,
     render_text,
 )
+from bot.pricing import money
 from bot.store.models import UsageRecord
 
 NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
@@ -479,3 +479,20 @@ def test_parse_period_in_utc_whatever_the_offset_of_now():
 )
 def test_money(usd, shown):
     assert money(usd) == shown
+
+
+@pytest.mark.parametrize(
+    ("usd", "places", "bare", "shown"),
+    [
+        (1234.56789, 4, False, "$1,234.5679"),  # ledger figures: App Home, doctor, inspect
+        (0, 4, False, "$0.0000"),
+        (25, 2, False, "$25.00"),  # spend limits
+        (1_000_000, 0, False, "$1,000,000"),
+        (1.234, None, True, "$1.23"),  # the cache footer
+        (0.0042, None, True, "$0.0042"),
+        (-0.005, None, True, "$-0.0050"),
+        (0, None, True, "$0.0000"),
+    ],
+)
+def test_money_fixed_places_and_the_footer_form(usd, places, bare, shown):
+    assert money(usd, places, bare=bare) == shown

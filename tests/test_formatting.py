@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot.replies import (
+from bot.formatting import (
     MESSAGE_LIMIT,
     build_markdown_messages,
     build_messages,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from bot.formatting import build_messages, footer_line, markdown_to_mrkdwn
 from bot.pricing import Usage, cost, price_for, savings
 from bot.prompt import PriorCache, build_request
-from bot.replies import build_messages, footer_line, markdown_to_mrkdwn
 from bot.transcript import Turn
 
 

@@ -9,9 +9,9 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from bot.pricing import Usage, cache_floor, price_for, savings
+from bot.pricing import Usage, cache_floor, money, price_for, savings
 from bot.transcript import FOOTER_MARK
 
 SECTION_LIMIT = 2900  # Slack allows 3,000 characters of section text
@@ -381,77 +381,137 @@ def _fence_at(lines: list[str], i: int) -> tuple[str, list[str], int] | None:
     return m.group(3).strip(), body, j + 1
 
 
-def _mrkdwn_units(markdown: str) -> list[_Unit]:
+class _Renderer(Protocol):
+    """What one output form decides; the walk over fences, blank lines and tables is shared."""
+
+    bullet: str  # before each row of a table laid out as a list
+
+    def fence(self, info: str) -> str:
+        """The opening fence line of a code block with this info string."""
+        ...
+
+    def code(self, line: str) -> str:
+        """One line inside a fenced code block, made safe for this form."""
+        ...
+
+    def grid(self, line: str) -> str:
+        """One line of a table laid out as a monospaced grid."""
+        ...
+
+    def inline(self, text: str) -> str:
+        """One line of Markdown text (a table cell, a paragraph line) in this form."""
+        ...
+
+    def table_done(self) -> None:
+        """A table ended (it closes any open list)."""
+        ...
+
+    def line(self, line: str, units: _Units) -> None:
+        """Any other non-blank line outside code blocks and tables."""
+        ...
+
+
+def _units(markdown: str, render: _Renderer) -> list[_Unit]:
+    """The one walk over lines: code blocks, blank lines and tables here, the rest by `render`."""
     lines = _clean(markdown).split("\n")
     units = _Units()
-    depths: list[int] = []  # indentation of each open list level
     i = 0
     while i < len(lines):
-        line = lines[i]
         fenced = _fence_at(lines, i)
         if fenced:
-            _, body, i = fenced
+            info, body, i = fenced
             if any(b.strip() for b in body):
-                units.code("```", [_unfence(_escape(b)) for b in body])
+                units.code(render.fence(info), [_unfence(render.code(b)) for b in body])
             continue
-        i += 1
-        if not line.strip():
-            units.blank()
-            continue
-        table = _table_at(lines, i - 1)
+        table = _table_at(lines, i)
         if table:
             parsed, i = table
-            grid = _table_grid(parsed)
             units.flush()
+            grid = _table_grid(parsed)
             if grid:
-                units.code("```", [_unfence(_escape(g)) for g in grid])
+                units.code("```", [_unfence(render.grid(g)) for g in grid])
             else:
-                for row in _table_rows(parsed, _inline):
-                    units.line("• " + row)
-            depths.clear()
+                for row in _table_rows(parsed, render.inline):
+                    units.line(render.bullet + row)
+            render.table_done()
             continue
+        if lines[i].strip():
+            render.line(lines[i], units)
+        else:
+            units.blank()
+        i += 1
+    units.flush()
+    return units.units
+
+
+class _Mrkdwn:
+    """mrkdwn: escaped text, Slack's markers, headings in bold, lists drawn with glyphs."""
+
+    bullet = "• "
+
+    def __init__(self) -> None:
+        self.depths: list[int] = []  # indentation of each open list level
+
+    def fence(self, info: str) -> str:
+        return "```"  # mrkdwn shows no language
+
+    def code(self, line: str) -> str:
+        return _escape(line)
+
+    def grid(self, line: str) -> str:
+        return _escape(line)
+
+    def inline(self, text: str) -> str:
+        return _inline(text)
+
+    def table_done(self) -> None:
+        self.depths.clear()
+
+    def line(self, line: str, units: _Units) -> None:
         heading = _HEADING.match(line)
+        quote = _QUOTE.match(line)
         if heading:
             units.flush()
             title = _inline_tokens(heading.group(1) or "").replace(BO, "").replace(BC, "")
             if title.strip():
                 units.line(_unfence(_finish(BO + title + BC)))
-            depths.clear()
-            continue
-        if _RULE.match(line):
+            self.depths.clear()
+        elif _RULE.match(line):
             units.line("──────────")
-            depths.clear()
-            continue
-        quote = _QUOTE.match(line)
-        if quote:
+            self.depths.clear()
+        elif quote:
             item = _ITEM.match(quote.group(2))
             body = ("• " + _inline(item.group(3))) if item else _inline(quote.group(2).strip())
             units.line(("> " + body).rstrip())
-            continue
+        else:
+            units.line(self._list_or_text(line))
+
+    def _list_or_text(self, line: str) -> str:
+        """A list item, a list item's continuation line, or a line of a paragraph."""
         item = _ITEM.match(line)
         indent = len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip(" "))
         if item:
-            while depths and indent < depths[-1]:
-                depths.pop()
-            if not depths or indent > depths[-1]:
-                depths.append(indent)
-            depth = len(depths) - 1
-            marker, content = item.group(2), item.group(3)
-            glyph = _BULLETS[min(depth, 2)] if not marker[0].isdigit() else marker[:-1] + "."
-            task = _TASK.match(content)
-            if task:
-                box = "☐" if task.group(1) == " " else "☑"
-                glyph = f"{glyph} {box}" if marker[0].isdigit() else box
-                content = task.group(2)
-            units.line("    " * depth + glyph + " " + _inline(content))
-            continue
-        if depths and indent >= 2:
-            units.line("    " * (len(depths) - 1) + "  " + _inline(line.strip()))
-            continue
-        depths.clear()
-        units.line(_inline(line.strip()))
-    units.flush()
-    return units.units
+            return self._item(indent, item.group(2), item.group(3))
+        if self.depths and indent >= 2:
+            return "    " * (len(self.depths) - 1) + "  " + _inline(line.strip())
+        self.depths.clear()
+        return _inline(line.strip())
+
+    def _item(self, indent: int, marker: str, content: str) -> str:
+        """A list item at its depth: a bullet glyph per level, numbers kept, tasks as boxes."""
+        depths = self.depths
+        while depths and indent < depths[-1]:
+            depths.pop()
+        if not depths or indent > depths[-1]:
+            depths.append(indent)
+        depth = len(depths) - 1
+        glyph = _BULLETS[min(depth, 2)] if not marker[0].isdigit() else marker[:-1] + "."
+        task = _TASK.match(content)
+        if task:
+            box = "☐" if task.group(1) == " " else "☑"
+            glyph = f"{glyph} {box}" if marker[0].isdigit() else box
+            content = task.group(2)
+        return "    " * depth + glyph + " " + _inline(content)
 
 
 def _join(units: list[_Unit]) -> str:
@@ -465,7 +525,7 @@ def _join(units: list[_Unit]) -> str:
 
 def markdown_to_mrkdwn(text: str) -> str:
     """Convert common Markdown to Slack mrkdwn; code blocks pass through (escaped)."""
-    return _join(_mrkdwn_units(text)).strip("\n")
+    return _join(_units(text, _Mrkdwn())).strip("\n")
 
 
 # -- the `markdown` block -------------------------------------------------------------------
@@ -532,37 +592,28 @@ def _md_inline(text: str) -> str:
     return "\n".join([first, *(_unfence(m).replace("~~~", "~" + ZWSP + "~~") for m in more)])
 
 
-def _markdown_units(markdown: str) -> list[_Unit]:
-    lines = _clean(markdown).split("\n")
-    units = _Units()
-    i = 0
-    while i < len(lines):
-        fenced = _fence_at(lines, i)
-        if fenced:
-            info, body, i = fenced
-            if any(b.strip() for b in body):
-                body = [_unfence(re.sub(r"<(?=[@#!])", "<" + ZWSP, b)) for b in body]
-                units.code("```" + info.split(" ")[0].replace("`", ""), body)
-            continue
-        line = lines[i]
-        i += 1
-        if not line.strip():
-            units.blank()
-            continue
-        table = _table_at(lines, i - 1)
-        if table:
-            parsed, i = table
-            grid = _table_grid(parsed)
-            units.flush()
-            if grid:
-                units.code("```", [_unfence(g) for g in grid])
-            else:
-                for row in _table_rows(parsed, _md_inline):
-                    units.line("- " + row)
-            continue
+class _Markdown:
+    """A `markdown` block: standard Markdown kept, Slack's syntax and pings made inert."""
+
+    bullet = "- "
+
+    def fence(self, info: str) -> str:
+        return "```" + info.split(" ")[0].replace("`", "")  # the language, for highlighting
+
+    def code(self, line: str) -> str:
+        return re.sub(r"<(?=[@#!])", "<" + ZWSP, line)
+
+    def grid(self, line: str) -> str:
+        return line
+
+    def inline(self, text: str) -> str:
+        return _md_inline(text)
+
+    def table_done(self) -> None:
+        pass
+
+    def line(self, line: str, units: _Units) -> None:
         units.line(_md_inline(line))
-    units.flush()
-    return units.units
 
 
 # -- splitting ------------------------------------------------------------------------------
@@ -721,7 +772,7 @@ def build_messages(
 ) -> list[Outgoing]:
     """The answer as mrkdwn section blocks in at most `limit` messages; `note` (why the answer
     may be incomplete) and the footer end the last one."""
-    parts = _sections(_mrkdwn_units(markdown), SECTION_LIMIT) or ([] if note else [_EMPTY])
+    parts = _sections(_units(markdown, _Mrkdwn()), SECTION_LIMIT) or ([] if note else [_EMPTY])
     return _messages(
         parts,
         footer,
@@ -738,7 +789,7 @@ def build_markdown_messages(
     """The answer as Slack `markdown` blocks (standard Markdown, pings and Slack syntax made
     inert, tables laid out), one per message; the text fallback is the mrkdwn rendering; `note`
     and the footer end the last message."""
-    parts = _sections(_markdown_units(markdown), MARKDOWN_LIMIT) or ([] if note else [_EMPTY])
+    parts = _sections(_units(markdown, _Markdown()), MARKDOWN_LIMIT) or ([] if note else [_EMPTY])
     return _messages(
         parts,
         footer,
@@ -747,12 +798,6 @@ def build_markdown_messages(
         note=note,
         limit=limit,
     )
-
-
-def _money(value: float) -> str:
-    if abs(value) >= 0.01:
-        return f"${value:,.2f}"
-    return f"${value:,.4f}"
 
 
 def footer_line(usage: Usage, model: str, floor_overrides: dict[str, int] | None = None) -> str:
@@ -766,7 +811,7 @@ def footer_line(usage: Usage, model: str, floor_overrides: dict[str, int] | None
             f"({usage.read_share:.0%})"
         )
         if price is not None:
-            line += f" · saved {_money(savings(usage, price))}"
+            line += f" · saved {money(savings(usage, price), bare=True)}"
         if usage.cache_creation_tokens:
             line += f" · {usage.cache_creation_tokens:,} more cached for follow-ups"
         return line
@@ -777,7 +822,7 @@ def footer_line(usage: Usage, model: str, floor_overrides: dict[str, int] | None
         )
         if price is not None:
             full = usage.cache_creation_tokens * price.input
-            line += f" · each follow-up saves up to {_money(full * 0.9)}"
+            line += f" · each follow-up saves up to {money(full * 0.9, bare=True)}"
         return line
     if prompt < floor:
         return (
