@@ -811,7 +811,11 @@ def footer_line(usage: Usage, model: str, floor_overrides: dict[str, int] | None
             f"({usage.read_share:.0%})"
         )
         if price is not None:
-            line += f" · saved {money(savings(usage, price), bare=True)}"
+            saved = savings(usage, price)
+            if saved >= 0:
+                line += f" · saved {money(saved, bare=True)}"
+            else:  # the write for follow-ups cost more than the read saved
+                line += f" · {money(-saved, bare=True)} more than uncached"
         if usage.cache_creation_tokens:
             line += f" · {usage.cache_creation_tokens:,} more cached for follow-ups"
         return line

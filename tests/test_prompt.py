@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.formatting import build_messages, footer_line, markdown_to_mrkdwn
-from bot.pricing import Usage, cost, price_for, savings
+from bot.pricing import Usage, cost, money, price_for, savings
 from bot.prompt import PriorCache, build_request
 from bot.transcript import Turn
 
@@ -114,3 +114,17 @@ def test_split_keeps_code_blocks_closed():
     for s in sections:
         assert s.count("```") % 2 == 0 and len(s) <= 3000
     assert msgs[-1].blocks[-1]["type"] == "context"
+
+
+def test_footer_never_shows_a_negative_saving():
+    """A call that read a little and wrote much (a thread that grew, or a 1h write) cost more
+    than no caching: the footer says so plainly instead of "saved $-0.0050"."""
+    grew = Usage(input_tokens=20, cache_read_tokens=1_000, cache_creation_tokens=8_000)
+    p = price_for("claude-sonnet-4-5")
+    assert savings(grew, p) < 0
+    line = footer_line(grew, "claude-sonnet-4-5")
+    assert "1,000 of 9,020 prompt tokens from cache" in line
+    assert "$-" not in line and "saved" not in line
+    extra = money(-savings(grew, p), bare=True)
+    assert f"{extra} more than uncached" in line
+    assert "8,000 more cached for follow-ups" in line
