@@ -1,11 +1,12 @@
 """Load: many mentions arriving at once against the real server, with a slow model.
 
 `python -m bench.load [--shape serve|split|both] [--mentions 500] [--threads 50]
-[--database-url URL]`
+[--database-url URL] [--background-nice N]`
 Shape `serve`: the bot runs as `python -m bot serve` in its own process (waitress, 16 HTTP
 threads, the workers beside them). Shape `split`: `python -m bot web` takes the requests and
 `python -m bot worker` runs the jobs, two processes (PostgreSQL only). The Slack and model
-fakes run in this process. 32 clients send at once.
+fakes run in this process; 32 senders, in a process of their own, send at once (a closed loop:
+each sends its next mention when the last is acked).
 Prints, per shape, ack latency p50/p99/max, answers posted, duplicates, lost requests and
 throughput. The model fake takes 1-3 s per call (seeded), the Slack fake answers at once.
 On PostgreSQL each shape runs in a schema of its own, created and dropped here.
@@ -186,8 +187,9 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--background-nice", type=int, default=0,
-                        help="split: run the worker at this lower CPU priority, standing in for "
-                        "a host of its own on a machine the processes share")
+                        help="run the fakes (and, in split, the worker) at this lower CPU "
+                        "priority than the process that acks and the senders, standing in for "
+                        "hosts of their own on a machine the processes share")
     args = parser.parse_args()
     postgres = bool(args.database_url) and not args.database_url.startswith("sqlite")
     shapes = ["serve", "split"] if args.shape == "both" else [args.shape]
