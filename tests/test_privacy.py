@@ -271,3 +271,36 @@ def test_a_finished_job_keeps_no_request_text(bot, slack, model, engine):
         rows = conn.execute(select(Job.status, Job.payload)).all()
     assert rows and all(status == "done" for status, _ in rows)
     assert all("JOBTEXTMARK" not in payload for _, payload in rows)
+
+
+def test_a_failed_database_write_logs_no_message_text(bot, slack, engine, caplog):
+    """SQLAlchemy puts a failed statement's parameters into the exception's text, and a job's
+    parameters are the mention's text: with the database refusing writes, no log line (with its
+    traceback) may carry it."""
+    from sqlalchemy import text as sql
+
+    caplog.set_level(logging.DEBUG)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sql(
+                "CREATE FUNCTION refuse_jobs() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'could not extend file: No space left on device'; END $$ "
+                "LANGUAGE plpgsql"
+            ))
+            conn.execute(sql(
+                "CREATE TRIGGER refuse_jobs BEFORE INSERT ON job "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_jobs()"
+            ))
+        else:
+            conn.execute(sql("CREATE TABLE gone (x INTEGER)"))
+            conn.execute(sql(
+                "CREATE TRIGGER refuse_jobs BEFORE INSERT ON job BEGIN "
+                "INSERT INTO gone VALUES (1); END"
+            ))
+            conn.execute(sql("DROP TABLE gone"))  # every job insert now fails (no such table)
+    parent = slack.add_thread("C1", 2)
+    _, resp = bot.mention("C1", "is the DBWRITEMARK acquisition still secret?", thread_ts=parent)
+    assert resp.status_code != 200 or bot.posts_in("C1", parent) == []  # nothing was queued
+    lines = [caplog.handler.format(r) for r in caplog.records]
+    assert any("job" in line.lower() or "database" in line.lower() for line in lines)
+    assert not [line for line in lines if "DBWRITEMARK" in line or "acquisition" in line]

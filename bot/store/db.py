@@ -39,6 +39,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None},
             pool_size=pool_size,
             max_overflow=10,
+            hide_parameters=True,  # a failed statement's parameters are message text
         )
         # One writer at a time, queued on a Python lock instead of SQLite's sleeping busy
         # handler (which adds up to 100 ms per retry under contention). Transactions are short:
@@ -73,7 +74,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+    return create_engine(
+        parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=10, hide_parameters=True
+    )
 
 
 def scrub_deleted(sessions: sessionmaker[Session]) -> None:
