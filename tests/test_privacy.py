@@ -304,3 +304,23 @@ def test_a_failed_database_write_logs_no_message_text(bot, slack, engine, caplog
     lines = [caplog.handler.format(r) for r in caplog.records]
     assert any("job" in line.lower() or "database" in line.lower() for line in lines)
     assert not [line for line in lines if "DBWRITEMARK" in line or "acquisition" in line]
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="PostgreSQL's files are not ours to read; see SECURITY.md")
+def test_a_deleted_message_is_not_left_in_the_sqlite_file(bot, slack, database_url):
+    """SECURITY.md: a deletion event removes the text — from the file too, not an hour later."""
+    db = Path(str(make_url(database_url).database))
+    parent = slack.add_thread("C1", 3, text_fn=lambda i: f"line {i}: DELMARK-{i} stays private")
+    bot.mention("C1", "summarize", thread_ts=parent)
+    bot.wait()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    replies = [m for m in slack._channels["C1"].messages.values() if "DELMARK-1" in m["text"]]
+    assert replies and b"DELMARK-1" in _raw(db)
+    event = {"type": "message", "subtype": "message_deleted", "channel": "C1",
+             "channel_type": "channel", "deleted_ts": replies[0]["ts"], "hidden": True,
+             "previous_message": {"ts": replies[0]["ts"]}}
+    slack.delete_message("C1", replies[0]["ts"])
+    assert bot.event(event).status_code == 200
+    assert b"DELMARK-1" not in _raw(db) + _raw(Path(f"{db}-wal"))
+    assert b"DELMARK-2" in _raw(db) + _raw(Path(f"{db}-wal"))  # the rest is still kept

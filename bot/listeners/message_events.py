@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.listeners.messages import MessageEvent, MessageRouter
 from bot.store import data
+from bot.store.db import scrub_deleted
 from bot.threads import slim
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def register(
                     s, m.team_id, m.channel, message.get("ts", ""), slim(message), now()
                 )
         if changed:
+            scrub_deleted(sessions)  # the old text is not left in the SQLite file's free pages
             log.info(
                 "stored message %s/%s %s",
                 m.channel,
@@ -46,8 +48,10 @@ def register(
 
     def on_deleted(m: MessageEvent) -> None:
         with sessions.begin() as s:
-            if data.delete_message(s, m.team_id, m.channel, m.event.get("deleted_ts", "")):
-                log.info("stored message %s/%s deleted", m.channel, m.event.get("deleted_ts"))
+            deleted = data.delete_message(s, m.team_id, m.channel, m.event.get("deleted_ts", ""))
+        if deleted:
+            scrub_deleted(sessions)
+            log.info("stored message %s/%s deleted", m.channel, m.event.get("deleted_ts"))
 
     router.on("message_changed", on_changed)
     router.on("message_deleted", on_deleted)
