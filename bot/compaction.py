@@ -76,8 +76,11 @@ class Compactor:
         model: str,
         budget: int,
         record: Callable[[Completion], None],
+        progress: Callable[[], None] | None = None,
     ) -> None:
+        """`progress` is called before each model call (e.g. to keep a status line alive)."""
         self._llm = llm
+        self._progress = progress
         self._sessions = sessions
         self._model = model
         self._budget = budget
@@ -150,6 +153,8 @@ class Compactor:
                 "(the summary so far, if any, plus these messages).",
             }
         )
+        if self._progress is not None:
+            self._progress()
         done = self._llm.create(
             {
                 "model": self._model,

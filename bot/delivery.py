@@ -252,8 +252,9 @@ class ThreadReply:
 
     # -- the answer -----------------------------------------------------------------------
 
-    def append(self, piece: str) -> None:
-        """More of the answer arrived."""
+    def append(self, piece: str) -> bool:
+        """More of the answer arrived; True once the requester has stopped the answer (the
+        writer should stop: nothing more will be shown)."""
         self._text += piece
         if self._mode == "stream":
             self._stream_some(final=False)
@@ -262,6 +263,7 @@ class ThreadReply:
                 self._placeholder("…")
             elif self._clock() - self._last_update >= UPDATE_INTERVAL:
                 self._update_placeholder()
+        return self._mode == "stopped"
 
     def finish(
         self, footer: str | None, *, note: str | None = None, text: str | None = None

@@ -109,14 +109,17 @@ class Ledger:
         with self._sessions.begin() as s:
             data.add_usage(s, row)
 
-    def failed(self, req: Caller, outcome: str, started: float, model: str | None = None) -> None:
-        """Record a call that failed (`outcome`: the error's kind), timed from `started`."""
+    def failed(self, req: Caller, outcome: str, started: float, model: str | None = None) -> int:
+        """Record a call that failed (`outcome`: the error's kind), timed from `started`;
+        returns the row's id."""
         self._metrics.model_calls.labels(outcome).inc()
         now = self._now()
         latency_ms = int((time.monotonic() - started) * 1000)
         row = usage_row(req, model or self._default_model, Usage(), latency_ms, outcome, now)
         with self._sessions.begin() as s:
             data.add_usage(s, row)
+            s.flush()
+            return row.id
 
     def set_outcome(self, usage_id: int, outcome: str) -> None:
         """The answer of row `usage_id` could not be posted (`outcome`: post_<error>)."""

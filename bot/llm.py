@@ -22,6 +22,9 @@ from bot.pricing import Usage
 
 log = logging.getLogger(__name__)
 
+# Takes each piece of a streamed answer; returns True to stop reading (the stream is closed).
+OnText = Callable[[str], bool | None]
+
 ANTHROPIC_VERSION = "2023-06-01"
 _MAX_RETRY_AFTER = 60.0
 
@@ -58,15 +61,16 @@ class _Stream:
     """What a streamed answer has said so far."""
 
     model: str
-    on_text: Callable[[str], None]
+    on_text: OnText
     parts: list[str] = field(default_factory=list)
     usage: dict[str, Any] = field(default_factory=dict)
     stop_reason: str | None = None
     explanation: str | None = None
+    stopped: bool = False  # `on_text` asked to stop reading (the requester pressed stop)
 
     def take(self, kind: str, data: dict[str, Any]) -> bool:
-        """Take one event of type `kind`; True once the message is complete. Raises LLMError
-        (with the text so far) on an error event."""
+        """Take one event of type `kind`; True once the message is complete or `on_text` asked
+        to stop reading. Raises LLMError (with the text so far) on an error event."""
         if kind == "message_start":
             message = data.get("message") or {}
             self.model = str(message.get("model") or self.model)
@@ -75,7 +79,9 @@ class _Stream:
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 self.parts.append(delta["text"])
-                self.on_text(delta["text"])
+                if self.on_text(delta["text"]):
+                    self.stopped = True
+                    return True
         elif kind == "message_delta":
             delta = data.get("delta") or {}
             self.stop_reason = delta.get("stop_reason") or self.stop_reason
@@ -104,6 +110,7 @@ class LLMError(Exception):
         self.detail = detail
         self.status = status
         self.partial = ""  # text already streamed when a stream broke
+        self.usage_id: int | None = None  # the ledger row that recorded the failure, if any
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class Completion:
     stop_reason: str | None
     request_id: str | None = None
     stop_explanation: str | None = None  # stop_details.explanation (a refusal's reason), if any
+    stopped: bool = False  # the reader stopped before the end (stop_reason None, usage so far)
 
 
 def parse_usage(raw: dict[str, Any] | None) -> Usage:
@@ -217,13 +225,15 @@ class MessagesClient:
         self._client.close()
 
     def create(
-        self, body: dict[str, Any], on_text: Callable[[str], None] | None = None
+        self, body: dict[str, Any], on_text: OnText | None = None
     ) -> Completion:
         """Send one request; retry what is worth retrying; raise LLMError.
 
         With `on_text`, the answer is streamed (server-sent events) and each piece of text is
         handed over as it arrives; a stream that breaks after text arrived is not retried (the
-        error carries the text received in `partial`).
+        error carries the text received in `partial`). When `on_text` returns True the stream is
+        closed there: the model stops generating, and the Completion is `stopped`, with the
+        usage known so far.
         """
         attempt = 0
         while True:
@@ -279,9 +289,10 @@ class MessagesClient:
 
     @staticmethod
     def _consume(
-        resp: httpx.Response, body: dict[str, Any], on_text: Callable[[str], None]
+        resp: httpx.Response, body: dict[str, Any], on_text: OnText
     ) -> Completion:
-        """Read an SSE stream: text deltas go to `on_text`; usage from start and delta events."""
+        """Read an SSE stream: text deltas go to `on_text`; usage from start and delta events.
+        Stops at message_stop, or when `on_text` asks (the caller's `with` then closes it)."""
         stream = _Stream(str(body.get("model")), on_text)
         event_name = ""
         try:
@@ -301,13 +312,18 @@ class MessagesClient:
             error = LLMError("connection", f"stream broke: {type(exc).__name__}", status=200)
             error.partial = "".join(stream.parts)
             raise error from None
+        text = "".join(stream.parts)
+        if stream.stopped:  # output so far: as last reported, or estimated from the text
+            reported = parse_usage(stream.usage).output_tokens
+            stream.usage["output_tokens"] = max(reported, -(-len(text) // 4))
         return Completion(
-            text="".join(stream.parts),
+            text=text,
             usage=parse_usage(stream.usage),
             model=stream.model,
-            stop_reason=stream.stop_reason,
+            stop_reason=None if stream.stopped else stream.stop_reason,
             request_id=resp.headers.get("request-id"),
             stop_explanation=stream.explanation,
+            stopped=stream.stopped,
         )
 
     @staticmethod

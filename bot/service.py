@@ -19,7 +19,7 @@ from bot.delivery import Refusals, ThreadReply, tell
 from bot.formatting import footer_line
 from bot.installations import SlackClients
 from bot.ledger import Ledger
-from bot.llm import Completion, LLMError, MessagesClient
+from bot.llm import Completion, LLMError, MessagesClient, OnText
 from bot.metrics import Metrics
 from bot.pricing import cache_floor, price_for
 from bot.prompt import Built, build_request
@@ -205,8 +205,7 @@ class AnswerService:
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
         request = clean_request(req.text, names, req.bot_user_id)
-        if streaming:
-            reply.status(*writing_status(len(before)))
+        reply.status(*writing_status(len(before)))
         try:
             done = self.complete(
                 req,
@@ -216,13 +215,15 @@ class AnswerService:
                 started=started,
                 on_text=reply.append if streaming else None,
                 eff=eff,
+                on_progress=reply.keep_status,
             )
         except BudgetExceeded as exc:
             self._fail(req, reply, refused_text(exc))
             return
         except LLMError as exc:
             if exc.partial:
-                reply.finish(None, note=cut_off_note(exc.kind))
+                outcome = reply.finish(None, note=cut_off_note(exc.kind))
+                self._ended(req, outcome, exc.usage_id)
             else:
                 self._fail(req, reply, llm_error_text(exc))
             return
@@ -250,12 +251,10 @@ class AnswerService:
     ) -> list[dict[str, Any]] | None:
         """The thread's messages, with a status line while they are read; None (after telling
         the requester) when Slack refused the read."""
-        streaming = self._settings.stream_answers
-        if streaming:
-            with self._sessions() as s:
-                known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
-                seen = known.messages_seen if known is not None else 0
-            reply.status(*reading_status(seen))
+        with self._sessions() as s:
+            known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
+            seen = known.messages_seen if known is not None else 0
+        reply.status(*reading_status(seen))
         try:
             return self.reader.read(
                 req.team_id,
@@ -263,7 +262,7 @@ class AnswerService:
                 req.thread_ts,
                 self.now(),
                 req.enterprise_id,
-                on_page=(lambda _n: reply.keep_status()) if streaming else None,
+                on_page=lambda _n: reply.keep_status(),
             )
         except ThreadReadError as exc:
             log.warning(
@@ -287,11 +286,21 @@ class AnswerService:
         outcome = reply.finish(
             done.footer, text=done.completion.text, note=stop_note(done.completion)
         )
-        if outcome == "stopped_by_user":
-            self.ledger.stopped_by_user(done.usage_id)
-        elif outcome != "ok":
+        self._ended(req, outcome, done.usage_id)
+
+    def _ended(self, req: ThreadRequest, outcome: str, usage_id: int | None) -> None:
+        """Note in ledger row `usage_id` how the reply's delivery ended (`reply.finish`'s
+        outcome); tell the requester when the answer could not be posted."""
+        if outcome == "ok":
+            return
+        if outcome != "stopped_by_user":
             self.tell(req, unposted_text(outcome))
-            self.ledger.set_outcome(done.usage_id, outcome)
+        if usage_id is None:
+            return
+        if outcome == "stopped_by_user":
+            self.ledger.stopped_by_user(usage_id)
+        else:
+            self.ledger.set_outcome(usage_id, outcome)
 
     def complete(
         self,
@@ -302,17 +311,20 @@ class AnswerService:
         seen: list[dict[str, Any]] | None = None,
         started: float | None = None,
         recap: bool = False,
-        on_text: Callable[[str], None] | None = None,
+        on_text: OnText | None = None,
         eff: Effective | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> Done:
         """Render `messages`, call the model with the thread's cache state, record state and usage:
         plan (`_plan`), call (`_call`), record (`_record`).
 
+        `on_progress` is called between the model calls of a compaction (a status line's refresh).
         Raises LLMError or BudgetExceeded after recording the failure; the caller tells the user.
         """
         started = time.monotonic() if started is None else started
         eff = eff or self.workspaces.effective(req.team_id)  # the caller's read, if it made one
-        plan = self._plan(req, self._turns(req, messages, recap), request, eff, started)
+        turns = self._turns(req, messages, recap)
+        plan = self._plan(req, turns, request, eff, started, on_progress)
         completion = self._call(plan, on_text)
         return self._record(plan, completion, messages if seen is None else seen)
 
@@ -329,7 +341,13 @@ class AnswerService:
         )
 
     def _plan(
-        self, req: ThreadRequest, turns: list[Turn], request: str, eff: Effective, started: float
+        self,
+        req: ThreadRequest,
+        turns: list[Turn],
+        request: str,
+        eff: Effective,
+        started: float,
+        on_progress: Callable[[], None] | None = None,
     ) -> Plan:
         """The plan step: the thread's stored state and the TTL decision, compaction, the request
         with its cache breakpoints, the budget hold."""
@@ -343,7 +361,7 @@ class AnswerService:
             cache = self._ttl.plan(s, req.team_id, state, now)
         scale = self._scale.get(model, 1.0)
         try:
-            compacted = self._compactor(req, model).compacted(
+            compacted = self._compactor(req, model, on_progress).compacted(
                 req.team_id, req.channel_id, req.thread_ts, turns, scale, now
             )
         except LLMError as exc:
@@ -385,14 +403,14 @@ class AnswerService:
             self.ledger.failed(req, "budget", started, model)
             raise
 
-    def _call(self, plan: Plan, on_text: Callable[[str], None] | None) -> Completion:
+    def _call(self, plan: Plan, on_text: OnText | None) -> Completion:
         """The call step: the model call; the budget hold ends with it, however it ends."""
         req = plan.req
         try:
             return self._llm.create(plan.built.body, on_text=on_text)
         except LLMError as exc:
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
-            self.ledger.failed(req, exc.kind, plan.started, plan.model)
+            exc.usage_id = self.ledger.failed(req, exc.kind, plan.started, plan.model)
             raise
         finally:
             if plan.hold is not None and self.budgets is not None:
@@ -477,13 +495,16 @@ class AnswerService:
         old = self._scale.get(model)
         self._scale[model] = ratio if old is None else 0.8 * old + 0.2 * ratio
 
-    def _compactor(self, req: ThreadRequest, model: str) -> Compactor:
+    def _compactor(
+        self, req: ThreadRequest, model: str, progress: Callable[[], None] | None = None
+    ) -> Compactor:
         return Compactor(
             self._llm,
             self._sessions,
             model=model,
             budget=self._settings.context_budget_tokens,
             record=lambda done: self.ledger.compacted(req, done),
+            progress=progress,
         )
 
     def tell(self, req: ThreadRequest, text: str, *, private: bool = False) -> None:

@@ -141,9 +141,10 @@ def test_failed_status_does_not_turn_streaming_off(bot, slack, model):
     assert len(slack.statuses) >= 1  # a passing failure: the next status went through
 
 
-def test_status_is_kept_alive_through_a_long_read(make_bot, slack, model):
+@pytest.mark.parametrize("stream", [True, False])
+def test_status_is_kept_alive_through_a_long_read(make_bot, slack, model, stream):
     slack.seconds_per_call = 30  # every Slack call takes half a minute: an 8-page read is 4 min
-    bot = make_bot(clock=lambda: slack.now)
+    bot = make_bot(clock=lambda: slack.now, stream_answers=stream)  # the same whether streamed
     parent = slack.add_thread("C1", 1500)
     bot.mention("C1", "summarize", thread_ts=parent)
     assert len(slack.calls_to("conversations.replies")) >= 8
@@ -152,6 +153,27 @@ def test_status_is_kept_alive_through_a_long_read(make_bot, slack, model):
         loading = status.get("loading_messages") or []
         assert 1 <= len(loading) <= 10 and all(len(m) <= 50 for m in loading), status
     assert slack.statuses[0]["loading_messages"][0] == "Reading the thread…"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_status_is_kept_alive_between_the_calls_of_a_long_compaction(
+    make_bot, slack, model, engine, stream
+):
+    bot = make_bot(clock=lambda: slack.now, stream_answers=stream, context_budget_tokens=8000)
+    parent = slack.add_thread("C1", 1200, text_fn=words)
+
+    def a_minute_each(body: dict) -> str:
+        slack.now += 60  # every model call takes a minute
+        return "The summary so far: Dana wants legal review of the vendor contract."
+
+    model.reply = a_minute_each
+    bot.mention("C1", "summarize", thread_ts=parent)
+    kinds = [r.kind for r in ledger(engine)]
+    assert kinds.count("compact") >= 3 and kinds[-1] == "mention"  # several calls in a row
+    assert slack.status_lapses == []  # the status line stayed up between them
+    shown = [st["status"] for st in slack.statuses if st["status"]]
+    assert len(shown) >= 3  # reading, writing, and again while the summary was being made
+    assert "Dana wants legal review" in bot.posts_in("C1", parent)[-1]["text"]
 
 
 def test_permanently_refused_status_is_not_asked_again(bot, slack, model):
@@ -228,7 +250,24 @@ def test_pressing_stop_ends_the_answer_and_is_recorded(bot, slack, model, engine
     assert slack.calls_to("chat.stopStream") == [] and slack.calls_to("chat.postMessage") == []
     assert bot.posts_in("C1", parent) == []
     (row,) = ledger(engine)
-    assert row.stopped_by_user and row.outcome == "ok" and row.stop_reason == "end_turn"
+    assert row.stopped_by_user and row.outcome == "ok"
+    # The bot stopped reading the model's stream there (closing it stops the generation): it
+    # never saw the model's own end, and records the output so far, not the whole answer's.
+    assert row.stop_reason is None
+    assert 0 < row.output_tokens < model.usages[-1]["output_tokens"]
+    assert row.input_tokens == model.usages[-1]["input_tokens"]
+
+
+def test_stop_pressed_as_a_broken_stream_ends_is_recorded(bot, slack, model, engine):
+    slack.stop_after_appends = 1  # the requester presses stop as the last of the text goes out
+    model.delta_chars = 100
+    parent = slack.add_thread("C1", 5, text_fn=words)
+    model.reply = "First part of the answer is fine. " * 20 + "Second part never arrives."
+    model.enqueue_stream_error("overloaded_error", after_chars=300)
+    bot.mention("C1", "summarize", thread_ts=parent)
+    assert slack.calls_to("chat.postMessage") == []  # nothing more after the stop
+    (row,) = ledger(engine)
+    assert row.outcome == "overloaded" and row.stopped_by_user
 
 
 def test_stream_refusal_is_remembered_for_that_kind_of_conversation(bot, slack, model):
