@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.config import Settings, SettingsError, load_settings
-from bot.server import ROLES, prepare, run
+from bot.server import ROLES, open_app, prepare, run
 
 log = logging.getLogger("bot")
 
@@ -74,42 +74,55 @@ def _housekeeping(settings: Settings) -> None:
 
 
 def _digest(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the digest, or post it once per period to every workspace (or --team): one line
+    per workspace; exit 1 when any was not posted. Slack is checked before the database."""
     from datetime import UTC, datetime
 
-    from bot.app import create_app
     from bot.digest import period_label, render_text
+    from bot.store.db import migrate
+    from bot.usage import DigestNotPosted
 
     try:
-        now = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+        at = datetime.fromisoformat(args.at) if args.at else None
     except ValueError:
         print(
             f"digest: --at wants an ISO 8601 time like 2025-03-15T09:00Z, not {args.at!r}",
             file=sys.stderr,
         )
         return 2
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    _migrate(settings)
-    app = create_app(settings)
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    post = args.post and not args.dry_run
+    channel = args.channel or settings.digest_channel
+    if post and not channel:
+        print("digest: --post needs --channel or DIGEST_CHANNEL", file=sys.stderr)
+        return 2
+    app = open_app(settings)  # SettingsError when Slack refuses the token or is unreachable
     try:
+        now = app.usage.now()
+        if at is not None and at > now:
+            print(f"digest: --at {args.at} is after now: that period is not over", file=sys.stderr)
+            return 2
         try:
-            period = app.usage.posting_period(args.period, now)
+            period = app.usage.posting_period(args.period, at or now)
         except ValueError as exc:
             print(f"digest: {exc}", file=sys.stderr)
             return 2
-        teams = [args.team] if args.team else app.team_ids()
-        channel = args.channel or settings.digest_channel
-        if args.post and not args.dry_run and not channel:
-            print("digest: --post needs --channel or DIGEST_CHANNEL", file=sys.stderr)
-            return 2
-        for team_id in teams:
-            if args.post and not args.dry_run:
-                assert channel is not None
-                result = app.usage.post_digest(team_id, channel, period)
-                print(f"{team_id}: {result} ({period_label(period)}, {period.zone})")
-            else:
+        migrate(app.engine)
+        label = f"{period_label(period)}, {period.zone}"
+        failed = 0
+        for team_id in [args.team] if args.team else app.team_ids():
+            if not post:
                 print(render_text(app.usage.build(team_id, period, viewer=None)))
-        return 0
+                continue
+            assert channel is not None
+            try:
+                result = app.usage.post_digest(team_id, channel, period)
+            except DigestNotPosted as exc:
+                failed += 1
+                result = f"not posted: {exc}"
+            print(f"{team_id}: {result} ({label})")
+        return 1 if failed else 0
     finally:
         app.close()
 

@@ -43,10 +43,6 @@ class Prepared:
 def prepare(settings: Settings, role: str) -> Prepared:
     """Check settings, Slack and the database rule for `role`; SettingsError says what is wrong.
     Touches no database (an SQLite file is not created)."""
-    from slack_bolt.error import BoltError
-    from slack_sdk.errors import SlackClientError
-
-    from bot.app import create_app
     from bot.installations import check_token_encryption
 
     if role not in ROLES:
@@ -60,20 +56,31 @@ def prepare(settings: Settings, role: str) -> Prepared:
             f"`python -m bot {role}` needs PostgreSQL: DATABASE_URL is an SQLite file, which "
             "only one process may use (run `python -m bot serve`)"
         )
-    try:
-        app = create_app(settings)  # checks the bot token with auth.test
-    except (BoltError, SlackClientError, OSError) as exc:  # OSError: Slack unreachable
-        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise SettingsError(
-            f"Slack rejected SLACK_BOT_TOKEN or could not be reached at SLACK_API_URL "
-            f"({settings.slack_api_url}): {cause}"
-        ) from None
+    app = open_app(settings)
     try:
         lock = _hold_sqlite_file(settings.database_url) if sqlite else None
     except SettingsError:
         app.close()
         raise
     return Prepared(role, app, lock, warnings)
+
+
+def open_app(settings: Settings) -> BotApp:
+    """The app, once Slack has accepted the bot token; SettingsError when Slack refuses it or
+    cannot be reached. Touches no database."""
+    from slack_bolt.error import BoltError
+    from slack_sdk.errors import SlackClientError
+
+    from bot.app import create_app
+
+    try:
+        return create_app(settings)  # checks the bot token with auth.test
+    except (BoltError, SlackClientError, OSError) as exc:  # OSError: Slack unreachable
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SettingsError(
+            f"Slack rejected SLACK_BOT_TOKEN or could not be reached at SLACK_API_URL "
+            f"({settings.slack_api_url}): {cause}"
+        ) from None
 
 
 def _hold_sqlite_file(url: str) -> IO[str] | None:

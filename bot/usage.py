@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +38,11 @@ from bot.workspace import is_admin
 log = logging.getLogger(__name__)
 
 CHANNEL_INFO_TTL = 3600.0
+
+
+class DigestNotPosted(Exception):
+    """Slack refused or could not take the digest (the message says why, e.g.
+    `channel_not_found`); the period stays open for a later run."""
 
 
 class UsageService:
@@ -189,8 +194,14 @@ class UsageService:
     def post_digest(
         self, team_id: str, channel_id: str, period: Period, *, dry_run: bool = False
     ) -> str:
-        """Post the digest once per workspace, period and channel; says what happened."""
-        digest = self.build(team_id, period, viewer=None)
+        """Post the digest once per workspace, period and channel; says what happened. Raises
+        DigestNotPosted when the period is not over yet or Slack does not take the post."""
+        if period.end > self.now():
+            raise DigestNotPosted(f"the period ends {period.end:%Y-%m-%d %H:%M} UTC, after now")
+        try:
+            digest = self.build(team_id, period, viewer=None)
+        except (SlackClientError, OSError) as exc:  # OSError: Slack unreachable
+            raise DigestNotPosted(_slack_cause(exc)) from None
         if dry_run:
             return render_text(digest)
         try:
@@ -213,7 +224,7 @@ class UsageService:
                 blocks=render_blocks(digest),
                 unfurl_links=False,
             )
-        except SlackApiError as exc:
+        except (SlackClientError, OSError) as exc:  # OSError: Slack unreachable
             with self._sessions.begin() as s:  # let a later run try again
                 s.query(DigestPost).filter_by(
                     team_id=team_id,
@@ -221,7 +232,7 @@ class UsageService:
                     period_start=period.start,
                     period_end=period.end,
                 ).delete()
-            raise RuntimeError(f"Slack refused the post: {exc.response.get('error')}") from None
+            raise DigestNotPosted(_slack_cause(exc)) from None
         with self._sessions.begin() as s:
             row = s.scalar(
                 select(DigestPost).filter_by(
@@ -247,12 +258,21 @@ class UsageService:
         """The complete period a posted digest covers: `text` (`7d`, `24h`, ...) ending at the
         last midnight (or whole hour) of the digest's clock; without `text`, the DIGEST_SCHEDULE
         week that ended last (else `7d`). The same at every moment inside the next period, so
-        the once-per-period row matches. Raises ValueError."""
-        if not text:
-            scheduled = self.scheduled_period(now)
-            if scheduled is not None:
-                return scheduled
-        return parse_period(text or "7d", now=now, zone=self.zone())
+        the once-per-period row matches. Raises ValueError, also when the period ends after the
+        app's clock says it is now (a `now` in the future)."""
+        period = None if text else self.scheduled_period(now)
+        if period is None:
+            period = parse_period(text or "7d", now=now, zone=self.zone())
+        if period.end > self.now():  # `now` was in the future: that period is still going on
+            raise ValueError(f"that period ends {period.end:%Y-%m-%d %H:%M} UTC, after now")
+        return period
+
+
+def _slack_cause(exc: Exception) -> str:
+    """One line saying why a Slack call failed: its `error` code, else the exception's text."""
+    if isinstance(exc, SlackApiError):
+        return str(exc.response.get("error") or "error")
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 class DigestScheduler(threading.Thread):

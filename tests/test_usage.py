@@ -12,10 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from bot.__main__ import main
-from bot.store.models import UsageRecord
+from bot.digest import Period
+from bot.store.models import DigestPost, UsageRecord
 from bot.threads import is_private
-from bot.usage import DigestScheduler
-from tests.harness import SlackUI, bot_env
+from bot.usage import DigestNotPosted, DigestScheduler
+from tests.harness import ENCRYPTION_KEY, SlackUI, bot_env
+from tests.test_workspaces import install
 
 NOW = 1_800_000_000.0
 
@@ -140,28 +142,45 @@ def test_cli_digest_post_twice_in_one_period_posts_once(
     slack, model, engine, database_url, monkeypatch, tmp_path, capsys
 ):
     _cli_env(monkeypatch, tmp_path, slack, model, database_url)
-    ledger(engine, {"created_at": datetime(2027, 1, 14, 23, 59, tzinfo=UTC)},
-           {"created_at": datetime(2027, 1, 8, 0, 0, tzinfo=UTC), "user_id": "U2"},
-           {"created_at": datetime(2027, 1, 15, 0, 0, tzinfo=UTC)})  # the next period
+    ledger(engine, {"created_at": datetime(2026, 1, 14, 23, 59, tzinfo=UTC)},
+           {"created_at": datetime(2026, 1, 8, 0, 0, tzinfo=UTC), "user_id": "U2"},
+           {"created_at": datetime(2026, 1, 15, 0, 0, tzinfo=UTC)})  # the next period
     cron = ["digest", "--post", "--channel", "C1"]
-    assert main([*cron, "--at", "2027-01-15T00:00:01Z"]) == 0
-    assert main([*cron, "--at", "2027-01-15T00:01:01Z"]) == 0  # a minute later
-    assert main([*cron, "--at", "2027-01-15T23:59:59.999999+00:00"]) == 0
+    assert main([*cron, "--at", "2026-01-15T00:00:01Z"]) == 0
+    assert main([*cron, "--at", "2026-01-15T00:01:01Z"]) == 0  # a minute later
+    assert main([*cron, "--at", "2026-01-15T23:59:59.999999+00:00"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "T0001: posted (2027-01-08 – 2027-01-14, UTC)",
-        "T0001: already posted for this period (2027-01-08 – 2027-01-14, UTC)",
-        "T0001: already posted for this period (2027-01-08 – 2027-01-14, UTC)",
+        "T0001: posted (2026-01-08 – 2026-01-14, UTC)",
+        "T0001: already posted for this period (2026-01-08 – 2026-01-14, UTC)",
+        "T0001: already posted for this period (2026-01-08 – 2026-01-14, UTC)",
     ]
     posts = _top_posts(slack)
     assert len(posts) == 1
     header = posts[0]["blocks"][0]
     assert header["type"] == "header"
-    assert header["text"]["text"] == "Usage digest: 2027-01-08 – 2027-01-14 (7 days, UTC)"
+    assert header["text"]["text"] == "Usage digest: 2026-01-08 – 2026-01-14 (7 days, UTC)"
     assert "2 requests" in posts[0]["text"]
-    assert main([*cron, "--at", "2027-01-16T08:00:00Z"]) == 0  # the next day: the next period
-    assert capsys.readouterr().out == "T0001: posted (2027-01-09 – 2027-01-15, UTC)\n"
+    assert main([*cron, "--at", "2026-01-16T08:00:00Z"]) == 0  # the next day: the next period
+    assert capsys.readouterr().out == "T0001: posted (2026-01-09 – 2026-01-15, UTC)\n"
     assert len(_top_posts(slack)) == 2 and "2 requests" in _top_posts(slack)[1]["text"]
+
+
+def test_cli_digest_hour_periods_post_once_per_hour_and_1d_once_per_day(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url)
+    slack.add_channel("CHOURS", "hours")
+    slack.add_channel("CDAYS", "days")
+    for channel, period, moments, posts in (
+        ("CHOURS", "24h", ["09:05", "09:55", "10:05"], 2),  # hour periods: once per hour
+        ("CDAYS", "1d", ["09:05", "10:05", "23:55"], 1),
+    ):
+        for hhmm in moments:
+            at = f"2026-01-15T{hhmm}:00Z"
+            assert main(["digest", "--post", "--channel", channel, "--period", period,
+                         "--at", at]) == 0
+        assert capsys.readouterr().out.count(": posted (") == posts
 
 
 def test_cli_digest_post_at_now_twice_posts_once(
@@ -185,6 +204,83 @@ def test_cli_digest_rejects_a_bad_moment(
     assert main(["digest", "--post", "--channel", "C1", "--period", "7 days"]) == 2
     assert "like 24h, 7d, 30d or 2w" in capsys.readouterr().err
     assert _top_posts(slack) == []
+
+
+def test_cli_digest_refuses_a_moment_after_now_and_claims_nothing(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url)
+    later = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    for extra in ([], ["--period", "24h"]):
+        assert main(["digest", "--post", "--channel", "C1", "--at", later, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is after now: that period is not over" in err, err
+    assert _top_posts(slack) == []
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(DigestPost)).scalar() == 0
+    assert main(["digest", "--post", "--channel", "C1"]) == 0  # the finished week still posts
+    assert len(_top_posts(slack)) == 1
+
+
+def test_a_period_still_going_on_is_never_posted(make_bot, slack, model, engine):
+    moment = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+    usage = make_bot(clock=moment.timestamp, digest_schedule=BERLIN_SCHEDULE).app.usage
+    for text in (None, "7d", "24h"):
+        with pytest.raises(ValueError, match="after now"):
+            usage.posting_period(text, moment + timedelta(days=8))
+    going_on = Period.ending(datetime(2026, 1, 16, tzinfo=UTC), 7, "day")
+    with pytest.raises(DigestNotPosted, match="after now"):
+        usage.post_digest("T0001", "C1", going_on)
+    assert _top_posts(slack) == []
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(DigestPost)).scalar() == 0
+
+
+def test_cli_digest_post_says_in_one_line_per_workspace_what_slack_refused(
+    slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url)
+    assert main(["digest", "--post", "--channel", "CNOPE"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("T0001: not posted: channel_not_found (") and out.count("\n") == 1
+    assert "Traceback" not in err
+    slack.fail_next("chat.postMessage", "not_in_channel")
+    assert main(["digest", "--post", "--channel", "C1"]) == 1
+    assert capsys.readouterr().out.startswith("T0001: not posted: not_in_channel (")
+    assert main(["digest", "--post", "--channel", "C1"]) == 0  # the period was left open
+    assert capsys.readouterr().out.startswith("T0001: posted (")
+    assert len(_top_posts(slack)) == 1
+
+
+@pytest.mark.parametrize("broken", ["token", "unreachable"])
+def test_cli_digest_checks_slack_before_creating_the_database(
+    broken, slack, model, database_url, monkeypatch, tmp_path, capsys
+):
+    db = tmp_path / "new.db"
+    wrong = {"token": {"slack_bot_token": "xoxb-wrong"},
+             "unreachable": {"slack_api_url": "http://127.0.0.1:9/api/"}}[broken]
+    _cli_env(monkeypatch, tmp_path, slack, model, f"sqlite:///{db}", **wrong)
+    assert main(["digest", "--post", "--channel", "C1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("configuration error: Slack rejected SLACK_BOT_TOKEN or could not be "
+                          "reached") and err.count("\n") == 1, err
+    assert not db.exists()
+
+
+def test_cli_digest_posts_to_the_other_workspaces_when_one_fails(
+    oauth_bot, slack, model, engine, database_url, monkeypatch, tmp_path, capsys
+):
+    install(oauth_bot, slack, "T0002", "xoxb-team-two")
+    install(oauth_bot, slack, "T0003", "xoxb-team-three")
+    _cli_env(monkeypatch, tmp_path, slack, model, database_url, slack_bot_token="",
+             slack_client_id=slack.client_id, slack_client_secret=slack.client_secret,
+             encryption_key=ENCRYPTION_KEY)
+    slack.fail_next("chat.postMessage", "channel_not_found")
+    assert main(["digest", "--post", "--channel", "C1"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in out] == [
+        "T0002: not posted: channel_not_found", "T0003: posted"]
+    assert [p["_team"] for p in _top_posts(slack)] == ["T0003"]
 
 
 def test_two_engines_racing_post_once(make_bot, slack, model, engine):
