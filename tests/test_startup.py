@@ -11,6 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+
+from bot.store.db import current_revision, head_revision, make_engine
+from tests import harness
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -74,3 +78,38 @@ def test_a_port_that_cannot_be_listened_on_is_one_line_before_the_database(
     ]
     # the database was not created, let alone migrated (the lock says who held the file)
     assert [p.name for p in folder.iterdir()] == ["bot.db.serve.lock"]
+
+
+@pytest.mark.parametrize(
+    "args", [["migrate"], ["serve"], ["digest"], ["housekeeping"]], ids=lambda a: a[0]
+)
+def test_a_database_from_a_newer_release_is_one_line(args, process_env, engine, tmp_path):
+    head = head_revision(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    proc = _run(args, process_env, tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"database error: the database is at revision 0099, which this code does not know "
+        f"(latest here: {head}): deploy the release that migrated it, or restore the database"
+    ]
+    assert current_revision(engine) == "0099"
+
+
+def test_housekeeping_on_a_database_without_schema_says_to_migrate(
+    slack, model, database_url, tmp_path
+):
+    env = harness.process_env(slack, model, database_url)
+    proc = _run(["housekeeping"], env, tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "database error: the database has no schema yet: run `python -m bot migrate` first"
+    ]
+    engine = make_engine(database_url)
+    try:
+        assert current_revision(engine) is None  # housekeeping did not migrate it
+    finally:
+        engine.dispose()
+    assert _run(["migrate"], env, tmp_path).returncode == 0
+    proc = _run(["housekeeping"], env, tmp_path)
+    assert proc.returncode == 0 and "housekeeping: 0 finished jobs" in proc.stderr, proc.stderr
