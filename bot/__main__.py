@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.config import Settings, SettingsError, load_settings
 from bot.server import ROLES, open_app, prepare, run
+from bot.store.db import SchemaError
 
 log = logging.getLogger("bot")
 
@@ -64,10 +65,11 @@ def _housekeeping(settings: Settings) -> None:
     from datetime import UTC, datetime
 
     from bot.housekeeping import run_housekeeping
-    from bot.store.db import make_engine, make_session_factory
+    from bot.store.db import make_engine, make_session_factory, require_schema
 
     engine = make_engine(settings.database_url)
     try:
+        require_schema(engine)
         run_housekeeping(make_session_factory(engine), settings, datetime.now(UTC))
     finally:
         engine.dispose()
@@ -258,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except SchemaError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return 3
     except SQLAlchemyError as exc:
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"database error: {type(exc).__name__}: {cause}", file=sys.stderr)

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         le=65535,
         description="Serve GET /metrics (and /healthz) on this port of METRICS_BIND instead of "
         "on PORT, which then answers /metrics with 404; also how a `worker` process shows its "
-        "metrics (unset: a worker serves none).",
+        "metrics (unset: a worker serves none). Must differ from PORT (0: any free port).",
     )
     metrics_bind: str = Field(
         "127.0.0.1", description="Address the METRICS_PORT listener binds to (0.0.0.0: all)."
@@ -250,6 +250,17 @@ class Settings(BaseSettings):
         dialect, plus, driver = scheme.partition("+")
         if sep and dialect == "postgres":  # SQLAlchemy 2 knows only the name postgresql
             return f"postgresql{plus}{driver}://{rest}"
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _metrics_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        port = info.data.get("port")
+        socket_mode = info.data.get("slack_app_token") is not None  # PORT is not listened on
+        if value and value == port and not socket_mode:
+            raise ValueError(
+                f"must differ from PORT ({port}), on which Slack's requests are served"
+            )
         return value
 
     @field_validator("log_level")

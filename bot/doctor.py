@@ -197,9 +197,7 @@ def _check_settings(settings: Settings, report: Report) -> None:
 
 
 def _check_database(settings: Settings, report: Report) -> None:
-    from alembic.script import ScriptDirectory
-
-    from bot.store.db import alembic_config, current_revision, head_revision, make_engine
+    from bot.store.db import current_revision, head_revision, known_revision, make_engine
 
     url = settings.database_url
     try:
@@ -236,12 +234,7 @@ def _check_database(settings: Settings, report: Report) -> None:
                 "release phase does)",
             )
             return
-        script = ScriptDirectory.from_config(alembic_config(engine))
-        try:
-            known = script.get_revision(current) is not None
-        except Exception:  # noqa: BLE001 - alembic raises for an unknown revision id
-            known = False
-        if not known:
+        if not known_revision(engine, current):
             report.fail(
                 f"database: {shown} is at revision {current}, which this code does not know "
                 f"(latest here: {head})",

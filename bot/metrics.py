@@ -83,6 +83,12 @@ class _QueueCollector(Collector):
         self._depth = depth
         self._oldest = oldest
 
+    def describe(self):  # noqa: ANN201 - prometheus_client's interface
+        # Registration asks for the names here, instead of calling collect: building the app
+        # must not query (or, SQLite, create) the database before prepare's checks pass.
+        yield GaugeMetricFamily("bot_queue_depth", "Jobs queued or running")
+        yield GaugeMetricFamily("bot_queue_oldest_seconds", "Age of the oldest queued job")
+
     def collect(self):  # noqa: ANN201 - prometheus_client's interface
         try:
             depth, oldest = self._depth(), self._oldest()

@@ -2,7 +2,8 @@
 enqueues, runs no jobs) and `worker` (runs jobs, serves Slack nothing).
 
 `prepare` does every check that can fail for a configuration reason — settings, the Slack token,
-the SQLite one-process rule — before the database is touched; `run` then migrates and serves.
+the SQLite one-process rule, the listening ports — before the database is touched; `run` then
+migrates and serves.
 """
 
 from __future__ import annotations
@@ -31,18 +32,31 @@ ROLES = ("serve", "web", "worker")
 
 @dataclass
 class Prepared:
-    """A process that passed its checks: its role, its app, (SQLite) the file lock it holds, and
-    warnings to log once logging is set up."""
+    """A process that passed its checks: its role, its app, (SQLite) the file lock it holds,
+    warnings to log once logging is set up, and its bound (not yet serving) waitress servers:
+    Slack's HTTP (None for a worker or Socket Mode) and METRICS_PORT's (None without it)."""
 
     role: str
     app: BotApp
     lock: IO[str] | None
     warnings: list[str]
+    http: Any = None
+    metrics: Any = None
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Release what `prepare` holds: the listening sockets, the app (finishing or re-queuing
+        jobs in hand within `timeout` seconds), the SQLite lock."""
+        for server in (self.http, self.metrics):
+            if server is not None:
+                server.close()
+        self.app.close(timeout=timeout)
+        if self.lock is not None:
+            self.lock.close()
 
 
 def prepare(settings: Settings, role: str) -> Prepared:
-    """Check settings, Slack and the database rule for `role`; SettingsError says what is wrong.
-    Touches no database (an SQLite file is not created)."""
+    """Check settings, Slack and the database rule for `role`, and bind its listening sockets;
+    SettingsError says what is wrong. Touches no database (an SQLite file is not created)."""
     from bot.installations import check_token_encryption
 
     if role not in ROLES:
@@ -57,12 +71,37 @@ def prepare(settings: Settings, role: str) -> Prepared:
             "only one process may use (run `python -m bot serve`)"
         )
     app = open_app(settings)
+    prepared = Prepared(role, app, None, warnings)
     try:
-        lock = _hold_sqlite_file(settings.database_url) if sqlite else None
+        prepared.lock = _hold_sqlite_file(settings.database_url) if sqlite else None
+        if role != "worker" and not settings.socket_mode:
+            prepared.http = _bind(
+                app.wsgi(), "PORT", "0.0.0.0", settings.port, settings.http_threads
+            )
+        if settings.metrics_port is not None:
+            prepared.metrics = _bind(
+                app.metrics_wsgi(),
+                "METRICS_BIND and METRICS_PORT",
+                settings.metrics_bind,
+                settings.metrics_port,
+                2,
+            )
     except SettingsError:
-        app.close()
+        prepared.close()
         raise
-    return Prepared(role, app, lock, warnings)
+    return prepared
+
+
+def _bind(wsgi: Any, names: str, host: str, port: int, threads: int) -> Any:  # noqa: ANN401
+    """A waitress server listening on host:port (bound now, serving once run); SettingsError
+    naming the variables `names` when the port is taken or the address is not this host's."""
+    import waitress
+
+    try:
+        return waitress.create_server(wsgi, host=host, port=port, threads=threads, ident="bot")
+    except (OSError, ValueError) as exc:  # ValueError: waitress could not resolve the host
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError(f"{names}: cannot listen on {host}:{port} ({cause})") from None
 
 
 def open_app(settings: Settings) -> BotApp:
@@ -119,30 +158,24 @@ def run(prepared: Prepared, settings: Settings) -> None:
     app, role = prepared.app, prepared.role
     stop: list[Callable[[], None]] = []
     background: list[Callable[[], None]] = []
-    metrics_server = None
     for warning in prepared.warnings:
         log.warning("%s", warning)
     try:
         migrate(app.engine)
+    except BaseException:
+        prepared.close()  # nothing started: main says in one line why
+        raise
+    try:
         if role != "web":
             app.start()
             _start_background(app, settings, background)
-        metrics_server = _start_metrics(app, settings)
-        metrics_note = (
-            f"; GET /metrics on {settings.metrics_bind}:{metrics_server.effective_port}"
-            if metrics_server is not None
-            else ""
-        )
+        metrics_note = _start_metrics(prepared.metrics, settings)
         _on_signals(stop)
-        _serve(app, settings, role, metrics_note, stop)
+        _serve(prepared, settings, metrics_note, stop)
     finally:
         for fn in background:
             fn()
-        if metrics_server is not None:
-            metrics_server.close()
-        app.close(timeout=settings.shutdown_timeout_seconds)
-        if prepared.lock is not None:
-            prepared.lock.close()
+        prepared.close(settings.shutdown_timeout_seconds)
         log.info("stopped")
 
 
@@ -161,21 +194,13 @@ def _start_background(app: BotApp, settings: Settings, stops: list[Callable[[], 
         stops.append(scheduler.stop)
 
 
-def _start_metrics(app: BotApp, settings: Settings) -> Any:  # noqa: ANN401 - a waitress server
-    """With METRICS_PORT, serve /metrics there on a thread of its own; else None."""
-    import waitress
-
-    if settings.metrics_port is None:
-        return None
-    server = waitress.create_server(
-        app.metrics_wsgi(),
-        host=settings.metrics_bind,
-        port=settings.metrics_port,
-        threads=2,
-        ident="bot",
-    )
+def _start_metrics(server: Any, settings: Settings) -> str:  # noqa: ANN401 - a waitress server
+    """Serve METRICS_PORT's bound `server` (if any) on a thread of its own; what the ready line
+    says about it."""
+    if server is None:
+        return ""
     threading.Thread(target=_serve_forever, args=(server,), name="metrics", daemon=True).start()
-    return server
+    return f"; GET /metrics on {settings.metrics_bind}:{server.effective_port}"
 
 
 def _on_signals(stop: list[Callable[[], None]]) -> None:
@@ -191,12 +216,11 @@ def _on_signals(stop: list[Callable[[], None]]) -> None:
 
 
 def _serve(
-    app: BotApp, settings: Settings, role: str, metrics_note: str, stop: list[Callable[[], None]]
+    prepared: Prepared, settings: Settings, metrics_note: str, stop: list[Callable[[], None]]
 ) -> None:
     """Say in one line what this process serves, and serve until a signal: nothing for Slack
-    (worker), Socket Mode, or HTTP."""
-    import waitress
-
+    (worker), Socket Mode, or HTTP (on the server `prepare` bound)."""
+    app, role, server = prepared.app, prepared.role, prepared.http
     does = {
         "serve": f"and running jobs on {settings.worker_threads} worker threads",
         "web": "and queueing jobs for `python -m bot worker` (no worker threads here)",
@@ -213,13 +237,6 @@ def _serve(
         handler.connect()
         _until_signal(stop, "serving Slack over Socket Mode %s%s", does, metrics_note)
     else:
-        server = waitress.create_server(
-            app.wsgi(),
-            host="0.0.0.0",
-            port=settings.port,
-            threads=settings.http_threads,
-            ident="bot",
-        )
         stop.append(server.close)
         routes = "POST /slack/events, GET /healthz" + (", GET /metrics" * (not metrics_note))
         log.info(

@@ -28,6 +28,11 @@ MIGRATIONS_DIR = next(
 _MIGRATION_LOCK_ID = 74_211_903
 
 
+class SchemaError(Exception):
+    """The database's schema is not one this code can use (none yet, or from a newer release);
+    the message is one line saying what to do."""
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine for `url` (SQLAlchemy's spelling, as Settings.database_url gives it); SQLite
     gets WAL and one writer at a time; PostgreSQL a pool sized for every thread that may hold
@@ -112,9 +117,11 @@ def alembic_config(engine: Engine) -> Config:
 
 def migrate(engine: Engine) -> None:
     """Upgrade the database to head; safe when several processes start at once. Logs one line
-    when it changed the schema, nothing when the database was already at head."""
+    when it changed the schema, nothing when the database was already at head. SchemaError when
+    a newer release migrated it (Alembic cannot go on from a revision it does not know)."""
     with _migration_lock(engine):
         before = current_revision(engine)
+        _refuse_unknown(engine, before)
         command.upgrade(alembic_config(engine), "head")
         after = current_revision(engine)
     if after != before:
@@ -127,6 +134,41 @@ def current_revision(engine: Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_schema(engine: Engine) -> None:
+    """SchemaError unless the database is at the latest migration (for commands that use the
+    tables but leave migrating to `migrate` and `serve`)."""
+    current, head = current_revision(engine), head_revision(engine)
+    if current == head:
+        return
+    if current is None:
+        raise SchemaError("the database has no schema yet: run `python -m bot migrate` first")
+    _refuse_unknown(engine, current)
+    raise SchemaError(
+        f"the database is at migration {current}, this code needs {head}: "
+        "run `python -m bot migrate` first"
+    )
+
+
+def known_revision(engine: Engine, revision: str) -> bool:
+    """True when `revision` is one of the migrations in migrations/."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:  # noqa: BLE001 - alembic raises for an unknown revision id
+        return False
+
+
+def _refuse_unknown(engine: Engine, current: str | None) -> None:
+    if current is not None and not known_revision(engine, current):
+        raise SchemaError(
+            f"the database is at revision {current}, which this code does not know (latest "
+            f"here: {head_revision(engine)}): deploy the release that migrated it, or restore "
+            "the database"
+        )
 
 
 def head_revision(engine: Engine) -> str | None:
