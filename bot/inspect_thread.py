@@ -58,10 +58,6 @@ def _preview(text: str, width: int) -> str:
     return f"{flat[:width]}… (+{len(flat) - width:,} chars)"
 
 
-def _money(value: float) -> str:
-    return f"${value:,.4f}"
-
-
 def run_inspect(
     settings: Settings,
     link: str,
