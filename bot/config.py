@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -93,6 +95,27 @@ class Settings(BaseSettings):
         ge=0,
         description="Usage ledger rows older than this are deleted by housekeeping (0: kept for "
         "ever). At least 31: monthly budgets read the month so far.",
+    )
+    keep_transcripts: bool = Field(
+        True,
+        description="Keep the messages of conversations the bot is in as their events arrive, "
+        "so answers read Slack only for what may be missing (workspace admins can turn it off "
+        "in App Home; then every answer reads its thread from Slack).",
+    )
+    backfill_on_join: bool = Field(
+        True,
+        description="When the bot is added to a channel, read its recent messages within the "
+        "read budget, so the first question there does not start from nothing (App Home can "
+        "turn it off per workspace).",
+    )
+    backfill_messages: int = Field(
+        100, ge=0, le=1000, description="How many recent messages a backfill on join reads."
+    )
+    slack_read_tier: Literal["auto", "tier3", "limited"] = Field(
+        "auto",
+        description="Slack's limit on conversations.replies/history for this app: `tier3` "
+        "(internal and Marketplace apps), `limited` (1 request a minute, 15 messages: other "
+        "distributed apps), or `auto` (Tier 3 until Slack's answers show the limit).",
     )
     full_reread_hours: float = Field(
         24.0, gt=0, description="Re-read a whole thread after this long (catches missed edits)."

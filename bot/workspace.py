@@ -50,6 +50,8 @@ class Choice:
     budget_daily_usd: float | None = None
     budget_monthly_usd: float | None = None
     budget_user_daily_usd: float | None = None
+    keep_transcripts: bool | None = None
+    backfill_on_join: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Effective:
     budget_daily_usd: float | None = None
     budget_monthly_usd: float | None = None
     budget_user_daily_usd: float | None = None
+    keep_transcripts: bool = True  # messages kept from events (else every answer reads Slack)
+    backfill_on_join: bool = True
     chosen: Choice = field(default_factory=Choice)
     updated_by: str | None = None
     updated_at: datetime | None = None
@@ -152,6 +156,8 @@ class Workspaces:
                 budget_daily_usd=s.budget_daily_usd,
                 budget_monthly_usd=s.budget_monthly_usd,
                 budget_user_daily_usd=s.budget_user_daily_usd,
+                keep_transcripts=s.keep_transcripts,
+                backfill_on_join=s.backfill_on_join,
             )
         chosen = Choice(
             model=row.model,
@@ -161,6 +167,8 @@ class Workspaces:
             budget_daily_usd=row.budget_daily_usd,
             budget_monthly_usd=row.budget_monthly_usd,
             budget_user_daily_usd=row.budget_user_daily_usd,
+            keep_transcripts=row.keep_transcripts,
+            backfill_on_join=row.backfill_on_join,
         )
         # A model the operator no longer offers falls back to the default.
         model = row.model if row.model in self.models else s.anthropic_model
@@ -172,6 +180,9 @@ class Workspaces:
             budget_daily_usd=_tighter(s.budget_daily_usd, row.budget_daily_usd),
             budget_monthly_usd=_tighter(s.budget_monthly_usd, row.budget_monthly_usd),
             budget_user_daily_usd=_tighter(s.budget_user_daily_usd, row.budget_user_daily_usd),
+            # An admin can turn keeping (and backfill) off, never on against the operator.
+            keep_transcripts=s.keep_transcripts and row.keep_transcripts is not False,
+            backfill_on_join=s.backfill_on_join and row.backfill_on_join is not False,
             chosen=chosen,
             updated_by=row.updated_by,
             updated_at=row.updated_at,

@@ -61,6 +61,9 @@ class ThreadState(Base):
     gaps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     gaps_within_5m: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     gaps_within_1h: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Retention removed this thread's kept messages at this moment: what events delivered
+    # before it is gone, so only later events (or a read) make its transcript whole again.
+    floor_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class UsageRecord(Base):
@@ -172,6 +175,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Not to be claimed before this moment (a job waiting for Slack's read budget); NULL: now.
+    run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(String(300))
 
 
@@ -222,7 +227,68 @@ class WorkspaceSettings(Base):
     budget_daily_usd: Mapped[float | None] = mapped_column(Float)
     budget_monthly_usd: Mapped[float | None] = mapped_column(Float)
     budget_user_daily_usd: Mapped[float | None] = mapped_column(Float)
+    keep_transcripts: Mapped[bool | None] = mapped_column(Boolean)
+    backfill_on_join: Mapped[bool | None] = mapped_column(Boolean)
     updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EventReceiver(Base):
+    """One process serving Slack's events, from its start: it was receiving from `started_at`
+    to `seen_at` (refreshed by a heartbeat and by events), so every message event of that time
+    arrived. A restart is a new row; the time between rows is a gap where events may be lost."""
+
+    __tablename__ = "event_receiver"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    host: Mapped[str] = mapped_column(String(120))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConversationState(Base):
+    """What the bot keeps of one conversation from its message events."""
+
+    __tablename__ = "conversation_state"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str | None] = mapped_column(String(8))  # channel, group, im, mpim
+    # Events of this conversation are kept from this moment on (the bot's join, else the first
+    # event kept); NULL: not kept (keeping off, or the bot left).
+    member_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Retention may have removed kept top-level messages older than this.
+    purged_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    backfilled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class KeptSpan(Base):
+    """A window of a thread (or of a channel's top-level messages: thread_ts "") that was read
+    from Slack whole: every message with a ts in [start_at, end_at] is stored."""
+
+    __tablename__ = "kept_span"
+    __table_args__ = (Index("ix_kept_span_thread", "team_id", "channel_id", "thread_ts"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReadBudget(Base):
+    """Slack's read limit for one workspace and method (conversations.replies / .history),
+    shared by every process: the tier (learnt or set) and the earliest next request."""
+
+    __tablename__ = "read_budget"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    method: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(16))  # tier3 | limited
+    reason: Mapped[str | None] = mapped_column(String(120))  # how the tier was learnt
+    next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
