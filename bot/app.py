@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import listeners
 from bot.budgets import Budgets
 from bot.config import Settings
+from bot.coverage import Receiver
 from bot.installations import (
     ClientsAuthorize,
     EncryptedInstallationStore,
@@ -139,6 +140,7 @@ class BotApp:
     clients: SlackClients
     store: EncryptedInstallationStore | None
     messages: MessageRouter = field(default_factory=MessageRouter)
+    receiver: Receiver | None = None  # this process's record of receiving events (coverage.py)
     _started: bool = False
 
     def team_ids(self) -> list[str]:
@@ -250,8 +252,16 @@ class BotApp:
 
         return application
 
+    def start_receiving(self) -> None:
+        """Record that this process serves Slack's events from now on (serve, web, Socket Mode);
+        kept transcripts count on it (see bot/coverage.py)."""
+        if self.receiver is not None:
+            self.receiver.start()
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking work, finish or re-queue what is in hand, release connections."""
+        if self.receiver is not None:
+            self.receiver.stop()
         if self._started:
             self.pool.stop(timeout)
         self.executor.shutdown(wait=True)
@@ -397,6 +407,7 @@ def create_app(
     usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
     messages = MessageRouter()
+    receiver = Receiver(sessions, clock)
     handlers = listeners.register(
         bolt,
         answers=service,
@@ -406,6 +417,7 @@ def create_app(
         store=store,
         usage=usage,
         messages=messages,
+        receiver=receiver,
     )
     pool = _worker_pool(settings, queue, handlers, metrics)
     return BotApp(
@@ -422,6 +434,7 @@ def create_app(
         clients,
         store,
         messages,
+        receiver,
     )
 
 

@@ -166,6 +166,8 @@ def run(prepared: Prepared, settings: Settings) -> None:
         prepared.close()  # nothing started: main says in one line why
         raise
     try:
+        if role != "worker":
+            app.start_receiving()
         if role != "web":
             app.start()
             _start_background(app, settings, background)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.coverage import Receiver
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import (
@@ -32,6 +33,7 @@ def register(
     store: EncryptedInstallationStore | None = None,
     usage: UsageService | None = None,
     messages: MessageRouter | None = None,
+    receiver: Receiver | None = None,
 ) -> dict[str, Handler]:
     """Attach every listener to `app`; the returned handlers run the stored jobs. `messages`
     routes `message` events (pass one to register more handlers on it)."""
@@ -43,6 +45,7 @@ def register(
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
     message_events.register(messages, sessions, answers.now)
+    del receiver  # kept-transcript storage (issue 16) calls receiver.seen() for every event
     messages.attach(app)
     lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:
