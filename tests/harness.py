@@ -180,6 +180,15 @@ class Bot:
             self.wait()
         return resp
 
+    def deliver(
+        self, event: dict[str, Any], *, team_id: str | None = None, **kw: Any
+    ) -> httpx.Response:
+        """Deliver an inner event built by the fake (post_event, edit_event, …) in a signed
+        envelope, to the workspace `team_id` (default: the one the channel belongs to)."""
+        channel = str(event.get("channel") or "")
+        team = team_id or self.slack.channel_teams.get(channel, self.slack.team_id)
+        return self.event(event, team_id=team, **kw)
+
     def mention(
         self, channel: str, text: str, *, user: str = "U1", thread_ts: str | None = None, **kw: Any
     ) -> tuple[str, httpx.Response]:

@@ -461,3 +461,245 @@ def test_status_loading_messages_limits_and_two_minute_lapse(fake, client):
     fake.advance(121)
     client.chat_postMessage(channel="C1", thread_ts=parent, text="answer")  # too late
     assert len(fake.status_lapses) == 1 and fake.status_lapses[0]["thread_ts"] == parent
+
+
+# ---------------------------------------------------------------- read tiers (issue 16)
+
+
+def test_limited_tier_allows_one_read_per_minute_with_retry_after(fake, client):
+    parent = fake.add_thread("C1", 3)
+    fake.set_read_tier("limited")
+    assert len(client.conversations_replies(channel="C1", ts=parent)["messages"]) == 4
+    fake.advance(20.5)
+    err = error_of(lambda: client.conversations_replies(channel="C1", ts=parent))
+    assert err.response.status_code == 429 and err.response["error"] == "ratelimited"
+    assert err.response.headers["Retry-After"] == "40"  # 39.5 s left, in whole seconds
+    client.conversations_history(channel="C1")  # another method has its own budget
+    fake.advance(39)
+    err = error_of(lambda: client.conversations_replies(channel="C1", ts=parent))
+    assert err.response.headers["Retry-After"] == "1"  # never 0
+    fake.advance(0.5)  # 60 s after the allowed read; the throttled ones did not count
+    assert len(client.conversations_replies(channel="C1", ts=parent)["messages"]) == 4
+    assert [(e["method"], e["throttled"], e["returned"]) for e in fake.read_log] == [
+        ("conversations.replies", False, 4),
+        ("conversations.replies", True, 0),
+        ("conversations.history", False, 1),
+        ("conversations.replies", True, 0),
+        ("conversations.replies", False, 4),
+    ]
+    assert [e["at"] - fake.read_log[0]["at"] for e in fake.read_log] == [0, 20.5, 20.5, 59.5, 60]
+    assert {e["team"] for e in fake.read_log} == {"T0001"}
+    assert len(fake.reads) == 3  # the existing log still lists only answered reads
+
+
+def test_limited_tier_caps_limit_at_15_and_pages_by_cursor(fake, client):
+    parent = fake.add_thread("C1", 40)
+    for i in range(20):
+        fake.add_message("C1", f"top {i}")
+    fake.set_read_tier("limited")
+    pages: list[int] = []
+    messages: list[dict] = []
+    cursor = None
+    while True:
+        resp = client.conversations_replies(channel="C1", ts=parent, limit=200, cursor=cursor)
+        pages.append(len(resp["messages"]))
+        messages.extend(resp["messages"])
+        cursor = resp["response_metadata"]["next_cursor"]
+        if not cursor:
+            break
+        fake.advance(60)
+    assert pages == [15, 15, 11]  # capped silently, not refused
+    assert len({m["ts"] for m in messages}) == 41 and messages[0]["ts"] == parent
+    page = client.conversations_history(channel="C1")  # the default is 15 as well
+    assert len(page["messages"]) == 15 and page["has_more"] is True
+    fake.advance(60)
+    assert len(client.conversations_history(channel="C1", limit=5)["messages"]) == 5
+    fake.set_read_tier("tier3")
+    assert len(client.conversations_history(channel="C1", limit=200)["messages"]) == 21
+
+
+def test_read_budgets_are_per_workspace(fake, client):
+    fake.add_workspace("T0002", "xoxb-two")
+    fake.add_channel("C2", "other-general")
+    fake.channel_teams["C2"] = "T0002"
+    other = WebClient(token="xoxb-two", base_url=fake.url, timeout=5)
+    fake.add_message("C1", "one")
+    fake.add_message("C2", "two")
+    fake.set_read_tier("limited")
+    client.conversations_history(channel="C1")
+    other.conversations_history(channel="C2")  # T0002's first read: allowed
+    assert error_of(lambda: client.conversations_history(channel="C1")).response.status_code \
+        == 429
+    assert error_of(lambda: other.conversations_history(channel="C2")).response.status_code \
+        == 429
+    fake.set_read_tier("unlimited", team_id="T0002")  # e.g. a Marketplace install elsewhere
+    for _ in range(5):
+        other.conversations_history(channel="C2")
+    assert fake.read_tier("T0002") == "unlimited" and fake.read_tier("T0001") == "limited"
+    assert fake.max_reads_per_window("T0001") == 1
+    assert fake.max_reads_per_window("T0002", "conversations.history") == 6
+    assert [e["team"] for e in fake.read_log if e["throttled"]] == ["T0001", "T0002"]
+
+
+def test_tier3_allows_50_reads_a_minute_then_429(fake, client):
+    fake.add_message("C1", "hi")
+    fake.set_read_tier("tier3")
+    for _ in range(50):
+        client.conversations_history(channel="C1")
+    err = error_of(lambda: client.conversations_history(channel="C1"))
+    assert err.response.status_code == 429 and err.response.headers["Retry-After"] == "60"
+    ts = fake.add_message("C1", "another")
+    client.conversations_replies(channel="C1", ts=ts)  # replies has a budget of its own
+    fake.advance(60)
+    client.conversations_history(channel="C1")
+    assert fake.max_reads_per_window("T0001") == 50
+    with pytest.raises(ValueError):
+        fake.set_read_tier("tier9")
+
+
+def test_max_reads_per_window_counts_allowed_reads_in_any_window(fake, client):
+    parent = fake.add_thread("C1", 1)
+    fake.set_read_tier("tier3")
+    for step in (0, 10, 20, 20, 15):  # reads at 0, 10, 30, 50, 65 s
+        fake.advance(step)
+        client.conversations_replies(channel="C1", ts=parent)
+    client.conversations_history(channel="C1")
+    assert fake.max_reads_per_window("T0001", "conversations.replies") == 4  # 10, 30, 50, 65
+    assert fake.max_reads_per_window("T0001", "conversations.replies", window=20) == 2
+    assert fake.max_reads_per_window("T0001", "conversations.history") == 1
+    assert fake.max_reads_per_window("T0001") == 4  # the busiest method
+    assert fake.max_reads_per_window("T0009") == 0
+    assert all(e["returned"] == 2 for e in fake.read_log if e["method"].endswith("replies"))
+
+
+def test_clock_and_sleep_are_the_fakes_time(fake, client):
+    fake.add_message("C1", "hi")
+    fake.set_read_tier("limited")
+    assert fake.clock() == fake.now == 1_700_000_000.0
+    client.conversations_history(channel="C1")
+    fake.sleep(60)  # returns at once; the fake's minute has passed
+    assert fake.clock() == 1_700_000_060.0
+    client.conversations_history(channel="C1")
+    fake.sleep(-5)  # a negative wait does not turn the clock back
+    assert fake.clock() == 1_700_000_060.0
+
+
+# ---------------------------------------------------------------- Events API payloads
+
+
+def test_post_event_new_message_and_thread_reply(fake, client):
+    fake.advance(5)
+    event = fake.post_event("C1", "hello", user="U2")
+    ts = event["ts"]
+    assert event == {"type": "message", "ts": ts, "user": "U2", "text": "hello",
+                     "team": "T0001", "channel": "C1", "event_ts": ts,
+                     "channel_type": "channel", "client_msg_id": f"msg-{ts}"}
+    assert ts == "1700000005.000000"
+    reply = fake.post_event("C1", "a reply", user="U1", thread_ts=ts)
+    assert reply["thread_ts"] == ts and reply["parent_user_id"] == "U2"
+    assert reply["event_ts"] == reply["ts"] > ts and "subtype" not in reply
+    read = client.conversations_replies(channel="C1", ts=ts)["messages"]
+    assert [m["text"] for m in read] == ["hello", "a reply"]
+
+
+def test_post_event_channel_types(fake):
+    fake.add_channel("G1", "secret", is_private=True, members={"U1"})
+    fake.add_channel("D1", "U1", is_im=True, members={"U1"})
+    fake.add_channel("G2", "mpdm-a--b", is_mpim=True, members={"U1", "U2"})
+    kinds = [fake.post_event(c, "x")["channel_type"] for c in ("C1", "G1", "D1", "G2")]
+    assert kinds == ["channel", "group", "im", "mpim"]
+
+
+def test_post_event_bots_files_broadcasts_and_connect(fake, client):
+    integration = fake.post_event("C1", "build passed", bot=True)
+    assert integration["subtype"] == "bot_message" and integration["bot_id"] == "B0OTHER"
+    assert "user" not in integration and integration["username"] == "bot"
+    app_bot = fake.post_event("C1", "from an app", user="U9", bot_id="BAPP")
+    assert app_bot["user"] == "U9" and app_bot["bot_id"] == "BAPP" and "subtype" not in app_bot
+    assert app_bot["bot_profile"]["id"] == "BAPP"
+
+    shared = fake.post_event("C1", "see attached", files=[{"name": "plan.pdf"}])
+    assert shared["subtype"] == "file_share" and shared["upload"] is True
+    assert shared["files"][0]["name"] == "plan.pdf"
+    assert shared["files"][0]["mimetype"] == "application/pdf"
+
+    parent = fake.post_event("C1", "question")["ts"]
+    broadcast = fake.post_event("C1", "also to the channel", thread_ts=parent,
+                                subtype="thread_broadcast")
+    assert broadcast["subtype"] == "thread_broadcast" and broadcast["thread_ts"] == parent
+    assert broadcast["root"]["ts"] == parent and broadcast["root"]["reply_count"] == 1
+    history = client.conversations_history(channel="C1")["messages"]
+    assert history[0]["ts"] == broadcast["ts"]  # broadcasts show in the channel
+    with pytest.raises(ValueError):
+        fake.post_event("C1", "x", subtype="thread_broadcast")
+
+    external = fake.post_event("C1", "hi from outside", user="U3", user_team="T0EXT")
+    assert (external["team"], external["user_team"], external["source_team"]) == (
+        "T0EXT", "T0EXT", "T0EXT")
+
+
+def test_edit_and_delete_events(fake, client):
+    ts = fake.post_event("C1", "first", user="U1")["ts"]
+    reply = fake.post_event("C1", "a reply", user="U2", thread_ts=ts)["ts"]
+    fake.advance(30)
+    edit = fake.edit_event("C1", reply, "a reply, edited")
+    assert {k: edit[k] for k in ("type", "subtype", "hidden", "channel", "channel_type")} == {
+        "type": "message", "subtype": "message_changed", "hidden": True, "channel": "C1",
+        "channel_type": "channel"}
+    assert edit["ts"] == edit["event_ts"] == edit["message"]["edited"]["ts"]
+    assert edit["ts"] == "1700000030.000000"
+    assert edit["message"]["ts"] == reply and edit["message"]["text"] == "a reply, edited"
+    assert edit["message"]["thread_ts"] == ts
+    assert edit["previous_message"]["text"] == "a reply" and "edited" not in \
+        edit["previous_message"]
+    assert client.conversations_replies(channel="C1", ts=ts)["messages"][1]["text"] == \
+        "a reply, edited"
+
+    fake.advance(30)
+    gone = fake.delete_event("C1", reply)
+    assert gone["subtype"] == "message_deleted" and gone["hidden"] is True
+    assert gone["deleted_ts"] == reply and gone["previous_message"]["text"] == "a reply, edited"
+    assert gone["ts"] == gone["event_ts"] == "1700000060.000000"
+    assert [m["ts"] for m in client.conversations_replies(channel="C1", ts=ts)["messages"]] \
+        == [ts]
+
+
+def test_join_and_leave_events(fake, client):
+    fake.add_channel("C9", "busy", members={"U1"}, bot_member=False)
+    fake.add_message("C9", "before the bot came")
+    assert error_of(lambda: client.conversations_history(channel="C9")).response["error"] == \
+        "not_in_channel"
+    joined = fake.member_joined_event("C9", "UBOT", inviter="U1")
+    assert joined == {"type": "member_joined_channel", "user": "UBOT", "channel": "C9",
+                      "channel_type": "C", "team": "T0001", "inviter": "U1",
+                      "event_ts": joined["event_ts"]}
+    assert len(client.conversations_history(channel="C9")["messages"]) == 1
+    someone = fake.member_joined_event("C9", "U2")
+    assert "inviter" not in someone
+    left = fake.member_left_event("C9", "U2")
+    assert {k: left[k] for k in ("type", "user", "channel", "channel_type", "team")} == {
+        "type": "member_left_channel", "user": "U2", "channel": "C9", "channel_type": "C",
+        "team": "T0001"}
+    assert "U2" not in client.conversations_members(channel="C9")["members"]
+
+    bye = fake.bot_left_event("C9", actor="U1")
+    assert bye == {"type": "channel_left", "channel": "C9", "actor_id": "U1",
+                   "event_ts": bye["event_ts"]}
+    assert float(bye["event_ts"]) > float(joined["event_ts"])
+    assert error_of(lambda: client.conversations_history(channel="C9")).response["error"] == \
+        "not_in_channel"
+    fake.add_channel("G7", "private", is_private=True, members={"U1"})
+    assert fake.bot_left_event("G7")["type"] == "group_left"
+    assert "actor_id" not in fake.bot_left_event("G7")
+
+
+def test_deliver_sends_a_built_event_to_the_bot(bot, slack):
+    from bot.listeners.messages import NEW
+
+    seen = []
+    bot.app.messages.on(NEW, seen.append)
+    event = slack.post_event("C1", "a plain message", user="U2")
+    resp = bot.deliver(event)
+    assert resp.status_code == 200
+    assert [(m.channel, m.kind, m.team_id, m.event["ts"]) for m in seen] == [
+        ("C1", "channel", slack.team_id, event["ts"])]

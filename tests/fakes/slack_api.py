@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 import mimetypes
 import secrets
 import threading
@@ -41,6 +42,16 @@ STATUS_TTL_SECONDS = 120  # a status line vanishes after two minutes without a m
 MAX_LOADING_MESSAGES = 10  # assistant.threads.setStatus: at most 10 loading_messages…
 MAX_LOADING_CHARS = 50  # …of at most 50 characters each
 STREAM_LIFETIME_SECONDS = 300.0  # reports: Slack closes a stream after about five minutes
+
+# Read tiers of conversations.replies / conversations.history (set_read_tier). Slack's method
+# pages: apps commercially distributed outside the Marketplace get "1 request per minute" and
+# "the maximum and default values for the limit parameter have both been reduced to 15
+# objects"; Marketplace and internal apps keep Tier 3 ("50+ per minute"). Rate limits apply
+# "per API method per workspace/team per app" (Rate limits page).
+READ_METHODS = ("conversations.replies", "conversations.history")
+READ_WINDOW_SECONDS = 60.0
+READ_TIERS: dict[str, int | None] = {"unlimited": None, "tier3": 50, "limited": 1}
+LIMITED_PAGE_MAX = 15
 
 KNOWN_BLOCK_TYPES = frozenset(
     {
@@ -79,6 +90,7 @@ class _Channel:
     is_im: bool = False
     is_archived: bool = False
     members: set[str] = field(default_factory=set)
+    is_mpim: bool = False
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -303,6 +315,11 @@ class FakeSlack:
         self.statuses: list[dict[str, Any]] = []
         # chat.postMessage calls whose thread_ts was not a parent message of that channel.
         self.misthreaded: list[dict[str, Any]] = []
+        # Read tiers (set_read_tier): None is every workspace without a tier of its own.
+        self._read_tiers: dict[str | None, str] = {None: "unlimited"}
+        # One entry per conversations.replies/history request that passed authentication,
+        # allowed or throttled: method, team, channel, at (fake now), throttled, returned.
+        self.read_log: list[dict[str, Any]] = []
 
         self._lock = threading.RLock()
         self.activity = threading.Condition(self._lock)  # notified after every API call
@@ -372,6 +389,16 @@ class FakeSlack:
         with self._lock:
             self.now += seconds
 
+    def clock(self) -> float:
+        """The test clock: pass ``clock=slack.clock`` to create_app, so the bot's time is the
+        fake's (message ts, read budgets, Retry-After) and a test moves both with advance()."""
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """The test clock's sleep: moves ``now`` on by `seconds` at once, never blocks."""
+        self.advance(max(0.0, seconds))
+
     def _mint_us(self) -> int:
         us = max(int(round(self.now * 1_000_000)), self._last_us + 1)
         self._last_us = us
@@ -410,7 +437,10 @@ class FakeSlack:
         members: set[str] | None = None,
         bot_member: bool = True,
         is_archived: bool = False,
+        is_mpim: bool = False,
     ) -> None:
+        """A conversation: public channel (default), private (`is_private`), a DM (`is_im`)
+        or a multi-person DM (`is_mpim`); its kind sets `channel_type` in events."""
         with self._lock:
             member_set = set(members or ())
             if bot_member:
@@ -421,11 +451,12 @@ class FakeSlack:
             self._channels[channel_id] = _Channel(
                 id=channel_id,
                 name=name,
-                is_private=is_private or is_im,
+                is_private=is_private or is_im or is_mpim,
                 is_im=is_im,
                 is_archived=is_archived,
                 members=member_set,
                 messages=old.messages if old is not None else {},
+                is_mpim=is_mpim,
             )
 
     def add_message(
@@ -523,6 +554,162 @@ class FakeSlack:
             out.extend(self._render(ch, m) for m in self._replies(ch, parent["ts"]))
             return out
 
+    # ------------------------------------------------------------------ Events API payloads
+    #
+    # Each builder changes the fake's store as the action would and returns the inner `event`
+    # Slack's Events API would deliver for it (tests wrap it: harness `Bot.deliver`). Shapes
+    # from Slack's event reference pages (message, message.channels/groups/im/mpim,
+    # bot_message, file_share, thread_broadcast, message_changed, message_deleted,
+    # member_joined_channel, member_left_channel, channel_left, group_left).
+
+    def channel_type(self, channel: str) -> str:
+        """A message event's `channel_type`: channel, group (private), im or mpim."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            if ch.is_im:
+                return "im"
+            if ch.is_mpim:
+                return "mpim"
+            return "group" if ch.is_private else "channel"
+
+    def _message_event(self, ch: _Channel, msg: dict[str, Any]) -> dict[str, Any]:
+        event = self._render(ch, msg)
+        event["channel"] = ch.id
+        event["event_ts"] = msg["ts"]
+        event["channel_type"] = self.channel_type(ch.id)
+        return event
+
+    def post_event(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str | None = "U1",
+        thread_ts: str | None = None,
+        files: list[dict] | None = None,
+        bot: bool = False,
+        bot_id: str | None = None,
+        subtype: str | None = None,
+        team: str | None = None,
+        user_team: str | None = None,
+    ) -> dict[str, Any]:
+        """Post a message (as add_message does) and return its `message` event.
+
+        A thread reply is an ordinary message event with `thread_ts` and `parent_user_id`
+        (Slack does not deliver message_replied). `files`: a `file_share` with `upload`.
+        `bot`: a `bot_message` from an integration: `bot_id` (default "B0OTHER"),
+        `username`, no user. `bot_id` without `bot`: an app's bot user posting (user, bot_id,
+        `bot_profile`, no subtype). `subtype="thread_broadcast"`: a reply also sent to the
+        channel. `team`: the workspace whose member posted (default: the channel's);
+        `user_team`: the poster's own organisation, for a Slack Connect channel (adds
+        `user_team` and `source_team`)."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            if bot:
+                subtype = subtype or "bot_message"
+                bot_id = bot_id or "B0OTHER"
+                user = None
+            elif files and subtype is None:
+                subtype = "file_share"
+            if subtype == "thread_broadcast" and thread_ts is None:
+                raise ValueError("a thread_broadcast needs thread_ts")
+            ts = self.add_message(channel, text, user=user, thread_ts=thread_ts, bot_id=bot_id,
+                                  subtype=subtype, files=files, user_team=user_team)
+            event = self._message_event(ch, ch.messages[ts])
+            home = team or self.channel_teams.get(ch.id, self.team_id)
+            event["team"] = user_team or home
+            if user_team:
+                event["source_team"] = user_team
+            if bot:
+                event["username"] = "bot"
+                event["icons"] = {}
+            elif bot_id is not None:
+                event["bot_profile"] = {"id": bot_id, "deleted": False, "name": "bot",
+                                        "app_id": "A0OTHER", "team_id": home}
+            elif user is not None:
+                event["client_msg_id"] = f"msg-{ts}"
+            if subtype == "file_share":
+                event["upload"] = True
+                event["display_as_bot"] = False
+            if subtype == "thread_broadcast":
+                parent = ch.messages[event["thread_ts"]]
+                root = self._render(ch, parent)
+                event["root"] = root
+            return event
+
+    def edit_event(self, channel: str, ts: str, text: str) -> dict[str, Any]:
+        """Edit a message (as edit_message does) and return its `message_changed` event:
+        hidden, `message` (the new version, with `edited`) and `previous_message`; its ts and
+        event_ts are the edit's."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            previous = self._render(ch, self._seed_message(channel, ts))
+            self.edit_message(channel, ts, text)
+            message = self._render(ch, self._seed_message(channel, ts))
+            at = message["edited"]["ts"]
+            return {"type": "message", "subtype": "message_changed", "hidden": True,
+                    "channel": ch.id, "channel_type": self.channel_type(ch.id), "ts": at,
+                    "event_ts": at, "message": message, "previous_message": previous}
+
+    def delete_event(self, channel: str, ts: str) -> dict[str, Any]:
+        """Delete a message (as delete_message does) and return its `message_deleted` event:
+        hidden, `deleted_ts` and `previous_message`; its ts and event_ts are the deletion's."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            previous = self._render(ch, self._seed_message(channel, ts))
+            self.delete_message(channel, ts)
+            at = us_to_ts(self._mint_us())
+            return {"type": "message", "subtype": "message_deleted", "hidden": True,
+                    "channel": ch.id, "channel_type": self.channel_type(ch.id), "ts": at,
+                    "event_ts": at, "deleted_ts": previous["ts"], "previous_message": previous}
+
+    @staticmethod
+    def _letter(ch: _Channel) -> str:
+        """member_*_channel's `channel_type`: one letter, the channel id's prefix (C, or G for
+        private channels made before March 2021)."""
+        return "G" if ch.id.startswith("G") else "C"
+
+    def member_joined_event(
+        self, channel: str, user: str, *, inviter: str | None = None, team: str | None = None
+    ) -> dict[str, Any]:
+        """`user` (the bot's user id when it is invited) joins `channel`; return its
+        `member_joined_channel` event (`team`: the user's workspace)."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            ch.members.add(user)
+            event = {"type": "member_joined_channel", "user": user, "channel": ch.id,
+                     "channel_type": self._letter(ch),
+                     "team": team or self.channel_teams.get(ch.id, self.team_id),
+                     "event_ts": us_to_ts(self._mint_us())}
+            if inviter is not None:
+                event["inviter"] = inviter
+            return event
+
+    def member_left_event(
+        self, channel: str, user: str, *, team: str | None = None
+    ) -> dict[str, Any]:
+        """`user` leaves `channel`; return its `member_left_channel` event."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            ch.members.discard(user)
+            return {"type": "member_left_channel", "user": user, "channel": ch.id,
+                    "channel_type": self._letter(ch),
+                    "team": team or self.channel_teams.get(ch.id, self.team_id),
+                    "event_ts": us_to_ts(self._mint_us())}
+
+    def bot_left_event(self, channel: str, *, actor: str | None = None) -> dict[str, Any]:
+        """The bot leaves (or is removed from) `channel`; return what Slack sends the bot:
+        `channel_left` for a public channel, `group_left` for a private one, with the
+        remover as `actor_id`. Reads of the channel then fail like Slack's."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            ch.members.discard(self.bot_user_id)
+            event = {"type": "group_left" if ch.is_private else "channel_left",
+                     "channel": ch.id, "event_ts": us_to_ts(self._mint_us())}
+            if actor is not None:
+                event["actor_id"] = actor
+            return event
+
     # ------------------------------------------------------------------ fault injection
 
     def fail_next(
@@ -538,6 +725,67 @@ class FakeSlack:
             self._failures.setdefault(method, []).append(
                 _Failure(error=error, status=status, retry_after=retry_after, remaining=times)
             )
+
+    # ------------------------------------------------------------------ read tiers
+
+    def set_read_tier(self, tier: str, team_id: str | None = None) -> None:
+        """Pace conversations.replies/history like Slack, on the fake's clock.
+
+        `tier`: "unlimited" (no limit, the default), "tier3" (50 requests per 60 s) or
+        "limited" (1 request per 60 s, and `limit` capped at 15, also its default: the
+        commercially distributed non-Marketplace apps). Counted per method per workspace (the
+        calling token's); a request over the limit answers HTTP 429 ``ratelimited`` with
+        ``Retry-After`` (whole seconds until one would be allowed) and does not count.
+        `team_id` None: every workspace that has no tier of its own."""
+        if tier not in READ_TIERS:
+            raise ValueError(f"unknown read tier {tier!r}: one of {sorted(READ_TIERS)}")
+        with self._lock:
+            self._read_tiers[team_id] = tier
+
+    def read_tier(self, team_id: str) -> str:
+        with self._lock:
+            return self._read_tiers.get(team_id, self._read_tiers[None])
+
+    def max_reads_per_window(
+        self, team: str, method: str | None = None, window: float = READ_WINDOW_SECONDS
+    ) -> int:
+        """The most allowed read requests of `team` in any `window` seconds (of `method`;
+        None: the busiest read method, as Slack's limits are per method)."""
+        with self._lock:
+            methods = [method] if method is not None else list(READ_METHODS)
+            best = 0
+            for name in methods:
+                times = sorted(
+                    e["at"] for e in self.read_log
+                    if e["team"] == team and e["method"] == name and not e["throttled"]
+                )
+                start = 0
+                for end, at in enumerate(times):
+                    while times[start] <= at - window:
+                        start += 1
+                    best = max(best, end - start + 1)
+            return best
+
+    def _read_throttle(self, method: str, team: str) -> int | None:
+        """Seconds to wait before `team` may call read `method` again, or None if it may now."""
+        budget = READ_TIERS[self.read_tier(team)]
+        if budget is None:
+            return None
+        recent = [
+            e["at"] for e in self.read_log
+            if e["team"] == team and e["method"] == method and not e["throttled"]
+            and e["at"] > self.now - READ_WINDOW_SECONDS
+        ]
+        if len(recent) < budget:
+            return None
+        allowed_at = sorted(recent)[-budget] + READ_WINDOW_SECONDS
+        return max(1, math.ceil(allowed_at - self.now))
+
+    def _read_limit(self, params: dict[str, Any], default: int) -> int:
+        """The `limit` of a read, capped at 15 (also the default) for a limited workspace."""
+        if self.read_tier(getattr(self, "_caller_team", self.team_id)) != "limited":
+            return self._limit(params, default)
+        return min(self._limit(params, LIMITED_PAGE_MAX), LIMITED_PAGE_MAX)
 
     def response_url(self) -> str:
         with self._lock:
@@ -656,11 +904,11 @@ class FakeSlack:
         out: dict[str, Any] = {
             "id": ch.id,
             "name": ch.name,
-            "is_channel": not ch.is_im,
+            "is_channel": not (ch.is_im or ch.is_mpim),
             "is_group": False,
             "is_private": ch.is_private,
             "is_im": ch.is_im,
-            "is_mpim": False,
+            "is_mpim": ch.is_mpim,
             "is_member": self.bot_user_id in ch.members,
             "is_archived": ch.is_archived,
             "is_ext_shared": False,
@@ -860,11 +1108,36 @@ class FakeSlack:
                 if failure.retry_after is not None:
                     headers["Retry-After"] = str(failure.retry_after)
                 return failure.status, headers, {"ok": False, "error": failure.error}
+            if method in READ_METHODS:
+                return self._read(method, handler, params)
             try:
                 body = handler(self, params)
             except SlackError as err:
                 return err.status, {}, {"ok": False, "error": err.error, **err.extra}
             return 200, {}, {"ok": True, **body}
+
+    def _read(
+        self,
+        method: str,
+        handler: Callable[[FakeSlack, dict[str, Any]], dict[str, Any]],
+        params: dict[str, Any],
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """A conversations.replies/history request under its workspace's read tier."""
+        team = self._caller_team
+        entry: dict[str, Any] = {"method": method, "team": team,
+                                 "channel": params.get("channel"), "at": self.now,
+                                 "throttled": False, "returned": 0}
+        wait = self._read_throttle(method, team)
+        self.read_log.append(entry)
+        if wait is not None:
+            entry["throttled"] = True
+            return 429, {"Retry-After": str(wait)}, {"ok": False, "error": "ratelimited"}
+        try:
+            body = handler(self, params)
+        except SlackError as err:  # an answered request still counts against the budget
+            return err.status, {}, {"ok": False, "error": err.error, **err.extra}
+        entry["returned"] = len(body.get("messages", []))
+        return 200, {}, {"ok": True, **body}
 
     def _handle_response_url(self, rid: str, body: bytes) -> tuple[int, str]:
         with self._lock:
@@ -1015,7 +1288,7 @@ class FakeSlack:
                 "has_more": False,
                 "response_metadata": {"next_cursor": ""},
             }
-        limit = self._limit(params, MAX_LIMIT)
+        limit = self._read_limit(params, MAX_LIMIT)
         oldest = self._bound(params, "oldest")
         latest = self._bound(params, "latest")
         inclusive = _truthy(params.get("inclusive"))
@@ -1043,7 +1316,7 @@ class FakeSlack:
 
     def _api_conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
         ch = self._channel_for_read(params)
-        limit = self._limit(params, 100)
+        limit = self._read_limit(params, 100)
         oldest = self._bound(params, "oldest")
         latest = self._bound(params, "latest")
         inclusive = _truthy(params.get("inclusive"))
