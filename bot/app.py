@@ -380,8 +380,10 @@ def create_app(
     llm: MessagesClient | None = None,
     engine: Engine | None = None,
     clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> BotApp:
-    """Build the bot. Pass clients or an engine to replace the ones settings would make."""
+    """Build the bot. Pass clients or an engine to replace the ones settings would make;
+    `clock` and `sleep` are the time the bot lives in (tests pass a fake Slack's)."""
     engine = engine or make_engine(
         settings.database_url, pool_size=settings.worker_threads + settings.http_threads + 4
     )
@@ -395,7 +397,7 @@ def create_app(
         oauth["authorize"] = ClientsAuthorize(clients)  # one place refreshes tokens, locked
     bolt = _bolt(settings, client, executor, oauth)
     metrics = Metrics()
-    service = _answer_service(settings, clients, llm, sessions, clock, metrics)
+    service = _answer_service(settings, clients, llm, sessions, clock, sleep, metrics)
     summaries = SummaryService(
         reader=service.reader,
         workspaces=service.workspaces,
@@ -405,7 +407,7 @@ def create_app(
         clock=clock,
     )
     usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
-    queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds)
+    queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds, clock=clock)
     messages = MessageRouter()
     receiver = Receiver(sessions, clock)
     handlers = listeners.register(
@@ -506,6 +508,7 @@ def _answer_service(
     llm: MessagesClient,
     sessions: sessionmaker[Session],
     clock: Callable[[], float],
+    sleep: Callable[[float], None],
     metrics: Metrics,
 ) -> AnswerService:
     """The answer path, with the spend budgets (alerts go to DIGEST_CHANNEL) and the
@@ -530,6 +533,7 @@ def _answer_service(
         metrics=metrics,
         budgets=budgets,
         workspaces=workspaces,
+        sleep=sleep,
     )
     return service
 

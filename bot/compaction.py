@@ -98,9 +98,7 @@ class Compactor:
         """The compaction to use for these turns, made or extended when needed (raises LLMError)."""
         with self._sessions() as s:
             stored = data.get_compaction(s, team_id, channel_id, thread_ts)
-        upto, reused = reusable(
-            turns, stored, model=self._model, budget=self._budget, scale=scale
-        )
+        upto, reused = reusable(turns, stored, model=self._model, budget=self._budget, scale=scale)
         if upto is None or reused is not None:
             return reused
         texts = [t.text for t in turns]

@@ -131,7 +131,8 @@ def _safe_cut(text: str) -> int:
     return max(cut, 0)
 
 
-def _retry_after(exc: SlackApiError) -> float:
+def retry_after(exc: SlackApiError) -> float:
+    """The seconds a 429's Retry-After header asks for (1 when it names none)."""
     headers = getattr(exc.response, "headers", None) or {}
     for key, value in headers.items():
         if key.lower() == "retry-after":
@@ -142,7 +143,7 @@ def _retry_after(exc: SlackApiError) -> float:
     return 1.0
 
 
-def _impatient(client: WebClient) -> WebClient:
+def impatient(client: WebClient) -> WebClient:
     """The same client without waiting out 429s (the caller decides when to try again)."""
     quick = copy.copy(client)
     quick.retry_handlers = [
@@ -167,7 +168,7 @@ class ThreadReply:
         refusals: Refusals | None = None,
     ) -> None:
         self._client = client
-        self._quick = _impatient(client)
+        self._quick = impatient(client)
         self._channel = channel
         self._thread = thread_ts
         self._team = team_id
@@ -177,6 +178,7 @@ class ThreadReply:
         self._text = ""
         self._sent = 0  # characters of _text delivered (streams) or shown (placeholder)
         self._ts: str | None = None  # the open stream, or the placeholder
+        self._first_ts: str | None = None  # the first message posted whole
         self._head = 0  # where the open stream's text starts in _text
         self._began = 0.0  # when the open stream started
         self._full = False  # the open stream holds all it may; the rest goes into a new one
@@ -199,6 +201,22 @@ class ThreadReply:
     def mode(self) -> str:
         """stream | update | post | broken | stopped: how the answer is being delivered."""
         return self._mode
+
+    @property
+    def placeholder_ts(self) -> str | None:
+        """The progress message posted where there is no status line (None: none)."""
+        return self._ts if self._mode == "update" else None
+
+    @property
+    def posted_ts(self) -> str | None:
+        """The ts of the answer's (first) message, once there is one."""
+        return self._ts or self._first_ts
+
+    def adopt(self, placeholder_ts: str | None) -> None:
+        """Carry on in the progress message an earlier attempt posted (a deferred job)."""
+        if placeholder_ts:
+            self._ts = placeholder_ts
+            self._mode = "update"
 
     @property
     def stopped_by_user(self) -> bool:
@@ -371,7 +389,7 @@ class ThreadReply:
             self._user_stopped()
             return False
         if exc.response.status_code == 429 or error == "ratelimited":
-            wait = _retry_after(exc)
+            wait = retry_after(exc)
             log.info("%s rate-limited in %s; trying again in %.0fs", method, self._channel, wait)
             if method == "chat.startStream":
                 self._start_after = self._clock() + wait
@@ -409,7 +427,7 @@ class ThreadReply:
             error = exc.response.get("error")
             if rotating and (exc.response.status_code == 429 or error == "ratelimited"):
                 self._ts, self._full = ts, full
-                self._stop_after = self._clock() + max(1.0, _retry_after(exc))
+                self._stop_after = self._clock() + max(1.0, retry_after(exc))
                 return False
             if error == "stopped_by_user":
                 self._user_stopped()
@@ -491,7 +509,7 @@ class ThreadReply:
 
     def _post(self, text: str, blocks: list[dict[str, Any]]) -> str:
         try:
-            self._client.chat_postMessage(
+            resp = self._client.chat_postMessage(
                 channel=self._channel,
                 thread_ts=self._thread,
                 text=text,
@@ -499,6 +517,7 @@ class ThreadReply:
                 unfurl_links=False,
                 unfurl_media=False,
             )
+            self._first_ts = self._first_ts or resp.get("ts")
             return "ok"
         except SlackApiError as exc:
             error = str(exc.response.get("error"))

@@ -252,8 +252,8 @@ def _check_database(settings: Settings, report: Report) -> None:
 # -- stored tokens ----------------------------------------------------------------------------
 
 KEY_FIX = (
-    "set ENCRYPTION_KEY (python -c \"from cryptography.fernet import Fernet; "
-    "print(Fernet.generate_key().decode())\"), restart, then run `python -m bot rotate-key`"
+    'set ENCRYPTION_KEY (python -c "from cryptography.fernet import Fernet; '
+    'print(Fernet.generate_key().decode())"), restart, then run `python -m bot rotate-key`'
 )
 
 

@@ -4,6 +4,8 @@
   redelivered event, or the same event reaching two processes, makes one job.
 - Order: jobs of one lane (a thread) run one at a time, oldest first, so a follow-up reads the
   cache its predecessor wrote.
+- Waiting: a handler that must wait (for Slack's read budget) raises `Deferred`; the job goes
+  back to the queue, not to be claimed before `until`, and frees its worker meanwhile.
 - Crashes: a running job heartbeats; one whose heartbeat is older than the lease (its process
   died) is claimed again. After MAX_ATTEMPTS claims it ends with a message to the user.
 - Several processes share the queue on PostgreSQL (`FOR UPDATE SKIP LOCKED`); on SQLite one
@@ -54,6 +56,16 @@ class Handler:
     give_up: Callable[[dict[str, Any]], None]
 
 
+class Deferred(Exception):  # noqa: N818 - not an error: the job asks to run again later
+    """Raised by a handler: run this job again at `until` (with `payload`, if given), without
+    counting an attempt; the worker is free meanwhile."""
+
+    def __init__(self, until: datetime, payload: dict[str, Any] | None = None) -> None:
+        super().__init__(f"deferred until {until.isoformat()}")
+        self.until = until
+        self.payload = payload
+
+
 def worker_identity() -> str:
     """host:pid:random — unique per process."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -69,8 +81,10 @@ class JobQueue:
         *,
         lease_seconds: float = 120.0,
         worker_id: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine = engine
+        self._clock = clock  # when a deferred job is due (the app's clock)
         self._sessions = sessions
         self.lease = timedelta(seconds=lease_seconds)
         self.worker_id = worker_id or worker_identity()
@@ -109,6 +123,7 @@ class JobQueue:
         with self._claim_lock, self._sessions.begin() as s:
             now = datetime.now(UTC)
             stale = now - self.lease
+            due = datetime.fromtimestamp(self._clock(), UTC)
             other = aliased(Job)
             first_in_lane = (
                 select(func.min(other.id))
@@ -118,7 +133,7 @@ class JobQueue:
             query = (
                 select(Job)
                 .where(
-                    (Job.status == "queued")
+                    ((Job.status == "queued") & (Job.run_at.is_(None) | (Job.run_at <= due)))
                     | ((Job.status == "running") & (Job.heartbeat_at < stale)),
                     Job.id == first_in_lane,
                 )
@@ -168,6 +183,29 @@ class JobQueue:
             )
         self._notify()
 
+    def defer(self, job_id: int, until: datetime, payload: dict[str, Any] | None = None) -> None:
+        """Put a running job back in the queue until `until` (its attempt not counted)."""
+        values: dict[str, Any] = {
+            "status": "queued",
+            "locked_by": None,
+            "run_at": until,
+            "attempts": Job.attempts - 1,
+        }
+        if payload is not None:
+            values["payload"] = json.dumps(payload, ensure_ascii=False)
+        with self._sessions.begin() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(**values))
+        self._notify()
+
+    def next_due(self) -> datetime | None:
+        """When the earliest deferred job is due (None: no job waits)."""
+        with self._sessions() as s:
+            return as_utc(s.scalar(select(func.min(Job.run_at)).where(Job.status == "queued")))
+
+    def wake(self) -> None:
+        """Let idle workers look for due jobs now (e.g. after a test clock moved)."""
+        self._notify()
+
     def release(self, job_ids: list[int] | None = None) -> int:
         """Put this worker's running jobs (or the given ones) back in the queue (shutdown)."""
         with self._sessions.begin() as s:
@@ -200,13 +238,17 @@ class JobQueue:
         return released
 
     def pending(self) -> int:
-        """Jobs not finished yet."""
+        """Jobs not finished yet and not waiting for a later moment (deferred)."""
+        due = datetime.fromtimestamp(self._clock(), UTC)
         with self._sessions() as s:
             return (
                 s.scalar(
                     select(func.count())
                     .select_from(Job)
-                    .where(Job.status.in_(("queued", "running")))
+                    .where(
+                        Job.status.in_(("queued", "running")),
+                        Job.run_at.is_(None) | (Job.run_at <= due) | (Job.status == "running"),
+                    )
                 )
                 or 0
             )
@@ -338,6 +380,9 @@ class WorkerPool:
             handler.run(job.payload)
             self._queue.finish(job.id, "done")
             outcome = "done"
+        except Deferred as wait:
+            self._queue.defer(job.id, wait.until, wait.payload)
+            outcome = "deferred"
         except Exception as exc:
             log.exception("job %d (%s) raised", job.id, job.kind)
             self._queue.finish(job.id, "failed", f"{type(exc).__name__}")

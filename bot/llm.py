@@ -224,9 +224,7 @@ class MessagesClient:
         """Close the connection pool."""
         self._client.close()
 
-    def create(
-        self, body: dict[str, Any], on_text: OnText | None = None
-    ) -> Completion:
+    def create(self, body: dict[str, Any], on_text: OnText | None = None) -> Completion:
         """Send one request; retry what is worth retrying; raise LLMError.
 
         With `on_text`, the answer is streamed (server-sent events) and each piece of text is
@@ -288,9 +286,7 @@ class MessagesClient:
         return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
 
     @staticmethod
-    def _consume(
-        resp: httpx.Response, body: dict[str, Any], on_text: OnText
-    ) -> Completion:
+    def _consume(resp: httpx.Response, body: dict[str, Any], on_text: OnText) -> Completion:
         """Read an SSE stream: text deltas go to `on_text`; usage from start and delta events.
         Stops at message_stop, or when `on_text` asks (the caller's `with` then closes it)."""
         stream = _Stream(str(body.get("model")), on_text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,14 +19,17 @@ from bot.config import Settings
 from bot.delivery import Refusals, ThreadReply, tell
 from bot.formatting import footer_line
 from bot.installations import SlackClients
+from bot.jobs import Deferred
 from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient, OnText
 from bot.metrics import Metrics
 from bot.pricing import cache_floor, price_for
 from bot.prompt import Built, build_request
+from bot.read_budget import ReadBudget
 from bot.store import data
 from bot.threads import (
     NameResolver,
+    ReadsPending,
     ThreadReader,
     ThreadReadError,
     clean_request,
@@ -40,11 +44,13 @@ from bot.user_messages import (
     SOMETHING_WRONG,
     cut_off_note,
     llm_error_text,
+    partial_note,
     read_error_text,
     reading_status,
     refused_text,
     stop_note,
     unposted_text,
+    waiting_status,
     writing_status,
 )
 from bot.workspace import Effective, Workspaces
@@ -52,6 +58,11 @@ from bot.workspace import refusal as channel_refusal
 
 log = logging.getLogger(__name__)
 
+# Reads that will take this long get an answer from what is kept first, marked partial.
+PARTIAL_AFTER_SECONDS = 120.0
+# A job waiting for reads comes back at least this often to keep the status line alive (Slack
+# drops it after two minutes without a message).
+STATUS_REFRESH_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,10 @@ class ThreadRequest:
     kind: str = "mention"
     enterprise_id: str | None = None
     user_team: str | None = None  # the requester's workspace (another one in shared channels)
+    # Waiting for Slack's read budget (the job is deferred between attempts):
+    waited: int = 0  # attempts that had to wait so far
+    placeholder_ts: str | None = None  # the message showing progress, where there is no status
+    partial_ts: str | None = None  # a partial answer posted while the reads go on
 
 
 class AnswerService:
@@ -124,6 +139,7 @@ class AnswerService:
         budgets: Budgets | None = None,
         workspaces: Workspaces | None = None,
         ledger: Ledger | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._settings = settings
         self.workspaces = workspaces or Workspaces(settings, sessions)
@@ -141,8 +157,14 @@ class AnswerService:
         self._ttl = TtlPolicy(settings.cache_ttl)
         self._warned_no_cache: set[str] = set()
         self.refusals = Refusals(clock)  # Slack methods refused for good, per conversation kind
+        self.budget = ReadBudget(sessions, clock, setting=settings.slack_read_tier)
         self.reader = ThreadReader(
-            clients, sessions, full_every=timedelta(hours=settings.full_reread_hours)
+            clients,
+            sessions,
+            full_every=timedelta(hours=settings.full_reread_hours),
+            budget=self.budget,
+            sleep=sleep,
+            clock=clock,
         )
 
     def client_for(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
@@ -179,6 +201,8 @@ class AnswerService:
         """Answer `req` in its thread; every failure ends as one short message to the user."""
         try:
             self._answer(req)
+        except Deferred:
+            raise  # waiting for Slack's read budget: the job runs again later
         except Exception:
             log.exception("answering %s/%s failed", req.channel_id, req.thread_ts)
             self.tell(req, SOMETHING_WRONG)
@@ -200,7 +224,11 @@ class AnswerService:
             clock=self._clock,
             refusals=self.refusals,
         )
-        messages = self._read(req, reply, started)
+        reply.adopt(req.placeholder_ts)
+        try:
+            messages = self._read(req, reply, started, eff)
+        except ReadsPending as wait:
+            raise self._wait(req, reply, wait, eff, started) from None
         if messages is None:
             return
         before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
@@ -247,14 +275,16 @@ class AnswerService:
         return False
 
     def _read(
-        self, req: ThreadRequest, reply: ThreadReply, started: float
+        self, req: ThreadRequest, reply: ThreadReply, started: float, eff: Effective
     ) -> list[dict[str, Any]] | None:
         """The thread's messages, with a status line while they are read; None (after telling
-        the requester) when Slack refused the read."""
+        the requester) when Slack refused the read. Raises ReadsPending when the read budget
+        makes the rest wait."""
         with self._sessions() as s:
             known = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
             seen = known.messages_seen if known is not None else 0
-        reply.status(*reading_status(seen))
+        if not req.waited:
+            reply.status(*reading_status(seen))
         try:
             return self.reader.read(
                 req.team_id,
@@ -263,6 +293,7 @@ class AnswerService:
                 self.now(),
                 req.enterprise_id,
                 on_page=lambda _n: reply.keep_status(),
+                keep=eff.keep_transcripts,
             )
         except ThreadReadError as exc:
             log.warning(
@@ -275,6 +306,70 @@ class AnswerService:
             self.ledger.failed(req, f"slack_{exc.error}", started)
             self._fail(req, reply, read_error_text(exc.error, req.bot_user_id))
             return None
+
+    def _wait(
+        self,
+        req: ThreadRequest,
+        reply: ThreadReply,
+        wait: ReadsPending,
+        eff: Effective,
+        started: float,
+    ) -> Deferred:
+        """Slack's read budget makes the rest of the read wait: say so (status line, or the
+        progress message), answer from what is kept when the wait is long (marked partial,
+        once), and come back when the next read may go (or sooner, to keep the status alive)."""
+        log.info(
+            "team=%s channel=%s thread=%s: reads wait %.0f s (about %.0f s in all)",
+            req.team_id,
+            req.channel_id,
+            req.thread_ts,
+            (wait.until - self.now()).total_seconds(),
+            wait.eta,
+        )
+        reply.status(*waiting_status(wait.eta, wait.kept, wait.expected, wait.why))
+        partial_ts = req.partial_ts
+        if partial_ts is None and wait.eta >= PARTIAL_AFTER_SECONDS:
+            partial_ts = self._partial(req, eff, wait, started)
+        until = min(wait.until, self.now() + timedelta(seconds=STATUS_REFRESH_SECONDS))
+        later = dataclasses.replace(
+            req,
+            waited=req.waited + 1,
+            placeholder_ts=reply.placeholder_ts,
+            partial_ts=partial_ts,
+        )
+        return Deferred(until, dataclasses.asdict(later))
+
+    def _partial(
+        self, req: ThreadRequest, eff: Effective, wait: ReadsPending, started: float
+    ) -> str | None:
+        """Answer from the messages kept so far, marked partial; its ts ("" when nothing was
+        posted, so it is not tried again)."""
+        with self._sessions() as s:
+            kept = data.load_messages(s, req.team_id, req.channel_id, req.thread_ts)
+        kept.sort(key=lambda m: ts_key(m["ts"]))
+        before = [m for m in kept if ts_key(m["ts"]) < ts_key(req.message_ts)]
+        if len(before) < 2:
+            return ""
+        names = self._names(req.team_id)
+        request = clean_request(req.text, names, req.bot_user_id)
+        reply = ThreadReply(
+            self._client(req),
+            channel=req.channel_id,
+            thread_ts=req.thread_ts,
+            team_id=req.team_id,
+            user_id=req.user_id,
+            stream=False,
+            clock=self._clock,
+            refusals=self.refusals,
+        )
+        try:
+            done = self.complete(req, before, request, started=started, eff=eff)
+        except (BudgetExceeded, LLMError) as exc:
+            log.info("no partial answer for %s: %s", req.thread_ts, type(exc).__name__)
+            return ""
+        note = partial_note(len(before), wait.expected, wait.eta)
+        reply.finish(done.footer, text=done.completion.text, note=note)
+        return reply.posted_ts or ""
 
     def _fail(self, req: ThreadRequest, reply: ThreadReply, text: str) -> None:
         """Say what went wrong in the reply's placeholder, else in a message of its own."""

@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.budgets import BudgetExceeded
 from bot.delivery import Responder
 from bot.formatting import build_messages, neutralise_pings
+from bot.jobs import Deferred
 from bot.llm import LLMError
 from bot.service import Complete, ThreadRequest
 from bot.store.models import Summary
 from bot.threads import (
+    ReadsPending,
     ThreadReader,
     ThreadReadError,
     is_member,
@@ -41,6 +43,7 @@ from bot.user_messages import (
     llm_error_text,
     not_in_channel,
     other_workspace,
+    reads_wait_text,
     refused_text,
     share_failed,
     stop_note,
@@ -91,6 +94,14 @@ def parse_link(text: str) -> ThreadLink | None:
         return None
     channel = (query.get("cid") or [m.group("channel")])[0].upper()
     return ThreadLink(m.group("host").lower(), channel, ts, thread_ts)
+
+
+def wait_for_reads(wait: ReadsPending, payload: dict[str, Any], out: Responder) -> Deferred:
+    """Slack's read budget makes a summary's reads wait: tell the requester once how long it
+    will take (a response_url takes five messages), and run the job again when reads may go."""
+    if not payload.get("waited"):
+        out.send(reads_wait_text(wait.eta, wait.why), replace=True)
+    return Deferred(wait.until, {**payload, "waited": int(payload.get("waited") or 0) + 1})
 
 
 def window_start(now: float, seconds: int) -> int:
@@ -187,7 +198,10 @@ class SummaryService:
             read = self._reader.read
             now = self._now()
             thread_ts, messages = read_whole_thread(
-                lambda ts: read(who.team_id, channel, ts, now, who.enterprise_id), thread_ts
+                lambda ts: read(
+                    who.team_id, channel, ts, now, who.enterprise_id, keep=eff.keep_transcripts
+                ),
+                thread_ts,
             )
         except ThreadReadError as exc:
             log.warning("reading %s/%s failed: %s", channel, thread_ts, exc.error)
@@ -227,8 +241,13 @@ class SummaryService:
             return
         now = self._clock() if now is None else now
         oldest = window_start(now, seconds) if seconds else None
+        now_at = datetime.fromtimestamp(now, UTC)
+        window = (datetime.fromtimestamp(oldest or 0, UTC), now_at)
+        keep = eff.keep_transcripts
         try:
-            top = self._history(self._client(who), channel, oldest=oldest, count=count)
+            top = self._reader.read_channel(
+                who.team_id, channel, window, now_at, who.enterprise_id, keep=keep, count=count
+            )
         except ThreadReadError as exc:
             log.warning("reading history of %s failed: %s", channel, exc.error)
             out.send(summary_read_error(exc.error, who.bot_user_id), replace=True)
@@ -242,7 +261,7 @@ class SummaryService:
         for parent in parents[:MAX_RECAP_THREADS]:
             try:
                 replies = self._reader.read(
-                    who.team_id, channel, parent["ts"], self._now(), who.enterprise_id
+                    who.team_id, channel, parent["ts"], now_at, who.enterprise_id, keep=keep
                 )
             except ThreadReadError as exc:
                 log.info("skipping thread %s in recap: %s", parent["ts"], exc.error)
@@ -264,29 +283,6 @@ class SummaryService:
         key = f"recap:{oldest}" if oldest is not None else f"recap:last{count}"
         req = self._request(who, channel, key, "recap", request)
         self._finish(req, messages, request, out, thread_ts=None, recap=True, eff=eff)
-
-    @staticmethod
-    def _history(
-        client: WebClient, channel: str, *, oldest: int | None, count: int | None
-    ) -> list[dict]:
-        out: list[dict[str, Any]] = []
-        cursor = None
-        while True:
-            limit = HISTORY_PAGE if count is None else min(HISTORY_PAGE, count - len(out))
-            kwargs: dict[str, Any] = {"channel": channel, "limit": limit, "cursor": cursor}
-            if oldest is not None:
-                kwargs["oldest"] = str(oldest)
-            try:
-                resp = client.conversations_history(**kwargs)
-            except SlackApiError as exc:
-                raise ThreadReadError(str(exc.response.get("error"))) from None
-            out.extend(resp.get("messages") or [])
-            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
-            if not cursor or (count is not None and len(out) >= count):
-                break
-        out = [m for m in out if m.get("subtype") not in ("channel_join", "channel_leave")]
-        out.sort(key=lambda m: ts_key(m["ts"]))
-        return out[-count:] if count is not None else out
 
     # -- shared -----------------------------------------------------------------------------
 

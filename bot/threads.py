@@ -12,6 +12,20 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.coverage import (
+    CHANNEL,
+    Interval,
+    add_span,
+    channel_gaps,
+    forget_spans,
+    missing,
+    spans,
+    thread_gaps,
+    time_ts,
+    ts_time,
+)
+from bot.delivery import impatient, retry_after
+from bot.read_budget import HISTORY, REPLIES, ReadBudget, pages
 from bot.store import data
 from bot.transcript import (
     OWN_NAME,
@@ -163,17 +177,76 @@ def ts_key(ts: str) -> tuple[int, int]:
     return int(sec), int(frac or 0)
 
 
+class ReadsPending(Exception):  # noqa: N818 - not an error: the read goes on later
+    """Slack's read budget for the workspace asks to wait longer than is worth holding a worker:
+    what is kept so far is stored; read again at `until`. `eta` is the estimated seconds until
+    the whole read is done, `kept`/`expected` the messages stored so far and in all (if known)."""
+
+    def __init__(self, until: datetime, eta: float, kept: int, expected: int | None, why: str):
+        super().__init__(f"reads wait until {until.isoformat()}")
+        self.until = until
+        self.eta = eta
+        self.kept = kept
+        self.expected = expected
+        self.why = why
+
+
 class ThreadReader:
-    """Reads threads incrementally: the first read fetches everything, later ones only what is
-    new (`oldest=`). Edits and deletions arrive as events (see listeners/message_events.py);
-    a full re-read after `full_every` catches anything those missed."""
+    """Reads what a kept transcript may be missing, and only that, within the read budget.
+
+    With keeping on, message events keep transcripts (bot/coverage.py says which windows they
+    cover); without it, only windows read from Slack count, and a thread is read whole again
+    after `full_every` (edits). Every request takes a slot of the workspace's read budget; a wait
+    longer than `short_wait` seconds raises ReadsPending, keeping what was read.
+    """
 
     def __init__(
-        self, clients: SlackClients, sessions: sessionmaker[Session], *, full_every: timedelta
+        self,
+        clients: SlackClients,
+        sessions: sessionmaker[Session],
+        *,
+        full_every: timedelta,
+        budget: ReadBudget,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+        short_wait: float = 5.0,
     ) -> None:
         self._clients = clients
         self._sessions = sessions
         self._full_every = full_every
+        self.budget = budget
+        self._sleep = sleep
+        self._clock = clock
+        self._short_wait = short_wait
+
+    def _client(self, team_id: str, enterprise_id: str | None) -> WebClient:
+        """The workspace's client without waiting out 429s: the budget decides when to retry."""
+        return impatient(self._clients.for_team(team_id, enterprise_id))
+
+    def _slot(self, team_id: str, method: str, pending: Callable[[float], ReadsPending]) -> None:
+        """Wait for a request slot: briefly in place, else raise `pending(wait)`."""
+        while True:
+            wait = self.budget.take(team_id, method)
+            if wait <= 0:
+                return
+            if wait > self._short_wait:
+                raise pending(wait)
+            self._sleep(wait)
+
+    def gaps(
+        self, team_id: str, channel: str, thread_ts: str, now: datetime, *, keep: bool
+    ) -> list[Interval]:
+        """The windows of the thread that a read has to fill (empty: the stored copy is whole)."""
+        with self._sessions.begin() as s:
+            if keep:
+                return thread_gaps(s, team_id, channel, thread_ts, now)
+            state = data.get_thread(s, team_id, channel, thread_ts)
+            fresh_at = data.as_utc(state.full_read_at) if state else None
+            if fresh_at is None or now - fresh_at >= self._full_every:
+                forget_spans(s, team_id, channel, thread_ts)  # read it whole again (edits)
+                data.store_messages(s, team_id, channel, thread_ts, [], now, replace=True)
+                return [(ts_time(thread_ts), now)]
+            return missing((ts_time(thread_ts), now), spans(s, team_id, channel, thread_ts))
 
     def read(
         self,
@@ -183,38 +256,211 @@ class ThreadReader:
         now: datetime,
         enterprise_id: str | None = None,
         on_page: Callable[[int], None] | None = None,
+        *,
+        keep: bool = False,
     ) -> list[dict[str, Any]]:
-        """The thread's current messages, parent first; raises ThreadReadError. `on_page` hears
-        of each page read from Slack (long reads: keep a status line alive)."""
-        client = self._clients.for_team(team_id, enterprise_id)
+        """The thread's current messages, parent first; raises ThreadReadError, or ReadsPending
+        when the budget makes the rest wait. `on_page` hears of each page read from Slack."""
         with self._sessions() as s:
-            state = data.get_thread(s, team_id, channel, thread_ts)
-            fresh_at = data.as_utc(state.full_read_at) if state else None
-            stored = (
-                data.load_messages(s, team_id, channel, thread_ts)
-                if fresh_at is not None and now - fresh_at < self._full_every
-                else []
-            )
-        if stored:
-            last = max(stored, key=lambda m: ts_key(m["ts"]))["ts"]
-            fetched = fetch_thread(client, channel, thread_ts, oldest=last, on_page=on_page)
-            new = [slim(m) for m in fetched]
-            known = {m["ts"] for m in stored}
-            added = [m for m in new if m["ts"] not in known]
-            if added:
-                with self._sessions.begin() as s:
-                    data.store_messages(s, team_id, channel, thread_ts, added, now)
-            messages = stored + added
-            messages.sort(key=lambda m: ts_key(m["ts"]))
-            return messages
-        messages = [slim(m) for m in fetch_thread(client, channel, thread_ts, on_page=on_page)]
-        if messages and is_reply(messages[0]):
-            return messages  # `thread_ts` named a reply: Slack returned just it; keep nothing
+            named = data.get_message(s, team_id, channel, thread_ts)
+        if named is not None and is_reply(named):
+            return [named]  # `thread_ts` names a reply: the caller reads its parent's thread
+        gaps = self.gaps(team_id, channel, thread_ts, now, keep=keep)
+        with self._sessions() as s:
+            if not gaps and data.get_message(s, team_id, channel, thread_ts) is None:
+                gaps = [(ts_time(thread_ts), ts_time(thread_ts))]  # the parent is not kept
+        client = self._client(team_id, enterprise_id) if gaps else None
+        for gap in gaps:
+            assert client is not None
+            alone = self._fill(client, team_id, channel, thread_ts, gap, now, on_page)
+            if alone is not None:
+                return [alone]
         with self._sessions.begin() as s:
-            data.store_messages(s, team_id, channel, thread_ts, messages, now, replace=True)
+            messages = data.load_messages(s, team_id, channel, thread_ts)
             state = data.get_or_create_thread(s, team_id, channel, thread_ts)
-            state.full_read_at = now
+            if gaps and gaps[0][0] <= ts_time(thread_ts):
+                state.full_read_at = now  # read from its start: whole as of now
+        messages.sort(key=lambda m: ts_key(m["ts"]))
         return messages
+
+    def _fill(
+        self,
+        client: WebClient,
+        team_id: str,
+        channel: str,
+        thread_ts: str,
+        gap: Interval,
+        now: datetime,
+        on_page: Callable[[int], None] | None,
+    ) -> dict[str, Any] | None:
+        """Read the thread's messages in `gap` page by page (oldest first, no cursors: each page
+        starts after the last one kept, so a wait loses nothing); the window read so far is
+        recorded as kept after every page. Returns the message alone when `thread_ts` turns
+        out to name a reply."""
+        start, end = gap
+        read = 0
+        while True:
+            tier = self.budget.tier(team_id, REPLIES)
+            self._slot(
+                team_id, REPLIES, lambda wait: self._pending(team_id, channel, thread_ts, wait)
+            )
+            try:
+                resp = client.conversations_replies(
+                    channel=channel,
+                    ts=thread_ts,
+                    oldest=time_ts(start),
+                    latest=time_ts(end),
+                    inclusive=True,
+                    limit=tier.page_limit,
+                )
+            except SlackApiError as exc:
+                if exc.response.status_code == 429:
+                    self.budget.throttled(team_id, REPLIES, retry_after(exc))
+                    continue
+                raise ThreadReadError(str(exc.response.get("error", "unknown_error"))) from None
+            raw = resp.get("messages") or []
+            if raw and is_reply(raw[0]) and raw[0].get("ts") == thread_ts:
+                return slim(raw[0])
+            more = bool(resp.get("has_more"))
+            if more:
+                self.budget.page_cut(team_id, REPLIES, asked=tier.page_limit, got=len(raw))
+            page = [slim(m) for m in raw]
+            newest = max((ts_time(m["ts"]) for m in page), default=start)
+            # A window ending now is read up to its newest message only: a message posted
+            # during the read, or a clock a little off Slack's, must not fall inside it.
+            reached = end if not more and end < now - OPEN_END else max(newest, start)
+            with self._sessions.begin() as s:
+                data.put_messages(s, team_id, channel, thread_ts, page, now)
+                add_span(s, team_id, channel, thread_ts, (start, reached))
+                parent = next((m for m in raw if m.get("ts") == thread_ts), None)
+                if parent is not None and parent.get("reply_count") is not None:
+                    state = data.get_or_create_thread(s, team_id, channel, thread_ts)
+                    state.messages_seen = int(parent["reply_count"]) + 1
+            read += len(page)
+            if on_page is not None:
+                on_page(read)
+            if not more:
+                return None
+            start = reached + timedelta(microseconds=1)
+
+    def _pending(self, team_id: str, channel: str, thread_ts: str, wait: float) -> ReadsPending:
+        """What a wait of `wait` seconds means for the rest of this thread's read."""
+        tier = self.budget.tier(team_id, REPLIES)
+        with self._sessions() as s:
+            kept = len(data.load_messages(s, team_id, channel, thread_ts))
+            state = data.get_thread(s, team_id, channel, thread_ts)
+            expected = state.messages_seen if state is not None and state.messages_seen else None
+        left = pages(max(1, (expected or 0) - kept), tier)
+        eta = wait + (left - 1) * tier.interval
+        until = datetime.fromtimestamp(self._clock() + wait, UTC)
+        return ReadsPending(until, eta, kept, expected, tier.describe())
+
+    def read_channel(
+        self,
+        team_id: str,
+        channel: str,
+        window: Interval,
+        now: datetime,
+        enterprise_id: str | None = None,
+        *,
+        keep: bool = False,
+        count: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The channel's top-level messages in `window` (the last `count` of them, if given),
+        each with `reply_count` (Slack's, or the kept replies'), reading conversations.history
+        only where the kept transcript may miss something, newest first."""
+        with self._sessions.begin() as s:
+            gaps = channel_gaps(s, team_id, channel, window, now) if keep else [window]
+            if not keep:  # nothing kept is trusted: read the window again
+                forget_spans(s, team_id, channel, CHANNEL)
+                data.forget_top_level(
+                    s, team_id, channel, time_ts(window[0]), time_ts(window[1])
+                )
+        client = self._client(team_id, enterprise_id) if gaps else None
+        for gap in reversed(gaps):
+            assert client is not None
+            if count is not None and len(self._top(team_id, channel, (gap[1], window[1]))) >= count:
+                break
+            self._fill_history(client, team_id, channel, gap, now, window[1], count)
+        top = self._top(team_id, channel, window)
+        return top[-count:] if count is not None else top
+
+    def _top(self, team_id: str, channel: str, window: Interval) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            top = data.load_top_level(s, team_id, channel, time_ts(window[0]), time_ts(window[1]))
+            counts = data.reply_counts(s, team_id, channel, [m["ts"] for m in top])
+        for m in top:
+            m["reply_count"] = max(int(m.get("reply_count") or 0), counts.get(m["ts"], 0))
+        top.sort(key=lambda m: ts_key(m["ts"]))
+        return top
+
+    def _fill_history(
+        self,
+        client: WebClient,
+        team_id: str,
+        channel: str,
+        gap: Interval,
+        now: datetime,
+        newest: datetime,
+        count: int | None,
+    ) -> None:
+        """Read the channel's top-level messages in `gap`, newest first, page by page; after
+        each page the window from its oldest message to the gap's end is kept. With `count`,
+        stop once that many are kept between the page and `newest`."""
+        start, end = gap
+        top: datetime | None = None  # where the kept window ends (see _fill)
+        while True:
+            tier = self.budget.tier(team_id, HISTORY)
+            self._slot(team_id, HISTORY, lambda wait: self._history_pending(team_id, wait))
+            try:
+                resp = client.conversations_history(
+                    channel=channel,
+                    oldest=time_ts(start),
+                    latest=time_ts(end),
+                    inclusive=True,
+                    limit=tier.page_limit,
+                )
+            except SlackApiError as exc:
+                if exc.response.status_code == 429:
+                    self.budget.throttled(team_id, HISTORY, retry_after(exc))
+                    continue
+                raise ThreadReadError(str(exc.response.get("error", "unknown_error"))) from None
+            raw = [
+                m
+                for m in resp.get("messages") or []
+                if m.get("ts") and m.get("subtype") not in SKIPPED_SUBTYPES and not is_reply(m)
+            ]
+            more = bool(resp.get("has_more"))
+            if more:
+                self.budget.page_cut(team_id, HISTORY, asked=tier.page_limit, got=len(raw))
+            oldest = min((ts_time(m["ts"]) for m in raw), default=end)
+            reached = min(oldest, end) if more else start
+            if top is None:
+                newest = max((ts_time(m["ts"]) for m in raw), default=start)
+                top = end if end < now - OPEN_END else newest
+            with self._sessions.begin() as s:
+                for m in raw:
+                    body = slim(m)
+                    if m.get("reply_count"):
+                        body["reply_count"] = int(m["reply_count"])
+                    data.put_messages(s, team_id, channel, m["ts"], [body], now)
+                if top >= reached:
+                    add_span(s, team_id, channel, CHANNEL, (reached, top))
+            if not more or reached <= start:
+                return
+            if count is not None and len(self._top(team_id, channel, (reached, newest))) >= count:
+                return
+            end = reached - timedelta(microseconds=1)
+
+    def _history_pending(self, team_id: str, wait: float) -> ReadsPending:
+        tier = self.budget.tier(team_id, HISTORY)
+        until = datetime.fromtimestamp(self._clock() + wait, UTC)
+        return ReadsPending(until, wait, 0, None, tier.describe())
+
+
+SKIPPED_SUBTYPES = ("channel_join", "channel_leave")
+# A window that ends less than this before now is open: kept only up to its newest message.
+OPEN_END = timedelta(seconds=10)
 
 
 class NameResolver:

@@ -125,6 +125,44 @@ def reading_status(count: int) -> tuple[str, list[str]]:
     ]
 
 
+def _duration(seconds: float) -> str:
+    """A wait in words: "under a minute", "about 1 minute", "about 14 minutes"."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 90:
+        return f"about {minutes} minute{'s' if minutes != 1 else ''}"
+    return f"about {minutes / 60:.1f} hours"
+
+
+def waiting_status(eta: float, kept: int, expected: int | None, why: str) -> tuple[str, list[str]]:
+    """The status line while reads wait for Slack's limit: what is happening, how long."""
+    left = _duration(eta)
+    got = f"{kept:,} of {expected:,}" if expected and expected >= kept else f"{kept:,}"
+    return f"is reading the thread from Slack: {left} left", [
+        f"Reading from Slack: {left} left"[:50],
+        f"{got} messages read so far"[:50],
+        f"{why}"[:50],
+    ]
+
+
+def reads_wait_text(eta: float, why: str) -> str:
+    """A summary whose reads wait for Slack's limit: what happens, and how long."""
+    return (
+        f"Reading the conversation from Slack: {_duration(eta)} to go ({why}). "
+        "The summary follows here when it is done."
+    )
+
+
+def partial_note(used: int, expected: int | None, eta: float) -> str:
+    """The note under an answer given from part of the thread while the rest is read."""
+    of = f" of about {expected:,}" if expected and expected > used else ""
+    return (
+        f"Partial answer: from the {used:,}{of} messages read so far. Slack limits how fast "
+        f"this app may read; the complete answer follows in {_duration(eta)}."
+    )
+
+
 def writing_status(count: int) -> tuple[str, list[str]]:
     """The status line (and its loading messages) once the thread is read."""
     return f"is reading {count:,} messages…", [

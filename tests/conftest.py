@@ -90,8 +90,9 @@ def make_bot(slack, model, database_url, engine) -> Iterator[Any]:
     def factory(**settings_extra: Any) -> Bot:
         url = settings_extra.pop("database_url", database_url)
         clock = settings_extra.pop("clock", time.time)
+        sleep = settings_extra.pop("sleep", time.sleep)
         settings: Settings = make_settings(slack, model, url, **settings_extra)
-        app = create_app(settings, engine=make_engine(url), clock=clock)
+        app = create_app(settings, engine=make_engine(url), clock=clock, sleep=sleep)
         bot = Bot(app, slack, model)
         bots.append(bot)
         return bot

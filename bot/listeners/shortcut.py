@@ -11,8 +11,8 @@ from bot.delivery import Ephemeral
 from bot.jobs import Handler, JobQueue
 from bot.listeners.summarize import requester_of
 from bot.service import AnswerService
-from bot.summaries import SummaryService
-from bot.threads import thread_of
+from bot.summaries import SummaryService, wait_for_reads
+from bot.threads import ReadsPending, thread_of
 from bot.user_messages import GAVE_UP_SUMMARY, SOMETHING_WRONG
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def register(
         who = requester_of(payload, with_org=True)
         try:
             summaries.summarize_thread(payload["channel_id"], payload["thread_ts"], who, out)
+        except ReadsPending as wait:
+            raise wait_for_reads(wait, payload, out) from None
         except Exception:
             log.exception("shortcut failed in %s", payload["channel_id"])
             out.send(SOMETHING_WRONG)

@@ -17,7 +17,8 @@ from slack_bolt import Ack, App, BoltContext
 
 from bot.delivery import ResponseUrl
 from bot.jobs import Handler, JobQueue
-from bot.summaries import Requester, SummaryService, ThreadLink, parse_link
+from bot.summaries import Requester, SummaryService, ThreadLink, parse_link, wait_for_reads
+from bot.threads import ReadsPending
 from bot.usage import UsageService
 from bot.user_messages import SOMETHING_WRONG
 
@@ -244,6 +245,8 @@ def register(
             action = ACTIONS[parsed.action]
             if action.run is not None:
                 action.run(parsed, job)
+        except ReadsPending as wait:
+            raise wait_for_reads(wait, payload, out) from None
         except Exception:
             log.exception("/summarize failed in %s", payload.get("channel_id"))
             out.send(SOMETHING_WRONG, replace=True)

@@ -153,6 +153,92 @@ def load_messages(
     return [json.loads(b) for b in rows]
 
 
+def get_message(session: Session, team_id: str, channel_id: str, ts: str) -> dict[str, Any] | None:
+    """One stored message by its ts, if kept."""
+    body = session.scalar(
+        select(ThreadMessage.body).where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.ts == ts,
+        )
+    )
+    return json.loads(body) if body is not None else None
+
+
+def load_top_level(
+    session: Session, team_id: str, channel_id: str, oldest: str, latest: str
+) -> list[dict[str, Any]]:
+    """Stored top-level messages (thread parents and lone messages) with oldest <= ts <= latest
+    (Slack ts strings of equal length compare in time order)."""
+    rows = session.scalars(
+        select(ThreadMessage.body).where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.ts == ThreadMessage.thread_ts,
+            ThreadMessage.ts >= oldest,
+            ThreadMessage.ts <= latest,
+        )
+    )
+    return [json.loads(b) for b in rows]
+
+
+def reply_counts(
+    session: Session, team_id: str, channel_id: str, parents: list[str]
+) -> dict[str, int]:
+    """How many replies of each thread (by its parent's ts) are stored."""
+    if not parents:
+        return {}
+    rows = session.execute(
+        select(ThreadMessage.thread_ts, func.count())
+        .where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.thread_ts.in_(parents),
+            ThreadMessage.ts != ThreadMessage.thread_ts,
+        )
+        .group_by(ThreadMessage.thread_ts)
+    ).all()
+    return {t: int(n) for t, n in rows}
+
+
+def forget_top_level(
+    session: Session, team_id: str, channel_id: str, oldest: str, latest: str
+) -> None:
+    """Drop stored top-level messages with oldest <= ts <= latest (they are read again)."""
+    session.execute(
+        delete(ThreadMessage).where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.ts == ThreadMessage.thread_ts,
+            ThreadMessage.ts >= oldest,
+            ThreadMessage.ts <= latest,
+        )
+    )
+
+
+def put_messages(
+    session: Session,
+    team_id: str,
+    channel_id: str,
+    thread_ts: str,
+    messages: Iterable[dict[str, Any]],
+    now: Any,
+) -> None:
+    """Keep messages just read from Slack, replacing stored copies of the same ts (a read is
+    at least as fresh as what is stored)."""
+    messages = list(messages)
+    if not messages:
+        return
+    session.execute(
+        delete(ThreadMessage).where(
+            ThreadMessage.team_id == team_id,
+            ThreadMessage.channel_id == channel_id,
+            ThreadMessage.ts.in_([m["ts"] for m in messages]),
+        )
+    )
+    store_messages(session, team_id, channel_id, thread_ts, messages, now)
+
+
 def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -249,9 +335,7 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
     # Jobs carry the request's text; their lanes start with the workspace id. Running ones go
     # too (the one purging after itself included): a job keeps what it already loaded, and
     # finishing or heartbeating a deleted job changes no row.
-    result = session.execute(
-        delete(Job).where(Job.lane.startswith(f"{team_id}:", autoescape=True))
-    )
+    result = session.execute(delete(Job).where(Job.lane.startswith(f"{team_id}:", autoescape=True)))
     counts[Job.__tablename__] = result.rowcount or 0
     session.execute(
         update(UsageRecord).where(UsageRecord.team_id == team_id).values(thread_ts=None)
