@@ -109,6 +109,7 @@ class Ask:
     status_delay: float | None = None  # fake seconds from the ask to that estimate
     model_at: list[float] = field(default_factory=list)  # fake times of its model requests
     answered_at: float | None = None  # of the request for the complete answer
+    delivered: bool | None = None  # a recap reached its requester (response_url)
 
     @property
     def done_at(self) -> float:
@@ -489,6 +490,10 @@ class Day:
                 ask.throttled += 1
             else:
                 ask.reads[entry["method"]] += 1
+        for ask in self.asks:  # a recap is delivered with its share button
+            ask.delivered = any(
+                b.get("type") == "actions" for r in slack.responses if r["_url"] == ask.url
+                for b in r.get("blocks") or []) if ask.kind == "recap" else None
         windows = {m: slack.max_reads_per_window(slack.team_id, m, WINDOW) for m in READ_METHODS}
         return Result(config, self.asks, other, throttled_other, windows, self.events, real,
                       self.hung, self.blocked, learnt)
@@ -556,6 +561,9 @@ def report(results: list[Result], out: TextIO) -> None:
                      if len(shown) < len(waiting) else "") + "\n")
         if unanswered:
             out.write(f"never reached the model: {', '.join(unanswered)}\n")
+        lost = [a.label for a in r.asks if a.answered_at is not None and a.delivered is False]
+        if lost:
+            out.write(f"answered but not delivered (response_url expired): {', '.join(lost)}\n")
         if r.blocked:
             out.write(f"wait_idle() timed out {r.blocked} times on a job queued behind a "
                       "deferred one in its lane\n")
