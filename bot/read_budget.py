@@ -172,6 +172,8 @@ class ReadBudget:
                 row = self._row(s, team_id, m)
                 if row.tier != LIMITED.name:
                     self._learn(row, now, f"pages cut at {got} of {asked} messages")
+                    if m == method:  # the request just made counts against the new limit
+                        row.next_at = now + timedelta(seconds=LIMITED.interval)
 
     @staticmethod
     def _learn(row: BudgetRow, now: datetime, reason: str) -> None:

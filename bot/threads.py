@@ -304,14 +304,12 @@ class ThreadReader:
             self._slot(
                 team_id, REPLIES, lambda wait: self._pending(team_id, channel, thread_ts, wait)
             )
+            bounds = {"oldest": time_ts(start), "inclusive": True}
+            if end < now - OPEN_END:  # an open window has no upper bound: Slack's now is it
+                bounds["latest"] = time_ts(end)
             try:
                 resp = client.conversations_replies(
-                    channel=channel,
-                    ts=thread_ts,
-                    oldest=time_ts(start),
-                    latest=time_ts(end),
-                    inclusive=True,
-                    limit=tier.page_limit,
+                    channel=channel, ts=thread_ts, limit=tier.page_limit, **bounds
                 )
             except SlackApiError as exc:
                 if exc.response.status_code == 429:
@@ -373,9 +371,7 @@ class ThreadReader:
             gaps = channel_gaps(s, team_id, channel, window, now) if keep else [window]
             if not keep:  # nothing kept is trusted: read the window again
                 forget_spans(s, team_id, channel, CHANNEL)
-                data.forget_top_level(
-                    s, team_id, channel, time_ts(window[0]), time_ts(window[1])
-                )
+                data.forget_top_level(s, team_id, channel, time_ts(window[0]), time_ts(window[1]))
         client = self._client(team_id, enterprise_id) if gaps else None
         for gap in reversed(gaps):
             assert client is not None
@@ -412,13 +408,12 @@ class ThreadReader:
         while True:
             tier = self.budget.tier(team_id, HISTORY)
             self._slot(team_id, HISTORY, lambda wait: self._history_pending(team_id, wait))
+            bounds = {"oldest": time_ts(start), "inclusive": True}
+            if top is not None or end < now - OPEN_END:
+                bounds["latest"] = time_ts(end)
             try:
                 resp = client.conversations_history(
-                    channel=channel,
-                    oldest=time_ts(start),
-                    latest=time_ts(end),
-                    inclusive=True,
-                    limit=tier.page_limit,
+                    channel=channel, limit=tier.page_limit, **bounds
                 )
             except SlackApiError as exc:
                 if exc.response.status_code == 429:
