@@ -270,9 +270,11 @@ class ThreadReader:
             if not gaps and data.get_message(s, team_id, channel, thread_ts) is None:
                 gaps = [(ts_time(thread_ts), ts_time(thread_ts))]  # the parent is not kept
         client = self._client(team_id, enterprise_id) if gaps else None
-        for gap in gaps:
+        for start, end in gaps:
             assert client is not None
-            alone = self._fill(client, team_id, channel, thread_ts, gap, now, on_page)
+            if start > ts_time(thread_ts):  # a gap starts where a kept window ends: after it
+                start += timedelta(microseconds=1)
+            alone = self._fill(client, team_id, channel, thread_ts, (start, end), now, on_page)
             if alone is not None:
                 return [alone]
         with self._sessions.begin() as s:
@@ -373,8 +375,14 @@ class ThreadReader:
                 forget_spans(s, team_id, channel, CHANNEL)
                 data.forget_top_level(s, team_id, channel, time_ts(window[0]), time_ts(window[1]))
         client = self._client(team_id, enterprise_id) if gaps else None
-        for gap in reversed(gaps):
+        # Newest first, but the open end (up to now) last once something is kept: a read that
+        # waited goes on where it stopped instead of spending each slot on the newest minute.
+        closed = [g for g in gaps if g[1] < now - OPEN_END]
+        order = [*reversed(closed), *(g for g in gaps if g not in closed)]
+        for gap in order:
             assert client is not None
+            if gap[0] > window[0]:  # it starts where a kept window ends: after it
+                gap = (gap[0] + timedelta(microseconds=1), gap[1])
             if count is not None and len(self._top(team_id, channel, (gap[1], window[1]))) >= count:
                 break
             self._fill_history(client, team_id, channel, gap, now, window[1], count)
