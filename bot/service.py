@@ -167,6 +167,11 @@ class AnswerService:
             clock=clock,
         )
 
+    @property
+    def settings(self) -> Settings:
+        """The operator's settings this service runs with."""
+        return self._settings
+
     def client_for(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
         """The Web API client of a workspace (an org-wide install's, for a Grid workspace)."""
         return self._clients.for_team(

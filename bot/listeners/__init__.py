@@ -9,6 +9,7 @@ from bot.coverage import Receiver
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import (
+    backfill,
     home,
     lifecycle,
     mention,
@@ -44,6 +45,7 @@ def register(
     handlers.update(summarize.register(app, summaries, queue, usage))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
+    handlers.update(backfill.register(answers, answers.settings.backfill_messages))
     message_events.register(messages, sessions, answers.now)
     del receiver  # kept-transcript storage (issue 16) calls receiver.seen() for every event
     messages.attach(app)
