@@ -146,9 +146,10 @@ class Workspaces:
     def effective(self, team_id: str) -> Effective:
         """The workspace's settings merged over the operator's (one read; once per request)."""
         with self._sessions() as s:
-            return self._merge(s.get(WorkspaceSettings, team_id))
+            return self.merge(s.get(WorkspaceSettings, team_id))
 
-    def _merge(self, row: WorkspaceSettings | None) -> Effective:
+    def merge(self, row: WorkspaceSettings | None) -> Effective:
+        """The settings of a workspace whose stored choice is `row` (None: none stored)."""
         s = self.settings
         if row is None:
             return Effective(
