@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -28,6 +28,7 @@ from bot.delivery import impatient, retry_after
 from bot.read_budget import HISTORY, REPLIES, ReadBudget, pages
 from bot.store import data
 from bot.transcript import (
+    EXTERNAL_STUB,
     OWN_NAME,
     Renderer,
     Turn,
@@ -514,7 +515,7 @@ class NameResolver:
                 error = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
                 log.warning("users.info %s for its org failed: %s", user_id, error)
                 user = {}
-            self._orgs[user_id] = _org_of(user)
+            self._orgs[user_id] = org_of(user)
         return self._orgs[user_id]
 
     def _fetch(self, user_id: str, now: datetime) -> str:
@@ -523,7 +524,7 @@ class NameResolver:
         except SlackApiError as exc:
             log.warning("users.info %s failed: %s", user_id, exc.response.get("error"))
             return user_id
-        self._orgs[user_id] = _org_of(user)
+        self._orgs[user_id] = org_of(user)
         profile = user.get("profile") or {}
         name = (
             profile.get("display_name")
@@ -537,7 +538,20 @@ class NameResolver:
         return name
 
 
-def _org_of(user: dict[str, Any]) -> str | None:
+class OrgLookup(Protocol):
+    """Who tells which Enterprise Grid org a user belongs to (None: none, or unknown)."""
+
+    def org(self, user_id: str) -> str | None: ...
+
+
+def external_stub(message: dict[str, Any]) -> dict[str, Any]:
+    """What is stored of another organisation's message: where it sits, never what it says."""
+    out = {k: message[k] for k in ("ts", "thread_ts", "team", "user_team") if message.get(k)}
+    out[EXTERNAL_STUB] = True
+    return out
+
+
+def org_of(user: dict[str, Any]) -> str | None:
     """The Enterprise Grid org of a users.info user (None outside Grid)."""
     return (user.get("enterprise_user") or {}).get("enterprise_id")
 
@@ -548,7 +562,7 @@ def is_external(
     *,
     team_id: str | None,
     enterprise_id: str | None,
-    names: NameResolver,
+    names: OrgLookup,
 ) -> bool:
     """Slack Connect: True when an author of team `author_team` belongs to another organisation
     than the workspace `team_id` and its Enterprise Grid org `enterprise_id` (same-org authors
@@ -577,6 +591,8 @@ def render_thread(
     """
 
     def foreign(m: dict[str, Any]) -> bool:
+        if m.get(EXTERNAL_STUB):
+            return True
         return is_external(
             m.get("user_team") or m.get("team"),
             m.get("user"),
