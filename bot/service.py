@@ -169,6 +169,7 @@ class AnswerService:
         )
         # What message events (and the bot's own answers) store, for workspaces that keep them.
         self.keeper = Keeper(sessions, self.workspaces, OrgCache(self.client_for), self.now)
+        self.reader.shape = lambda team, org, m: self.keeper.content(team, org, m, False)
 
     @property
     def settings(self) -> Settings:

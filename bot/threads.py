@@ -219,6 +219,11 @@ class ThreadReader:
         self._sleep = sleep
         self._clock = clock
         self._short_wait = short_wait
+        # What is stored of a message read from Slack (the keeper's policy: another
+        # organisation's message is kept as a stub only); slim fields until one is set.
+        self.shape: Callable[[str, str | None, dict[str, Any]], dict[str, Any]] = (
+            lambda _team, _org, m: slim(m)
+        )
 
     def _client(self, team_id: str, enterprise_id: str | None) -> WebClient:
         """The workspace's client without waiting out 429s: the budget decides when to retry."""
@@ -275,7 +280,9 @@ class ThreadReader:
             assert client is not None
             if start > ts_time(thread_ts):  # a gap starts where a kept window ends: after it
                 start += timedelta(microseconds=1)
-            alone = self._fill(client, team_id, channel, thread_ts, (start, end), now, on_page)
+            alone = self._fill(
+                client, team_id, channel, thread_ts, (start, end), now, on_page, enterprise_id
+            )
             if alone is not None:
                 return [alone]
         with self._sessions.begin() as s:
@@ -295,6 +302,7 @@ class ThreadReader:
         gap: Interval,
         now: datetime,
         on_page: Callable[[int], None] | None,
+        enterprise_id: str | None = None,
     ) -> dict[str, Any] | None:
         """Read the thread's messages in `gap` page by page (oldest first, no cursors: each page
         starts after the last one kept, so a wait loses nothing); the window read so far is
@@ -325,7 +333,7 @@ class ThreadReader:
             more = bool(resp.get("has_more"))
             if more:
                 self.budget.page_cut(team_id, REPLIES, asked=tier.page_limit, got=len(raw))
-            page = [slim(m) for m in raw]
+            page = [self.shape(team_id, enterprise_id, m) for m in raw]
             newest = max((ts_time(m["ts"]) for m in page), default=start)
             # A window ending now is read up to its newest message only: a message posted
             # during the read, or a clock a little off Slack's, must not fall inside it.
@@ -444,7 +452,7 @@ class ThreadReader:
                 top = end if end < now - OPEN_END else newest
             with self._sessions.begin() as s:
                 for m in raw:
-                    body = slim(m)
+                    body = self.shape(team_id, None, m)
                     if m.get("reply_count"):
                         body["reply_count"] = int(m["reply_count"])
                     data.put_messages(s, team_id, channel, m["ts"], [body], now)

@@ -144,3 +144,56 @@ def test_a_recap_waits_for_history_reads_and_says_how_long(make_bot, slack, mode
         model.requests[-1]
     )
     assert len(ui.responses(url)) <= 5  # a response_url takes five messages
+
+
+def keep_thread_by_events(bot: Bot, slack: Any, channel: str, n: int) -> str:
+    """A thread whose parent and `n` replies all arrive as events while the bot is receiving."""
+    parent_event = slack.post_event(channel, words(0), user="U1")
+    bot.deliver(parent_event)
+    parent = parent_event["ts"]
+    for i in range(1, n + 1):
+        slack.advance(1)
+        bot.deliver(slack.post_event(channel, words(i), user="U2", thread_ts=parent))
+    return parent
+
+
+def test_a_500_message_thread_kept_from_events_is_answered_with_no_reads(make_bot, slack, model):
+    slack.set_read_tier("limited")
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    bot.app.start_receiving()
+    slack.advance(10)
+    parent = keep_thread_by_events(bot, slack, "C1", 499)
+    slack.advance(5)
+    bot.mention("C1", "what did we decide?", thread_ts=parent)
+    assert slack.read_log == []  # not one conversations.replies/history call
+    text = prompt_text(model.requests[-1])
+    assert "Note 0" in text and "Note 499" in text
+    bot.mention("C1", "and who owns it?", thread_ts=parent)  # a follow-up: still none
+    assert slack.read_log == []
+
+
+def test_after_an_outage_only_threads_active_during_the_gap_are_read(
+    make_bot, slack, model, database_url
+):
+    slack.set_read_tier("limited")
+    first = make_bot(clock=slack.clock, sleep=slack.sleep)
+    first.app.start_receiving()
+    slack.advance(10)
+    active = keep_thread_by_events(first, slack, "C1", 5)
+    first.close()  # down: what is posted now reaches nobody
+    slack.advance(600)
+    slack.post_event("C1", "Note 77: posted while the bot was down", user="U3", thread_ts=active)
+    slack.advance(600)
+    second = make_bot(clock=slack.clock, sleep=slack.sleep)
+    second.app.start_receiving()
+    slack.advance(10)
+    after = keep_thread_by_events(second, slack, "C1", 5)  # entirely after the gap
+    slack.advance(5)
+    second.mention("C1", "summarize", thread_ts=after)
+    assert slack.read_log == []  # untouched by the gap: no read
+    second.mention("C1", "summarize", thread_ts=active)
+    reads = allowed_reads(slack)
+    assert len(reads) == 1 and reads[0]["channel"] == "C1"  # the gap's window, once
+    assert "Note 77" in prompt_text(model.requests[-1])
+    second.mention("C1", "and then?", thread_ts=active)
+    assert len(allowed_reads(slack)) == 1  # repaired: the follow-up reads nothing
