@@ -304,20 +304,23 @@ class ThreadReader:
         on_page: Callable[[int], None] | None,
         enterprise_id: str | None = None,
     ) -> dict[str, Any] | None:
-        """Read the thread's messages in `gap` page by page (oldest first, no cursors: each page
-        starts after the last one kept, so a wait loses nothing); the window read so far is
-        recorded as kept after every page. Returns the message alone when `thread_ts` turns
-        out to name a reply."""
+        """Read the thread's messages in `gap` page by page, oldest first; the window read so far
+        is recorded as kept after every page, so a wait for the budget loses nothing. Returns
+        the message alone when `thread_ts` turns out to name a reply."""
         start, end = gap
         read = 0
+        first: dict[str, Any] = {"oldest": time_ts(start), "inclusive": True}
+        if end < now - OPEN_END:  # an open window has no upper bound: Slack's now is it
+            first["latest"] = time_ts(end)
+        cursor: str | None = None
         while True:
             tier = self.budget.tier(team_id, REPLIES)
             self._slot(
                 team_id, REPLIES, lambda wait: self._pending(team_id, channel, thread_ts, wait)
             )
-            bounds = {"oldest": time_ts(start), "inclusive": True}
-            if end < now - OPEN_END:  # an open window has no upper bound: Slack's now is it
-                bounds["latest"] = time_ts(end)
+            # Within one run, Slack's cursor (the parent is not sent again); after a wait, the
+            # next run starts after the last message kept.
+            bounds = {**first, "cursor": cursor} if cursor else first
             try:
                 resp = client.conversations_replies(
                     channel=channel, ts=thread_ts, limit=tier.page_limit, **bounds
@@ -351,6 +354,9 @@ class ThreadReader:
             if not more:
                 return None
             start = reached + timedelta(microseconds=1)
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
+            if cursor is None:
+                first = {**first, "oldest": time_ts(start)}
 
     def _pending(self, team_id: str, channel: str, thread_ts: str, wait: float) -> ReadsPending:
         """What a wait of `wait` seconds means for the rest of this thread's read."""
