@@ -47,7 +47,7 @@ class Tier:
         return "Slack's read limit"
 
 
-TIER3 = Tier("tier3", 60 / 50, 10, 200)
+TIER3 = Tier("tier3", 60 / 50, 50, 200)  # Slack allows bursts: a minute's worth
 LIMITED = Tier("limited", 60.0, 1, 15)
 TIERS = {t.name: t for t in (TIER3, LIMITED)}
 

@@ -27,6 +27,7 @@ from bot.coverage import (
 from bot.delivery import impatient, retry_after
 from bot.read_budget import HISTORY, REPLIES, ReadBudget, pages
 from bot.store import data
+from bot.store.models import ConversationState
 from bot.transcript import (
     EXTERNAL_STUB,
     OWN_NAME,
@@ -244,11 +245,14 @@ class ThreadReader:
     ) -> list[Interval]:
         """The windows of the thread that a read has to fill (empty: the stored copy is whole)."""
         with self._sessions.begin() as s:
-            if keep:
+            kept = s.get(ConversationState, (team_id, channel))
+            if keep and kept is not None and kept.member_since is not None:
                 return thread_gaps(s, team_id, channel, thread_ts, now)
+            # Not kept from events: windows read count, and the thread is read whole again
+            # after `full_every` (edits made meanwhile are seen only so).
             state = data.get_thread(s, team_id, channel, thread_ts)
             fresh_at = data.as_utc(state.full_read_at) if state else None
-            if fresh_at is None or now - fresh_at >= self._full_every:
+            if fresh_at is not None and now - fresh_at >= self._full_every:
                 forget_spans(s, team_id, channel, thread_ts)  # read it whole again (edits)
                 data.store_messages(s, team_id, channel, thread_ts, [], now, replace=True)
                 return [(ts_time(thread_ts), now)]

@@ -197,3 +197,63 @@ def test_after_an_outage_only_threads_active_during_the_gap_are_read(
     assert "Note 77" in prompt_text(model.requests[-1])
     second.mention("C1", "and then?", thread_ts=active)
     assert len(allowed_reads(slack)) == 1  # repaired: the follow-up reads nothing
+
+
+def test_a_private_channel_kept_from_events_is_answered_with_no_reads(make_bot, slack, model):
+    slack.set_read_tier("limited")
+    slack.add_channel("G1", "secret-plans", is_private=True, members={"U1", "U2"})
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    bot.app.start_receiving()
+    slack.advance(10)
+    parent = keep_thread_by_events(bot, slack, "G1", 30)
+    slack.advance(5)
+    bot.mention("G1", "summarize", thread_ts=parent)
+    assert slack.read_log == []
+    assert "Note 30" in prompt_text(model.requests[-1])
+
+
+def test_backfill_on_join_reads_recent_history_within_the_budget(make_bot, slack, model):
+    slack.set_read_tier("limited")
+    slack.add_channel("C2", "busy", members={"U1", "U2"}, bot_member=False)
+    for i in range(40):
+        slack.add_message("C2", words(i), user="U2")  # before the bot was there
+    bot = make_bot(
+        clock=slack.clock, sleep=slack.sleep, slack_read_tier="limited", backfill_messages=20
+    )
+    bot.app.start_receiving()
+    slack.advance(60)
+    bot.deliver(slack.member_joined_event("C2", "UBOT"))
+    drive(bot, slack)
+    history = allowed_reads(slack, "conversations.history")
+    # 20 messages at 15 a page, then what came since the first page: it stops there (of 40).
+    assert len(history) == 3
+    assert sum(e["returned"] for e in history) < 40
+    assert slack.max_reads_per_window(slack.team_id, "conversations.history") == 1
+    from tests.harness import SlackUI
+
+    before = len(slack.read_log)
+    ui = SlackUI(bot)
+    _, url = ui.command("20", channel="C2")
+    drive(bot, slack)
+    # The recap of those 20 messages reads only what came after the backfill (the open end).
+    assert len(slack.read_log) - before <= 1
+    assert "Note 39" in prompt_text(model.requests[-1]) and "Note 20" in prompt_text(
+        model.requests[-1]
+    )
+
+
+def test_keeping_turned_off_reads_as_before(make_bot, slack, model, engine):
+    from sqlalchemy.orm import sessionmaker
+
+    from bot.store.models import WorkspaceSettings
+
+    with sessionmaker(engine).begin() as s:
+        s.add(WorkspaceSettings(team_id=slack.team_id, keep_transcripts=False))
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    bot.app.start_receiving()
+    slack.advance(10)
+    parent = keep_thread_by_events(bot, slack, "C1", 5)  # events arrive, nothing is kept
+    slack.advance(5)
+    bot.mention("C1", "summarize", thread_ts=parent)
+    assert len(allowed_reads(slack)) == 1  # read from Slack, as without events
+    assert "Note 5" in prompt_text(model.requests[-1])
