@@ -82,6 +82,10 @@ class SimClock:
     def __call__(self) -> float:
         return self.now
 
+    def sleep(self, seconds: float) -> None:
+        """The bot waits (for Slack's read budget): simulated time passes, nothing blocks."""
+        self.now += max(0.0, seconds)
+
 
 @dataclass
 class ModelCall:
@@ -290,7 +294,9 @@ def _setup(slack: FakeSlack, workload: wl.Workload | None = None) -> None:
 def _start_bot(slack: FakeSlack, model: FakeMessagesAPI, tmp: str, clock: SimClock) -> Bot:
     url = f"sqlite:///{Path(tmp) / 'bench.db'}"
     migrate(make_engine(url))
-    app = create_app(make_settings(slack, model, url), engine=make_engine(url), clock=clock)
+    app = create_app(
+        make_settings(slack, model, url), engine=make_engine(url), clock=clock, sleep=clock.sleep
+    )
     return Bot(app, slack, model)
 
 

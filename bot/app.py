@@ -494,6 +494,9 @@ def _bolt(
         signing_secret=secret.get_secret_value() if secret else None,
         # BotApp.wsgi verifies first and logs only the cause; Bolt's check stays as a second one.
         request_verification_enabled=not settings.socket_mode,
+        # The bot's own messages are part of the transcripts it keeps (listeners/keep.py);
+        # every listener that reacts to messages skips the bot's own (MessageRouter, mention).
+        ignoring_self_events_enabled=False,
         listener_executor=executor,
         logger=bolt_logger,
         **oauth,

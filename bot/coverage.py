@@ -33,6 +33,7 @@ LIVENESS = timedelta(seconds=90)
 # this close to a receiver's start, or before its end, may not have reached it.
 START_MARGIN = timedelta(seconds=5)
 END_MARGIN = timedelta(seconds=30)
+TICK = timedelta(microseconds=1)  # the resolution of Slack's ts
 CHANNEL = ""  # KeptSpan.thread_ts of a channel's top-level messages
 
 
@@ -61,7 +62,7 @@ def merge(intervals: Iterable[Interval]) -> list[Interval]:
     """Overlapping or touching intervals joined, in order."""
     out: list[Interval] = []
     for start, end in sorted(i for i in intervals if i[0] <= i[1]):
-        if out and start <= out[-1][1]:
+        if out and start <= out[-1][1] + TICK:  # Slack's ts are microseconds: no gap between
             out[-1] = (out[-1][0], max(out[-1][1], end))
         else:
             out.append((start, end))
@@ -226,7 +227,7 @@ def add_span(
     start, end = span
     for row in rows:
         a, b = _utc(row.start_at), _utc(row.end_at)
-        if a <= end and b >= start:
+        if a <= end + TICK and b + TICK >= start:
             start, end = min(start, a), max(end, b)
             session.delete(row)
     session.flush()

@@ -190,6 +190,8 @@ class ThreadReply:
         )
         self._status_at: float | None = None
         self._status: tuple[str, list[str]] = ("", [])
+        # The text each message of this reply holds in Slack, by ts, as last sent or edited.
+        self.delivered: dict[str, str] = {}
         if not stream:
             self._mode = "post"
         elif self._refusals.refused("chat.startStream", team_id, channel):
@@ -372,6 +374,7 @@ class ThreadReply:
                 return self._stream_refused("chat.startStream", exc, piece)
             self._ts, self._head, self._full = resp["ts"], self._sent, False
             self._began = self._clock()
+            self.delivered[resp["ts"]] = markdown
         else:
             try:
                 self._quick.chat_appendStream(
@@ -379,6 +382,7 @@ class ThreadReply:
                 )
             except SlackApiError as exc:
                 return self._stream_refused("chat.appendStream", exc, piece)
+            self.delivered[self._ts] = self.delivered.get(self._ts, "") + markdown
         self._sent += len(piece)
         return True
 
@@ -468,6 +472,7 @@ class ThreadReply:
                 channel=self._channel, thread_ts=self._thread, text=text
             )
             self._ts = resp["ts"]
+            self.delivered[resp["ts"]] = text
             self._mode = "update"
         except SlackApiError as exc:
             log.warning("placeholder in %s failed: %s", self._channel, exc.response.get("error"))
@@ -477,6 +482,7 @@ class ThreadReply:
         try:
             self._client.chat_update(channel=self._channel, ts=ts, text=text, blocks=blocks)
             self._last_update = self._clock()
+            self.delivered[ts] = text
             return True
         except SlackApiError as exc:
             log.info("chat.update in %s failed: %s", self._channel, exc.response.get("error"))
@@ -518,19 +524,21 @@ class ThreadReply:
                 unfurl_media=False,
             )
             self._first_ts = self._first_ts or resp.get("ts")
+            self.delivered[resp["ts"]] = text
             return "ok"
         except SlackApiError as exc:
             error = str(exc.response.get("error"))
             log.warning("posting answer in %s failed: %s", self._channel, error)
             if error in ("invalid_blocks", "msg_too_long", "msg_blocks_too_long"):
                 try:
-                    self._client.chat_postMessage(
+                    resp = self._client.chat_postMessage(
                         channel=self._channel,
                         thread_ts=self._thread,
                         text=text[:3900],
                         unfurl_links=False,
                         unfurl_media=False,
                     )
+                    self.delivered[resp["ts"]] = text[:3900]
                     return "ok"
                 except SlackApiError as again:
                     error = str(again.response.get("error"))

@@ -23,7 +23,8 @@ def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: d
     ledger rows older than USAGE_RETENTION_DAYS (unless 0)."""
     with sessions.begin() as s:
         jobs = data.forget_jobs_before(s, now - JOB_KEEP)
-        removed = data.purge_idle_threads(s, now - timedelta(days=settings.message_retention_days))
+        cutoff = now - timedelta(days=settings.message_retention_days)
+        removed = data.purge_idle_threads(s, cutoff, now)
     ledger = 0
     if settings.usage_retention_days:
         cutoff = now - timedelta(days=settings.usage_retention_days)

@@ -47,7 +47,7 @@ class Tier:
         return "Slack's read limit"
 
 
-TIER3 = Tier("tier3", 60 / 50, 10, 200)
+TIER3 = Tier("tier3", 60 / 50, 50, 200)  # Slack allows bursts: a minute's worth
 LIMITED = Tier("limited", 60.0, 1, 15)
 TIERS = {t.name: t for t in (TIER3, LIMITED)}
 
@@ -172,6 +172,8 @@ class ReadBudget:
                 row = self._row(s, team_id, m)
                 if row.tier != LIMITED.name:
                     self._learn(row, now, f"pages cut at {got} of {asked} messages")
+                    if m == method:  # the request just made counts against the new limit
+                        row.next_at = now + timedelta(seconds=LIMITED.interval)
 
     @staticmethod
     def _learn(row: BudgetRow, now: datetime, reason: str) -> None:

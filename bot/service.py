@@ -20,6 +20,7 @@ from bot.delivery import Refusals, ThreadReply, tell
 from bot.formatting import footer_line
 from bot.installations import SlackClients
 from bot.jobs import Deferred
+from bot.keeping import Keeper, OrgCache
 from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient, OnText
 from bot.metrics import Metrics
@@ -166,6 +167,14 @@ class AnswerService:
             sleep=sleep,
             clock=clock,
         )
+        # What message events (and the bot's own answers) store, for workspaces that keep them.
+        self.keeper = Keeper(sessions, self.workspaces, OrgCache(self.client_for), self.now)
+        self.reader.shape = lambda team, org, m: self.keeper.content(team, org, m, False)
+
+    @property
+    def settings(self) -> Settings:
+        """The operator's settings this service runs with."""
+        return self._settings
 
     def client_for(self, team_id: str, enterprise_id: str | None = None) -> WebClient:
         """The Web API client of a workspace (an org-wide install's, for a Grid workspace)."""
@@ -251,6 +260,7 @@ class AnswerService:
         except LLMError as exc:
             if exc.partial:
                 outcome = reply.finish(None, note=cut_off_note(exc.kind))
+                self._keep(req, reply)
                 self._ended(req, outcome, exc.usage_id)
             else:
                 self._fail(req, reply, llm_error_text(exc))
@@ -381,7 +391,23 @@ class AnswerService:
         outcome = reply.finish(
             done.footer, text=done.completion.text, note=stop_note(done.completion)
         )
+        self._keep(req, reply)
         self._ended(req, outcome, done.usage_id)
+
+    def _keep(self, req: ThreadRequest, reply: ThreadReply) -> None:
+        """Keep the answer's final text in the transcript (when the workspace keeps them): the
+        next answer in the thread sees it without reading Slack. A failure only costs a read."""
+        try:
+            self.keeper.answer(
+                req.team_id,
+                req.channel_id,
+                req.thread_ts,
+                reply.delivered,
+                req.bot_user_id,
+                req.bot_id,
+            )
+        except Exception as exc:  # noqa: BLE001 - the answer is delivered; the event may keep it
+            log.warning("keeping the answer in %s failed: %s", req.channel_id, type(exc).__name__)
 
     def _ended(self, req: ThreadRequest, outcome: str, usage_id: int | None) -> None:
         """Note in ledger row `usage_id` how the reply's delivery ended (`reply.finish`'s

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -27,7 +27,9 @@ from bot.coverage import (
 from bot.delivery import impatient, retry_after
 from bot.read_budget import HISTORY, REPLIES, ReadBudget, pages
 from bot.store import data
+from bot.store.models import ConversationState
 from bot.transcript import (
+    EXTERNAL_STUB,
     OWN_NAME,
     Renderer,
     Turn,
@@ -218,6 +220,11 @@ class ThreadReader:
         self._sleep = sleep
         self._clock = clock
         self._short_wait = short_wait
+        # What is stored of a message read from Slack (the keeper's policy: another
+        # organisation's message is kept as a stub only); slim fields until one is set.
+        self.shape: Callable[[str, str | None, dict[str, Any]], dict[str, Any]] = (
+            lambda _team, _org, m: slim(m)
+        )
 
     def _client(self, team_id: str, enterprise_id: str | None) -> WebClient:
         """The workspace's client without waiting out 429s: the budget decides when to retry."""
@@ -238,11 +245,14 @@ class ThreadReader:
     ) -> list[Interval]:
         """The windows of the thread that a read has to fill (empty: the stored copy is whole)."""
         with self._sessions.begin() as s:
-            if keep:
+            kept = s.get(ConversationState, (team_id, channel))
+            if keep and kept is not None and kept.member_since is not None:
                 return thread_gaps(s, team_id, channel, thread_ts, now)
+            # Not kept from events: windows read count, and the thread is read whole again
+            # after `full_every` (edits made meanwhile are seen only so).
             state = data.get_thread(s, team_id, channel, thread_ts)
             fresh_at = data.as_utc(state.full_read_at) if state else None
-            if fresh_at is None or now - fresh_at >= self._full_every:
+            if fresh_at is not None and now - fresh_at >= self._full_every:
                 forget_spans(s, team_id, channel, thread_ts)  # read it whole again (edits)
                 data.store_messages(s, team_id, channel, thread_ts, [], now, replace=True)
                 return [(ts_time(thread_ts), now)]
@@ -270,9 +280,13 @@ class ThreadReader:
             if not gaps and data.get_message(s, team_id, channel, thread_ts) is None:
                 gaps = [(ts_time(thread_ts), ts_time(thread_ts))]  # the parent is not kept
         client = self._client(team_id, enterprise_id) if gaps else None
-        for gap in gaps:
+        for start, end in gaps:
             assert client is not None
-            alone = self._fill(client, team_id, channel, thread_ts, gap, now, on_page)
+            if start > ts_time(thread_ts):  # a gap starts where a kept window ends: after it
+                start += timedelta(microseconds=1)
+            alone = self._fill(
+                client, team_id, channel, thread_ts, (start, end), now, on_page, enterprise_id
+            )
             if alone is not None:
                 return [alone]
         with self._sessions.begin() as s:
@@ -292,26 +306,28 @@ class ThreadReader:
         gap: Interval,
         now: datetime,
         on_page: Callable[[int], None] | None,
+        enterprise_id: str | None = None,
     ) -> dict[str, Any] | None:
-        """Read the thread's messages in `gap` page by page (oldest first, no cursors: each page
-        starts after the last one kept, so a wait loses nothing); the window read so far is
-        recorded as kept after every page. Returns the message alone when `thread_ts` turns
-        out to name a reply."""
+        """Read the thread's messages in `gap` page by page, oldest first; the window read so far
+        is recorded as kept after every page, so a wait for the budget loses nothing. Returns
+        the message alone when `thread_ts` turns out to name a reply."""
         start, end = gap
         read = 0
+        first: dict[str, Any] = {"oldest": time_ts(start), "inclusive": True}
+        if end < now - OPEN_END:  # an open window has no upper bound: Slack's now is it
+            first["latest"] = time_ts(end)
+        cursor: str | None = None
         while True:
             tier = self.budget.tier(team_id, REPLIES)
             self._slot(
                 team_id, REPLIES, lambda wait: self._pending(team_id, channel, thread_ts, wait)
             )
+            # Within one run, Slack's cursor (the parent is not sent again); after a wait, the
+            # next run starts after the last message kept.
+            bounds = {**first, "cursor": cursor} if cursor else first
             try:
                 resp = client.conversations_replies(
-                    channel=channel,
-                    ts=thread_ts,
-                    oldest=time_ts(start),
-                    latest=time_ts(end),
-                    inclusive=True,
-                    limit=tier.page_limit,
+                    channel=channel, ts=thread_ts, limit=tier.page_limit, **bounds
                 )
             except SlackApiError as exc:
                 if exc.response.status_code == 429:
@@ -324,7 +340,7 @@ class ThreadReader:
             more = bool(resp.get("has_more"))
             if more:
                 self.budget.page_cut(team_id, REPLIES, asked=tier.page_limit, got=len(raw))
-            page = [slim(m) for m in raw]
+            page = [self.shape(team_id, enterprise_id, m) for m in raw]
             newest = max((ts_time(m["ts"]) for m in page), default=start)
             # A window ending now is read up to its newest message only: a message posted
             # during the read, or a clock a little off Slack's, must not fall inside it.
@@ -342,6 +358,9 @@ class ThreadReader:
             if not more:
                 return None
             start = reached + timedelta(microseconds=1)
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
+            if cursor is None:
+                first = {**first, "oldest": time_ts(start)}
 
     def _pending(self, team_id: str, channel: str, thread_ts: str, wait: float) -> ReadsPending:
         """What a wait of `wait` seconds means for the rest of this thread's read."""
@@ -373,12 +392,16 @@ class ThreadReader:
             gaps = channel_gaps(s, team_id, channel, window, now) if keep else [window]
             if not keep:  # nothing kept is trusted: read the window again
                 forget_spans(s, team_id, channel, CHANNEL)
-                data.forget_top_level(
-                    s, team_id, channel, time_ts(window[0]), time_ts(window[1])
-                )
+                data.forget_top_level(s, team_id, channel, time_ts(window[0]), time_ts(window[1]))
         client = self._client(team_id, enterprise_id) if gaps else None
-        for gap in reversed(gaps):
+        # Newest first, but the open end (up to now) last once something is kept: a read that
+        # waited goes on where it stopped instead of spending each slot on the newest minute.
+        closed = [g for g in gaps if g[1] < now - OPEN_END]
+        order = [*reversed(closed), *(g for g in gaps if g not in closed)]
+        for gap in order:
             assert client is not None
+            if gap[0] > window[0]:  # it starts where a kept window ends: after it
+                gap = (gap[0] + timedelta(microseconds=1), gap[1])
             if count is not None and len(self._top(team_id, channel, (gap[1], window[1]))) >= count:
                 break
             self._fill_history(client, team_id, channel, gap, now, window[1], count)
@@ -412,13 +435,12 @@ class ThreadReader:
         while True:
             tier = self.budget.tier(team_id, HISTORY)
             self._slot(team_id, HISTORY, lambda wait: self._history_pending(team_id, wait))
+            bounds = {"oldest": time_ts(start), "inclusive": True}
+            if top is not None or end < now - OPEN_END:
+                bounds["latest"] = time_ts(end)
             try:
                 resp = client.conversations_history(
-                    channel=channel,
-                    oldest=time_ts(start),
-                    latest=time_ts(end),
-                    inclusive=True,
-                    limit=tier.page_limit,
+                    channel=channel, limit=tier.page_limit, **bounds
                 )
             except SlackApiError as exc:
                 if exc.response.status_code == 429:
@@ -440,7 +462,7 @@ class ThreadReader:
                 top = end if end < now - OPEN_END else newest
             with self._sessions.begin() as s:
                 for m in raw:
-                    body = slim(m)
+                    body = self.shape(team_id, None, m)
                     if m.get("reply_count"):
                         body["reply_count"] = int(m["reply_count"])
                     data.put_messages(s, team_id, channel, m["ts"], [body], now)
@@ -511,7 +533,7 @@ class NameResolver:
                 error = exc.response.get("error") if isinstance(exc, SlackApiError) else exc
                 log.warning("users.info %s for its org failed: %s", user_id, error)
                 user = {}
-            self._orgs[user_id] = _org_of(user)
+            self._orgs[user_id] = org_of(user)
         return self._orgs[user_id]
 
     def _fetch(self, user_id: str, now: datetime) -> str:
@@ -520,7 +542,7 @@ class NameResolver:
         except SlackApiError as exc:
             log.warning("users.info %s failed: %s", user_id, exc.response.get("error"))
             return user_id
-        self._orgs[user_id] = _org_of(user)
+        self._orgs[user_id] = org_of(user)
         profile = user.get("profile") or {}
         name = (
             profile.get("display_name")
@@ -534,7 +556,20 @@ class NameResolver:
         return name
 
 
-def _org_of(user: dict[str, Any]) -> str | None:
+class OrgLookup(Protocol):
+    """Who tells which Enterprise Grid org a user belongs to (None: none, or unknown)."""
+
+    def org(self, user_id: str) -> str | None: ...
+
+
+def external_stub(message: dict[str, Any]) -> dict[str, Any]:
+    """What is stored of another organisation's message: where it sits, never what it says."""
+    out = {k: message[k] for k in ("ts", "thread_ts", "team", "user_team") if message.get(k)}
+    out[EXTERNAL_STUB] = True
+    return out
+
+
+def org_of(user: dict[str, Any]) -> str | None:
     """The Enterprise Grid org of a users.info user (None outside Grid)."""
     return (user.get("enterprise_user") or {}).get("enterprise_id")
 
@@ -545,7 +580,7 @@ def is_external(
     *,
     team_id: str | None,
     enterprise_id: str | None,
-    names: NameResolver,
+    names: OrgLookup,
 ) -> bool:
     """Slack Connect: True when an author of team `author_team` belongs to another organisation
     than the workspace `team_id` and its Enterprise Grid org `enterprise_id` (same-org authors
@@ -574,6 +609,8 @@ def render_thread(
     """
 
     def foreign(m: dict[str, Any]) -> bool:
+        if m.get(EXTERNAL_STUB):
+            return True
         return is_external(
             m.get("user_team") or m.get("team"),
             m.get("user"),

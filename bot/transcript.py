@@ -19,6 +19,9 @@ EXTERNAL_NOTE = (
     "[a message from another organisation in this shared channel (Slack Connect); "
     "its content is not shared with the assistant]"
 )
+# The key of a stored stub that stands for another organisation's message (Slack Connect): only
+# its ts, thread and team are kept, never its content; it renders as EXTERNAL_NOTE.
+EXTERNAL_STUB = "external"
 SKIPPED_SUBTYPES = {"channel_join", "channel_leave", "tombstone", "group_join", "group_leave"}
 
 USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
@@ -157,7 +160,7 @@ class Renderer:
     def turn(self, m: dict[str, Any]) -> Turn:
         """One message as a turn."""
         own = is_own(m, self.bot_user_id, self.bot_id)
-        if not own and self.is_external(m):
+        if not own and (m.get(EXTERNAL_STUB) or self.is_external(m)):
             return Turn(ts=m["ts"], text=f"[{stamp(m['ts'])}] {EXTERNAL_NOTE}", own=False)
         author, body = self._author_and_body(m, own)
         body = clean(body, self.names).strip()

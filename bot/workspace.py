@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.config import Settings
 from bot.formatting import neutralise_pings
 from bot.pricing import money
+from bot.store import data
+from bot.store.db import scrub_deleted
 from bot.store.models import WorkspaceSettings
 
 log = logging.getLogger(__name__)
@@ -146,9 +148,10 @@ class Workspaces:
     def effective(self, team_id: str) -> Effective:
         """The workspace's settings merged over the operator's (one read; once per request)."""
         with self._sessions() as s:
-            return self._merge(s.get(WorkspaceSettings, team_id))
+            return self.merge(s.get(WorkspaceSettings, team_id))
 
-    def _merge(self, row: WorkspaceSettings | None) -> Effective:
+    def merge(self, row: WorkspaceSettings | None) -> Effective:
+        """The settings of a workspace whose stored choice is `row` (None: none stored)."""
         s = self.settings
         if row is None:
             return Effective(
@@ -196,9 +199,12 @@ class Workspaces:
         user_id: str,
         now: datetime,
     ) -> list[str]:
-        """Store `choice` for the workspace; returns the names of the settings that changed."""
+        """Store `choice` for the workspace; returns the names of the settings that changed.
+        Turning keeping off deletes what was kept, in the same transaction."""
+        removed: int | None = None
         with self._sessions.begin() as s:
             row = s.get(WorkspaceSettings, team_id)
+            kept_before = self.merge(row).keep_transcripts
             if row is None:
                 row = WorkspaceSettings(team_id=team_id)
                 s.add(row)
@@ -210,6 +216,8 @@ class Workspaces:
                 "budget_daily_usd": choice.budget_daily_usd,
                 "budget_monthly_usd": choice.budget_monthly_usd,
                 "budget_user_daily_usd": choice.budget_user_daily_usd,
+                "keep_transcripts": choice.keep_transcripts,
+                "backfill_on_join": choice.backfill_on_join,
             }
             changed = [k for k, v in values.items() if getattr(row, k) != v]
             for key, value in values.items():
@@ -217,6 +225,11 @@ class Workspaces:
             row.enterprise_id = enterprise_id or row.enterprise_id
             row.updated_by = user_id
             row.updated_at = now
+            if kept_before and not self.merge(row).keep_transcripts:
+                removed = data.forget_kept(s, team_id)
+        if removed is not None:
+            scrub_deleted(self._sessions)
+            log.info("keeping off in team=%s: %d kept messages deleted", team_id, removed)
         return changed
 
 
@@ -288,6 +301,8 @@ def home_blocks(eff: Effective, *, can_edit: bool) -> list[dict[str, Any]]:
         f"*Channels:* {channels}",
         f"*Spend limits:* daily {_limit(eff.budget_daily_usd)} · monthly "
         f"{_limit(eff.budget_monthly_usd)} · per person daily {_limit(eff.budget_user_daily_usd)}",
+        f"*Transcripts kept from events:* {'on' if eff.keep_transcripts else 'off'} · "
+        f"*backfill on join:* {'on' if eff.keep_transcripts and eff.backfill_on_join else 'off'}",
     ]
     if eff.updated_by and eff.updated_at:
         lines.append(
@@ -348,6 +363,7 @@ def settings_modal(eff: Effective, models: list[str], settings: Settings) -> dic
         _footer_input(eff),
         _channels_input(eff.chosen),
         *(_budget_input(name, label, eff.chosen, settings) for name, label, _ in _BUDGETS),
+        *_keeping_inputs(eff, settings),
     ]
     return {
         "type": "modal",
@@ -425,6 +441,44 @@ def _channels_input(chosen: Choice) -> dict[str, Any]:
     )
 
 
+# Admins can turn these off, never on against the operator; (block id, label, one-line hint).
+_KEEPING = (
+    (
+        "keep_transcripts",
+        "Keep transcripts from events",
+        "Store the messages of conversations I'm in as they arrive, so answers read less from "
+        "Slack. Off deletes what is stored.",
+    ),
+    (
+        "backfill_on_join",
+        "Backfill when I'm added to a channel",
+        "Read a channel's recent messages when I join it, so its first question starts warm.",
+    ),
+)
+
+
+def _keeping_inputs(eff: Effective, settings: Settings) -> list[dict[str, Any]]:
+    """On/off for keeping transcripts and backfill; none of what the operator turned off."""
+    blocks = []
+    for name, label, hint in _KEEPING:
+        if not getattr(settings, name):
+            continue
+        on, off = _option("On", "on"), _option("Off", "off")
+        blocks.append(
+            _input(
+                name,
+                label,
+                {
+                    "type": "radio_buttons",
+                    "options": [on, off],
+                    "initial_option": on if getattr(eff, name) else off,
+                },
+                hint,
+            )
+        )
+    return blocks
+
+
 def _budget_input(name: str, label: str, chosen: Choice, settings: Settings) -> dict[str, Any]:
     """One spend limit in dollars; the hint names the operator's ceiling, if any."""
     element: dict[str, Any] = {
@@ -493,11 +547,18 @@ def parse_submission(
             errors[name] = f"The operator's limit is {money(ceiling, 2)}; pick a lower amount."
             continue
         budgets[name] = round(amount, 2)
+    keeping = {
+        name: {"on": True, "off": False}.get(
+            (element(name).get("selected_option") or {}).get("value") or ""
+        )
+        for name, _, _ in _KEEPING
+    }
     choice = Choice(
         model=model,
         language=language,
         footer=footer,
         channels=channels,
         **budgets,
+        **keeping,
     )
     return choice, errors

@@ -183,7 +183,7 @@ def test_missed_edit_is_caught_by_the_periodic_full_read(make_bot, slack, model,
     clock.advance(2 * 3600)
     bot.mention("C1", "again", thread_ts=parent)
     assert "silently edited" in " ".join(b["text"] for b in blocks(model))
-    assert "oldest" not in slack.calls_to("conversations.replies")[-1]
+    assert slack.calls_to("conversations.replies")[-1]["oldest"] == parent  # whole again
 
 
 def test_half_hour_rhythm_switches_to_1h_and_keeps_hitting(tbot, slack, model, clock):
@@ -284,4 +284,4 @@ def test_retention_forgets_idle_threads(tbot, slack, model, engine, clock):
         assert s.scalar(select(ThreadState.full_read_at)) is None
     clock.advance(31 * 86400)
     tbot.mention("C1", "still there?", thread_ts=parent)
-    assert "oldest" not in slack.calls_to("conversations.replies")[-1]  # a full read again
+    assert slack.calls_to("conversations.replies")[-1]["oldest"] == parent  # whole again

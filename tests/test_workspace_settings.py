@@ -73,6 +73,7 @@ def test_admin_edits_settings_and_the_next_mention_uses_them(ui, slack, model, e
     assert ids == [
         "model", "language", "footer", "channels",
         "budget_daily_usd", "budget_monthly_usd", "budget_user_daily_usd",
+        "keep_transcripts", "backfill_on_join",
     ]
     resp = ui.submit(modal, {
         "model": option("claude-haiku-4-5"),

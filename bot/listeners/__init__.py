@@ -9,7 +9,9 @@ from bot.coverage import Receiver
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import (
+    backfill,
     home,
+    keep,
     lifecycle,
     mention,
     message_events,
@@ -40,12 +42,13 @@ def register(
     handlers: dict[str, Handler] = {}
     messages = messages if messages is not None else MessageRouter()
     lifecycle.remember_orgs(app, answers.workspaces)  # first: the mention middleware returns early
+    keep.register(app, answers.keeper, queue, sessions, receiver)  # every event, before the ack
     handlers.update(mention.register(app, answers, queue))
     handlers.update(summarize.register(app, summaries, queue, usage))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
-    message_events.register(messages, sessions, answers.now)
-    del receiver  # kept-transcript storage (issue 16) calls receiver.seen() for every event
+    handlers.update(backfill.register(answers, answers.settings.backfill_messages))
+    message_events.register(messages, sessions, answers.now, answers.keeper)
     messages.attach(app)
     lifecycle.register(app, sessions, store, answers.workspaces)
     if usage is not None:

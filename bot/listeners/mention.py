@@ -16,6 +16,7 @@ from slack_bolt import App, BoltContext, BoltResponse
 from bot.jobs import Handler, JobQueue
 from bot.service import AnswerService, ThreadRequest
 from bot.threads import thread_of
+from bot.transcript import is_own
 from bot.user_messages import GAVE_UP_ANSWER
 from bot.workspace import team_of
 
@@ -38,8 +39,13 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
             return next()
         if event.get("type") != "app_mention":
             return next()
-        if event.get("bot_id") or event.get("subtype") or not event.get("user"):
-            return BoltResponse(status=200, body="")  # bots never trigger a reply
+        if (
+            event.get("bot_id")
+            or event.get("subtype")
+            or not event.get("user")
+            or is_own(event, context.bot_user_id or "", context.bot_id)
+        ):
+            return BoltResponse(status=200, body="")  # bots, itself included, never get a reply
         req = ThreadRequest(
             team_id=team_of(body, context.team_id),
             channel_id=event["channel"],

@@ -15,6 +15,7 @@ from typing import Any
 
 from slack_bolt import App, BoltContext
 
+from bot.transcript import is_own
 from bot.workspace import team_of
 
 NEW = ""  # the subtype of a plain new message (Slack sends none)
@@ -30,6 +31,7 @@ class MessageEvent:
     kind: str  # channel_type; "" when Slack names none (edits and deletions may not)
     subtype: str  # NEW for a plain new message
     event: dict[str, Any]
+    own: bool = False  # the bot wrote it (or, for an edit or deletion, the message it changes)
 
 
 MessageHandler = Callable[[MessageEvent], None]
@@ -40,6 +42,7 @@ class _Route:
     subtype: str
     kinds: frozenset[str] | None  # None: every kind, also when the event names none
     handler: MessageHandler
+    own: bool  # also the bot's own messages
 
 
 class MessageRouter:
@@ -50,24 +53,36 @@ class MessageRouter:
         self._routes: list[_Route] = []
 
     def on(
-        self, subtype: str, handler: MessageHandler, *, kinds: Iterable[str] | None = None
+        self,
+        subtype: str,
+        handler: MessageHandler,
+        *,
+        kinds: Iterable[str] | None = None,
+        own: bool = False,
     ) -> None:
         """Run `handler` for message events of `subtype` (NEW: plain new messages) in the
-        conversations of `kinds` (default: all). Raises ValueError for an unknown kind."""
+        conversations of `kinds` (default: all); `own`: also for the bot's own messages.
+        Raises ValueError for an unknown kind."""
         wanted = None if kinds is None else frozenset(kinds)
         if wanted is not None and not wanted <= set(KINDS):
             raise ValueError(f"unknown conversation kinds: {sorted(wanted - set(KINDS))}")
-        self._routes.append(_Route(subtype, wanted, handler))
+        self._routes.append(_Route(subtype, wanted, handler, own))
 
-    def handlers_for(self, kind: str, subtype: str) -> list[MessageHandler]:
+    def handlers_for(self, kind: str, subtype: str, own: bool = False) -> list[MessageHandler]:
         """The handlers an event of `kind` and `subtype` reaches, in registration order."""
         return [
             r.handler
             for r in self._routes
-            if r.subtype == subtype and (r.kinds is None or kind in r.kinds)
+            if r.subtype == subtype and (r.kinds is None or kind in r.kinds) and (r.own or not own)
         ]
 
-    def dispatch(self, event: dict[str, Any], team_id: str) -> None:
+    def dispatch(
+        self,
+        event: dict[str, Any],
+        team_id: str,
+        bot_user_id: str = "",
+        bot_id: str | None = None,
+    ) -> None:
         """Run every handler for `event`; if one raises, the others still run and the first
         error is raised afterwards (Bolt's error handler logs it)."""
         message = MessageEvent(
@@ -76,9 +91,10 @@ class MessageRouter:
             kind=event.get("channel_type") or "",
             subtype=event.get("subtype") or NEW,
             event=event,
+            own=by_bot(event, bot_user_id, bot_id),
         )
         failure: Exception | None = None
-        for handler in self.handlers_for(message.kind, message.subtype):
+        for handler in self.handlers_for(message.kind, message.subtype, message.own):
             try:
                 handler(message)
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the others ran
@@ -91,4 +107,15 @@ class MessageRouter:
 
         @app.event("message")
         def on_message(event: dict[str, Any], body: dict[str, Any], context: BoltContext) -> None:
-            self.dispatch(event, team_of(body, context.team_id))
+            self.dispatch(
+                event, team_of(body, context.team_id), context.bot_user_id or "", context.bot_id
+            )
+
+
+def by_bot(event: dict[str, Any], bot_user_id: str, bot_id: str | None) -> bool:
+    """Whether the bot wrote a message event's message (for an edit, the edited message; for
+    a deletion, the deleted one as Slack sends it)."""
+    inner = event.get("message") or event.get("previous_message")
+    if is_own(event, bot_user_id, bot_id):
+        return True
+    return isinstance(inner, dict) and is_own(inner, bot_user_id, bot_id)

@@ -7,14 +7,17 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.store.models import (
     Compaction,
+    ConversationState,
     Job,
+    KeptSpan,
+    ReadBudget,
     SlackUser,
     Summary,
     ThreadMessage,
@@ -153,18 +156,6 @@ def load_messages(
     return [json.loads(b) for b in rows]
 
 
-def get_message(session: Session, team_id: str, channel_id: str, ts: str) -> dict[str, Any] | None:
-    """One stored message by its ts, if kept."""
-    body = session.scalar(
-        select(ThreadMessage.body).where(
-            ThreadMessage.team_id == team_id,
-            ThreadMessage.channel_id == channel_id,
-            ThreadMessage.ts == ts,
-        )
-    )
-    return json.loads(body) if body is not None else None
-
-
 def load_top_level(
     session: Session, team_id: str, channel_id: str, oldest: str, latest: str
 ) -> list[dict[str, Any]]:
@@ -239,16 +230,20 @@ def put_messages(
     store_messages(session, team_id, channel_id, thread_ts, messages, now)
 
 
+def _insert(session: Session, model: Any) -> Any:
+    """The dialect's INSERT (for ON CONFLICT clauses)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise RuntimeError(f"unsupported database {dialect}")  # pragma: no cover
+
+
 def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(ThreadMessage).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(ThreadMessage).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise RuntimeError(f"unsupported database {dialect}")
+    stmt = _insert(session, ThreadMessage).on_conflict_do_nothing()
     for start in range(0, len(rows), 500):
         session.execute(stmt, rows[start : start + 500])
 
@@ -284,6 +279,99 @@ def store_messages(
         for m in messages
     ]
     _insert_ignore(session, rows)
+
+
+def put_message(
+    session: Session,
+    team_id: str,
+    channel_id: str,
+    thread_ts: str,
+    message: dict[str, Any],
+    now: Any,
+) -> None:
+    """Store one message, replacing what was stored under its ts (the bot's own answer, whose
+    final text may differ from what its events carried)."""
+    body = json.dumps(message, ensure_ascii=False, sort_keys=True)
+    stmt = _insert(session, ThreadMessage).values(
+        team_id=team_id,
+        channel_id=channel_id,
+        ts=message["ts"],
+        thread_ts=thread_ts,
+        body=body,
+        updated_at=now,
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["team_id", "channel_id", "ts"],
+            set_={"body": body, "thread_ts": thread_ts, "updated_at": now},
+        )
+    )
+
+
+def get_message(session: Session, team_id: str, channel_id: str, ts: str) -> dict[str, Any] | None:
+    """One stored message, if any."""
+    row = session.get(ThreadMessage, (team_id, channel_id, ts))
+    return json.loads(row.body) if row is not None else None
+
+
+def note_conversation(
+    session: Session, team_id: str, channel_id: str, kind: str | None, since: datetime
+) -> None:
+    """A message of the conversation is being kept: its events are kept from `since` unless an
+    earlier moment is already recorded; its kind (channel, group, im, mpim) when not known."""
+    stmt = _insert(session, ConversationState).values(
+        team_id=team_id, channel_id=channel_id, kind=kind, member_since=since
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["team_id", "channel_id"],
+            set_={
+                "member_since": func.coalesce(ConversationState.member_since, since),
+                "kind": func.coalesce(ConversationState.kind, kind),
+            },
+        )
+    )
+
+
+def joined_conversation(
+    session: Session, team_id: str, channel_id: str, kind: str | None, at: datetime
+) -> None:
+    """The bot joined the conversation at `at`: its events are kept from then on (a re-join
+    starts anew)."""
+    stmt = _insert(session, ConversationState).values(
+        team_id=team_id, channel_id=channel_id, kind=kind, member_since=at
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["team_id", "channel_id"],
+            set_={"member_since": at, "kind": func.coalesce(kind, ConversationState.kind)},
+        )
+    )
+
+
+def is_kept(session: Session, team_id: str, channel_id: str) -> bool:
+    """Whether the conversation's events are being kept (it has a `member_since`)."""
+    state = session.get(ConversationState, (team_id, channel_id))
+    return state is not None and state.member_since is not None
+
+
+def forget_kept(session: Session, team_id: str, channel_id: str | None = None) -> int:
+    """Delete what is kept of one conversation (the bot left it) or, `channel_id` None, of the
+    whole workspace (keeping turned off): stored messages, compactions, windows read whole and
+    the conversation's state; stored threads are then read whole again. Returns the messages
+    deleted."""
+    removed = 0
+    for model in (ThreadMessage, Compaction, KeptSpan, ConversationState):
+        query = delete(model).where(model.team_id == team_id)
+        if channel_id is not None:
+            query = query.where(model.channel_id == channel_id)
+        count = session.execute(query).rowcount or 0
+        removed += count if model is ThreadMessage else 0
+    threads = update(ThreadState).where(ThreadState.team_id == team_id)
+    if channel_id is not None:
+        threads = threads.where(ThreadState.channel_id == channel_id)
+    session.execute(threads.values(full_read_at=None))
+    return removed
 
 
 def update_message(
@@ -329,7 +417,17 @@ def save_compaction(session: Session, compaction: Compaction) -> None:
 def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
     """Delete everything stored about a workspace's conversations; the ledger keeps numbers."""
     counts = {}
-    for model in (ThreadMessage, Compaction, Summary, ThreadState, SlackUser, WorkspaceSettings):
+    for model in (
+        ThreadMessage,
+        Compaction,
+        Summary,
+        ThreadState,
+        SlackUser,
+        WorkspaceSettings,
+        ConversationState,
+        KeptSpan,
+        ReadBudget,
+    ):
         result = session.execute(delete(model).where(model.team_id == team_id))
         counts[model.__tablename__] = result.rowcount or 0
     # Jobs carry the request's text; their lanes start with the workspace id. Running ones go
@@ -343,15 +441,29 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
     return counts
 
 
-def purge_idle_threads(session: Session, cutoff: Any) -> int:
-    """Forget stored text of threads with no request since `cutoff` (the retention limit)."""
-    idle = select(ThreadState.team_id, ThreadState.channel_id, ThreadState.thread_ts).where(
-        ThreadState.last_request_at < cutoff
+def purge_idle_threads(session: Session, cutoff: datetime, now: datetime) -> int:
+    """Retention: forget whole threads (messages, compaction, windows read whole) whose newest
+    stored message was stored before `cutoff` and that had no request since; returns the
+    messages deleted. A purged thread's state notes the moment (`floor_at`: only later events
+    or a read make it whole again), and each conversation that lost something notes that its
+    top-level messages before `cutoff` may be gone (`purged_before`)."""
+    asked = exists().where(
+        ThreadState.team_id == ThreadMessage.team_id,
+        ThreadState.channel_id == ThreadMessage.channel_id,
+        ThreadState.thread_ts == ThreadMessage.thread_ts,
+        ThreadState.last_request_at >= cutoff,
+    )
+    idle = (
+        select(ThreadMessage.team_id, ThreadMessage.channel_id, ThreadMessage.thread_ts)
+        .where(~asked)
+        .group_by(ThreadMessage.team_id, ThreadMessage.channel_id, ThreadMessage.thread_ts)
+        .having(func.max(ThreadMessage.updated_at) < cutoff)
     )
     removed = 0
+    conversations: set[tuple[str, str]] = set()
     for team_id, channel_id, thread_ts in session.execute(idle).all():
-        for model in (ThreadMessage, Compaction):
-            removed += (
+        for model in (ThreadMessage, Compaction, KeptSpan):
+            count = (
                 session.execute(
                     delete(model).where(
                         model.team_id == team_id,
@@ -361,9 +473,34 @@ def purge_idle_threads(session: Session, cutoff: Any) -> int:
                 ).rowcount
                 or 0
             )
+            removed += count if model is ThreadMessage else 0
+        session.execute(
+            update(ThreadState)
+            .where(
+                ThreadState.team_id == team_id,
+                ThreadState.channel_id == channel_id,
+                ThreadState.thread_ts == thread_ts,
+            )
+            .values(floor_at=now, full_read_at=None)
+        )
+        conversations.add((team_id, channel_id))
+    for team_id, channel_id in sorted(conversations):
+        state = session.get(ConversationState, (team_id, channel_id))
+        if state is not None:
+            before = as_utc(state.purged_before)
+            state.purged_before = cutoff if before is None else max(before, cutoff)
+    # Compactions of threads nobody asked about since the cutoff (their text is the model's).
     session.execute(
-        update(ThreadState).where(ThreadState.last_request_at < cutoff).values(full_read_at=None)
+        delete(Compaction).where(
+            exists().where(
+                ThreadState.team_id == Compaction.team_id,
+                ThreadState.channel_id == Compaction.channel_id,
+                ThreadState.thread_ts == Compaction.thread_ts,
+                ThreadState.last_request_at < cutoff,
+            )
+        )
     )
+    session.execute(delete(KeptSpan).where(KeptSpan.thread_ts == "", KeptSpan.end_at < cutoff))
     session.execute(delete(Summary).where(Summary.created_at < cutoff))
     return removed
 
