@@ -40,7 +40,18 @@ def test_reads_never_exceed_the_tier_and_the_figures_add_up(day):
         mentions = [a for a in r.asks if a.kind == "mention"]
         assert len(mentions) == 15 and all(a.model_at for a in mentions)
     assert text.count("most reads in any 60 s") == 2
-    assert re.search(r"^mentions, complete from events +8 ", text, re.M)
+    assert re.search(r"^mentions, complete from events +7 ", text, re.M)
+
+
+def test_what_arrived_by_events_is_answered_and_recapped_with_no_reads(day):
+    for r in day[0]:
+        kept = [a for a in r.asks if a.truth == wd.COMPLETE]
+        assert {a.kind for a in kept} == {"mention", "recap"}
+        assert all(sum(a.reads.values()) == 0 for a in kept), [
+            (a.label, dict(a.reads)) for a in kept if a.reads]
+        assert not any(a.waited for a in kept)
+        outage = [a for a in r.asks if a.truth == wd.OUTAGE and a.kind == "mention"]
+        assert outage and all(sum(a.reads.values()) >= 1 for a in outage)
 
 
 def test_at_tier3_nobody_waits_and_everything_is_answered_at_once(day):
