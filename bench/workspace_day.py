@@ -602,6 +602,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a tenth of the messages")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the bot's warnings (429s learnt, …) are counted
+    logging.getLogger("waitress").setLevel(logging.CRITICAL)  # a closing Bot's socket race
     run(args.seed, 0.1 if args.small else 1.0)
 
 
