@@ -588,8 +588,9 @@ class Responder(Protocol):
 class ResponseUrl:
     """Ephemeral replies through a command's or action's response_url."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, fallback: Responder | None = None) -> None:
         self._hook = WebhookClient(url, timeout=15)
+        self._fallback = fallback  # when the URL no longer takes messages (30 minutes, 5 uses)
 
     def send(
         self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
@@ -599,6 +600,8 @@ class ResponseUrl:
         )
         if resp.status_code != 200:
             log.warning("response_url answered %s", resp.status_code)
+            if self._fallback is not None:
+                self._fallback.send(text, blocks)
 
 
 class Ephemeral:
@@ -617,7 +620,7 @@ class Ephemeral:
             self._client.chat_postEphemeral(
                 channel=self._channel,
                 user=self._user,
-                thread_ts=self._thread,
+                thread_ts=self._thread or None,
                 text=text,
                 blocks=blocks,
             )

@@ -238,16 +238,32 @@ class JobQueue:
         return released
 
     def pending(self) -> int:
-        """Jobs not finished yet and not waiting for a later moment (deferred)."""
+        """Jobs not finished yet and not waiting for a later moment (deferred, or queued behind a
+        deferred job of their lane)."""
         due = datetime.fromtimestamp(self._clock(), UTC)
+        ahead = aliased(Job)
+        waiting_ahead = (
+            select(ahead.id)
+            .where(
+                ahead.lane == Job.lane,
+                ahead.id < Job.id,
+                ahead.status == "queued",
+                ahead.run_at > due,
+            )
+            .exists()
+        )
         with self._sessions() as s:
             return (
                 s.scalar(
                     select(func.count())
                     .select_from(Job)
                     .where(
-                        Job.status.in_(("queued", "running")),
-                        Job.run_at.is_(None) | (Job.run_at <= due) | (Job.status == "running"),
+                        (Job.status == "running")
+                        | (
+                            (Job.status == "queued")
+                            & (Job.run_at.is_(None) | (Job.run_at <= due))
+                            & ~waiting_ahead
+                        )
                     )
                 )
                 or 0

@@ -145,6 +145,14 @@ class SummaryService:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
+    def clock(self) -> float:
+        """The time now, on the app's clock (epoch seconds)."""
+        return self._clock()
+
+    def client_of(self, team_id: str) -> WebClient:
+        """The workspace's Web API client."""
+        return self._client_for(team_id, None)
+
     # -- permissions ------------------------------------------------------------------------
 
     def check_access(self, channel: str, who: Requester) -> str | None:

@@ -226,6 +226,10 @@ class ThreadReader:
             lambda _team, _org, m: slim(m)
         )
 
+    def _current(self) -> datetime:
+        """The time now (a read's `now` may be the moment a waiting request was asked at)."""
+        return datetime.fromtimestamp(self._clock(), UTC)
+
     def _client(self, team_id: str, enterprise_id: str | None) -> WebClient:
         """The workspace's client without waiting out 429s: the budget decides when to retry."""
         return impatient(self._clients.for_team(team_id, enterprise_id))
@@ -314,7 +318,7 @@ class ThreadReader:
         start, end = gap
         read = 0
         first: dict[str, Any] = {"oldest": time_ts(start), "inclusive": True}
-        if end < now - OPEN_END:  # an open window has no upper bound: Slack's now is it
+        if end < self._current() - OPEN_END:  # an open window has no upper bound: Slack's now is it
             first["latest"] = time_ts(end)
         cursor: str | None = None
         while True:
@@ -344,7 +348,7 @@ class ThreadReader:
             newest = max((ts_time(m["ts"]) for m in page), default=start)
             # A window ending now is read up to its newest message only: a message posted
             # during the read, or a clock a little off Slack's, must not fall inside it.
-            reached = end if not more and end < now - OPEN_END else max(newest, start)
+            reached = end if not more and end < self._current() - OPEN_END else max(newest, start)
             with self._sessions.begin() as s:
                 data.put_messages(s, team_id, channel, thread_ts, page, now)
                 add_span(s, team_id, channel, thread_ts, (start, reached))
@@ -389,14 +393,15 @@ class ThreadReader:
         each with `reply_count` (Slack's, or the kept replies'), reading conversations.history
         only where the kept transcript may miss something, newest first."""
         with self._sessions.begin() as s:
-            gaps = channel_gaps(s, team_id, channel, window, now) if keep else [window]
-            if not keep:  # nothing kept is trusted: read the window again
-                forget_spans(s, team_id, channel, CHANNEL)
-                data.forget_top_level(s, team_id, channel, time_ts(window[0]), time_ts(window[1]))
+            kept = s.get(ConversationState, (team_id, channel))
+            if keep and kept is not None and kept.member_since is not None:
+                gaps = channel_gaps(s, team_id, channel, window, now)
+            else:  # not kept from events: only windows read before count
+                gaps = missing(window, spans(s, team_id, channel, CHANNEL))
         client = self._client(team_id, enterprise_id) if gaps else None
         # Newest first, but the open end (up to now) last once something is kept: a read that
         # waited goes on where it stopped instead of spending each slot on the newest minute.
-        closed = [g for g in gaps if g[1] < now - OPEN_END]
+        closed = [g for g in gaps if g[1] < self._current() - OPEN_END]
         order = [*reversed(closed), *(g for g in gaps if g not in closed)]
         for gap in order:
             assert client is not None
@@ -436,7 +441,7 @@ class ThreadReader:
             tier = self.budget.tier(team_id, HISTORY)
             self._slot(team_id, HISTORY, lambda wait: self._history_pending(team_id, wait))
             bounds = {"oldest": time_ts(start), "inclusive": True}
-            if top is not None or end < now - OPEN_END:
+            if top is not None or end < self._current() - OPEN_END:
                 bounds["latest"] = time_ts(end)
             try:
                 resp = client.conversations_history(
@@ -459,7 +464,7 @@ class ThreadReader:
             reached = min(oldest, end) if more else start
             if top is None:
                 newest = max((ts_time(m["ts"]) for m in raw), default=start)
-                top = end if end < now - OPEN_END else newest
+                top = end if end < self._current() - OPEN_END else newest
             with self._sessions.begin() as s:
                 for m in raw:
                     body = self.shape(team_id, None, m)

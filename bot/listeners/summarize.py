@@ -15,7 +15,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
-from bot.delivery import ResponseUrl
+from bot.delivery import Ephemeral, ResponseUrl
 from bot.jobs import Handler, JobQueue
 from bot.summaries import Requester, SummaryService, ThreadLink, parse_link, wait_for_reads
 from bot.threads import ReadsPending
@@ -140,7 +140,16 @@ def _run_thread(parsed: Parsed, job: Job) -> None:
 
 def _run_recap(parsed: Parsed, job: Job) -> None:
     channel = job.payload["channel_id"]
-    job.summaries.recap(channel, job.who, job.out, seconds=parsed.seconds, count=parsed.count)
+    # A recap that waited for reads is of the channel as it was when asked (`at`): its windows
+    # stay the same from one run to the next, so each run goes on where the last one stopped.
+    job.summaries.recap(
+        channel,
+        job.who,
+        job.out,
+        seconds=parsed.seconds,
+        count=parsed.count,
+        now=job.payload.get("at"),
+    )
 
 
 def _link_lane(parsed: Parsed, payload: dict[str, Any]) -> str:
@@ -239,7 +248,17 @@ def register(
 
     def run(payload: dict[str, Any]) -> None:
         parsed = parse_command(payload.get("text") or "")
-        out = ResponseUrl(payload["response_url"])
+        payload.setdefault("at", summaries.clock())
+        # A response_url takes messages for 30 minutes: a summary whose reads waited longer
+        # comes as an ephemeral message in the channel instead.
+        later = Ephemeral(
+            summaries.client_of(payload["team_id"]),
+            payload["channel_id"],
+            payload["user_id"],
+            "",
+            None,
+        )
+        out = ResponseUrl(payload["response_url"], fallback=later)
         job = Job(payload, requester_of(payload), out, summaries, usage)
         try:
             action = ACTIONS[parsed.action]

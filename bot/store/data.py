@@ -192,21 +192,6 @@ def reply_counts(
     return {t: int(n) for t, n in rows}
 
 
-def forget_top_level(
-    session: Session, team_id: str, channel_id: str, oldest: str, latest: str
-) -> None:
-    """Drop stored top-level messages with oldest <= ts <= latest (they are read again)."""
-    session.execute(
-        delete(ThreadMessage).where(
-            ThreadMessage.team_id == team_id,
-            ThreadMessage.channel_id == channel_id,
-            ThreadMessage.ts == ThreadMessage.thread_ts,
-            ThreadMessage.ts >= oldest,
-            ThreadMessage.ts <= latest,
-        )
-    )
-
-
 def put_messages(
     session: Session,
     team_id: str,
