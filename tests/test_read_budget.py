@@ -257,3 +257,28 @@ def test_keeping_turned_off_reads_as_before(make_bot, slack, model, engine):
     bot.mention("C1", "summarize", thread_ts=parent)
     assert len(allowed_reads(slack)) == 1  # read from Slack, as without events
     assert "Note 5" in prompt_text(model.requests[-1])
+
+
+def test_another_organisations_message_read_from_slack_is_kept_as_a_stub_only(
+    make_bot, slack, model, engine
+):
+    from sqlalchemy import select
+
+    from bot.store.models import ThreadMessage
+
+    slack.add_user("UEXT", "Partner Person", "partner")
+    parent = slack.add_message("C1", "Parent: the partner contract", user="U1")
+    slack.add_message(
+        "C1", "SECRETPARTNERTEXT our floor price is 42", user="UEXT", thread_ts=parent,
+        user_team="TOTHER",
+    )
+    slack.add_message("C1", "Reply: we sign on Friday", user="U2", thread_ts=parent)
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    slack.advance(30)
+    bot.mention("C1", "summarize", thread_ts=parent)  # predates the bot: read from Slack
+    assert len(allowed_reads(slack)) == 1
+    with engine.connect() as conn:
+        bodies = conn.execute(select(ThreadMessage.body)).scalars().all()
+    assert len(bodies) >= 3 and not [b for b in bodies if "SECRET" in b or "UEXT" in b]
+    text = prompt_text(model.requests[-1])
+    assert "SECRETPARTNERTEXT" not in text and "we sign on Friday" in text
