@@ -20,6 +20,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bot.app import make_llm, make_slack_client
 from bot.compaction import reusable
 from bot.config import Settings
+from bot.coverage import thread_gaps
 from bot.doctor import FAIL, MaskedOutput, secret_values
 from bot.formatting import footer_line
 from bot.llm import LLMError
@@ -32,6 +33,7 @@ from bot.prompt import (
 )
 from bot.store import data
 from bot.store.db import current_revision, head_revision, make_engine, make_session_factory
+from bot.store.models import ConversationState
 from bot.summaries import parse_link
 from bot.threads import (
     NameResolver,
@@ -118,12 +120,14 @@ def _inspect(
         return 1
     team_id, bot_user_id = str(auth["team_id"]), str(auth["user_id"])
     channel, thread_ts = link.channel_id, link.thread_ts
-    read = _read(client, channel, thread_ts, auth, w)
+    eff = Workspaces(settings, sessions).effective(team_id)  # what the workspace's admins chose
+    read = _kept(sessions, team_id, channel, thread_ts, eff.keep_transcripts, w)
+    if read is None:
+        read = _read(client, channel, thread_ts, auth, w)
     if read is None:
         return 1
     thread_ts, messages = read
     names = NameResolver(lambda: client, sessions, team_id)
-    eff = Workspaces(settings, sessions).effective(team_id)  # what the workspace's admins chose
     model = eff.model
     asked = _asked(messages, link.ts, thread_ts, names, bot_user_id, request)
     ask = f"{asked.ask}\n\n(Answer in {eff.language}.)" if eff.language else asked.ask
@@ -191,6 +195,31 @@ def _auth(client: WebClient, w: MaskedOutput) -> Any:
         error = exc.response.get("error") if isinstance(exc, SlackApiError) else type(exc)
         w.write(f"{FAIL} Slack auth.test failed ({error}); run `python -m bot doctor`\n")
         return None
+
+
+def _kept(
+    sessions: Any, team_id: str, channel: str, thread_ts: str, keep: bool, w: MaskedOutput
+) -> tuple[str, list[dict[str, Any]]] | None:
+    """The thread from the kept transcript when it is whole (said so), else None (said what
+    may be missing): the bot's answer would then read that from Slack."""
+    now = datetime.now(UTC)
+    with sessions.begin() as s:
+        conversation = s.get(ConversationState, (team_id, channel))
+        if not keep or conversation is None or conversation.member_since is None:
+            w.write("Kept transcript: none for this conversation (answers read it from Slack)\n")
+            return None
+        gaps = thread_gaps(s, team_id, channel, thread_ts, now)
+        messages = data.load_messages(s, team_id, channel, thread_ts)
+    if gaps or not any(m["ts"] == thread_ts for m in messages):
+        spans = ", ".join(f"{a:%Y-%m-%d %H:%M:%S}–{b:%H:%M:%S} UTC" for a, b in gaps[:3])
+        w.write(
+            f"Kept transcript: {len(messages):,} messages; may be missing {len(gaps)} "
+            f"window(s) ({spans or 'the parent'}): an answer reads those from Slack\n"
+        )
+        return None
+    messages.sort(key=lambda m: ts_key(m["ts"]))
+    w.write(f"Kept transcript: complete from events ({len(messages):,} messages, no Slack read)\n")
+    return thread_ts, messages
 
 
 def _read(

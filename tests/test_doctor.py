@@ -410,3 +410,30 @@ def test_inspect_refuses_what_it_cannot_read(slack, model, database_url, engine)
     assert code == 1
     assert "not_in_channel" in text and "/invite" in text
     assert model.requests == []
+
+
+def test_inspect_takes_a_transcript_kept_from_events_without_reading_slack(
+    make_bot, slack, model, database_url, engine
+):
+    import time
+
+    bot = make_bot()  # the real clock: inspect runs on it too
+    bot.app.start_receiving()
+    slack.now = time.time() + 10  # the messages come after the bot began receiving
+    first = slack.post_event("C1", "Parent: ship the exporter", user="U1")
+    bot.deliver(first)
+    for i in range(1, 6):
+        bot.deliver(slack.post_event("C1", f"Reply {i}: agreed", user="U2", thread_ts=first["ts"]))
+    before = len(slack.calls_to("conversations.replies"))
+    code, text = inspect(make_settings(slack, model, database_url), link_to("C1", first["ts"]))
+    assert code == 0, text
+    assert "Kept transcript: complete from events (6 messages, no Slack read)" in text
+    assert len(slack.calls_to("conversations.replies")) == before
+    assert "Reply 5: agreed" in text
+
+
+def test_inspect_says_what_a_kept_transcript_may_miss(make_bot, slack, model, database_url):
+    parent = slack.add_thread("C1", 3)  # before the bot: nothing kept
+    code, text = inspect(make_settings(slack, model, database_url), link_to("C1", parent))
+    assert code == 0, text
+    assert "Kept transcript: none for this conversation" in text
