@@ -282,3 +282,26 @@ def test_another_organisations_message_read_from_slack_is_kept_as_a_stub_only(
     assert len(bodies) >= 3 and not [b for b in bodies if "SECRET" in b or "UEXT" in b]
     text = prompt_text(model.requests[-1])
     assert "SECRETPARTNERTEXT" not in text and "we sign on Friday" in text
+
+
+def test_a_read_waiting_for_the_budget_holds_no_worker(make_bot, slack, model):
+    slack.set_read_tier("limited")
+    bot = make_bot(
+        clock=slack.clock, sleep=slack.sleep, slack_read_tier="limited", worker_threads=1
+    )
+    old = slack.add_thread("C1", 60, text_fn=words)  # before the bot: minutes of reads
+    slack.advance(60)
+    bot.app.start_receiving()
+    slack.advance(10)
+    kept = keep_thread_by_events(bot, slack, "C1", 10)
+    slack.advance(5)
+    bot.mention("C1", "summarize", thread_ts=old)  # reads one page, then waits
+    assert bot.app.queue.next_due() is not None
+    bot.mention("C1", "what did we decide?", thread_ts=kept)  # the one worker is free
+    assert len(bot.posts_in("C1", kept)) == 1
+    assert "Note 10" in prompt_text(model.requests[-1])
+    # ... while the other still waits for its reads (nothing has seen its end yet).
+    assert bot.app.queue.next_due() is not None
+    assert not any("Note 60" in prompt_text(r) for r in model.requests)
+    drive(bot, slack)
+    assert "Note 60" in prompt_text(model.requests[-1])
