@@ -25,6 +25,9 @@ def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: d
         jobs = data.forget_jobs_before(s, now - JOB_KEEP)
         cutoff = now - timedelta(days=settings.message_retention_days)
         removed = data.purge_idle_threads(s, cutoff, now)
+        # Receivers' uptime older than twice the retention covers nothing kept any more (a
+        # thread still asked about is read once for that time, then kept as read).
+        data.forget_receivers_before(s, now - 2 * timedelta(days=settings.message_retention_days))
     ledger = 0
     if settings.usage_retention_days:
         cutoff = now - timedelta(days=settings.usage_retention_days)

@@ -354,3 +354,22 @@ def test_retention_drops_idle_kept_threads_and_keeps_asked_ones(kbot, slack, eng
         assert s.scalar(
             select(func.count()).select_from(KeptSpan).where(KeptSpan.channel_id == "C1")
         ) == 0
+
+
+def test_housekeeping_forgets_receivers_long_gone(engine, tmp_path):
+    from bot.config import load_settings
+    from bot.store.models import EventReceiver
+
+    settings = load_settings(
+        {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_SIGNING_SECRET": "s", "ANTHROPIC_API_KEY": "k"},
+        env_file=None,
+    )
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    with sessionmaker(engine).begin() as s:
+        for days in (70, 10):
+            at = now - timedelta(days=days)
+            s.add(EventReceiver(host="h:1", started_at=at, seen_at=at + timedelta(hours=1)))
+    run_housekeeping(sessionmaker(engine), settings, now)
+    with sessionmaker(engine)() as s:
+        left = s.scalars(select(EventReceiver.seen_at)).all()
+    assert len(left) == 1  # the one seen 10 days ago stays (retention 30 days, kept twice that)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from bot.store.models import (
     Compaction,
     ConversationState,
+    EventReceiver,
     Job,
     KeptSpan,
     ReadBudget,
@@ -32,6 +33,12 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+def forget_receivers_before(session: Session, cutoff: datetime) -> int:
+    """Drop the records of event receivers last seen before `cutoff`."""
+    result = session.execute(delete(EventReceiver).where(EventReceiver.seen_at < cutoff))
+    return result.rowcount or 0
 
 
 def forget_jobs_before(session: Session, cutoff: datetime) -> int:
