@@ -35,8 +35,8 @@ VOTE_ACTIONS = re.compile(r"^answer_feedback(?:_up|_down)?$")
 FEEDBACK_BUTTONS = "feedback_buttons"  # the key of its refusal in delivery.Refusals
 BLOCK_ID = "answer_feedback"
 UP, DOWN = "up", "down"
-_VALUE = re.compile(r"^(up|down):([1-9][0-9]{0,18})$")
-_REASON_VALUE = re.compile(r"^([a-z_]{1,24}):([1-9][0-9]{0,18})$")
+_VALUE = re.compile(r"^(up|down):([1-9][0-9]{0,17})$")
+_REASON_VALUE = re.compile(r"^([a-z_]{1,24}):([1-9][0-9]{0,17})$")
 
 # Why an answer was not good: menu value -> what the menu shows (and the digest counts).
 REASONS: dict[str, str] = {

@@ -9,6 +9,7 @@ who can click again); the voter alone is answered, privately, through the click'
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
@@ -50,6 +51,23 @@ def _private(body: dict[str, Any], context: BoltContext, user: str) -> Responder
     return Ephemeral(context.client, channel, user, thread, None)
 
 
+def _stored(
+    ack: Ack, body: dict[str, Any], context: BoltContext, store: Callable[[], bool]
+) -> tuple[bool, Responder] | None:
+    """Run `store` (a vote or a reason) before the ack; then the voter's private answer. None
+    when storing failed (the voter has been told to try again)."""
+    team, user = _who(body, context)
+    try:
+        done = store()
+    except Exception:
+        log.exception("storing feedback of team=%s failed", team)
+        ack()
+        _private(body, context, user).send(VOTE_FAILED)
+        return None
+    ack()
+    return done, _private(body, context, user)
+
+
 def register(app: App, votes: Votes) -> None:
     """Store votes and reasons, and answer the voter privately."""
 
@@ -59,15 +77,15 @@ def register(app: App, votes: Votes) -> None:
     ) -> None:
         team, user = _who(body, context)
         vote = parse_vote(action.get("value"))
-        try:
-            stored = vote is not None and bool(user) and votes.vote(team, user, vote)
-        except Exception:
-            log.exception("storing a vote of team=%s failed", team)
-            ack()
-            _private(body, context, user).send(VOTE_FAILED)
+        result = _stored(
+            ack,
+            body,
+            context,
+            lambda: vote is not None and bool(user) and votes.vote(team, user, vote),
+        )
+        if result is None:
             return
-        ack()
-        out = _private(body, context, user)
+        stored, out = result
         if not stored or vote is None:
             out.send(REFUSED)
         elif vote.positive:
@@ -81,15 +99,15 @@ def register(app: App, votes: Votes) -> None:
     ) -> None:
         team, user = _who(body, context)
         choice = parse_reason((action.get("selected_option") or {}).get("value"))
-        try:
-            saved = choice is not None and votes.reason(team, user, choice[1], choice[0])
-        except Exception:
-            log.exception("storing a vote's reason of team=%s failed", team)
-            ack()
-            _private(body, context, user).send(VOTE_FAILED)
+        result = _stored(
+            ack,
+            body,
+            context,
+            lambda: choice is not None and votes.reason(team, user, choice[1], choice[0]),
+        )
+        if result is None:
             return
-        ack()
-        out = _private(body, context, user)
+        saved, out = result
         if choice is not None and saved:
             out.send(f"Thanks, noted: {REASONS[choice[0]].lower()}.", replace=True)
         else:
