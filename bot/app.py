@@ -405,6 +405,7 @@ def create_app(
         client_for=service.client_for,
         sessions=sessions,
         clock=clock,
+        refusals=service.refusals,
     )
     usage = UsageService(settings, sessions, service.client_for, service.display_name, clock)
     queue = JobQueue(engine, sessions, lease_seconds=settings.job_lease_seconds, clock=clock)

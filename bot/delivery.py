@@ -8,6 +8,10 @@ step falls back to the next when Slack refuses it; a refusal that will not chang
 (`channel_type_not_supported`, a missing scope) is remembered in `Refusals`, so later answers in
 that kind of conversation skip the call.
 
+The answer's last message ends with the 👍/👎 control (`feedback.control`): Slack's feedback
+buttons, or two ordinary buttons where Slack refuses those (`invalid_blocks`): the message is
+sent again with the buttons and the refusal remembered in `Refusals` like the others.
+
 A stream is closed before Slack's own limits (about five minutes, STREAM_LIMIT characters) and
 the answer continues in a new one; a stream Slack closed anyway is finished with chat.update.
 The stream calls never wait out a 429 while the model is writing: the text is gathered and sent
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +38,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
+from bot import feedback
 from bot.formatting import (
     build_messages,
     inert_markdown,
@@ -103,11 +109,16 @@ class Refusals:
         """Remember `error` if it is permanent; True when it is."""
         if error not in PERMANENT:
             return False
+        self.refuse(method, team_id, channel, str(error))
+        return True
+
+    def refuse(self, method: str, team_id: str, channel: str, error: str) -> None:
+        """Remember that `method` (or a block element, e.g. `feedback.FEEDBACK_BUTTONS`) is
+        refused in this kind of conversation, whatever the error."""
         kind = conversation_kind(channel)
         with self._lock:
             self._until[(method, team_id, kind)] = self._clock() + self._ttl
         log.info("%s refused for %s conversations of %s (%s)", method, kind, team_id, error)
-        return True
 
 
 def loading_messages(texts: Sequence[str]) -> list[str]:
@@ -190,6 +201,7 @@ class ThreadReply:
         )
         self._status_at: float | None = None
         self._status: tuple[str, list[str]] = ("", [])
+        self._control: dict[str, Any] | None = None  # the 👍/👎 block under the answer
         # The text each message of this reply holds in Slack, by ts, as last sent or edited.
         self.delivered: dict[str, str] = {}
         if not stream:
@@ -286,20 +298,30 @@ class ThreadReply:
         return self._mode == "stopped"
 
     def finish(
-        self, footer: str | None, *, note: str | None = None, text: str | None = None
+        self,
+        footer: str | None,
+        *,
+        note: str | None = None,
+        text: str | None = None,
+        feedback_id: int | None = None,
     ) -> str:
         """The answer is complete; `note` says why it may not be whole. Returns "ok",
         "stopped_by_user" (nothing more was posted) or post_<error>.
 
-        `text` is the whole answer when it was not handed over piece by piece.
+        `text` is the whole answer when it was not handed over piece by piece; `feedback_id`
+        its ledger row, for the 👍/👎 control under it (None: no control).
         """
         if text is not None and len(text) >= len(self._text):
             self._text = text
+        if feedback_id is not None:
+            self._control = control_for(self._refusals, self._team, self._channel, feedback_id)
         if self._mode == "stream":
             self._stream_some(final=True)
             unsent = bool(self._text[self._sent :].strip())  # Slack asked to wait: posted below
             if self._mode == "stream" and self._ts is not None:
-                blocks = [note_block(CONTINUED)] if unsent else tail_blocks(note, footer)
+                blocks = (
+                    [note_block(CONTINUED)] if unsent else tail_blocks(note, footer, self._control)
+                )
                 if self._close_stream(blocks) and not unsent:
                     return "ok"
                 if self._mode == "stream":
@@ -425,7 +447,10 @@ class ThreadReply:
             return False
         client = self._quick if rotating else self._client
         try:
-            client.chat_stopStream(channel=self._channel, ts=ts, blocks=blocks or None)
+            self._with_control(
+                lambda b: client.chat_stopStream(channel=self._channel, ts=ts, blocks=b or None),
+                blocks,
+            )
             return True
         except SlackApiError as exc:
             error = exc.response.get("error")
@@ -480,7 +505,12 @@ class ThreadReply:
 
     def _edit(self, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> bool:
         try:
-            self._client.chat_update(channel=self._channel, ts=ts, text=text, blocks=blocks)
+            self._with_control(
+                lambda b: self._client.chat_update(
+                    channel=self._channel, ts=ts, text=text, blocks=b
+                ),
+                blocks,
+            )
             self._last_update = self._clock()
             self.delivered[ts] = text
             return True
@@ -494,7 +524,7 @@ class ThreadReply:
             self._mode = "post"
 
     def _final_update(self, footer: str | None, note: str | None) -> str | None:
-        parts = build_messages(self._text, footer, note=note)
+        parts = build_messages(self._text, footer, note=note, control=self._control)
         if self._ts is None or not self._edit(self._ts, parts[0].text, parts[0].blocks):
             self._mode = "post"
             return None
@@ -504,10 +534,26 @@ class ThreadReply:
                 return outcome
         return "ok"
 
+    def _with_control(
+        self,
+        call: Callable[[list[dict[str, Any]] | None], Any],
+        blocks: list[dict[str, Any]] | None,
+    ) -> Any:
+        """`call(blocks)`, falling back to the 👍/👎 buttons where Slack refuses the feedback
+        buttons (`with_control`); later messages of this reply use the buttons then."""
+
+        def sent(b: list[dict[str, Any]] | None) -> Any:
+            resp = call(b)
+            if b is not blocks and b is not None:
+                self._control = feedback.control_of(b)
+            return resp
+
+        return with_control(sent, blocks, self._refusals, self._team, self._channel)
+
     # -- single posts ---------------------------------------------------------------------
 
     def _post_parts(self, text: str, footer: str | None, note: str | None) -> str:
-        for part in build_messages(text, footer, note=note):
+        for part in build_messages(text, footer, note=note, control=self._control):
             outcome = self._post(part.text, part.blocks)
             if outcome != "ok":
                 return outcome
@@ -515,13 +561,16 @@ class ThreadReply:
 
     def _post(self, text: str, blocks: list[dict[str, Any]]) -> str:
         try:
-            resp = self._client.chat_postMessage(
-                channel=self._channel,
-                thread_ts=self._thread,
-                text=text,
-                blocks=blocks,
-                unfurl_links=False,
-                unfurl_media=False,
+            resp = self._with_control(
+                lambda b: self._client.chat_postMessage(
+                    channel=self._channel,
+                    thread_ts=self._thread,
+                    text=text,
+                    blocks=b,
+                    unfurl_links=False,
+                    unfurl_media=False,
+                ),
+                blocks,
             )
             self._first_ts = self._first_ts or resp.get("ts")
             self.delivered[resp["ts"]] = text
@@ -543,6 +592,50 @@ class ThreadReply:
                 except SlackApiError as again:
                     error = str(again.response.get("error"))
             return f"post_{error}"
+
+
+def with_control(
+    call: Callable[[list[dict[str, Any]] | None], Any],
+    blocks: list[dict[str, Any]] | None,
+    refusals: Refusals,
+    team_id: str,
+    channel: str,
+) -> Any:
+    """`call(blocks)` (a Web API call); when Slack refuses the blocks (`invalid_blocks`) and
+    they hold the feedback buttons, the same call with two ordinary buttons instead, and the
+    refusal remembered once that works (a refusal of something else in the blocks is not
+    blamed on the feedback buttons: the second call fails too, and nothing is remembered)."""
+    try:
+        return call(blocks)
+    except SlackApiError as exc:
+        error = str(exc.response.get("error"))
+        fallback = None
+        if error == "invalid_blocks" and _blames_control(exc, blocks):
+            fallback = feedback.as_buttons(blocks)
+        if fallback is None:
+            raise
+        resp = call(fallback)
+        refusals.refuse(feedback.FEEDBACK_BUTTONS, team_id, channel, error)
+        return resp
+
+
+def _blames_control(exc: SlackApiError, blocks: list[dict[str, Any]] | None) -> bool:
+    """Whether Slack's `invalid_blocks` may be about the 👍/👎 control: its messages point at
+    the block they refuse (`[json-pointer:/blocks/3/type]`); without them, it may."""
+    meta = exc.response.get("response_metadata") or {}
+    messages = [*(exc.response.get("errors") or []), *(meta.get("messages") or [])]
+    pointers = [m for m in map(str, messages) if "json-pointer:/blocks/" in m]
+    if not pointers or not blocks:
+        return True
+    at = [i for i, b in enumerate(blocks) if feedback.is_control(b)]
+    return any(re.search(rf"json-pointer:/blocks/{i}[/\]]", m) for i in at for m in pointers)
+
+
+def control_for(refusals: Refusals, team_id: str, channel: str, usage_id: int) -> dict[str, Any]:
+    """The 👍/👎 control for an answer in `channel`: the feedback buttons, or the ordinary
+    buttons where Slack refused those lately."""
+    refused = refusals.refused(feedback.FEEDBACK_BUTTONS, team_id, channel)
+    return feedback.control(usage_id, buttons=refused)
 
 
 def tell(
@@ -582,7 +675,9 @@ class Responder(Protocol):
 
     def send(
         self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
-    ) -> None: ...
+    ) -> str | None:
+        """Show `text` (and `blocks`); None when shown, else why not (`invalid_blocks`, …)."""
+        ...
 
 
 class ResponseUrl:
@@ -594,14 +689,19 @@ class ResponseUrl:
 
     def send(
         self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
-    ) -> None:
+    ) -> str | None:
         resp = self._hook.send(
             text=text, blocks=blocks, response_type="ephemeral", replace_original=replace
         )
-        if resp.status_code != 200:
-            log.warning("response_url answered %s", resp.status_code)
-            if self._fallback is not None:
-                self._fallback.send(text, blocks)
+        if resp.status_code == 200:
+            return None
+        error = (resp.body or "").strip()[:60] or str(resp.status_code)
+        log.warning("response_url answered %s (%s)", resp.status_code, error)
+        if error == "invalid_blocks":
+            return error  # another URL would refuse the same blocks
+        if self._fallback is not None:
+            return self._fallback.send(text, blocks)
+        return error
 
 
 class Ephemeral:
@@ -615,7 +715,7 @@ class Ephemeral:
 
     def send(
         self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
-    ) -> None:
+    ) -> str | None:
         try:
             self._client.chat_postEphemeral(
                 channel=self._channel,
@@ -624,7 +724,10 @@ class Ephemeral:
                 text=text,
                 blocks=blocks,
             )
+            return None
         except SlackApiError as exc:
-            log.info("postEphemeral failed (%s); using response_url", exc.response.get("error"))
-            if self._fallback is not None:
-                self._fallback.send(text, blocks, replace=replace)
+            error = str(exc.response.get("error"))
+            log.info("postEphemeral failed (%s); using response_url", error)
+            if error == "invalid_blocks" or self._fallback is None:
+                return error
+            return self._fallback.send(text, blocks, replace=replace)

@@ -19,8 +19,9 @@ from sqlalchemy import case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from bot.feedback import REASONS
 from bot.pricing import money
-from bot.store.models import UsageRecord
+from bot.store.models import AnswerFeedback, UsageRecord
 
 MAX_DAYS = 365
 TOP_N = 5
@@ -219,6 +220,39 @@ class DayBucket:
 
 
 @dataclass(frozen=True)
+class KindRating:
+    """The votes on one kind of request's answers (mention, recap, summarize, dm, …)."""
+
+    kind: str
+    up: int
+    down: int
+
+    @property
+    def votes(self) -> int:
+        return self.up + self.down
+
+    @property
+    def share(self) -> float:
+        """Share of 👍 among the votes (0..1)."""
+        return self.up / self.votes if self.votes else 0.0
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """Votes on the period's answers: counts only, never who voted."""
+
+    up: int = 0
+    down: int = 0
+    answers: int = 0  # answers with at least one vote
+    kinds: tuple[KindRating, ...] = ()  # worst rated first
+    reasons: tuple[tuple[str, int], ...] = ()  # a 👎's reason, most given first
+
+    @property
+    def votes(self) -> int:
+        return self.up + self.down
+
+
+@dataclass(frozen=True)
 class Digest:
     """Usage of one workspace over a period, with the previous period's totals to compare."""
 
@@ -236,6 +270,7 @@ class Digest:
     top_users: tuple[UserLine, ...] = ()
     days: tuple[DayBucket, ...] = ()
     top_users_hidden: bool = False  # left out for this viewer (not a workspace admin)
+    ratings: Ratings = Ratings()
 
 
 def _in_period(team_id: str, period: Period) -> list[ColumnElement[bool]]:
@@ -421,6 +456,41 @@ def _users(
     return top, int(rows[0].users) if rows else 0
 
 
+def _ratings(session: Session, team_id: str, period: Period) -> Ratings:
+    """The votes on the answers of the period, per kind of request (worst rated first) and the
+    reasons given for 👎."""
+    f, u = AnswerFeedback, UsageRecord
+    voted = (
+        select(u.kind, f.positive, f.reason, f.usage_id)
+        .join(u, u.id == f.usage_id)
+        .where(*_in_period(team_id, period), f.team_id == team_id)
+        .subquery()
+    )
+    v = voted.c
+    rows = session.execute(
+        select(v.kind, v.positive, func.count()).group_by(v.kind, v.positive)
+    ).all()
+    answers = session.scalar(select(func.count(distinct(v.usage_id)))) or 0
+    reasons = session.execute(
+        select(v.reason, func.count())
+        .where(v.positive.is_(False), v.reason.is_not(None))
+        .group_by(v.reason)
+    ).all()
+    up: dict[str, int] = {}
+    down: dict[str, int] = {}
+    for kind, positive, n in rows:
+        (up if positive else down)[kind] = (up if positive else down).get(kind, 0) + int(n)
+    kinds = [KindRating(k, up.get(k, 0), down.get(k, 0)) for k in {*up, *down}]
+    kinds.sort(key=lambda r: (r.share, -r.down, r.kind))
+    return Ratings(
+        up=sum(up.values()),
+        down=sum(down.values()),
+        answers=int(answers),
+        kinds=tuple(kinds),
+        reasons=_ranked({str(r): int(n) for r, n in reasons}),
+    )
+
+
 def _ranked(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -479,6 +549,7 @@ def build_digest(
         top_channels=top_channels,
         top_users=top_users,
         days=_chart_buckets(spans, per_span),
+        ratings=_ratings(session, team_id, period),
     )
 
 
@@ -582,6 +653,7 @@ def _sections(d: Digest) -> list[_Section]:
         _models_section(d),
         *_top_sections(d),
         _failures_section(d),
+        _ratings_section(d.ratings),
         _chart_section(d),
     ]
     return [s for s in sections if s is not None]
@@ -673,6 +745,27 @@ def _top_list(title: str, rows: list[tuple[str, float, int]]) -> _Section:
 def _failures_section(d: Digest) -> _Section:
     causes = [f"{_safe(c)} {_n(n)}" for c, n in d.failures[:MAX_LIST]]
     return _Section("Failures", [", ".join(_more(causes, len(d.failures), "causes")) or "none"])
+
+
+def _ratings_section(r: Ratings) -> _Section:
+    """The share of 👍 among the votes on the period's answers and the worst-rated kinds of
+    request, with counts (never who voted)."""
+    if not r.votes:
+        return _Section("Feedback", ["no 👍/👎 on this period's answers"])
+    lines = [
+        f"{_pct(r.up / r.votes)} positive: {_n(r.up)} 👍, {_n(r.down)} 👎 on "
+        f"{_count(r.answers, 'answer')}"
+    ]
+    kinds = [
+        f"{_safe(k.kind)} {k.share:.0%} ({_n(k.up)} of {_n(k.votes)})" for k in r.kinds[:MAX_LIST]
+    ]
+    lines.append("Worst rated first: " + " · ".join(_more(kinds, len(r.kinds), "kinds")))
+    if r.reasons:
+        given = [
+            f"{REASONS.get(reason, reason).lower()} {_n(n)}" for reason, n in r.reasons[:MAX_LIST]
+        ]
+        lines.append("Why 👎: " + " · ".join(_safe(g) for g in given))
+    return _Section("Feedback", lines)
 
 
 def _chart_section(d: Digest) -> _Section | None:

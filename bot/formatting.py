@@ -17,7 +17,9 @@ from bot.transcript import FOOTER_MARK
 SECTION_LIMIT = 2900  # Slack allows 3,000 characters of section text
 MESSAGE_LIMIT = 11_000  # headroom below the ~13k where msg_blocks_too_long has been seen
 MARKDOWN_LIMIT = 11_000  # a `markdown` block allows 12,000 characters across a message
-MAX_SECTIONS = 46  # 50 blocks per message, less the footer, a trim note and a caller's button
+# 50 blocks per message, less a trim note, the stop note, the footer, the 👍/👎 control and a
+# caller's button (the share button of a summary).
+MAX_SECTIONS = 45
 MAX_MESSAGES = 4
 TABLE_MAX_WIDTH = 60  # wider tables become one line per row
 ZWSP = "\u200b"
@@ -720,11 +722,16 @@ def note_block(note: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": f"_{_escape(note)}_"}}
 
 
-def tail_blocks(note: str | None, footer: str | None) -> list[dict[str, Any]]:
-    """The blocks that end an answer's last message: the note, then the footer."""
+def tail_blocks(
+    note: str | None, footer: str | None, control: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The blocks that end an answer's last message: the note, the footer, then `control` (the
+    👍/👎 block, `feedback.control`)."""
     blocks = [note_block(note)] if note else []
     if footer:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
+    if control is not None:
+        blocks.append(control)
     return blocks
 
 
@@ -736,10 +743,11 @@ def _messages(
     *,
     note: str | None = None,
     limit: int = MAX_MESSAGES,
+    control: dict[str, Any] | None = None,
 ) -> list[Outgoing]:
-    """Parts grouped into at most `limit` messages within Slack's limits; the note and the footer
-    on the last one."""
-    tail = tail_blocks(note, footer)
+    """Parts grouped into at most `limit` messages within Slack's limits; the note, the footer
+    and the control on the last one."""
+    tail = tail_blocks(note, footer, control)
     budget = MESSAGE_LIMIT - sum(_size(_block_text(b)) for b in tail)
     groups: list[list[str]] = [[]]
     for part in parts:
@@ -756,22 +764,30 @@ def _messages(
         texts = [fallback(p) for p in group]
         if i == len(groups) - 1:
             blocks.extend(tail)
-            texts.extend(_block_text(b) for b in tail)
+            texts.extend(t for t in map(_block_text, tail) if t)
         out.append(Outgoing(text="\n\n".join(texts), blocks=blocks))
     return out
 
 
 def _block_text(block: dict[str, Any]) -> str:
+    """The text a tail block shows ("" for the control, which shows buttons)."""
     if block["type"] == "context":
         return str(block["elements"][0]["text"])
+    if "text" not in block:
+        return ""
     return str(block["text"]["text"])
 
 
 def build_messages(
-    markdown: str, footer: str | None, *, note: str | None = None, limit: int = MAX_MESSAGES
+    markdown: str,
+    footer: str | None,
+    *,
+    note: str | None = None,
+    limit: int = MAX_MESSAGES,
+    control: dict[str, Any] | None = None,
 ) -> list[Outgoing]:
     """The answer as mrkdwn section blocks in at most `limit` messages; `note` (why the answer
-    may be incomplete) and the footer end the last one."""
+    may be incomplete), the footer and `control` (the 👍/👎 block) end the last one."""
     parts = _sections(_units(markdown, _Mrkdwn()), SECTION_LIMIT) or ([] if note else [_EMPTY])
     return _messages(
         parts,
@@ -780,15 +796,21 @@ def build_messages(
         str,
         note=note,
         limit=limit,
+        control=control,
     )
 
 
 def build_markdown_messages(
-    markdown: str, footer: str | None, *, note: str | None = None, limit: int = MAX_MESSAGES
+    markdown: str,
+    footer: str | None,
+    *,
+    note: str | None = None,
+    limit: int = MAX_MESSAGES,
+    control: dict[str, Any] | None = None,
 ) -> list[Outgoing]:
     """The answer as Slack `markdown` blocks (standard Markdown, pings and Slack syntax made
-    inert, tables laid out), one per message; the text fallback is the mrkdwn rendering; `note`
-    and the footer end the last message."""
+    inert, tables laid out), one per message; the text fallback is the mrkdwn rendering; `note`,
+    the footer and `control` end the last message."""
     parts = _sections(_units(markdown, _Markdown()), MARKDOWN_LIMIT) or ([] if note else [_EMPTY])
     return _messages(
         parts,
@@ -797,6 +819,7 @@ def build_markdown_messages(
         markdown_to_mrkdwn,
         note=note,
         limit=limit,
+        control=control,
     )
 
 

@@ -259,7 +259,7 @@ class AnswerService:
             return
         except LLMError as exc:
             if exc.partial:
-                outcome = reply.finish(None, note=cut_off_note(exc.kind))
+                outcome = reply.finish(None, note=cut_off_note(exc.kind), feedback_id=exc.usage_id)
                 self._keep(req, reply)
                 self._ended(req, outcome, exc.usage_id)
             else:
@@ -378,7 +378,7 @@ class AnswerService:
             log.info("no partial answer for %s: %s", req.thread_ts, type(exc).__name__)
             return ""
         note = partial_note(len(before), wait.expected, wait.eta)
-        reply.finish(done.footer, text=done.completion.text, note=note)
+        reply.finish(done.footer, text=done.completion.text, note=note, feedback_id=done.usage_id)
         return reply.posted_ts or ""
 
     def _fail(self, req: ThreadRequest, reply: ThreadReply, text: str) -> None:
@@ -389,7 +389,10 @@ class AnswerService:
     def _deliver(self, req: ThreadRequest, reply: ThreadReply, done: Done) -> None:
         """Finish the reply with the answer; note in the ledger how its delivery ended."""
         outcome = reply.finish(
-            done.footer, text=done.completion.text, note=stop_note(done.completion)
+            done.footer,
+            text=done.completion.text,
+            note=stop_note(done.completion),
+            feedback_id=done.usage_id,
         )
         self._keep(req, reply)
         self._ended(req, outcome, done.usage_id)

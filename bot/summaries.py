@@ -18,8 +18,9 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot import feedback
 from bot.budgets import BudgetExceeded
-from bot.delivery import Responder
+from bot.delivery import Refusals, Responder, control_for, with_control
 from bot.formatting import build_messages, neutralise_pings
 from bot.jobs import Deferred
 from bot.llm import LLMError
@@ -134,7 +135,9 @@ class SummaryService:
         client_for: Callable[[str, str | None], WebClient],
         sessions: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
+        refusals: Refusals | None = None,
     ) -> None:
+        self._refusals = refusals or Refusals()  # the answers' (feedback buttons refused?)
         self._reader = reader
         self._workspaces = workspaces
         self._complete = complete
@@ -342,6 +345,7 @@ class SummaryService:
                     text=done.completion.text,
                     footer=done.footer,
                     note=note,
+                    usage_id=done.usage_id,
                 )
             )
         part = build_messages(done.completion.text, done.footer, note=note, limit=1)[0]
@@ -357,7 +361,19 @@ class SummaryService:
                 }
             ],
         }
-        out.send(part.text, [*part.blocks, button], replace=True)
+        control = control_for(self._refusals, req.team_id, req.channel_id, done.usage_id)
+        self._show(req, out, part.text, [*part.blocks, button, control])
+
+    def _show(
+        self, req: ThreadRequest, out: Responder, text: str, blocks: list[dict[str, Any]]
+    ) -> None:
+        """Show a summary privately; where Slack refuses its feedback buttons, with the 👍/👎
+        as ordinary buttons (and the refusal remembered, as for answers in threads)."""
+        error = out.send(text, blocks, replace=True)
+        fallback = feedback.as_buttons(blocks) if error == "invalid_blocks" else None
+        if fallback is not None and out.send(text, fallback, replace=True) is None:
+            refused = feedback.FEEDBACK_BUTTONS
+            self._refusals.refuse(refused, req.team_id, req.channel_id, "invalid_blocks")
 
     # -- the share button -------------------------------------------------------------------
 
@@ -379,16 +395,27 @@ class SummaryService:
         footer = f"Shared by {neutralise_pings(sharer_name)}"
         if summary.footer:
             footer += f" · {summary.footer}"
-        parts = build_messages(summary.text, footer, note=summary.note)
+        team, channel = summary.team_id, summary.channel_id
+        control = None
+        if summary.usage_id is not None:  # votes on the copy count for the same answer
+            control = control_for(self._refusals, team, channel, summary.usage_id)
+        parts = build_messages(summary.text, footer, note=summary.note, control=control)
+        client = self._client_for(team, None)
         try:
             for part in parts:
-                self._client_for(summary.team_id, None).chat_postMessage(
-                    channel=summary.channel_id,
-                    thread_ts=summary.thread_ts,
-                    text=part.text,
-                    blocks=part.blocks,
-                    unfurl_links=False,
-                    unfurl_media=False,
+                with_control(
+                    lambda b, part=part: client.chat_postMessage(
+                        channel=channel,
+                        thread_ts=summary.thread_ts,
+                        text=part.text,
+                        blocks=b,
+                        unfurl_links=False,
+                        unfurl_media=False,
+                    ),
+                    part.blocks,
+                    self._refusals,
+                    team,
+                    channel,
                 )
         except SlackApiError as exc:
             error = exc.response.get("error")

@@ -291,30 +291,118 @@ class SlackUI:
         return resp, url
 
     def click(self, value: str, *, user: str = "U1", channel: str = "C1") -> tuple[Any, str]:
+        """Click the share button under a private summary."""
+        action = {"type": "button", "action_id": "share_summary", "block_id": "b", "value": value}
+        return self.act(action, user=user, channel=channel)
+
+    def act(
+        self,
+        action: dict[str, Any],
+        *,
+        user: str = "U1",
+        channel: str = "C1",
+        team_id: str | None = None,
+        message: dict[str, Any] | None = None,
+    ) -> tuple[Any, str]:
+        """A block_actions payload for one interactive element in a message: an ephemeral one
+        unless `message` (the message clicked, as Slack sends it back) is given. Returns the
+        HTTP response and the payload's response_url."""
         url = self.slack.response_url()
-        payload = {
+        team = team_id or self.slack.team_id
+        container: dict[str, Any] = {"type": "message", "channel_id": channel}
+        if message is None:
+            container["is_ephemeral"] = True
+        else:
+            container.update(message_ts=message["ts"], is_ephemeral=False)
+            if message.get("thread_ts"):
+                container["thread_ts"] = message["thread_ts"]
+        payload: dict[str, Any] = {
             "type": "block_actions",
             "trigger_id": self._trigger(),
             "api_app_id": "A0001",
-            "team": {"id": self.slack.team_id, "domain": "acme"},
-            "user": {"id": user, "username": "someone", "team_id": self.slack.team_id},
+            "team": {"id": team, "domain": "acme"},
+            "user": {"id": user, "username": "someone", "team_id": team},
             "channel": {"id": channel, "name": "general"},
-            "container": {"type": "message", "is_ephemeral": True},
+            "container": container,
             "response_url": url,
             "token": "legacy",
-            "actions": [
-                {
-                    "type": "button",
-                    "action_id": "share_summary",
-                    "block_id": "b",
-                    "value": value,
-                    "action_ts": self._trigger(),
-                }
-            ],
+            "actions": [{**action, "action_ts": self._trigger()}],
         }
+        if message is not None:
+            payload["message"] = message
         resp = self.bot.form({"payload": json.dumps(payload)})
         self.bot.wait()
         return resp, url
+
+    def vote(
+        self,
+        message: dict[str, Any],
+        up: bool,
+        *,
+        user: str = "U1",
+        team_id: str | None = None,
+    ) -> tuple[Any, str]:
+        """Click 👍 (`up`) or 👎 under an answer (`message`: a post, a stream or a response as
+        the fakes recorded it), as Slack sends it for the element shown there: the feedback
+        buttons (the clicked side's value) or the fallback buttons."""
+        blocks = message.get("blocks") or []
+        control = next(b for b in blocks if b.get("block_id") == "answer_feedback")
+        if control["type"] == "context_actions":
+            element = control["elements"][0]
+            side = element["positive_button" if up else "negative_button"]
+            action = {
+                "type": "feedback_buttons",
+                "action_id": element["action_id"],
+                "block_id": control["block_id"],
+                "value": side["value"],
+                "text": side["text"],
+            }
+        else:
+            button = control["elements"][0 if up else 1]
+            action = {
+                "type": "button",
+                "action_id": button["action_id"],
+                "block_id": control["block_id"],
+                "value": button["value"],
+                "text": button["text"],
+            }
+        channel = str(message.get("channel") or "C1")
+        shown = None
+        if message.get("ts"):
+            shown = {
+                "type": "message",
+                "ts": message["ts"],
+                "thread_ts": message.get("thread_ts"),
+                "text": message.get("text", ""),
+                "blocks": blocks,
+            }
+        return self.act(action, user=user, channel=channel, team_id=team_id, message=shown)
+
+    def choose(
+        self,
+        response: dict[str, Any],
+        value: str,
+        *,
+        user: str = "U1",
+        channel: str = "C1",
+        team_id: str | None = None,
+    ) -> tuple[Any, str]:
+        """Pick the option with `value` from the static_select in a private `response`."""
+        select = next(
+            e
+            for b in response.get("blocks") or []
+            if b["type"] == "actions"
+            for e in b["elements"]
+            if e["type"] == "static_select"
+        )
+        option = next(o for o in select["options"] if o["value"] == value)
+        action = {
+            "type": "static_select",
+            "action_id": select["action_id"],
+            "block_id": "reason",
+            "selected_option": option,
+        }
+        return self.act(action, user=user, channel=channel, team_id=team_id)
 
 
     def home_action(

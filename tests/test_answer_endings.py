@@ -44,8 +44,8 @@ def test_answer_cut_at_max_tokens_says_so_at_its_end(make_bot, slack, model, eng
     last = bot.posts_in("C1", parent)[-1]
     assert bool(last.get("_streamed")) == stream
     kinds = [b["type"] for b in last["blocks"]]
-    assert kinds[-2:] == ["section", "context"]  # the note, then the footer
-    note = last["blocks"][-2]["text"]["text"]
+    assert kinds[-3:] == ["section", "context", "context_actions"]  # note, footer, 👍/👎
+    note = last["blocks"][-3]["text"]["text"]
     assert CUT in note and "Ask me for the rest" in note
     assert CUT in last["text"] or stream  # a post's plain-text fallback has it too
     (row,) = ledger(engine)
@@ -60,7 +60,7 @@ def test_cut_answer_in_an_edited_placeholder_ends_with_the_note(bot, slack, mode
     bot.mention("C1", "summarize", thread_ts=parent)
     assert len(bot.posts_in("C1", parent)) == 1  # the placeholder, edited into the answer
     final = slack.updates[-1]
-    assert CUT in final["blocks"][-2]["text"]["text"] and CUT in final["text"]
+    assert CUT in final["blocks"][-3]["text"]["text"] and CUT in final["text"]
 
 
 def test_refusal_midway_keeps_what_came_and_says_why(bot, slack, model, engine):
@@ -69,7 +69,7 @@ def test_refusal_midway_keeps_what_came_and_says_why(bot, slack, model, engine):
     model.enqueue_stop("refusal", after_chars=400, explanation="This request was declined.")
     bot.mention("C1", "summarize", thread_ts=parent)
     last = bot.posts_in("C1", parent)[-1]
-    note = last["blocks"][-2]["text"]["text"]
+    note = last["blocks"][-3]["text"]["text"]
     assert "declined to continue" in note and "This request was declined" in note
     assert "Sentence 0 " in last["text"] and "Sentence 29" not in last["text"]
     assert ledger(engine)[0].stop_reason == "refusal"
@@ -92,7 +92,7 @@ def test_paused_turn_tells_the_reader_to_ask_again(make_bot, slack, model, engin
     model.enqueue_stop("pause_turn")
     bot.mention("C1", "summarize", thread_ts=parent)
     last = bot.posts_in("C1", parent)[-1]
-    assert "paused before finishing" in last["blocks"][-2]["text"]["text"]
+    assert "paused before finishing" in last["blocks"][-3]["text"]["text"]
     assert ledger(engine)[0].stop_reason == "pause_turn"
 
 
@@ -108,7 +108,8 @@ def test_cut_summary_says_so_privately_and_when_shared(make_bot, slack, model, e
     value = next(b for b in shown["blocks"] if b["type"] == "actions")["elements"][0]["value"]
     ui.click(value)
     (shared,) = ui.bot.posts_in("C1", parent)
-    assert CUT in sections(shared)[-1] and shared["blocks"][-1]["type"] == "context"
+    assert CUT in sections(shared)[-1]
+    assert [b["type"] for b in shared["blocks"][-2:]] == ["context", "context_actions"]
     with engine.connect() as conn:
         assert CUT in conn.scalar(select(Summary.note))
     assert ledger(engine)[0].stop_reason == "max_tokens"
@@ -215,7 +216,8 @@ def test_long_stream_continues_in_a_new_one_before_slack_closes_it(make_bot, sla
     assert "".join(s["text"] for s in streams).split() == model.reply.split()
     for s in streams[:-1]:
         assert "continued in the next message" in s["blocks"][-1]["text"]["text"]
-    assert streams[-1]["blocks"][-1]["type"] == "context"  # the footer, once, at the end
+    # the footer and the 👍/👎, once, at the end
+    assert [b["type"] for b in streams[-1]["blocks"][-2:]] == ["context", "context_actions"]
     assert not [p for p in bot.posts_in("C1", parent) if not p.get("_streamed")]
 
 
@@ -236,7 +238,7 @@ def test_stream_closed_by_slack_is_finished_and_the_answer_continues(make_bot, s
         shown = edited[ts]["text"] if ts in closed else slack.streams[ts]["blocks"][-1]["text"]
         assert "continued in the next message" in str(shown)
     end = edited[last_ts] if last_ts in closed else last
-    assert "Sentence 59" in end["text"] and end["blocks"][-1]["type"] == "context"
+    assert "Sentence 59" in end["text"] and end["blocks"][-2]["type"] == "context"
     assert "".join(s["text"] for _, s in streams).split() == model.reply.split()  # all of it
 
 
@@ -318,4 +320,4 @@ def test_full_stream_that_cannot_be_rotated_yet_still_delivers_the_rest(make_bot
     assert "continued in the next message" in stream["blocks"][-1]["text"]["text"]
     rest = [p for p in bot.posts_in("C1", parent) if not p.get("_streamed")]
     assert rest and "Sentence 259 of" in rest[-1]["text"]
-    assert rest[-1]["blocks"][-1]["type"] == "context"  # the footer ends the answer
+    assert rest[-1]["blocks"][-2]["type"] == "context"  # the footer, then the 👍/👎

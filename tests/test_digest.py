@@ -320,6 +320,7 @@ def test_blocks_within_slack_limits(sessions):
         "*Top channels by spend*",
         "*Top users by spend*",
         "*Failures*",
+        "*Feedback*",
         "*Spend and savings per day (UTC)  ▇ spent ░ saved*",
     ]
     assert "overloaded 2, auth 1" in str(blocks)

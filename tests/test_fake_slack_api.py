@@ -267,6 +267,56 @@ def test_post_message_validation(fake, client):
     assert len(fake.posts) == 1
 
 
+def _feedback(**overrides) -> dict:
+    """Slack's documented context_actions example: one feedback_buttons element."""
+    element = {
+        "type": "feedback_buttons",
+        "action_id": "feedback_buttons_1",
+        "positive_button": {"text": {"type": "plain_text", "text": "👍"},
+                            "value": "positive_feedback"},
+        "negative_button": {"text": {"type": "plain_text", "text": "👎"},
+                            "value": "negative_feedback"},
+    }
+    element.update(overrides)
+    return {"type": "context_actions", "elements": [element]}
+
+
+def test_context_actions_with_feedback_buttons_are_validated(fake, client):
+    icon = {"type": "icon_button", "icon": "trash", "action_id": "delete_button_1",
+            "text": {"type": "plain_text", "text": "Delete"}, "value": "delete_item"}
+    client.chat_postMessage(channel="C1", text="t", blocks=[_feedback()])
+    client.chat_postMessage(channel="C1", text="t",
+                            blocks=[{"type": "context_actions", "elements": [icon]}])
+    mrkdwn = {"text": {"type": "mrkdwn", "text": "👍"}, "value": "v"}
+    thumb = {"type": "plain_text", "text": "👍"}
+    bad = [
+        _feedback(negative_button=None),
+        _feedback(positive_button=mrkdwn),
+        _feedback(positive_button={"text": {"type": "plain_text", "text": "x" * 76}, "value": "v"}),
+        _feedback(positive_button={"text": thumb, "value": "v" * 2001}),
+        _feedback(positive_button={"text": thumb}),
+        _feedback(action_id="a" * 256),
+        {"type": "context_actions", "elements": [icon] * 6},
+        {"type": "context_actions", "elements": []},
+        {"type": "context_actions", "elements": [{"type": "button", "value": "v",
+                                                  "text": {"type": "plain_text", "text": "b"}}]},
+        {"type": "actions", "elements": [
+            {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "1"}},
+            {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "2"}}]},
+    ]
+    for block in bad:
+        err = error_of(lambda b=block: client.chat_postMessage(channel="C1", text="t", blocks=[b]))
+        assert err.response["error"] == "invalid_blocks", block
+    assert len(fake.posts) == 2
+    fake.refused_blocks = frozenset({"context_actions"})  # a Slack without the element
+    err = error_of(lambda: client.chat_postMessage(channel="C1", text="t", blocks=[_feedback()]))
+    assert "unsupported type: context_actions" in str(err.response["errors"])
+    url = fake.response_url()
+    refused = httpx.post(url, json={"text": "t", "blocks": [_feedback()]})
+    assert (refused.status_code, refused.text) == (400, "invalid_blocks")
+    assert httpx.post(url, json={"text": "t"}).status_code == 200
+
+
 def test_post_message_channel_rules(fake, client):
     fake.add_channel("C2", "outside", members={"U1"}, bot_member=False)
     fake.add_channel("C3", "old", is_archived=True)

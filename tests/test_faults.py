@@ -31,7 +31,8 @@ def test_slack_server_error_on_post_is_retried_once(make_bot, slack, model):
 def test_rejected_blocks_fall_back_to_plain_text(make_bot, slack, model, error):
     bot = make_bot(stream_answers=False)
     parent = slack.add_thread("C1", 5, text_fn=words)
-    slack.fail_next("chat.postMessage", error)
+    # Blocks Slack refuses are refused again with the 👍/👎 as ordinary buttons.
+    slack.fail_next("chat.postMessage", error, times=2 if error == "invalid_blocks" else 1)
     bot.mention("C1", "summarize", thread_ts=parent)
     posts = bot.posts_in("C1", parent)
     assert len(posts) == 1 and not posts[0].get("blocks")
@@ -121,7 +122,7 @@ def test_answer_streams_in_pieces_and_ends_with_the_footer(bot, slack, model):
     assert stream["state"] == "stopped" and stream["appends"] >= 2
     assert stream["text"] == model.reply
     post = bot.posts_in("C1", parent)[0]
-    assert post["blocks"][-1]["type"] == "context"
+    assert [b["type"] for b in post["blocks"][-2:]] == ["context", "context_actions"]
 
 
 def test_streaming_refused_falls_back_to_an_edited_placeholder(bot, slack, model):
@@ -133,7 +134,7 @@ def test_streaming_refused_falls_back_to_an_edited_placeholder(bot, slack, model
     placeholders = [p for p in bot.posts_in("C1", parent)]
     assert len(placeholders) == 1  # one message, edited into the answer
     final = slack.updates[-1]
-    assert "Point 39" in final["text"] and final["blocks"][-1]["type"] == "context"
+    assert "Point 39" in final["text"] and final["blocks"][-2]["type"] == "context"
 
 
 def test_stream_that_breaks_midway_ends_with_what_arrived_and_a_note(bot, slack, model, engine):
@@ -143,7 +144,7 @@ def test_stream_that_breaks_midway_ends_with_what_arrived_and_a_note(bot, slack,
     bot.mention("C1", "summarize", thread_ts=parent)
     stream = next(iter(slack.streams.values()))
     assert stream["state"] == "stopped"  # never left "typing"
-    assert "First part" in stream["text"] and "cut off" in stream["blocks"][-1]["text"]["text"]
+    assert "First part" in stream["text"] and "cut off" in stream["blocks"][-2]["text"]["text"]
     assert "Second part" not in stream["text"]
     from sqlalchemy import select
 

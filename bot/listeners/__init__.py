@@ -6,10 +6,12 @@ from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.coverage import Receiver
+from bot.feedback import Votes
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import (
     backfill,
+    feedback,
     home,
     keep,
     lifecycle,
@@ -47,6 +49,7 @@ def register(
     handlers.update(summarize.register(app, summaries, queue, usage))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))
+    feedback.register(app, Votes(sessions, answers.now))
     handlers.update(backfill.register(answers, answers.settings.backfill_messages))
     message_events.register(messages, sessions, answers.now, answers.keeper)
     messages.attach(app)

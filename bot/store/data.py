@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.store.models import (
+    AnswerFeedback,
     Compaction,
     ConversationState,
     EventReceiver,
@@ -50,7 +51,8 @@ def forget_jobs_before(session: Session, cutoff: datetime) -> int:
 
 
 def forget_usage_before(session: Session, cutoff: datetime, limit: int) -> int:
-    """Delete up to `limit` usage ledger rows created before `cutoff`; returns how many."""
+    """Delete up to `limit` usage ledger rows created before `cutoff` (their votes go with
+    them: ON DELETE CASCADE); returns how many."""
     old = select(UsageRecord.id).where(UsageRecord.created_at < cutoff).limit(limit)
     result = session.execute(delete(UsageRecord).where(UsageRecord.id.in_(old)))
     return result.rowcount or 0
@@ -111,6 +113,51 @@ def set_stopped_by_user(session: Session, usage_id: int) -> None:
     row = session.get(UsageRecord, usage_id)
     if row is not None:
         row.stopped_by_user = True
+
+
+def record_vote(
+    session: Session, team_id: str, usage_id: int, user_id: str, positive: bool, now: datetime
+) -> str | None:
+    """`user_id`'s vote on the answer of ledger row `usage_id`, replacing their earlier one (and
+    its reason); returns the answer's kind, or None (nothing stored) when no answer of `team_id`
+    has that row."""
+    row = session.get(UsageRecord, usage_id)
+    if row is None or row.team_id != team_id:
+        return None
+    stmt = _insert(session, AnswerFeedback).values(
+        usage_id=usage_id,
+        team_id=team_id,
+        user_id=user_id,
+        positive=positive,
+        reason=None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["usage_id", "user_id"],
+            set_={"positive": positive, "reason": None, "updated_at": now},
+        )
+    )
+    return row.kind
+
+
+def set_vote_reason(
+    session: Session, team_id: str, usage_id: int, user_id: str, reason: str, now: datetime
+) -> bool:
+    """The reason of `user_id`'s 👎 on that answer; False when they have no 👎 on it (in
+    `team_id`)."""
+    result = session.execute(
+        update(AnswerFeedback)
+        .where(
+            AnswerFeedback.usage_id == usage_id,
+            AnswerFeedback.user_id == user_id,
+            AnswerFeedback.team_id == team_id,
+            AnswerFeedback.positive.is_(False),
+        )
+        .values(reason=reason, updated_at=now)
+    )
+    return bool(result.rowcount)
 
 
 def get_user_names(
@@ -410,6 +457,7 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
     """Delete everything stored about a workspace's conversations; the ledger keeps numbers."""
     counts = {}
     for model in (
+        AnswerFeedback,  # who voted: the ledger keeps numbers, not people's votes
         ThreadMessage,
         Compaction,
         Summary,

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -94,6 +95,30 @@ class UsageRecord(Base):
     stopped_by_user: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
+class AnswerFeedback(Base):
+    """One person's vote on one answer (its ledger row): 👍 or 👎 with an optional reason.
+    One row per voter and answer, replaced when they vote again; gone with the ledger row
+    (retention) or the workspace (uninstall). Only counts are ever shown, never who voted."""
+
+    __tablename__ = "answer_feedback"
+    __table_args__ = (
+        UniqueConstraint("usage_id", "user_id"),
+        Index("ix_answer_feedback_team", "team_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    usage_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("usage_record.id", ondelete="CASCADE"),
+    )
+    team_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    positive: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(32))  # a 👎's reason (feedback.REASONS)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class SlackUser(Base):
     """Display names, resolved once per workspace and kept so the transcript stays stable."""
 
@@ -122,6 +147,8 @@ class Summary(Base):
     footer: Mapped[str | None] = mapped_column(Text)
     note: Mapped[str | None] = mapped_column(Text)  # why the summary may be incomplete
     shared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The answer's ledger row: votes on the private summary and on its shared copy go to it.
+    usage_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
 
 
 class ThreadMessage(Base):

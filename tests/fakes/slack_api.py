@@ -36,6 +36,18 @@ MAX_CONTEXT_ELEMENTS = 10
 MAX_HEADER_TEXT = 150
 MAX_MARKDOWN_TOTAL = 12_000
 MAX_BLOCK_ID = 255
+# Block Kit's context_actions block: "An array of feedback buttons elements and icon button
+# elements. Maximum number of items is 5." A feedback_buttons element has a positive_button and a
+# negative_button (both required), each with `text` (plain_text only, at most 75 characters),
+# `value` (at most 2000 characters) and an optional `accessibility_label` (at most 75); its
+# `action_id` is optional, at most 255 characters. Buttons: text plain_text at most 75,
+# value at most 2000, action_id at most 255 and unique in its block.
+MAX_CONTEXT_ACTIONS = 5
+CONTEXT_ACTION_ELEMENTS = frozenset({"feedback_buttons", "icon_button"})
+MAX_BUTTON_TEXT = 75
+MAX_BUTTON_VALUE = 2000
+MAX_ACTION_ID = 255
+MAX_ACTIONS_ELEMENTS = 25
 RESPONSE_URL_MAX_USES = 5
 RESPONSE_URL_TTL_SECONDS = 30 * 60
 STATUS_TTL_SECONDS = 120  # a status line vanishes after two minutes without a message
@@ -164,8 +176,110 @@ def _text_len(obj: Any) -> int:
     return 0
 
 
-def validate_blocks(blocks: Any) -> list[str]:
-    """Return Slack-style error strings for blocks Slack would reject (empty if fine)."""
+def _plain_text_errors(text: Any, where: str, limit: int) -> list[str]:
+    """A `text` object that must be plain_text of at most `limit` characters."""
+    if not isinstance(text, dict) or not isinstance(text.get("text"), str):
+        return [f"missing required field: text [json-pointer:{where}]"]
+    if text.get("type") != "plain_text":
+        return [f"must be a plain_text object [json-pointer:{where}/type]"]
+    if not text["text"] or len(text["text"]) > limit:
+        return [f"must be between 1 and {limit} characters [json-pointer:{where}/text]"]
+    return []
+
+
+def _action_id_errors(element: dict[str, Any], where: str, seen: set[str]) -> list[str]:
+    action_id = element.get("action_id")
+    if action_id is None:
+        return []
+    if not isinstance(action_id, str) or len(action_id) > MAX_ACTION_ID:
+        return [
+            f"must be less than {MAX_ACTION_ID + 1} characters [json-pointer:{where}/action_id]"
+        ]
+    if action_id in seen:
+        return [f"duplicate action_id [json-pointer:{where}/action_id]"]
+    seen.add(action_id)
+    return []
+
+
+def _value_errors(value: Any, where: str, *, required: bool) -> list[str]:
+    if value is None:
+        return [f"missing required field: value [json-pointer:{where}]"] if required else []
+    if not isinstance(value, str) or len(value) > MAX_BUTTON_VALUE:
+        return [f"must be less than {MAX_BUTTON_VALUE + 1} characters [json-pointer:{where}/value]"]
+    return []
+
+
+def _feedback_buttons_errors(element: dict[str, Any], where: str) -> list[str]:
+    errors: list[str] = []
+    for side in ("positive_button", "negative_button"):
+        button = element.get(side)
+        at = f"{where}/{side}"
+        if not isinstance(button, dict):
+            errors.append(f"missing required field: {side} [json-pointer:{where}]")
+            continue
+        errors += _plain_text_errors(button.get("text"), f"{at}/text", MAX_BUTTON_TEXT)
+        errors += _value_errors(button.get("value"), at, required=True)
+        label = button.get("accessibility_label")
+        if label is not None and (not isinstance(label, str) or len(label) > MAX_BUTTON_TEXT):
+            errors.append(
+                f"must be less than {MAX_BUTTON_TEXT + 1} characters "
+                f"[json-pointer:{at}/accessibility_label]"
+            )
+    return errors
+
+
+def _context_actions_errors(block: dict[str, Any], where: str) -> list[str]:
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not elements:
+        return [f"must provide elements [json-pointer:{where}/elements]"]
+    if len(elements) > MAX_CONTEXT_ACTIONS:
+        return [
+            f"must be less than {MAX_CONTEXT_ACTIONS + 1} items [json-pointer:{where}/elements]"
+        ]
+    errors: list[str] = []
+    seen: set[str] = set()
+    for j, element in enumerate(elements):
+        at = f"{where}/elements/{j}"
+        kind = element.get("type") if isinstance(element, dict) else None
+        if kind not in CONTEXT_ACTION_ELEMENTS:
+            errors.append(f"unsupported type: {kind} [json-pointer:{at}/type]")
+            continue
+        errors += _action_id_errors(element, at, seen)
+        if kind == "feedback_buttons":
+            errors += _feedback_buttons_errors(element, at)
+        else:  # icon_button
+            errors += _plain_text_errors(element.get("text"), f"{at}/text", MAX_BUTTON_TEXT)
+            if not element.get("icon"):
+                errors.append(f"missing required field: icon [json-pointer:{at}]")
+    return errors
+
+
+def _actions_errors(block: dict[str, Any], where: str) -> list[str]:
+    """An actions block: its buttons are checked; other interactive elements are let through."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not elements:
+        return [f"must provide elements [json-pointer:{where}/elements]"]
+    if len(elements) > MAX_ACTIONS_ELEMENTS:
+        return [
+            f"must be less than {MAX_ACTIONS_ELEMENTS + 1} items [json-pointer:{where}/elements]"
+        ]
+    errors: list[str] = []
+    seen: set[str] = set()
+    for j, element in enumerate(elements):
+        at = f"{where}/elements/{j}"
+        if not isinstance(element, dict) or not isinstance(element.get("type"), str):
+            errors.append(f"missing required field: type [json-pointer:{at}]")
+            continue
+        errors += _action_id_errors(element, at, seen)
+        if element["type"] == "button":
+            errors += _plain_text_errors(element.get("text"), f"{at}/text", MAX_BUTTON_TEXT)
+            errors += _value_errors(element.get("value"), at, required=False)
+    return errors
+
+
+def validate_blocks(blocks: Any, refused: frozenset[str] = frozenset()) -> list[str]:
+    """Return Slack-style error strings for blocks Slack would reject (empty if fine).
+    `refused`: block types this workspace's Slack does not take (answered like unknown ones)."""
     if not isinstance(blocks, list):
         return ["must be an array [json-pointer:/blocks]"]
     errors: list[str] = []
@@ -179,7 +293,7 @@ def validate_blocks(blocks: Any) -> list[str]:
             errors.append(f"missing required field: type [json-pointer:{where}]")
             continue
         kind = block["type"]
-        if kind not in KNOWN_BLOCK_TYPES:
+        if kind not in KNOWN_BLOCK_TYPES or kind in refused:
             errors.append(f"unsupported type: {kind} [json-pointer:{where}/type]")
             continue
         block_id = block.get("block_id")
@@ -232,6 +346,10 @@ def validate_blocks(blocks: Any) -> list[str]:
                 )
         elif kind == "markdown":
             markdown_total += len(str(block.get("text", "")))
+        elif kind == "context_actions":
+            errors.extend(_context_actions_errors(block, where))
+        elif kind == "actions":
+            errors.extend(_actions_errors(block, where))
     if markdown_total > MAX_MARKDOWN_TOTAL:
         errors.append(
             f"markdown blocks may hold at most {MAX_MARKDOWN_TOTAL} characters "
@@ -274,6 +392,9 @@ class FakeSlack:
         self.org_tokens: dict[str, str] = {}  # org-wide (Enterprise Grid) tokens -> org id
         self.channel_teams: dict[str, str] = {}  # channel -> workspace its messages come from
         self.streams: dict[str, dict[str, Any]] = {}  # ts -> streamed message state
+        # Block types refused like unknown ones (invalid_blocks), e.g. {"context_actions"} for
+        # a Slack that does not take the feedback buttons element (fallback paths).
+        self.refused_blocks: frozenset[str] = frozenset()
         self.streaming_enabled = True  # False: chat.startStream is refused (fallback paths)
         self.stream_refusal = "channel_type_not_supported"  # the error it is refused with
         # Seconds (of `now`) after which Slack closes a stream on its own: later append/stop
@@ -1012,8 +1133,7 @@ class FakeSlack:
             return limit - 1
         return limit
 
-    @staticmethod
-    def _parse_blocks(params: dict[str, Any]) -> list[Any] | None:
+    def _parse_blocks(self, params: dict[str, Any]) -> list[Any] | None:
         blocks = params.get("blocks")
         if blocks is None or blocks == "":
             return None
@@ -1022,7 +1142,7 @@ class FakeSlack:
                 blocks = json.loads(blocks)
             except json.JSONDecodeError as exc:
                 raise SlackError("invalid_blocks_format") from exc
-        errors = validate_blocks(blocks)
+        errors = validate_blocks(blocks, self.refused_blocks)
         if errors:
             raise SlackError(
                 "invalid_blocks",
@@ -1154,6 +1274,9 @@ class FakeSlack:
                 return 400, "invalid_payload"
             if not isinstance(payload, dict):
                 return 400, "invalid_payload"
+            blocks = payload.get("blocks")
+            if blocks is not None and validate_blocks(blocks, self.refused_blocks):
+                return 400, "invalid_blocks"  # a refused message does not use the URL up
             entry.uses += 1
             record = copy.deepcopy(payload)
             record["_url"] = f"{self.base}/response/{rid}"
