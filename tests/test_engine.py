@@ -336,7 +336,7 @@ def test_first_writes_follow_the_workspace_habits_kept_in_sql(
         parent = slack.add_thread("C1", 60, text_fn=lambda i, t=t: words(1000 * t + i))
         bot.mention("C1", "summarize", thread_ts=parent)
         assert ttl_marks(model) == ["5m"] or t > 0  # a fresh install starts with 5 minutes
-        if follow_up:
+        for _ in range(3 if follow_up else 0):  # asked again, and again, 20 minutes apart
             clock.advance(follow_up)
             bot.mention("C1", "anything new?", thread_ts=parent)
         clock.advance(2 * 3600)
