@@ -4,8 +4,13 @@
 posted in a thread, or a request about a thread) on one global timeline, in time order.
 Thread sizes run from 20 to 2,000 messages (a few of 1,500 or more); text mixes English, Chinese,
 Japanese, German and Spanish, with code blocks, `<https://…|label>` links and `<@U…>` mentions.
-Each thread gets 3-10 requests (an @mention, `/summarize <thread link>` or the "Summarize thread"
+Each thread gets 1-10 requests (an @mention, `/summarize <thread link>` or the "Summarize thread"
 shortcut) spaced seconds to hours apart, and each request is marked with its slices.
+
+A `Profile` shapes the workload: how the team's threads are paced (bursty, slow and
+asynchronous, a mix), how many threads are asked about only once, how long the threads are,
+and whether the workspace has history (warm-up threads before the measured ones, not counted)
+or starts on a fresh database (cold start).
 """
 
 from __future__ import annotations
@@ -48,6 +53,34 @@ RHYTHMS = {  # how likely each gap kind is on a thread with this rhythm
 
 
 @dataclass(frozen=True)
+class Profile:
+    """A family member of the benchmark's workloads."""
+
+    name: str
+    rhythms: tuple[float, float, float]  # weights of chatty, steady and sporadic threads
+    once: float  # share of threads asked about only once
+    long_threads: bool = False  # every thread 1,000-1,850 messages at the start
+    warmup: float = 0.5  # warm-up threads (history the workspace learnt) per measured thread
+    threads: int = 24  # measured threads (full run)
+    about: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("bursty", (0.8, 0.15, 0.05), 0.2, about="teams asking again within minutes"),
+        Profile("slow", (0.1, 0.45, 0.45), 0.35, about="asynchronous teams, gaps of 5 min-8 h"),
+        Profile("mixed", (0.4, 0.35, 0.25), 0.3, about="a mix of both"),
+        Profile(
+            "long", (0.4, 0.35, 0.25), 0.2, long_threads=True, threads=10,
+            about="threads of 1,000-1,850 messages",
+        ),
+        Profile("cold", (0.4, 0.35, 0.25), 0.3, warmup=0.0, about="the mix on a fresh database"),
+    )
+}
+
+
+@dataclass(frozen=True)
 class Post:
     """A message posted in a thread at `at`; `index` 0 is the thread's parent."""
 
@@ -79,6 +112,7 @@ class Ask:
     gap: float | None
     command_channel: str = "C1"
     slices: tuple[str, ...] = ()
+    warmup: bool = False  # before the measured period: builds the workspace's history only
 
 
 @dataclass(frozen=True)
@@ -91,6 +125,7 @@ class ThreadPlan:
     rhythm: str
     initial: int
     requests: int
+    warmup: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,11 +137,17 @@ class Workload:
     events: tuple[Post | Ask, ...]
     users: tuple[tuple[str, str, str], ...] = USERS
     channels: tuple[tuple[str, str], ...] = CHANNELS
+    profile: str = "mixed"
 
     @property
     def asks(self) -> list[Ask]:
-        """The requests, in time order."""
-        return [e for e in self.events if isinstance(e, Ask)]
+        """The measured requests, in time order (warm-up requests left out)."""
+        return [e for e in self.events if isinstance(e, Ask) and not e.warmup]
+
+    @property
+    def warmup_asks(self) -> list[Ask]:
+        """The warm-up requests: they build the workspace's history and are not counted."""
+        return [e for e in self.events if isinstance(e, Ask) and e.warmup]
 
     @property
     def posts(self) -> list[Post]:
@@ -359,44 +400,64 @@ def _gap(rng: random.Random, kind: int) -> float:
     return round(_log_uniform(rng, MEDIUM_GAP + 1, 8 * 3600), 3)
 
 
-def generate(seed: int = 1, threads: int = 40, *, quick: bool = False) -> Workload:
-    """The workload for `seed`: the same seed always gives the same events.
+def generate(
+    seed: int = 1, threads: int | None = None, *, quick: bool = False, profile: str = "mixed"
+) -> Workload:
+    """The workload of `profile` for `seed`: the same arguments always give the same events.
 
-    `quick` makes a small version for smoke tests: smaller threads (one of 1,000 messages),
-    3-5 requests each.
+    `threads` measured threads (default: the profile's), plus the profile's warm-up threads,
+    which start a day earlier. `quick` makes a small version for smoke tests: smaller threads
+    (one of 1,000 messages), 1-5 requests each, every gap slice present.
     """
+    prof = PROFILES[profile]
+    threads = prof.threads if threads is None else threads
     if threads < 1:
         raise ValueError("threads must be at least 1")
-    rng = random.Random(seed)
-    n_long = 0 if quick else max(1, round(threads / 10))
+    rng = random.Random(f"{profile}:{seed}")
+    n_long = 0 if quick or prof.long_threads else max(1, round(threads / 10))
     long_ids = set(rng.sample(range(threads), n_long))
     big_id = rng.randrange(threads) if quick else None
+    warmup = round(threads * prof.warmup)
     plans: list[ThreadPlan] = []
     events: list[tuple[float, int, int, Post | Ask]] = []
-    for t in range(threads):
+    for t in range(threads + warmup):
+        warm = t >= threads
         lang = LANGUAGES[t] if t < len(LANGUAGES) else rng.choice(LANGUAGES)
-        rhythm = rng.choices(list(RHYTHMS), weights=(0.4, 0.35, 0.25))[0]
+        rhythm = rng.choices(list(RHYTHMS), weights=prof.rhythms)[0]
         if t in long_ids:
             initial = rng.randint(1500, 1850)
         elif t == big_id:
             initial = 1000
         elif quick:
             initial = int(_log_uniform(rng, 20, 200))
+        elif prof.long_threads:
+            initial = rng.randint(1000, 1850)
         elif rng.random() < 0.7:
             initial = int(_log_uniform(rng, 20, 400))
         else:
             initial = rng.randint(400, 1400)
-        n_requests = rng.randint(3, 5) if quick else rng.randint(3, 10)
-        plan = ThreadPlan(t, CHANNELS[t % len(CHANNELS)][0], lang, rhythm, initial, n_requests)
+        if quick and t < 3:
+            n_requests = 3  # one thread per gap slice (see _thread_events)
+        elif rng.random() < prof.once:
+            n_requests = 1
+        else:
+            n_requests = rng.randint(2, 5) if quick else rng.randint(2, 10)
+        channel = CHANNELS[t % len(CHANNELS)][0]
+        plan = ThreadPlan(t, channel, lang, rhythm, initial, n_requests, warm)
         plans.append(plan)
-        first_at = round(START + rng.uniform(0, 4 if quick else 18) * 3600, 3)
-        for order, event in enumerate(_thread_events(rng, plan, first_at)):
+        hours = rng.uniform(0, 4 if quick else 18) - (24 if warm else 0)
+        first_at = round(START + hours * 3600, 3)
+        for order, event in enumerate(_thread_events(rng, plan, first_at, quick=quick)):
             events.append((event.at, t, order, event))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
-    return Workload(seed=seed, threads=tuple(plans), events=tuple(e[3] for e in events))
+    return Workload(
+        seed=seed, threads=tuple(plans), events=tuple(e[3] for e in events), profile=profile
+    )
 
 
-def _thread_events(rng: random.Random, plan: ThreadPlan, first_at: float) -> list[Post | Ask]:
+def _thread_events(
+    rng: random.Random, plan: ThreadPlan, first_at: float, *, quick: bool = False
+) -> list[Post | Ask]:
     """One thread's messages and requests, in time order; the first request at `first_at`."""
     t, lang = plan.index, plan.language
     svc, repo = rng.choice(SERVICES), rng.choice(REPOS)
@@ -418,8 +479,9 @@ def _thread_events(rng: random.Random, plan: ThreadPlan, first_at: float) -> lis
     gap: float | None = None
     for seq in range(plan.requests):
         if seq > 0:
-            # the first gap of thread t is of kind t % 3, so every gap slice shows up
-            kind = t % 3 if seq == 1 else rng.choices(range(3), RHYTHMS[plan.rhythm])[0]
+            # quick runs: the first gap of thread t < 3 is of kind t, so every slice shows up
+            forced = quick and seq == 1 and t < 3
+            kind = t if forced else rng.choices(range(3), RHYTHMS[plan.rhythm])[0]
             gap = _gap(rng, kind)
             room = MAX_MESSAGES - posted - (plan.requests - seq)
             k = min(room, 60, int(rate * gap / 3600 + rng.random() * 2))
@@ -450,6 +512,7 @@ def _thread_events(rng: random.Random, plan: ThreadPlan, first_at: float) -> lis
                 gap=gap,
                 command_channel=rng.choice(CHANNELS)[0],
                 slices=slices_of(gap, size),
+                warmup=plan.warmup,
             )
         )
         if kind_name == "mention":
@@ -460,16 +523,24 @@ def _thread_events(rng: random.Random, plan: ThreadPlan, first_at: float) -> lis
 def describe(workload: Workload) -> str:
     """One paragraph about the workload (sizes, languages, request kinds and slices)."""
     asks = workload.asks
-    sizes = sorted(p.initial for p in workload.threads)
+    measured = [p for p in workload.threads if not p.warmup]
+    warm = len(workload.threads) - len(measured)
+    sizes = sorted(p.initial for p in measured)
     by_slice = {s: sum(s in a.slices for a in asks) for s in (FIRST, *SLICES)}
     by_kind = {k: sum(a.kind == k for a in asks) for k in KINDS}
-    langs = {lang: sum(p.language == lang for p in workload.threads) for lang in LANGUAGES}
-    first, last = workload.events[0].at, workload.events[-1].at
+    langs = {lang: sum(p.language == lang for p in measured) for lang in LANGUAGES}
+    first = min(a.at for a in asks)
+    last = max(a.at for a in asks)
+    history = (
+        f"after {warm} warm-up threads ({len(workload.warmup_asks)} requests, not counted)"
+        if warm
+        else "on a fresh database"
+    )
     return (
-        f"seed {workload.seed}: {len(workload.threads)} threads of {sizes[0]}-{sizes[-1]} messages "
-        f"at the start ({sum(s >= 1500 for s in sizes)} of 1,500+), "
-        f"{len(workload.posts):,} messages, {len(asks)} requests over "
-        f"{(last - first) / 3600:.1f} h simulated\n"
+        f"{workload.profile} seed {workload.seed}: {len(measured)} threads of "
+        f"{sizes[0]}-{sizes[-1]} messages at the start ({sum(s >= 1500 for s in sizes)} of "
+        f"1,500+, {sum(p.requests == 1 for p in measured)} asked about once), "
+        f"{len(asks)} requests over {(last - first) / 3600:.1f} h simulated, {history}\n"
         f"  languages: {', '.join(f'{k} {v}' for k, v in langs.items())}; requests: "
         f"{', '.join(f'{k} {v}' for k, v in by_kind.items())}\n"
         f"  slices: {', '.join(f'{k} {v}' for k, v in by_slice.items())}"

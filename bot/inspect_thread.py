@@ -152,6 +152,7 @@ def _inspect(
         request=ask,
         requester=asked.requester,
         prior=cache.prior,
+        fallback=cache.fallback,
         ttl=cache.ttl,
         max_tokens=settings.max_output_tokens,
         budget_tokens=settings.context_budget_tokens,
@@ -348,15 +349,35 @@ def _print_breakpoints(built: Built, cache: CachePlan, w: MaskedOutput) -> None:
 
 
 def _auto_note(built: Built, cache: CachePlan) -> str:
-    """Why CACHE_TTL=auto chose this TTL: the thread's rhythm and the expected costs."""
+    """Why CACHE_TTL=auto chose this TTL: what the next request is expected to be (from the
+    workspace's habits and the thread's own gaps), what stays readable, and the expected costs
+    it compared."""
     r = cache.rhythm
-    costs = cache.choose(built.new_tokens, built.prefix_tokens).costs
-    per = ", ".join(f"{k} {v:,.0f}" for k, v in costs.items())
+    q5, q1 = r.odds
+    h5, h1 = r.habits.odds(r.context)
+    choice = cache.choose(built.new_tokens, built.prefix_tokens, built.read_from)
+    per = ", ".join(f"{k} {v:,.0f}" for k, v in choice.costs.items())
+    held = cache.held(built.new_tokens, built.prefix_tokens, built.read_from)
+    kept = "; ".join(f"{h.tokens:,} tokens readable for {h.seconds / 60:.0f} min" for h in held)
     return (
-        f"CACHE_TTL=auto chooses per thread from its rhythm: this would be request {r.requests}, "
-        f"{r.within_5m} of {r.gaps} gaps within 5 min and {r.within_1h} within 1 h; expected "
-        f"cost from now on, in base-price tokens: {per}"
+        f"CACHE_TTL=auto chooses per thread from its rhythm: this would be request {r.requests} "
+        f"({_context_words(r.context)}), {r.within_5m} of {r.gaps} earlier gaps within 5 min and "
+        f"{r.within_1h} within 1 h; after such a request the workspace's next one came within "
+        f"5 min {h5:.0%} and within 1 h {h1:.0%} of the time ({r.habits.seen(r.context)} seen), "
+        f"so the next one on this thread is expected within 5 min {q5:.0%}, within 1 h {q1:.0%}; "
+        f"{built.new_tokens:,} new tokens to write, "
+        f"{kept or 'nothing readable without a write'}; expected cost now and at the next "
+        f"request, in base-price tokens: {per}"
     )
+
+
+def _context_words(context: str) -> str:
+    return {
+        "first": "the first on the thread",
+        "short": "within 5 min of the previous one",
+        "medium": "5-60 min after the previous one",
+        "long": "over an hour after the previous one",
+    }[context]
 
 
 def _print_costs(built: Built, settings: Settings, model: str, w: MaskedOutput) -> None:

@@ -61,9 +61,11 @@ class Built:
     read_prior: bool = False
     new_tokens: int = 0
     breakpoints: list[str] = field(default_factory=list)
+    read_from: PriorCache | None = None  # the entry read back (prior or fallback), if any
 
 
-TtlChooser = Callable[[int, int], "str | None"]
+# (new tokens, prefix tokens, the entry read back or None) -> the TTL to write, None for none
+TtlChooser = Callable[[int, int, "PriorCache | None"], "str | None"]
 
 
 def _seed(model: str) -> str:
@@ -155,6 +157,17 @@ def _matched(kept: Sequence[Turn], digests: Sequence[str], prior: PriorCache | N
     return -1
 
 
+def _read_back(
+    kept: Sequence[Turn], digests: Sequence[str], entries: Sequence[PriorCache | None]
+) -> tuple[int, PriorCache | None]:
+    """The first of `entries` whose prefix is unchanged, and the kept turn where it ends."""
+    for entry in entries:
+        i = _matched(kept, digests, entry)
+        if i >= 0:
+            return i, entry
+    return -1, None
+
+
 def build_request(
     *,
     model: str,
@@ -163,6 +176,7 @@ def build_request(
     requester: str = "",
     prior: PriorCache | None,
     ttl: str | None | TtlChooser = "5m",
+    fallback: PriorCache | None = None,
     max_tokens: int = 2048,
     budget_tokens: int = 150_000,
     compacted: Compacted | None = None,
@@ -173,7 +187,8 @@ def build_request(
     Breakpoints: the end of this transcript (written now, with `ttl`, or a TTL chosen by
     calling `ttl(new_tokens, prefix_tokens)`; None writes nothing) and, when still present and
     unchanged, the boundary the previous request wrote (read back even after more than 20 new
-    blocks). 1-hour breakpoints never follow 5-minute ones.
+    blocks), else `fallback` (an older entry still alive: the thread's 1-hour anchor).
+    1-hour breakpoints never follow 5-minute ones.
     """
     kept, omitted = _layout(turns, budget_tokens, compacted, scale)
     marks = _Marks.of(kept)
@@ -181,10 +196,13 @@ def build_request(
     costs = [int(t.tokens() * scale) for t in kept]
     system_tokens = int(estimate_tokens(SYSTEM_PROMPT) * scale)
     prefix_tokens = system_tokens + sum(costs)
-    matched = _matched(kept, digests, prior)
+    matched, read_from = _read_back(kept, digests, (prior, fallback))
     new_tokens = sum(costs[matched + 1 :]) + (system_tokens if matched < 0 else 0)
-    write_ttl = ttl(new_tokens, prefix_tokens) if callable(ttl) else ttl
-    marks.place(matched, write_ttl, prior)
+    if kept and matched == len(kept) - 1:
+        write_ttl = None  # nothing new: the entry read back covers the whole prefix
+    else:
+        write_ttl = ttl(new_tokens, prefix_tokens, read_from) if callable(ttl) else ttl
+    marks.place(matched, write_ttl, read_from)
     last = len(kept) - 1
     written = bool(kept) and (write_ttl is not None or matched == last)  # the new boundary
     request_text = request.strip() or "Summarize this thread."
@@ -206,6 +224,7 @@ def build_request(
         read_prior=matched >= 0,
         new_tokens=new_tokens,
         breakpoints=marks.breakpoints,
+        read_from=read_from,
     )
 
 

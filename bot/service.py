@@ -39,7 +39,7 @@ from bot.threads import (
     ts_key,
 )
 from bot.transcript import Turn
-from bot.ttl_policy import Rhythm, TtlPolicy
+from bot.ttl_policy import Rhythm, TtlPolicy, record_entries
 from bot.user_messages import (
     EXTERNAL_REQUESTER,
     SOMETHING_WRONG,
@@ -498,6 +498,7 @@ class AnswerService:
             request=request,
             requester=names.name(req.user_id),
             prior=cache.prior,
+            fallback=cache.fallback,
             ttl=cache.ttl,
             max_tokens=self._settings.max_output_tokens,
             budget_tokens=self._settings.context_budget_tokens,
@@ -574,20 +575,16 @@ class AnswerService:
             state = data.get_or_create_thread(s, req.team_id, req.channel_id, req.thread_ts)
             state.messages_seen = len(seen)
             state.last_message_ts = seen[-1]["ts"] if seen else None
+            if rhythm.last_gap is not None:  # what followed the previous request: a habit
+                data.note_habit(
+                    s, req.team_id, data.gap_context(state.last_gap_seconds), rhythm.last_gap
+                )
             state.last_request_at = now
             state.requests = rhythm.requests
             state.gaps, state.gaps_within_5m = rhythm.gaps, rhythm.within_5m
             state.gaps_within_1h = rhythm.within_1h
-            touched = usage.cache_creation_tokens or usage.cache_read_tokens
-            if built.boundary_ts is not None and built.write_ttl is not None:
-                state.cache_boundary_ts = built.boundary_ts
-                state.cache_prefix_digest = built.digest
-                state.cache_prefix_tokens = (
-                    usage.cache_read_tokens + usage.cache_creation_tokens
-                ) or built.prefix_tokens
-                state.cache_ttl = built.write_ttl
-            if touched:
-                state.cache_written_at = now
+            state.last_gap_seconds = rhythm.last_gap
+            record_entries(state, built, usage, now)
             usage_id = self.ledger.answered(s, req, completion, latency_ms, now)
         log.info(
             "answered %s/%s kind=%s stop=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",

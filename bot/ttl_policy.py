@@ -3,100 +3,142 @@
 `TtlPolicy.plan` is the one entry point (the answer path and `inspect` call it); below it the
 arithmetic is pure. Prices are relative to the base input price: a 5-minute write costs 1.25,
 a 1-hour write 2, a read 0.1. A write pays for itself only if a later request reads it before
-it expires.
+it expires; a read refreshes an entry's lifetime (its own TTL, from the read).
+
+Each request chooses how the new tokens (those after the entry it reads) are written: not at
+all, for 5 minutes, or for an hour. The new breakpoint's entry covers the whole prefix, so the
+choice decides how long the *whole* prefix stays readable for the next request, while only the
+new tokens pay the write premium. A 1-hour entry is also kept as the thread's anchor: a later
+5-minute write on top of it leaves it readable (for an hour since it was last read), so a slow
+follow-up still reads the older part of the prefix.
+
+The chance that the next request comes within 5 minutes and within the hour comes from the
+workspace's habits (what followed its earlier requests, by the gap before them, kept in SQL),
+moved towards the thread's own gaps. Before a workspace has habits, a fixed start belief
+writes 5 minutes on a first request and never an hour.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from bot.pricing import READ, WRITE_1H, WRITE_5M
-from bot.prompt import PriorCache
+from bot.pricing import READ, WRITE_1H, WRITE_5M, Usage
+from bot.prompt import Built, PriorCache
 from bot.store import data
 from bot.store.models import ThreadState
 
-# What the next request pays per token of a prefix it cannot read: it writes it again.
+# What the next request pays per token of a prefix it cannot read: it sends it again (and
+# writes it for the requests after it).
 MISS = WRITE_5M
-# Prior beliefs (pseudo-counts) before a thread has shown its rhythm: an even chance of a quick
-# follow-up; the 1-hour TTL has to be earned by observed 5-60 minute gaps.
-PRIOR_GAPS = 1.0
-PRIOR_WITHIN_5M = 0.5
-PRIOR_WITHIN_1H = 0.5
-BURST_FLOOR = 0.75  # a slow thread still gets quick follow-ups at this share of the usual rate
-MAX_CHAIN = 4.0  # expected follow-ups in a row counted at most
-WORKSPACE_WEIGHT = 2.0  # how many of a thread's own gaps the workspace's habits are worth
 TTL_SECONDS = {"5m": 300, "1h": 3600}
-PRIOR_REFRESH = 60.0  # seconds between recomputing a workspace's rhythm
+MARGIN = 5  # seconds: an entry this close to expiry is not counted on
+HABIT_REFRESH = 60.0  # seconds between recomputing a workspace's habits
+CONTEXTS = ("first", "short", "medium", "long")
+# The start belief, before a workspace's own requests say otherwise: after a request of each
+# context (the gap before it), the chance that the next request on the thread comes within 5
+# minutes and within the hour. Worth START_WEIGHT requests of the workspace's own.
+START: dict[str, tuple[float, float]] = {
+    "first": (0.30, 0.45),
+    "short": (0.55, 0.75),
+    "medium": (0.30, 0.65),
+    "long": (0.20, 0.40),
+}
+START_WEIGHT = 5.0
+OWN_WEIGHT = 2.0  # how many of a thread's own gaps the workspace's habit is worth
+MAX_ODDS = 0.95  # no follow-up is certain
+# The promise: a follow-up within 5 minutes reads its prefix from cache. Nothing is written only
+# when a follow-up that quick is less likely than this (whatever the arithmetic prefers).
+QUICK_FLOOR = 0.10
 
 
 @dataclass(frozen=True)
-class Prior:
-    """What the workspace's threads have shown so far, the starting belief for a thread."""
+class Habits:
+    """What the workspace's requests were followed by, per context: (requests whose outcome is
+    known, followed by another request on the thread within 5 minutes, within the hour)."""
 
-    p_5m: float = PRIOR_WITHIN_5M / PRIOR_GAPS
-    p_1h: float = PRIOR_WITHIN_1H / PRIOR_GAPS
-    p_next: float = 0.5
-    weight: float = PRIOR_GAPS
-    learned: bool = False  # from the workspace's own history (at least 10 gaps)
+    counts: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
-    @classmethod
-    def from_totals(
-        cls, *, threads: int, requests: int, gaps: int, within_5m: int, within_1h: int
-    ) -> Prior:
-        """A prior from the workspace's totals (shrunk towards the fixed one when few)."""
-        return cls(
-            p_5m=(within_5m + PRIOR_WITHIN_5M) / (gaps + PRIOR_GAPS),
-            p_1h=(within_1h + PRIOR_WITHIN_1H) / (gaps + PRIOR_GAPS),
-            p_next=(gaps + 1.0) / (requests + 2.0),
-            weight=WORKSPACE_WEIGHT if gaps >= 10 else PRIOR_GAPS,
-            learned=gaps >= 10,
-        )
+    def odds(self, context: str) -> tuple[float, float]:
+        """The chance of a next request within 5 minutes and within the hour after a request
+        of this context: the workspace's counts, shrunk towards the start belief."""
+        seen, w5, w1 = self.counts.get(context, (0, 0, 0))
+        s5, s1 = START[context]
+        total = seen + START_WEIGHT
+        return (w5 + START_WEIGHT * s5) / total, (w1 + START_WEIGHT * s1) / total
+
+    def seen(self, context: str) -> int:
+        """How many requests of this context the workspace has an outcome for."""
+        return self.counts.get(context, (0, 0, 0))[0]
 
 
 @dataclass(frozen=True)
 class Rhythm:
-    """How a thread's requests have been spaced so far (on top of the workspace's prior)."""
+    """How a thread's requests have been spaced so far (on top of the workspace's habits)."""
 
     requests: int = 0
     gaps: int = 0
     within_5m: int = 0
     within_1h: int = 0
-    prior: Prior = Prior()
+    last_gap: float | None = None
+    habits: Habits = field(default_factory=Habits)
 
     def after_gap(self, seconds: float | None) -> Rhythm:
         """The rhythm once a request arrives `seconds` after the previous one (None: first)."""
         if seconds is None:
-            return Rhythm(self.requests + 1, self.gaps, self.within_5m, self.within_1h, self.prior)
+            return Rhythm(
+                self.requests + 1, self.gaps, self.within_5m, self.within_1h, None, self.habits
+            )
         return Rhythm(
             self.requests + 1,
             self.gaps + 1,
             self.within_5m + (seconds <= 300),
             self.within_1h + (seconds <= 3600),
-            self.prior,
+            seconds,
+            self.habits,
         )
 
     @property
-    def p_5m(self) -> float:
-        """Chance the next request comes within 5 minutes, if it comes. Requests come in bursts:
-        a thread's own slow history lowers the workspace's chance by at most BURST_FLOOR."""
-        w = self.prior.weight
-        own = (self.within_5m + w * self.prior.p_5m) / (self.gaps + w)
-        return max(own, BURST_FLOOR * self.prior.p_5m) if self.prior.learned else own
+    def context(self) -> str:
+        """The kind of gap before this request: first, short, medium or long."""
+        return data.gap_context(self.last_gap)
 
     @property
-    def p_1h(self) -> float:
-        """Chance the next request comes within an hour, if it comes."""
-        w = self.prior.weight
-        return (self.within_1h + w * self.prior.p_1h) / (self.gaps + w)
+    def odds(self) -> tuple[float, float]:
+        """The chance that the next request on this thread comes within 5 minutes and within
+        the hour: the workspace's habit after a request like this one, moved towards the
+        thread's own gaps."""
+        h5, h1 = self.habits.odds(self.context)
+        n = self.gaps
+        return (
+            (self.within_5m + OWN_WEIGHT * h5) / (n + OWN_WEIGHT),
+            (self.within_1h + OWN_WEIGHT * h1) / (n + OWN_WEIGHT),
+        )
 
-    @property
-    def p_next(self) -> float:
-        """Chance there is another request on this thread at all: the workspace's follow-up
-        rate, or more when this thread has already shown several."""
-        return max(self.prior.p_next, (self.requests + 1) / (self.requests + 2))
+
+def within(odds: tuple[float, float], seconds: float) -> float:
+    """The chance of a next request within `seconds`, from the odds at 5 minutes and an hour
+    (log-linear between them, linear below 5 minutes)."""
+    q5, q1 = odds
+    if seconds <= 0:
+        return 0.0
+    if seconds <= 300:
+        return q5 * seconds / 300
+    if seconds >= 3600:
+        return q1
+    return q5 + (q1 - q5) * math.log(seconds / 300) / math.log(12)
+
+
+@dataclass(frozen=True)
+class Held:
+    """An entry the next request could read: its tokens and for how long it stays alive."""
+
+    tokens: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -107,64 +149,184 @@ class Choice:
     costs: dict[str, float]
 
 
+def futures(odds: tuple[float, float]) -> tuple[float, float]:
+    """What a token of the prefix costs from the next request on (per token, counting the
+    requests that follow each other within the hour), when it is not alive then (`dead`) and
+    when it is (`alive`), if every later request chooses as this one would.
+
+    From a dead state a request pays the write (1 for none, 1.25, 2); the next request reads
+    it at 0.1 if it comes within the TTL (from the alive state), pays again if it comes later
+    within the hour. Solved for each TTL; the cheapest is the continuation.
+    """
+    q5, q1 = (min(q, MAX_ODDS) for q in odds)
+    dead = {"none": 1.0 / (1.0 - q1)}
+    alive = {"none": READ + q1 * dead["none"]}  # read once, then sent again
+    for ttl, premium, q in (("5m", WRITE_5M, q5), ("1h", WRITE_1H, q1)):
+        # E = premium + q·R + (q1 - q)·E ;  R = READ + q·R + (q1 - q)·E
+        miss = q1 - q
+        r_per_e = miss / (1.0 - q)
+        r_const = READ / (1.0 - q)
+        e = (premium + q * r_const) / (1.0 - miss - q * r_per_e)
+        dead[ttl] = e
+        alive[ttl] = r_const + r_per_e * e
+    best = min(dead, key=lambda k: dead[k])
+    return dead[best], alive[best]
+
+
+def expected_costs(rhythm: Rhythm, new_tokens: int, held: list[Held]) -> dict[str, float]:
+    """Expected cost of each write, in base-price tokens, now and from the next request on.
+
+    `held`: the entries that stay readable without a new write (the one read now, refreshed;
+    an anchor), by tokens. The new tokens cost 1, 1.25 or 2 now. If the next request comes
+    within the hour, each token of the prefix still alive then goes on at the `alive` cost,
+    each other one at the `dead` cost (`futures`), both from the odds of a thread that has just
+    been asked again that soon (a follow-up makes more follow-ups likely). A request more than
+    an hour later finds nothing alive whatever is written now, so it is left out.
+    """
+    odds = rhythm.odds
+    q5, q1 = within(odds, 300), within(odds, 3600)
+    dead_s, alive_s = futures(rhythm.after_gap(60).odds)
+    dead_m, alive_m = futures(rhythm.after_gap(1800).odds)
+
+    def later(tokens: float, seconds: float) -> float:
+        q = within(odds, seconds)
+        quick = min(q5, q)  # the next request within 5 minutes finds it alive
+        slow = max(0.0, q - q5)  # ... or within the hour
+        return tokens * (
+            quick * alive_s + (q5 - quick) * dead_s + slow * alive_m + (q1 - q5 - slow) * dead_m
+        )
+
+    def keeping(extra: float, seconds: float) -> float:
+        """The next request's cost when the new tokens are kept `seconds` and the whole
+        prefix at least as long: what a held entry keeps longer stays longer."""
+        total, covered = later(extra, seconds), 0
+        for h in sorted(held, key=lambda h: -h.seconds):
+            part = max(0, h.tokens - covered)
+            total += later(part, max(seconds, h.seconds))
+            covered = max(covered, h.tokens)
+        return total
+
+    w = float(new_tokens)
+    return {
+        "none": w + later(w, 0) + keeping(0, 0),
+        "5m": WRITE_5M * w + keeping(w, 300),
+        "1h": WRITE_1H * w + keeping(w, 3600),
+    }
+
+
 def choose_ttl(
     rhythm: Rhythm,
     *,
     new_tokens: int,
     prefix_tokens: int,
     mode: str = "auto",
-    future_new_tokens: int | None = None,
+    held: list[Held] | None = None,
 ) -> Choice:
-    """Pick the write (5m, 1h or none) with the lowest expected cost from now on.
+    """Pick the write (none, 5m or 1h) with the lowest expected cost (`expected_costs`).
 
-    Writing `new_tokens` now costs the TTL's premium. Its value is a chain of later requests
-    that each read the whole prefix (`prefix_tokens`) at 0.1 instead of paying again: the chain
-    goes on while the next request comes (p_next) within the TTL (p_5m / p_1h), so its expected
-    length is a/(1-a) with a = p_next * p_ttl; each request in it writes its own new tokens at
-    the same premium. No write costs the base price and builds no chain.
+    `held` defaults to nothing alive beyond what this request reads, kept for 5 minutes.
     Modes `5m`/`1h` force a TTL, `off` never writes.
     """
     if mode in ("5m", "1h"):
         return Choice(mode, {})
     if mode == "off":
         return Choice(None, {})
-    w, p = float(new_tokens), float(prefix_tokens)
-    wf = float(future_new_tokens) if future_new_tokens is not None else min(w, 0.05 * p)
-    costs = {"none": 1.0 * w}
-    for ttl, premium, p_within in (
-        ("5m", WRITE_5M, rhythm.p_5m),
-        ("1h", WRITE_1H, max(rhythm.p_1h, rhythm.p_5m)),
-    ):
-        a = rhythm.p_next * p_within
-        chain = min(a / (1 - a), MAX_CHAIN)
-        costs[ttl] = premium * (w + chain * wf) - (MISS - READ) * p * chain
-    best = min(costs, key=lambda k: (costs[k], ["5m", "1h", "none"].index(k)))
+    read = max(0, prefix_tokens - new_tokens)
+    if held is None:
+        held = [Held(read, 300)] if read else []
+    costs = expected_costs(rhythm, new_tokens, held)
+    options = [k for k in costs if k != "none" or rhythm.odds[0] < QUICK_FLOOR]
+    best = min(options, key=lambda k: (round(costs[k], 6), ["5m", "1h", "none"].index(k)))
     return Choice(None if best == "none" else best, costs)
 
 
-def alive_prior(state: ThreadState | None, now: datetime) -> tuple[PriorCache | None, str]:
-    """The previous write on this thread if the endpoint should still hold it, and a note."""
+@dataclass(frozen=True)
+class Entries:
+    """The thread's cache entries as the bot last left them: the newest write (the tail) and
+    the last 1-hour write (the anchor), each if it should still be alive, with a note."""
+
+    tail: PriorCache | None
+    tail_life: float
+    tail_tokens: int
+    anchor: PriorCache | None
+    anchor_life: float
+    anchor_tokens: int
+    note: str
+
+
+def _life(touched: datetime | None, ttl: str, now: datetime) -> float:
+    """Seconds an entry last touched at `touched` has left (0: count it as expired)."""
+    if touched is None:
+        return 0.0
+    left = TTL_SECONDS[ttl] - MARGIN - (now - touched).total_seconds()
+    return max(0.0, left)
+
+
+def entries(state: ThreadState | None, now: datetime) -> Entries:
+    """The entries the bot wrote on this thread that should still be alive."""
     if state is None or not state.cache_boundary_ts or not state.cache_prefix_digest:
-        return None, "none (the bot has not written a cache entry for this thread)"
-    touched = data.as_utc(state.cache_written_at)
+        return Entries(
+            None, 0, 0, None, 0, 0, "none (the bot has not written a cache entry for this thread)"
+        )
     ttl = state.cache_ttl if state.cache_ttl in TTL_SECONDS else "5m"
+    touched = data.as_utc(state.cache_written_at)
     used = touched.strftime("%Y-%m-%d %H:%M:%S UTC") if touched else "never"
     where = f"at message {state.cache_boundary_ts} (ttl {ttl}, last used {used})"
-    if touched is None or (now - touched).total_seconds() > TTL_SECONDS[ttl] - 5:
-        return None, f"{where}: expired, so not read back"
-    return PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl), f"{where}: alive"
+    life = _life(touched, ttl, now)
+    tail = PriorCache(state.cache_boundary_ts, state.cache_prefix_digest, ttl) if life else None
+    note = f"{where}: alive" if tail else f"{where}: expired, so not read back"
+    anchor, anchor_life = None, 0.0
+    same = state.anchor_ts == state.cache_boundary_ts
+    if state.anchor_ts and state.anchor_digest and not same:
+        anchor_at = data.as_utc(state.anchor_at)
+        anchor_life = _life(anchor_at, "1h", now)
+        at = anchor_at.strftime("%Y-%m-%d %H:%M:%S UTC") if anchor_at else "never"
+        if anchor_life:
+            anchor = PriorCache(state.anchor_ts, state.anchor_digest, "1h")
+        state_word = "alive" if anchor else "expired"
+        note += f"; 1h anchor at message {state.anchor_ts} (last used {at}): {state_word}"
+    tokens = state.cache_prefix_tokens or 0
+    return Entries(
+        tail, life, tokens, anchor, anchor_life, state.anchor_tokens or 0, note
+    )
 
 
-def rhythm_now(state: ThreadState | None, habits: Prior, now: datetime) -> Rhythm:
+def record_entries(state: ThreadState, built: Built, usage: Usage, now: datetime) -> None:
+    """After a call: the entry it read was refreshed; its write is the new tail (and, for an
+    hour, the new anchor). An entry is counted alive only when the endpoint reported cache
+    activity for the call (a prefix under the minimum, or a relay, writes nothing)."""
+    touched = bool(usage.cache_creation_tokens or usage.cache_read_tokens)
+    read = built.read_from
+    if touched and read is not None:
+        if read.boundary_ts == state.cache_boundary_ts:
+            state.cache_written_at = now
+        if read.boundary_ts == state.anchor_ts:
+            state.anchor_at = now
+    if built.boundary_ts is None or built.write_ttl is None:
+        return
+    tokens = (usage.cache_read_tokens + usage.cache_creation_tokens) or built.prefix_tokens
+    state.cache_boundary_ts = built.boundary_ts
+    state.cache_prefix_digest = built.digest
+    state.cache_prefix_tokens = tokens
+    state.cache_ttl = built.write_ttl
+    state.cache_written_at = now if touched else None
+    if built.write_ttl == "1h":
+        state.anchor_ts, state.anchor_digest = built.boundary_ts, built.digest
+        state.anchor_tokens = tokens
+        state.anchor_at = now if touched else None
+
+
+def rhythm_now(state: ThreadState | None, habits: Habits, now: datetime) -> Rhythm:
     """The thread's rhythm once a request arrives at `now` (the workspace's `habits` beneath)."""
     if state is None:
-        return Rhythm(prior=habits).after_gap(None)
+        return Rhythm(habits=habits).after_gap(None)
     last_at = data.as_utc(state.last_request_at)
     rhythm = Rhythm(
         state.requests or 0,
         state.gaps or 0,
         state.gaps_within_5m or 0,
         state.gaps_within_1h or 0,
+        state.last_gap_seconds,
         habits,
     )
     return rhythm.after_gap((now - last_at).total_seconds() if last_at else None)
@@ -172,45 +334,74 @@ def rhythm_now(state: ThreadState | None, habits: Prior, now: datetime) -> Rhyth
 
 @dataclass(frozen=True)
 class CachePlan:
-    """A request's cache decisions from stored state: the entry to read back (`prior`) and the
-    rhythm (to store) that chooses the write once the prompt's sizes are known (`ttl`)."""
+    """A request's cache decisions from stored state: the entry to read back (`prior`, else
+    `fallback`), and the rhythm (to store) that chooses the write once the prompt's sizes are
+    known (`ttl`)."""
 
     prior: PriorCache | None
     prior_note: str
     rhythm: Rhythm
     mode: str
+    fallback: PriorCache | None = None
+    found: Entries | None = None
 
-    def choose(self, new_tokens: int, prefix_tokens: int) -> Choice:
-        """The write for a prompt with these token counts, and the expected costs behind it."""
+    def held(
+        self, new_tokens: int, prefix_tokens: int, read: PriorCache | None
+    ) -> list[Held]:
+        """What stays readable without a new write when this request reads `read` (the tokens
+        before the new ones): that entry, refreshed now, and an anchor still alive."""
+        tokens = max(0, prefix_tokens - new_tokens)
+        e = self.found
+        if read is None or not tokens:
+            return []
+        out = [Held(tokens, TTL_SECONDS.get(read.ttl, 300))]
+        if e is not None and e.anchor is not None and read != e.anchor:
+            out.append(Held(min(tokens, e.anchor_tokens), e.anchor_life))
+        return out
+
+    def choose(
+        self, new_tokens: int, prefix_tokens: int, read: PriorCache | None = None
+    ) -> Choice:
+        """The write for a prompt with these token counts, reading `read`, and the expected
+        costs behind it."""
         return choose_ttl(
-            self.rhythm, new_tokens=new_tokens, prefix_tokens=prefix_tokens, mode=self.mode
+            self.rhythm,
+            new_tokens=new_tokens,
+            prefix_tokens=prefix_tokens,
+            mode=self.mode,
+            held=self.held(new_tokens, prefix_tokens, read),
         )
 
-    def ttl(self, new_tokens: int, prefix_tokens: int) -> str | None:
+    def ttl(
+        self, new_tokens: int, prefix_tokens: int, read: PriorCache | None = None
+    ) -> str | None:
         """The TTL to write with (None: write nothing): `build_request`'s chooser."""
-        return self.choose(new_tokens, prefix_tokens).ttl
+        return self.choose(new_tokens, prefix_tokens, read).ttl
 
 
 class TtlPolicy:
-    """`CACHE_TTL` applied to stored state; keeps each workspace's rhythm for PRIOR_REFRESH s."""
+    """`CACHE_TTL` applied to stored state; keeps each workspace's habits for HABIT_REFRESH s."""
 
     def __init__(self, mode: str) -> None:
         self._mode = mode
-        self._priors: dict[str, tuple[float, Prior]] = {}
+        self._habits: dict[str, tuple[float, Habits]] = {}
 
     def plan(
         self, session: Session, team_id: str, state: ThreadState | None, now: datetime
     ) -> CachePlan:
         """What to read back and how to choose the write for a request on `state`'s thread."""
-        prior, note = alive_prior(state, now)
-        rhythm = rhythm_now(state, self._workspace(session, team_id, now.timestamp()), now)
-        return CachePlan(prior, note, rhythm, self._mode)
+        found = entries(state, now)
+        rhythm = rhythm_now(state, self.habits(session, team_id, now), now)
+        prior = found.tail or found.anchor
+        fallback = found.anchor if found.tail is not None else None
+        return CachePlan(prior, found.note, rhythm, self._mode, fallback, found)
 
-    def _workspace(self, session: Session, team_id: str, at: float) -> Prior:
-        """The workspace's request rhythm, recomputed at most every PRIOR_REFRESH seconds."""
-        cached = self._priors.get(team_id)
-        if cached and 0 <= at - cached[0] < PRIOR_REFRESH:
+    def habits(self, session: Session, team_id: str, now: datetime) -> Habits:
+        """The workspace's habits, recomputed at most every HABIT_REFRESH seconds."""
+        at = now.timestamp()
+        cached = self._habits.get(team_id)
+        if cached and 0 <= at - cached[0] < HABIT_REFRESH:
             return cached[1]
-        prior = Prior.from_totals(**data.rhythm_totals(session, team_id))
-        self._priors[team_id] = (at, prior)
-        return prior
+        habits = Habits(data.habit_counts(session, team_id, now))
+        self._habits[team_id] = (at, habits)
+        return habits

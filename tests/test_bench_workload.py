@@ -25,13 +25,21 @@ def test_same_seed_same_workload_other_seed_other_workload():
 def test_timeline_is_one_sorted_list_and_threads_have_the_promised_shape(full):
     times = [e.at for e in full.events]
     assert times == sorted(times)
-    assert len(full.threads) == 40
+    measured = [p for p in full.threads if not p.warmup]
+    assert len(measured) == 40 and len(full.threads) == 60  # + the warm-up threads
     assert all(20 <= p.initial <= 2000 for p in full.threads)
-    assert sum(p.initial >= 1500 for p in full.threads) >= 3
+    assert sum(p.initial >= 1500 for p in measured) >= 3
+    assert 0.15 < sum(p.requests == 1 for p in measured) / 40 < 0.45  # asked about once
+    every = [e for e in full.events if isinstance(e, wl.Ask)]
+    assert {a.warmup for a in every} == {True, False}
+    first_measured = min(a.at for a in full.asks)
+    assert min(a.at for a in full.warmup_asks) < first_measured - 3600
+    later = 0  # threads asked again with messages posted after their first request
     for plan in full.threads:
-        asks = [a for a in full.asks if a.thread == plan.index]
+        asks = [a for a in every if a.thread == plan.index]
         posts = [p for p in full.posts if p.thread == plan.index]
-        assert 3 <= len(asks) == plan.requests <= 10
+        assert 1 <= len(asks) == plan.requests <= 10
+        assert all(a.warmup == plan.warmup for a in asks)
         assert [a.seq for a in asks] == list(range(len(asks)))
         assert asks[0].gap is None
         for before, after in zip(asks, asks[1:], strict=False):
@@ -40,10 +48,24 @@ def test_timeline_is_one_sorted_list_and_threads_have_the_promised_shape(full):
         mentions = sum(a.kind == "mention" for a in asks)
         assert [p.index for p in posts] == sorted(p.index for p in posts)
         assert len(posts) + mentions <= wl.MAX_MESSAGES
-        assert any(asks[0].at < p.at for p in posts)
+        later += len(asks) > 1 and any(asks[0].at < p.at for p in posts)
         assert posts[0].index == 0 and posts[0].at < asks[0].at
+    assert later > 0.8 * sum(p.requests > 1 for p in full.threads)
     assert {a.kind for a in full.asks} == set(wl.KINDS)
     assert {p.channel for p in full.threads} == {c for c, _ in wl.CHANNELS}
+
+
+def test_profiles_shape_the_family():
+    def share_short(profile: str) -> float:
+        asks = wl.generate(1, 40, profile=profile).asks
+        gaps = [a.gap for a in asks if a.gap is not None]
+        return sum(g <= wl.SHORT_GAP for g in gaps) / len(gaps)
+
+    assert share_short("bursty") > 0.5 > share_short("mixed") > share_short("slow")
+    long = wl.generate(1, profile="long")
+    assert all(p.initial >= 1000 for p in long.threads)
+    assert not wl.generate(1, profile="cold").warmup_asks
+    assert wl.generate(1, profile="mixed").warmup_asks
 
 
 def test_requests_are_marked_with_their_slices(full):
@@ -83,23 +105,32 @@ def _body(*texts: str, system: str = "sys") -> dict:
     }
 
 
-def test_clairvoyant_reads_within_the_hour_and_prices_writes_by_the_next_reuse():
+def test_clairvoyant_follows_the_cache_rules_with_hindsight():
     a, b, c, q = "a" * 400, "b" * 400, "c" * 400, "question?"  # 100 tokens each, q 3
     calls = [
-        (0.0, "t1", _body(a, b, q)),  # sys+a+b comes back after 2 minutes: 1.25; q never: 1
-        (120.0, "t1", _body(a, b, c, q)),  # reads sys+a+b, sends c (back in 30 min): 2
-        (1920.0, "t1", _body(a, b, c, q)),  # 30 minutes later: reads everything
-        (1920.0 + 7200, "t1", _body(a, b, c, q)),  # 2 hours later: nothing reused, 1
+        (0.0, "t1", _body(a, b, q)),  # sys+a+b read 2 min and 32 min later: a 1h write, 2
+        (120.0, "t1", _body(a, b, c, q)),  # reads sys+a+b; c+q back once, in 30 min: no write
+        (1920.0, "t1", _body(a, b, c, q)),  # (a 1h write read once costs 2.1, sending twice 2)
+        (1920.0 + 7200, "t1", _body(a, b, c, q)),  # 2 hours later: nothing alive, nothing after
         (5.0, "t2", _body(a, b, q)),  # another thread shares no prefix with t1
+        (200.0, "t2", _body(a, b, q)),  # ... and reads its own back within 5 minutes: 1.25
     ]
     s = 1  # "sys" is one token
     got = cb.clairvoyant_costs(calls)
-    assert got[0] == pytest.approx((s + 100 + 100) * 1.25 + 3)
-    assert got[1] == pytest.approx((s + 200) * 0.1 + 100 * 2 + 3 * 2)
-    assert got[2] == pytest.approx((s + 300 + 3) * 0.1)
+    assert got[0] == pytest.approx((s + 200) * 2 + 3)  # q is never sent again after a+b
+    assert got[1] == pytest.approx((s + 200) * 0.1 + 100 + 3)
+    assert got[2] == pytest.approx((s + 200) * 0.1 + 100 + 3)
     assert got[3] == pytest.approx(s + 300 + 3)
-    assert got[4] == pytest.approx(s + 200 + 3)
-    assert sum(got) <= sum(cb.body_tokens(b) for _, _, b in calls) * 1.25
+    assert got[4] == pytest.approx((s + 200 + 3) * 1.25)
+    assert got[5] == pytest.approx((s + 200 + 3) * 0.1)
+    # a read an hour and a half after a 5-minute entry was last used is not free: the entry
+    # is gone (the chain of reads each within 5 minutes keeps it alive, a gap breaks it)
+    chain = [(t, "t3", _body(a, q)) for t in (0.0, 240.0, 480.0, 720.0)]
+    assert cb.clairvoyant_costs(chain) == pytest.approx([104 * 1.25] + [104 * 0.1] * 3)
+    # 3 minutes, then half an hour: a 5m entry read at 3 minutes is gone by then, so the
+    # block is written for an hour at once (2 + 0.1 + 0.1, where 5m would cost 1.25 + 0.1 + 1)
+    broken = [(t, "t4", _body(a, q)) for t in (0.0, 180.0, 1980.0)]
+    assert cb.clairvoyant_costs(broken) == pytest.approx([104 * 2, 104 * 0.1, 104 * 0.1])
 
 
 def test_single_breakpoint_body_keeps_one_5m_breakpoint_before_the_request_block():
@@ -132,35 +163,53 @@ def test_usage_cost_and_rereads():
     assert cb.reread_counts(reads) == [0, 1, 0, 1]
 
 
-def test_quick_run_end_to_end_prints_the_table_and_adds_up():
+def test_fixed_policies_costed_from_the_bots_bodies_match_the_bot_running_them():
+    """The 5m and 1h columns move the auto run's marks where CACHE_TTL=5m/1h puts them; that
+    costs exactly what the bot itself is billed when it runs with that setting."""
+    workload = wl.generate(1, 4, quick=True, profile="cold")
+    for ttl in ("5m", "1h"):
+        served = cb.replay(workload, cache_ttl=ttl)
+        billed = [cb.usage_cost(c.usage) for s in served for c in s.model]
+        calls = [(s.ask.at, str(s.ask.thread), c.body) for s in served for c in s.model]
+        assert cb.fixed_policy_costs(calls, ttl) == pytest.approx(billed)
+
+
+def test_quick_run_end_to_end_prints_the_tables_and_adds_up():
     out = io.StringIO()
-    report = cb.run(seed=1, quick=True, out=out)
+    report = cb.run(seeds=(1,), profiles=("mixed", "cold"), quick=True, out=out)
     text = out.getvalue()
     for label in ("all requests", "short gap", "medium gap", "long gap", "long thread"):
         assert re.search(rf"^{label}.*\d", text, re.M), label
-    assert "(a) bot" in text and "(d) tokens" in text
-    assert len(re.findall(r"^  (PASS|MISS)  ", text, re.M)) == 4
+    assert "== mixed" in text and "== cold" in text and "summary" in text
+    assert re.search(r"^mixed +\d+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ ", text, re.M)
+    assert len(re.findall(r"^  (PASS|MISS)  ", text, re.M)) == 5
     assert "event -> model request" in text
 
-    served = report.served
-    assert len(served) == len(report.workload.asks)
-    assert all(s.model for s in served), "every request reached the model"
-    for s in served:
-        assert s.cost["naive"] == s.prompt  # the bodies we cost are the ones the fake billed
-        assert s.cache_read <= s.prompt
-        assert s.cost["bot"] <= 1.25 * s.prompt + 0.75 * s.prompt  # at worst all 1h writes
-        answered = {"chat.postMessage", "chat.stopStream"}
-        assert s.ask.kind != "mention" or answered & set(s.calls)
-    total = report.rows[cb.ALL]
-    assert total.prompt == sum(s.prompt for s in served)
-    assert total.cost["naive"] == total.prompt
-    assert 0 < total.cost["clairvoyant"] <= total.cost["naive"]
-    assert total.requests == report.rows[cb.FOLLOW_UPS].requests + report.rows[wl.FIRST].requests
-    gap_rows = (wl.FIRST, wl.SHORT, wl.MEDIUM, wl.LONG)
-    assert sum(report.rows[r].requests for r in gap_rows) == total.requests
-    for kind in ("bot", "naive", "single", "clairvoyant"):
-        parts = sum(report.rows[r].cost[kind] for r in gap_rows)
-        assert parts == pytest.approx(total.cost[kind])
-    # the first read of a thread re-reads nothing; a follow-up gets at least the parent again
-    assert report.rows[wl.FIRST].rereads == 0
+    for family in report.families:
+        for run in family.runs:
+            served = run.served
+            assert len(served) == len(run.workload.asks)  # the warm-up is not counted
+            assert all(s.model for s in served), "every request reached the model"
+            for s in served:
+                assert s.cost["off"] == s.prompt  # the bodies we cost are the ones billed
+                assert s.cache_read <= s.prompt
+                assert s.cost["auto"] <= 2 * s.prompt  # at worst all 1h writes
+                answered = {"chat.postMessage", "chat.stopStream"}
+                assert s.ask.kind != "mention" or answered & set(s.calls)
+            total = run.rows[cb.ALL]
+            assert total.prompt == sum(s.prompt for s in served)
+            assert total.cost["off"] == total.prompt
+            # the clairvoyant policy is a lower bound of every policy on the same bodies
+            for kind in cb.POLICIES:
+                assert total.cost["clairvoyant"] <= total.cost[kind] + 1e-6
+            first = run.rows[wl.FIRST].requests
+            assert total.requests == run.rows[cb.FOLLOW_UPS].requests + first
+            gap_rows = (wl.FIRST, wl.SHORT, wl.MEDIUM, wl.LONG)
+            assert sum(run.rows[r].requests for r in gap_rows) == total.requests
+            for kind in cb.COSTS:
+                parts = sum(run.rows[r].cost[kind] for r in gap_rows)
+                assert parts == pytest.approx(total.cost[kind])
+            # the first read of a thread re-reads nothing; a follow-up gets the parent again
+            assert run.rows[wl.FIRST].rereads == 0
+        assert family.rows[cb.ALL].requests == sum(r.rows[cb.ALL].requests for r in family.runs)
     assert len(report.latencies) == 8 and all(0 < x < 10 for x in report.latencies)

@@ -18,7 +18,7 @@ from bot.store.models import (
     ThreadState,
     UsageRecord,
 )
-from bot.ttl_policy import Rhythm, choose_ttl
+from bot.ttl_policy import Habits, Held, Rhythm, choose_ttl
 from tests.harness import SlackUI
 
 T0 = 1_800_000_000.0
@@ -71,8 +71,10 @@ def ttl_marks(model, i: int = -1) -> list[str]:
 # -- TTL arithmetic (pure) ----------------------------------------------------------------------
 
 
-def test_first_request_writes_5m():
-    assert choose_ttl(Rhythm().after_gap(None), new_tokens=5000, prefix_tokens=5000).ttl == "5m"
+def test_first_request_on_a_fresh_install_writes_5m_never_1h():
+    choice = choose_ttl(Rhythm().after_gap(None), new_tokens=5000, prefix_tokens=5000)
+    assert choice.ttl == "5m"
+    assert choice.costs["5m"] < choice.costs["none"] < choice.costs["1h"]
 
 
 def test_thread_with_half_hour_gaps_writes_1h():
@@ -82,11 +84,23 @@ def test_thread_with_half_hour_gaps_writes_1h():
     assert choose_ttl(r, new_tokens=300, prefix_tokens=8000).ttl == "1h"
 
 
-def test_thread_with_quick_follow_ups_writes_5m():
+def test_quick_follow_ups_on_a_1h_anchor_write_their_tail_for_5m():
     r = Rhythm().after_gap(None)
     for _ in range(3):
         r = r.after_gap(60)
-    assert choose_ttl(r, new_tokens=300, prefix_tokens=8000).ttl == "5m"
+    anchored = [Held(7700, 3600)]  # the prefix read now is a 1-hour entry: it stays an hour
+    assert choose_ttl(r, new_tokens=300, prefix_tokens=8000, held=anchored).ttl == "5m"
+    # with only a 5-minute entry beneath, 300 new tokens at 2 buy an hour for all 8,000
+    assert choose_ttl(r, new_tokens=300, prefix_tokens=8000, held=[Held(7700, 300)]).ttl == "1h"
+
+
+def test_workspace_habits_move_the_first_write():
+    one_offs = Habits({"first": (40, 0, 1)})  # threads asked about once
+    slow = Habits({"first": (40, 2, 36)})  # asked again 5-60 minutes later
+    first = Rhythm(habits=one_offs).after_gap(None)
+    assert choose_ttl(first, new_tokens=5000, prefix_tokens=5000).ttl is None
+    first = Rhythm(habits=slow).after_gap(None)
+    assert choose_ttl(first, new_tokens=5000, prefix_tokens=5000).ttl == "1h"
 
 
 def test_idle_thread_does_not_pay_for_a_write_it_will_not_read():
@@ -285,3 +299,51 @@ def test_retention_forgets_idle_threads(tbot, slack, model, engine, clock):
     clock.advance(31 * 86400)
     tbot.mention("C1", "still there?", thread_ts=parent)
     assert slack.calls_to("conversations.replies")[-1]["oldest"] == parent  # whole again
+
+
+def test_a_slow_follow_up_reads_the_1h_anchor_beneath_5m_tails(tbot, slack, model, clock):
+    parent = slack.add_thread("C1", 60, text_fn=words)
+
+    def ask(turn: int, after: float) -> None:
+        clock.advance(after)
+        slack.add_message("C1", words(500 + turn), user="U3", thread_ts=parent)
+        tbot.mention("C1", f"status {turn}?", thread_ts=parent)
+
+    ask(0, 0)
+    ask(1, 25 * 60)  # a half-hour rhythm earns a 1h write
+    assert ttl_marks(model) == ["1h"]
+    turn = 2
+    while ttl_marks(model)[-1] == "1h":  # a burst: once quick follow-ups are the rule, the
+        ask(turn, 40)  # newest messages are written for 5 minutes on top of the 1h anchor
+        turn += 1
+        assert turn < 12
+    assert ttl_marks(model) == ["1h", "5m"]  # 1h breakpoints come first
+    anchor = model.usages[-1]["cache_read_input_tokens"]
+    assert model.usages[-1]["cache_creation"]["ephemeral_5m_input_tokens"] > 0
+    ask(turn, 20 * 60)  # the 5m tail is gone; the anchor, read 20 minutes ago, is not
+    assert ttl_marks(model)[0] == "1h"
+    assert model.usages[-1]["cache_read_input_tokens"] == anchor
+
+
+@pytest.mark.parametrize(
+    ("follow_up", "first_marks"), [(None, []), (20 * 60, ["1h"])], ids=["one-off", "slow"]
+)
+def test_first_writes_follow_the_workspace_habits_kept_in_sql(
+    make_bot, slack, model, clock, engine, follow_up, first_marks
+):
+    bot = make_bot(clock=clock)
+    for t in range(12):
+        parent = slack.add_thread("C1", 60, text_fn=lambda i, t=t: words(1000 * t + i))
+        bot.mention("C1", "summarize", thread_ts=parent)
+        assert ttl_marks(model) == ["5m"] or t > 0  # a fresh install starts with 5 minutes
+        for _ in range(3 if follow_up else 0):  # asked again, and again, 20 minutes apart
+            clock.advance(follow_up)
+            bot.mention("C1", "anything new?", thread_ts=parent)
+        clock.advance(2 * 3600)
+    with sessionmaker(engine)() as s:
+        seen = s.scalar(select(func.count()).select_from(ThreadState))
+    assert seen == 12
+    fresh = make_bot(clock=clock)  # another process: the habits come from the database
+    parent = slack.add_thread("C1", 60, text_fn=lambda i: words(99_000 + i))
+    fresh.mention("C1", "summarize", thread_ts=parent)
+    assert ttl_marks(model) == first_marks

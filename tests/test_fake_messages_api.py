@@ -378,6 +378,27 @@ def test_hit_refreshes_ttl(fake):
     assert counters(usage_of(post(fake, req))) == (0, 1100, 0)
 
 
+def test_a_hit_refreshes_an_entry_for_its_own_ttl():
+    """Reads refresh the entry read, for the TTL it was written with (documented: the lifetime
+    is refreshed each time the cached content is used), whatever ttl the reading mark names."""
+    one_hour = body([text(1100, "h", CC_1H)])
+    post(fake := FakeMessagesAPI().start(), one_hour)
+    try:
+        fake.advance(50 * 60)
+        assert counters(usage_of(post(fake, one_hour))) == (0, 0, 1100)
+        fake.advance(55 * 60)  # 105 min after the write, 55 after the read: still alive
+        assert counters(usage_of(post(fake, one_hour))) == (0, 0, 1100)
+        five = body([text(1100, "f", CC)])
+        post(fake, five)
+        fake.advance(200)
+        read_as_1h = body([text(1100, "f", CC_1H)])  # the entry stays a 5-minute one
+        assert counters(usage_of(post(fake, read_as_1h))) == (0, 0, 1100)
+        fake.advance(301)
+        assert counters(usage_of(post(fake, read_as_1h))) == (0, 1100, 0)
+    finally:
+        fake.stop()
+
+
 def test_now_uses_simulated_clock():
     fake = FakeMessagesAPI(start_time=100.0)
     assert fake.now == 100.0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from bot.store.models import (
     Summary,
     ThreadMessage,
     ThreadState,
+    TtlHabit,
     UsageRecord,
     WorkspaceSettings,
 )
@@ -467,6 +468,7 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
         ConversationState,
         KeptSpan,
         ReadBudget,
+        TtlHabit,
     ):
         result = session.execute(delete(model).where(model.team_id == team_id))
         counts[model.__tablename__] = result.rowcount or 0
@@ -545,16 +547,51 @@ def purge_idle_threads(session: Session, cutoff: datetime, now: datetime) -> int
     return removed
 
 
-def rhythm_totals(session: Session, team_id: str) -> dict[str, int]:
-    """The workspace's threads added up: requests and gaps between them, by TTL coverage."""
-    row = session.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(ThreadState.requests), 0),
-            func.coalesce(func.sum(ThreadState.gaps), 0),
-            func.coalesce(func.sum(ThreadState.gaps_within_5m), 0),
-            func.coalesce(func.sum(ThreadState.gaps_within_1h), 0),
-        ).where(ThreadState.team_id == team_id, ThreadState.requests > 0)
-    ).one()
-    keys = ("threads", "requests", "gaps", "within_5m", "within_1h")
-    return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
+def gap_context(seconds: float | None) -> str:
+    """The kind of gap before a request: first (none), short (<= 5 min), medium (<= 1 h), long."""
+    if seconds is None:
+        return "first"
+    if seconds <= 300:
+        return "short"
+    return "medium" if seconds <= 3600 else "long"
+
+
+def note_habit(session: Session, team_id: str, context: str, gap: float) -> None:
+    """A request came `gap` seconds after the previous one on its thread, whose context was
+    `context`: count the outcome in the workspace's habits."""
+    values = {"seen": 1, "within_5m": int(gap <= 300), "within_1h": int(gap <= 3600)}
+    stmt = _insert(session, TtlHabit).values(team_id=team_id, context=context, **values)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["team_id", "context"],
+            set_={k: getattr(TtlHabit, k) + v for k, v in values.items()},
+        )
+    )
+
+
+def habit_counts(session: Session, team_id: str, now: datetime) -> dict[str, tuple[int, int, int]]:
+    """The workspace's habits by context: (requests whose outcome is known, followed within 5
+    minutes, within the hour). A thread's last request counts once an hour has passed without
+    another one (followed by nothing within the hour)."""
+    counts = {
+        row.context: (row.seen, row.within_5m, row.within_1h)
+        for row in session.scalars(select(TtlHabit).where(TtlHabit.team_id == team_id))
+    }
+    gap = ThreadState.last_gap_seconds
+    context = case(
+        (gap.is_(None), "first"), (gap <= 300, "short"), (gap <= 3600, "medium"), else_="long"
+    )
+    cutoff = now - timedelta(hours=1)
+    open_ended = session.execute(
+        select(context, func.count())
+        .where(
+            ThreadState.team_id == team_id,
+            ThreadState.requests > 0,
+            ThreadState.last_request_at < cutoff,
+        )
+        .group_by(context)
+    ).all()
+    for name, n in open_ended:
+        seen, w5, w1 = counts.get(name, (0, 0, 0))
+        counts[name] = (seen + int(n), w5, w1)
+    return counts

@@ -62,9 +62,33 @@ class ThreadState(Base):
     gaps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     gaps_within_5m: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     gaps_within_1h: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The gap before the last request (None: it was the first): what the workspace's habits
+    # say comes next depends on it (`TtlHabit`).
+    last_gap_seconds: Mapped[float | None] = mapped_column(Float)
+    # The last 1-hour entry (an anchor), kept apart from the newest write: a 5-minute write of
+    # the newest messages on top of it leaves it readable for an hour since it was last read.
+    anchor_ts: Mapped[str | None] = mapped_column(String(32))
+    anchor_digest: Mapped[str | None] = mapped_column(String(64))
+    anchor_tokens: Mapped[int | None] = mapped_column(Integer)
+    anchor_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Retention removed this thread's kept messages at this moment: what events delivered
     # before it is gone, so only later events (or a read) make its transcript whole again.
     floor_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TtlHabit(Base):
+    """One workspace's habits: after requests whose previous gap was of kind `context` (first,
+    short, medium, long), how many were followed by another request on the thread within 5
+    minutes and within the hour (`seen` counts those whose outcome is known: followed by another
+    request; requests not followed are counted from `thread_state` once an hour has passed)."""
+
+    __tablename__ = "ttl_habit"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    context: Mapped[str] = mapped_column(String(8), primary_key=True)
+    seen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    within_5m: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    within_1h: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class UsageRecord(Base):
