@@ -26,7 +26,9 @@ ANSWER = "Here is what stands out. " + "The roll-forward waits for the payments 
 @pytest.fixture
 def dbot(make_bot, slack, model):
     model.reply = lambda body: ANSWER
-    return make_bot(clock=slack.clock, sleep=slack.sleep)
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    bot.app.start_receiving()  # as `serve` does: kept transcripts count from here
+    return bot
 
 
 def prompt_tokens(u: dict[str, Any]) -> int:
@@ -59,11 +61,14 @@ def kinds(engine) -> list[str]:
 
 
 def test_three_turn_conversation_reads_earlier_turns_from_cache(dbot, slack, model, engine):
+    slack.advance(60)  # the bot has been receiving events for a minute
     first = slack.dm_event("U1", f"Please read this report and list the risks.\n{REPORT}")
     assert dbot.deliver(first).status_code == 200
     root = first["ts"]
-    dbot.deliver(slack.dm_event("U1", "Which risk is the biggest?", thread_ts=root))
-    dbot.deliver(slack.dm_event("U1", "Who should own it?", thread_ts=root))
+    for question in ("Which risk is the biggest?", "Who should own it?"):
+        slack.advance(40)  # the fake's clock moves (Slack's ts); the model's TTL is 5 minutes
+        model.advance(40)
+        dbot.deliver(slack.dm_event("U1", question, thread_ts=root))
 
     one, two, three = model.usages
     # Turn 1 writes the system prompt and the first message; every later turn reads all the
@@ -213,6 +218,7 @@ def test_a_person_of_another_organisation_gets_no_answer(dbot, slack, model):
 
 
 def test_catch_up_on_a_channel_the_asker_is_in(dbot, slack, model, engine):
+    slack.advance(60)
     for i in range(6):
         slack.add_message("C1", f"general chatter {i}: the launch moves to Thursday", user="U2")
     event = slack.dm_event("U1", "what did I miss in <#C1|general> since yesterday?")
@@ -230,6 +236,7 @@ def test_catch_up_on_a_channel_the_asker_is_in(dbot, slack, model, engine):
     # The recap is part of the conversation: a follow-up sees it, read from nothing but the
     # kept transcript.
     before = len(slack.calls_to("conversations.replies"))
+    slack.advance(40)
     dbot.deliver(slack.dm_event("U1", "Who moved it?", thread_ts=root))
     assert len(slack.calls_to("conversations.replies")) == before
     messages = model.requests[-1]["body"]["messages"]
