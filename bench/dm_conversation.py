@@ -29,7 +29,7 @@ REPORT = " ".join(
     for i in range(1, 26)
 )
 SCENARIOS = {
-    # A report pasted into the first message (about 1,200 tokens), then short questions.
+    # A report pasted into the first message (about 1,100 tokens), then short questions.
     "pasted report": f"Please read this incident report and list the risks.\n{REPORT}",
     # A short first question: the conversation passes the cache floor only after a few turns.
     "short chat": "How should we plan the roll-forward of the billing page this week?",
@@ -61,7 +61,7 @@ def run(scenario: str, layout: str, turns: int) -> Result:
     """One conversation of `turns` turns in the real app with DM layout `layout`."""
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack, FakeMessagesAPI() as model:
         slack.add_user("U1", "Alice Archer", "alice")
-        model.reply = lambda body: ANSWER.format(n=len(model.usages) + 1) * 6  # ~400 tokens
+        model.reply = lambda body: ANSWER.format(n=len(model.usages) + 1) * 6  # ~250 tokens
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         migrate(make_engine(url))
         app = create_app(make_settings(slack, model, url), engine=make_engine(url),

@@ -1,8 +1,9 @@
 """The bot's DM (its Messages tab): each message a person writes there is a job, stored by a
 middleware before Slack gets its 200 (like a mention); opening the tab greets once.
 
-Only plain messages (and ones with files) of a person start a job: the bot's own messages,
-other bots', edits and deletions never do. What the job does is `bot/dm.py`.
+Only a person's own messages (plain, with files, or a reply also sent to the DM) start a job:
+the bot's own messages, other bots', edits and deletions never do. What the job does is
+`bot/dm.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bot.workspace import team_of
 log = logging.getLogger(__name__)
 
 KIND = DM
-TURN_SUBTYPES = frozenset({NEW, "file_share"})  # a person's own message, with files or not
+TURN_SUBTYPES = frozenset({NEW, "file_share", "thread_broadcast"})  # a person's own messages
 
 
 def _is_turn(event: dict[str, Any], context: BoltContext) -> bool:
