@@ -345,3 +345,27 @@ def test_titles():
     assert title_of(Intent("turn"), "ask <@U2> about <https://x.io|this>", {"U2": "Bob"}) == (
         "ask @Bob about this (https://x.io)"
     )
+
+
+def test_workspaces_keep_their_conversations_apart(oauth_bot, slack, model, engine):
+    from bot.store.models import ThreadMessage
+    from tests.test_workspaces import install
+
+    model.reply = lambda body: ANSWER
+    for team, user in (("T0002", "U1"), ("T0003", "U2")):
+        install(oauth_bot, slack, team, f"xoxb-{team.lower()}")
+        slack.channel_teams[slack.open_dm(user)] = team
+        oauth_bot.deliver(slack.app_home_opened_event(user), team_id=team)
+        first = slack.dm_event(user, f"{team}-SECRET: what is our plan?")
+        oauth_bot.deliver(first)
+        oauth_bot.deliver(slack.dm_event(user, "and then?", thread_ts=first["ts"]))
+    prompts = [str(r["body"]["messages"]) for r in model.requests]
+    assert len(prompts) == 4
+    assert all("T0003" not in p for p in prompts[:2]) and all("T0002" not in p for p in prompts[2:])
+    posted = {p["_team"] for p in slack.posts if p["channel"] in ("DU1", "DU2")}
+    assert posted == {"T0002", "T0003"}
+
+    assert oauth_bot.event({"type": "app_uninstalled"}, team_id="T0002").status_code == 200
+    with sessionmaker(engine)() as s:
+        for model_ in (DmGreeting, DmConversation, ThreadMessage):
+            assert {r.team_id for r in s.scalars(select(model_))} == {"T0003"}, model_
