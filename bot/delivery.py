@@ -731,3 +731,58 @@ class Ephemeral:
             if error == "invalid_blocks" or self._fallback is None:
                 return error
             return self._fallback.send(text, blocks, replace=replace)
+
+
+class InThread:
+    """Replies in a thread everyone in it sees (the bot's DM, where that is only the asker):
+    the first message is posted, each later one with `replace` edits it (a progress note
+    becomes the result), others are posted after it. `delivered` holds the text of each."""
+
+    def __init__(
+        self, client: WebClient, channel: str, thread_ts: str, ts: str | None = None
+    ) -> None:
+        self._client, self._channel, self._thread = client, channel, thread_ts
+        self.ts = ts  # the message a `replace` edits (carried over by a deferred job)
+        self.delivered: dict[str, str] = {}
+
+    def status(self, text: str, loading: Sequence[str] = ()) -> None:
+        """A status line under the thread until the next message (best effort)."""
+        try:
+            impatient(self._client).assistant_threads_setStatus(
+                channel_id=self._channel,
+                thread_ts=self._thread,
+                status=text,
+                loading_messages=loading_messages(loading) or None,
+            )
+        except SlackApiError as exc:
+            log.info("status line unavailable in %s (%s)", self._channel, exc.response.get("error"))
+
+    def send(
+        self, text: str, blocks: list[dict[str, Any]] | None = None, *, replace: bool = False
+    ) -> str | None:
+        text = neutralise_pings(text)
+        if replace and self.ts is not None:
+            try:
+                self._client.chat_update(
+                    channel=self._channel, ts=self.ts, text=text, blocks=blocks
+                )
+                self.delivered[self.ts] = text
+                return None
+            except SlackApiError as exc:
+                log.info("chat.update in %s failed: %s", self._channel, exc.response.get("error"))
+        try:
+            resp = self._client.chat_postMessage(
+                channel=self._channel,
+                thread_ts=self._thread,
+                text=text,
+                blocks=blocks,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            log.warning("posting in %s failed: %s", self._channel, error)
+            return error
+        self.ts = resp["ts"]
+        self.delivered[resp["ts"]] = text
+        return None

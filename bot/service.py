@@ -25,7 +25,7 @@ from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient, OnText
 from bot.metrics import Metrics
 from bot.pricing import cache_floor, price_for
-from bot.prompt import Built, build_request
+from bot.prompt import Built, build_conversation_request, build_request
 from bot.read_budget import ReadBudget
 from bot.store import data
 from bot.threads import (
@@ -58,6 +58,12 @@ from bot.workspace import Effective, Workspaces
 from bot.workspace import refusal as channel_refusal
 
 log = logging.getLogger(__name__)
+
+DM = "dm"  # the kind of a request in the bot's DM (its Messages tab): a conversation turn
+# How a DM conversation's earlier turns reach the model: "turns" (real user/assistant turns,
+# the default: measured to cache more, docs/caching.md) or "transcript" (one user turn holding
+# the conversation as a transcript, as for mentions; kept for the measurement).
+DM_LAYOUTS = ("turns", "transcript")
 
 # Reads that will take this long get an answer from what is kept first, marked partial.
 PARTIAL_AFTER_SECONDS = 120.0
@@ -170,6 +176,7 @@ class AnswerService:
         # What message events (and the bot's own answers) store, for workspaces that keep them.
         self.keeper = Keeper(sessions, self.workspaces, OrgCache(self.client_for), self.now)
         self.reader.shape = lambda team, org, m: self.keeper.content(team, org, m, False)
+        self.dm_layout = DM_LAYOUTS[0]  # see DM_LAYOUTS (bench/dm_conversation.py sets it)
 
     @property
     def settings(self) -> Settings:
@@ -240,8 +247,7 @@ class AnswerService:
             raise self._wait(req, reply, wait, eff, started) from None
         if messages is None:
             return
-        before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
-        request = clean_request(req.text, names, req.bot_user_id)
+        before, request = self._context(req, messages, names)
         reply.status(*writing_status(len(before)))
         try:
             done = self.complete(
@@ -267,17 +273,45 @@ class AnswerService:
             return
         self._deliver(req, reply, done)
 
+    def _context(
+        self, req: ThreadRequest, messages: list[dict[str, Any]], names: NameResolver
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The messages the model sees and the request after them: for a mention, the messages
+        before it and its text; in a conversation (`conversational`), the messages up to and
+        including the one asked, whose text is then the last turn (no request of its own)."""
+        if not self.conversational(req):
+            before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
+            return before, clean_request(req.text, names, req.bot_user_id)
+        upto = [m for m in messages if ts_key(m["ts"]) <= ts_key(req.message_ts)]
+        if not any(m["ts"] == req.message_ts for m in upto):  # not read or kept (yet)
+            upto.append({"ts": req.message_ts, "user": req.user_id, "text": req.text})
+        return upto, ""
+
+    def conversational(self, req: ThreadRequest) -> bool:
+        """Whether `req` is answered as a conversation in real turns (a DM, DM_LAYOUTS)."""
+        return req.kind == DM and self.dm_layout == "turns"
+
     def _turned_away(self, req: ThreadRequest, eff: Effective, names: NameResolver) -> bool:
         """True (after telling the requester) when the channel is not on the workspace's
-        allow-list or the requester belongs to another organisation."""
-        refusal = channel_refusal(eff, req.channel_id)
+        allow-list or the requester belongs to another organisation. The bot's own DM is no
+        channel: the allow-list (of channels) does not apply to it."""
+        refusal = None if req.kind == DM else channel_refusal(eff, req.channel_id)
         if refusal is not None:
             log.info("team=%s channel=%s is not on the allow-list", req.team_id, req.channel_id)
             self.tell(req, refusal, private=True)
             return True
+        return self.from_elsewhere(req, names)
+
+    def from_elsewhere(self, req: ThreadRequest, names: NameResolver | None = None) -> bool:
+        """True (after telling them privately) when the requester belongs to another
+        organisation than the workspace's (Slack Connect): they get no answers."""
         org = req.enterprise_id or self.workspaces.enterprise_of(req.team_id)
         if is_external(
-            req.user_team, req.user_id, team_id=req.team_id, enterprise_id=org, names=names
+            req.user_team,
+            req.user_id,
+            team_id=req.team_id,
+            enterprise_id=org,
+            names=names or self._names(req.team_id),
         ):
             log.info("team=%s: request from another organisation (%s)", req.team_id, req.user_team)
             self.tell(req, EXTERNAL_REQUESTER, private=True)
@@ -357,11 +391,10 @@ class AnswerService:
         with self._sessions() as s:
             kept = data.load_messages(s, req.team_id, req.channel_id, req.thread_ts)
         kept.sort(key=lambda m: ts_key(m["ts"]))
-        before = [m for m in kept if ts_key(m["ts"]) < ts_key(req.message_ts)]
+        names = self._names(req.team_id)
+        before, request = self._context(req, kept, names)
         if len(before) < 2:
             return ""
-        names = self._names(req.team_id)
-        request = clean_request(req.text, names, req.bot_user_id)
         reply = ThreadReply(
             self._client(req),
             channel=req.channel_id,
@@ -462,6 +495,7 @@ class AnswerService:
             recap=recap,
             team_id=req.team_id,
             enterprise_id=req.enterprise_id or self.workspaces.enterprise_of(req.team_id),
+            conversation=self.conversational(req),
         )
 
     def _plan(
@@ -477,8 +511,9 @@ class AnswerService:
         with its cache breakpoints, the budget hold."""
         names = self._names(req.team_id)
         model = eff.model
-        if eff.language:
-            request = f"{request}\n\n(Answer in {eff.language}.)"
+        note = f"(Answer in {eff.language}.)" if eff.language else ""
+        if note:
+            request = f"{request}\n\n{note}"
         now = self.now()
         with self._sessions() as s:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
@@ -492,19 +527,32 @@ class AnswerService:
             log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self.ledger.failed(req, exc.kind, started, model)
             raise
-        built = build_request(
-            model=model,
-            turns=turns,
-            request=request,
-            requester=names.name(req.user_id),
-            prior=cache.prior,
-            fallback=cache.fallback,
-            ttl=cache.ttl,
-            max_tokens=self._settings.max_output_tokens,
-            budget_tokens=self._settings.context_budget_tokens,
-            compacted=compacted,
-            scale=scale,
-        )
+        if self.conversational(req):
+            built = build_conversation_request(
+                model=model,
+                turns=turns,
+                note=note,
+                prior=cache.prior,
+                ttl=cache.ttl,
+                max_tokens=self._settings.max_output_tokens,
+                budget_tokens=self._settings.context_budget_tokens,
+                compacted=compacted,
+                scale=scale,
+            )
+        else:
+            built = build_request(
+                model=model,
+                turns=turns,
+                request=request,
+                requester=names.name(req.user_id),
+                prior=cache.prior,
+                fallback=cache.fallback,
+                ttl=cache.ttl,
+                max_tokens=self._settings.max_output_tokens,
+                budget_tokens=self._settings.context_budget_tokens,
+                compacted=compacted,
+                scale=scale,
+            )
         hold = self._hold(req, built, model, now, eff, started)
         return Plan(req, eff, model, built, cache.rhythm, now, started, hold)
 

@@ -158,16 +158,18 @@ class SummaryService:
 
     # -- permissions ------------------------------------------------------------------------
 
-    def check_access(self, channel: str, who: Requester) -> str | None:
-        """None when `who` may read `channel` and the bot can; else what to tell them."""
+    def check_access(self, channel: str, who: Requester, refused: str = REFUSAL) -> str | None:
+        """None when `who` may read `channel` and the bot can; else what to tell them:
+        `refused` (naming nothing of the conversation) when it is private to others or
+        unknown."""
         try:
             info = self._client(who).conversations_info(channel=channel)["channel"]
         except SlackApiError as exc:
             log.info("conversations.info %s: %s", channel, exc.response.get("error"))
-            return REFUSAL.format(bot=who.bot_user_id)
+            return refused.format(bot=who.bot_user_id)
         private = is_private(info)
         if private and not is_member(self._client(who), channel, who.user_id):
-            return REFUSAL.format(bot=who.bot_user_id)
+            return refused.format(bot=who.bot_user_id)
         if not private and not info.get("is_member"):
             return not_in_channel(channel, who.bot_user_id)
         return None
@@ -187,8 +189,11 @@ class SummaryService:
 
     # -- thread summaries -------------------------------------------------------------------
 
-    def summarize_link(self, link: ThreadLink, extra: str, who: Requester, out: Responder) -> None:
-        """`/summarize <link>`: permission checks, then a private summary of the thread."""
+    def summarize_link(
+        self, link: ThreadLink, extra: str, who: Requester, out: Responder, *, share: bool = True
+    ) -> None:
+        """`/summarize <link>`: permission checks, then a private summary of the thread
+        (`share`: with the button that posts it for everyone)."""
         if who.team_domain and link.host.split(".")[0] != who.team_domain.lower():
             out.send(other_workspace(link.host), replace=True)
             return
@@ -196,10 +201,17 @@ class SummaryService:
         if refusal:
             out.send(refusal, replace=True)
             return
-        self.summarize_thread(link.channel_id, link.thread_ts, who, out, extra=extra)
+        self.summarize_thread(link.channel_id, link.thread_ts, who, out, extra=extra, share=share)
 
     def summarize_thread(
-        self, channel: str, thread_ts: str, who: Requester, out: Responder, *, extra: str = ""
+        self,
+        channel: str,
+        thread_ts: str,
+        who: Requester,
+        out: Responder,
+        *,
+        extra: str = "",
+        share: bool = True,
     ) -> None:
         """A private summary of the thread that `thread_ts` belongs to."""
         eff = self._allowed(channel, who, out)
@@ -232,7 +244,9 @@ class SummaryService:
         if extra:
             request += f" The requester adds: {extra}"
         req = self._request(who, channel, thread_ts, "summarize", request)
-        self._finish(req, messages, request, out, thread_ts=thread_ts, recap=False, eff=eff)
+        self._finish(
+            req, messages, request, out, thread_ts=thread_ts, recap=False, eff=eff, share=share
+        )
 
     # -- channel recaps ---------------------------------------------------------------------
 
@@ -245,6 +259,7 @@ class SummaryService:
         seconds: int | None,
         count: int | None,
         now: float | None = None,
+        share: bool = True,
     ) -> None:
         """A private recap of the channel: a time window (aligned) or the last N messages."""
         eff = self._allowed(channel, who, out)
@@ -293,7 +308,7 @@ class SummaryService:
         )
         key = f"recap:{oldest}" if oldest is not None else f"recap:last{count}"
         req = self._request(who, channel, key, "recap", request)
-        self._finish(req, messages, request, out, thread_ts=None, recap=True, eff=eff)
+        self._finish(req, messages, request, out, thread_ts=None, recap=True, eff=eff, share=share)
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -321,6 +336,7 @@ class SummaryService:
         thread_ts: str | None,
         recap: bool,
         eff: Effective,
+        share: bool = True,
     ) -> None:
         try:
             done = self._complete(req, messages, request, recap=recap, eff=eff)
@@ -362,7 +378,8 @@ class SummaryService:
             ],
         }
         control = control_for(self._refusals, req.team_id, req.channel_id, done.usage_id)
-        self._show(req, out, part.text, [*part.blocks, button, control])
+        blocks = [*part.blocks, button, control] if share else [*part.blocks, control]
+        self._show(req, out, part.text, blocks)
 
     def _show(
         self, req: ThreadRequest, out: Responder, text: str, blocks: list[dict[str, Any]]

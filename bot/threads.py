@@ -606,8 +606,10 @@ def render_thread(
     recap: bool = False,
     team_id: str | None = None,
     enterprise_id: str | None = None,
+    conversation: bool = False,
 ) -> list[Turn]:
-    """Resolve what the transcript needs from Slack, then render it (`transcript.Renderer`).
+    """Resolve what the transcript needs from Slack, then render it (`transcript.Renderer`;
+    `conversation`: the bot's DM, its own messages as bare answers).
 
     Slack Connect: a message whose author belongs to another organisation than `team_id` (and
     its Enterprise Grid org `enterprise_id`, when there is one) is shown only as a placeholder.
@@ -642,6 +644,7 @@ def render_thread(
         bot_user_id=bot_user_id,
         bot_id=bot_id,
         recap=recap,
+        conversation=conversation,
     ).render(messages)
 
 

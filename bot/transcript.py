@@ -147,6 +147,9 @@ class Renderer:
     bot_user_id: str
     bot_id: str | None
     recap: bool = False
+    # A conversation with the bot (its DM): the bot's own messages are its earlier answers, in
+    # turns of their own, so they are only their text (no time or author line).
+    conversation: bool = False
 
     def render(self, messages: Sequence[dict[str, Any]]) -> list[Turn]:
         """The transcript turns of `messages`; the same inputs always give the same bytes.
@@ -164,6 +167,8 @@ class Renderer:
             return Turn(ts=m["ts"], text=f"[{stamp(m['ts'])}] {EXTERNAL_NOTE}", own=False)
         author, body = self._author_and_body(m, own)
         body = clean(body, self.names).strip()
+        if own and self.conversation:
+            return Turn(ts=m["ts"], text=body or "…", own=True)
         for f in m.get("files") or []:
             kind = f.get("pretty_type") or f.get("filetype") or "file"
             body += f"\n[file: {f.get('name') or f.get('title') or 'unnamed'} ({kind})]"

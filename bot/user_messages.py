@@ -230,3 +230,32 @@ def share_failed(error: str | None) -> str:
         f"I couldn't post it (Slack said `{error}`). If I'm not in the channel, "
         "invite me and try again."
     )
+
+
+# -- the bot's DM (its Messages tab) ------------------------------------------------------------
+
+DM_HELP = (
+    "Hi! Ask me anything here; each conversation is a thread of its own, and its follow-ups are "
+    "cheap because the conversation so far stays in the model's cache.\n"
+    "• `catch me up on #channel` (or `what did I miss in #channel since yesterday?`): a recap "
+    "of a channel you can read, thread replies included\n"
+    "• paste a thread's link (⋮ → *Copy link*): a summary of that thread, with your question "
+    "if you add one\n"
+    "• `my usage this week`: what I cost and what caching saved\n"
+    "Only you see this conversation."
+)
+DM_HINT_RECAP = (
+    "Name the channel and I'll recap it, thread replies included: `catch me up on #channel`, "
+    "or `what did I miss in #channel since yesterday?` (type # to pick it; `3d`, `12h` or "
+    "`this week` for another window). It has to be a channel you can read."
+)
+DM_HINT_THREAD = (
+    "Paste the thread's link here: ⋮ on any of its messages → *Copy link*. Add a question after "
+    "it if you like (“what did they decide?”). It has to be a thread you can read."
+)
+DM_REFUSAL = (
+    "I can't catch you up on that conversation: either it doesn't exist, or it's private and "
+    "you or I are not part of it. If you are a member, invite me there (/invite <@{bot}>) and "
+    "ask again."
+)
+DM_READING_STATUS = ("is catching up…", ["Reading the conversation…", "Writing the summary…"])

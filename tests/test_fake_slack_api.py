@@ -753,3 +753,70 @@ def test_deliver_sends_a_built_event_to_the_bot(bot, slack):
     assert resp.status_code == 200
     assert [(m.channel, m.kind, m.team_id, m.event["ts"]) for m in seen] == [
         ("C1", "channel", slack.team_id, event["ts"])]
+
+
+PROMPTS = [{"title": "Catch up", "message": "Catch me up"}, {"title": "Usage", "message": "Usage"}]
+
+
+def test_suggested_prompts_live_at_the_top_of_an_agents_messages_tab(fake, client):
+    dm = fake.open_dm("U1")
+    client.assistant_threads_setSuggestedPrompts(channel_id=dm, prompts=PROMPTS, title="Try")
+    assert fake.suggested_prompts[dm] == {"prompts": PROMPTS, "title": "Try"}
+    # thread_ts is for the legacy assistant view: an agent app's call "silently fails".
+    root = fake.add_message(dm, "hello", user="U1")
+    client.assistant_threads_setSuggestedPrompts(channel_id=dm, thread_ts=root, prompts=PROMPTS[:1])
+    assert fake.suggested_prompts[dm]["prompts"] == PROMPTS
+    assert fake.prompt_calls[-1]["_dropped"] is True
+    fake.agent_view = False  # the legacy assistant view: prompts per thread
+    client.assistant_threads_setSuggestedPrompts(channel_id=dm, thread_ts=root, prompts=PROMPTS[:1])
+    assert fake.suggested_prompts[f"{dm}:{root}"]["prompts"] == PROMPTS[:1]
+
+
+def test_suggested_prompts_errors(fake, client):
+    dm = fake.open_dm("U1")
+    fake.add_channel("CPRIV", "private", is_private=True, bot_member=False)
+    call = client.assistant_threads_setSuggestedPrompts
+    assert error_of(lambda: call(channel_id="CNOPE", prompts=PROMPTS)).response["error"] == (
+        "channel_not_found"
+    )
+    assert error_of(lambda: call(channel_id="CPRIV", prompts=PROMPTS)).response["error"] == (
+        "channel_not_found"
+    )
+    assert error_of(
+        lambda: call(channel_id=dm, thread_ts="1.000001", prompts=PROMPTS)
+    ).response["error"] == "invalid_thread_ts"
+    for bad in ([], PROMPTS * 3, [{"title": "no message"}], [{"title": "t", "message": ""}]):
+        err = error_of(lambda b=bad: client.api_call(
+            "assistant.threads.setSuggestedPrompts", json={"channel_id": dm, "prompts": b}))
+        assert err.response["error"] == "invalid_arguments", bad
+    assert fake.prompt_calls == []
+
+
+def test_set_title_needs_a_thread_of_the_conversation(fake, client):
+    dm = fake.open_dm("U1")
+    root = fake.add_message(dm, "hello", user="U1")
+    reply = fake.add_message(dm, "more", user="U1", thread_ts=root)
+    client.assistant_threads_setTitle(channel_id=dm, thread_ts=root, title="Greetings")
+    assert fake.titles[(dm, root)] == "Greetings"
+    call = client.assistant_threads_setTitle
+    for kwargs, error in (
+        ({"channel_id": "CNOPE", "thread_ts": root, "title": "x"}, "channel_not_found"),
+        ({"channel_id": dm, "thread_ts": "1.000001", "title": "x"}, "invalid_thread_ts"),
+        ({"channel_id": dm, "thread_ts": reply, "title": "x"}, "invalid_thread_ts"),
+        ({"channel_id": dm, "thread_ts": root, "title": " "}, "invalid_arguments"),
+    ):
+        assert error_of(lambda k=kwargs: call(**k)).response["error"] == error, kwargs
+    assert len(fake.title_calls) == 1
+
+
+def test_messages_tab_and_dm_events(fake):
+    opened = fake.app_home_opened_event("U1")
+    assert opened == {"type": "app_home_opened", "user": "U1", "channel": "DU1",
+                      "tab": "messages", "event_ts": opened["event_ts"]}
+    assert fake.app_home_opened_event("U1", tab="home")["tab"] == "home"
+    first = fake.dm_event("U1", "hi there")
+    assert first["channel"] == "DU1" and first["channel_type"] == "im"
+    assert first["user"] == "U1" and "thread_ts" not in first
+    reply = fake.dm_event("U1", "and more", thread_ts=first["ts"])
+    assert reply["thread_ts"] == first["ts"] and reply["parent_user_id"] == "U1"
+    assert [m["text"] for m in fake.thread("DU1", first["ts"])] == ["hi there", "and more"]

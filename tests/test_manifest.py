@@ -9,7 +9,15 @@ import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT.parent / "shared" / "reference" / "slack-manifest-schema"
+# shared/ sits beside the clone (CI, developer machines), or beside a worktree's parent folder
+SCHEMAS = next(
+    (
+        d / "shared" / "reference" / "slack-manifest-schema"
+        for d in ROOT.parents
+        if (d / "shared" / "reference" / "slack-manifest-schema").is_dir()
+    ),
+    ROOT.parent / "shared" / "reference" / "slack-manifest-schema",
+)
 
 
 def load() -> dict:
@@ -106,3 +114,20 @@ def test_oauth_scopes_default_to_the_manifests():
 
     default = Settings.model_fields["slack_scopes"].default.split(",")
     assert sorted(default) == sorted(load()["oauth_config"]["scopes"]["bot"])
+
+
+def test_the_messages_tab_is_an_agents_conversation_place():
+    from bot.dm import PROMPTS
+
+    manifest = load()
+    features = manifest["features"]
+    assert features["app_home"]["messages_tab_enabled"] is True
+    assert features["app_home"]["messages_tab_read_only_enabled"] is False
+    agent = features["agent_view"]
+    assert 0 < len(agent["agent_description"]) <= 300
+    assert agent["suggested_prompts"] == list(PROMPTS)  # the ones the bot sets again
+    assert "assistant_view" not in features  # the older form Slack will deprecate
+    scopes = manifest["oauth_config"]["scopes"]["bot"]
+    assert {"assistant:write", "im:history", "chat:write"} <= set(scopes)
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert {"message.im", "app_home_opened"} <= set(events)

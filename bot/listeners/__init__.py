@@ -6,11 +6,13 @@ from slack_bolt import App
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.coverage import Receiver
+from bot.dm import DmService
 from bot.feedback import Votes
 from bot.installations import EncryptedInstallationStore
 from bot.jobs import Handler, JobQueue
 from bot.listeners import (
     backfill,
+    dm,
     feedback,
     home,
     keep,
@@ -46,6 +48,8 @@ def register(
     lifecycle.remember_orgs(app, answers.workspaces)  # first: the mention middleware returns early
     keep.register(app, answers.keeper, queue, sessions, receiver)  # every event, before the ack
     handlers.update(mention.register(app, answers, queue))
+    dms = DmService(answers=answers, summaries=summaries, usage=usage, sessions=sessions)
+    handlers.update(dm.register(app, dms, queue))  # its app_home_opened listener before home's
     handlers.update(summarize.register(app, summaries, queue, usage))
     handlers.update(shortcut.register(app, summaries, answers, queue))
     handlers.update(share.register(app, summaries, answers, queue))

@@ -16,6 +16,8 @@ from bot.store.models import (
     AnswerFeedback,
     Compaction,
     ConversationState,
+    DmConversation,
+    DmGreeting,
     EventReceiver,
     Job,
     KeptSpan,
@@ -321,6 +323,35 @@ def store_messages(
     _insert_ignore(session, rows)
 
 
+def _first(session: Session, model: Any, values: dict[str, Any]) -> bool:
+    """Insert a row unless its key exists; True when this call inserted it (exactly one of
+    several racing callers, in any process)."""
+    key = next(iter(model.__table__.primary_key.columns))
+    stmt = _insert(session, model).values(**values).on_conflict_do_nothing().returning(key)
+    return session.execute(stmt).first() is not None
+
+
+def first_greeting(session: Session, team_id: str, user_id: str, now: datetime) -> bool:
+    """Note that `user_id` is greeted now; False when they were greeted before."""
+    return _first(session, DmGreeting, {"team_id": team_id, "user_id": user_id, "greeted_at": now})
+
+
+def forget_greeting(session: Session, team_id: str, user_id: str) -> None:
+    """The greeting could not be posted: the next visit tries again."""
+    session.execute(
+        delete(DmGreeting).where(DmGreeting.team_id == team_id, DmGreeting.user_id == user_id)
+    )
+
+
+def first_turn(
+    session: Session, team_id: str, channel_id: str, thread_ts: str, now: datetime
+) -> bool:
+    """Note that the DM conversation `thread_ts` started; False when it had before."""
+    values = {"team_id": team_id, "channel_id": channel_id, "thread_ts": thread_ts,
+              "started_at": now}
+    return _first(session, DmConversation, values)
+
+
 def put_message(
     session: Session,
     team_id: str,
@@ -469,6 +500,8 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
         KeptSpan,
         ReadBudget,
         TtlHabit,
+        DmGreeting,
+        DmConversation,
     ):
         result = session.execute(delete(model).where(model.team_id == team_id))
         counts[model.__tablename__] = result.rowcount or 0

@@ -343,6 +343,28 @@ class ReadBudget(Base):
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class DmGreeting(Base):
+    """Somebody the bot greeted in its Messages tab (once per person and workspace)."""
+
+    __tablename__ = "dm_greeting"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    greeted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DmConversation(Base):
+    """A conversation (a thread) in the bot's DM that got its title and suggested prompts,
+    which happens once, on its first turn. No text: where and when only."""
+
+    __tablename__ = "dm_conversation"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_ts: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # Bolt's OAuth tables, on our metadata so that Alembic migrations own them.
 slack_installations = SQLAlchemyInstallationStore.build_installations_table(
     Base.metadata, "slack_installations"

@@ -434,6 +434,15 @@ class FakeSlack:
         self._used_triggers: set[str] = set()
         self.reactions: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
+        # assistant.threads.setSuggestedPrompts: what the Messages tab of each DM shows (an
+        # agent_view app's prompts live at the top of the tab, not in a thread), and every
+        # accepted call (`_dropped`: sent with thread_ts, which Slack ignores for agent apps).
+        self.agent_view = True  # False: the legacy assistant_view (prompts set per thread)
+        self.suggested_prompts: dict[str, dict[str, Any]] = {}
+        self.prompt_calls: list[dict[str, Any]] = []
+        # assistant.threads.setTitle: the title of each (channel, thread_ts), and every call.
+        self.titles: dict[tuple[str, str], str] = {}
+        self.title_calls: list[dict[str, Any]] = []
         # chat.postMessage calls whose thread_ts was not a parent message of that channel.
         self.misthreaded: list[dict[str, Any]] = []
         # Read tiers (set_read_tier): None is every workspace without a tier of its own.
@@ -830,6 +839,42 @@ class FakeSlack:
             if actor is not None:
                 event["actor_id"] = actor
             return event
+
+    def open_dm(self, user: str) -> str:
+        """The id of the bot's DM with `user` (its Messages tab), created when missing."""
+        with self._lock:
+            dm_id = "D" + user
+            if dm_id not in self._channels:
+                self._channels[dm_id] = _Channel(
+                    id=dm_id, name=user, is_private=True, is_im=True,
+                    members={user, self.bot_user_id},
+                )
+            return dm_id
+
+    def app_home_opened_event(self, user: str, *, tab: str = "messages") -> dict[str, Any]:
+        """`user` opens the app's `tab` ("messages": the DM, "home": the Home tab); return its
+        `app_home_opened` event (Slack's event reference: user, channel (the DM), tab,
+        event_ts; a Home tab that was published before also carries its `view`)."""
+        with self._lock:
+            if tab not in ("home", "messages", "about"):
+                raise ValueError(f"unknown App Home tab {tab!r}")
+            dm = self.open_dm(user)
+            event: dict[str, Any] = {"type": "app_home_opened", "user": user, "channel": dm,
+                                     "tab": tab, "event_ts": us_to_ts(self._mint_us())}
+            published = [v for v in self.views if v.get("user_id") == user]
+            if tab == "home" and published:
+                event["view"] = {**copy.deepcopy(published[-1]["view"]), "id": "VHOME",
+                                 "team_id": self.team_id}
+            return event
+
+    def dm_event(
+        self, user: str, text: str, *, thread_ts: str | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        """`user` writes `text` in their DM with the bot (the Messages tab), a new conversation
+        or, with `thread_ts`, a reply in one; return its `message` event (channel_type "im").
+        `kw` as for post_event (e.g. `bot_id=` for a message the bot posted itself)."""
+        dm = self.open_dm(user)
+        return self.post_event(dm, text, user=user, thread_ts=thread_ts, **kw)
 
     # ------------------------------------------------------------------ fault injection
 
@@ -1804,6 +1849,73 @@ class FakeSlack:
         return {}
 
 
+    # -- assistant.threads.setSuggestedPrompts / setTitle -----------------------------------
+    #
+    # Slack's method pages: both need `assistant:write`; errors channel_not_found (an invalid
+    # channel_id), invalid_thread_ts ("Thread not found"), and for prompts message_not_found.
+    # setSuggestedPrompts takes up to four prompts, each with `title` and `message`, and an
+    # optional list `title`; "The thread_ts parameter should only be used in the legacy
+    # assistant messaging experience. Including it in a call for an agent app will cause the
+    # call to silently fail" (the prompts "now live at the top of the Messages tab", Slack's
+    # "Migrating to the Agent messaging experience"). setTitle needs channel_id, thread_ts and
+    # title.
+
+    def _assistant_thread(self, params: dict[str, Any], *, required: bool) -> tuple[_Channel,
+                                                                                  str | None]:
+        """The conversation (one the bot can see) and the thread parent `thread_ts` names."""
+        ch = self._channel_visible(params, "channel_id")
+        raw = params.get("thread_ts")
+        if not raw:
+            if required:
+                raise SlackError("invalid_thread_ts")
+            return ch, None
+        try:
+            msg = ch.messages.get(us_to_ts(ts_to_us(str(raw))))
+        except ValueError:
+            msg = None
+        if msg is None or self._is_reply(msg):
+            raise SlackError("invalid_thread_ts")
+        return ch, msg["ts"]
+
+    def _api_assistant_threads_set_suggested_prompts(
+        self, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        ch, thread_ts = self._assistant_thread(params, required=False)
+        prompts = self._json_arg(params, "prompts")
+        if (
+            not isinstance(prompts, list)
+            or not 1 <= len(prompts) <= 4
+            or any(
+                not isinstance(p, dict)
+                or set(p) - {"title", "message"}
+                or not all(isinstance(p.get(k), str) and p[k] for k in ("title", "message"))
+                for p in prompts
+            )
+        ):
+            raise SlackError("invalid_arguments")
+        title = params.get("title")
+        record = {"channel_id": ch.id, "thread_ts": thread_ts, "prompts": copy.deepcopy(prompts),
+                  "title": title, "_at": self.now}
+        if thread_ts is not None and self.agent_view:
+            record["_dropped"] = True  # accepted, never shown (the documented silent failure)
+        else:
+            shown = {"prompts": copy.deepcopy(prompts), "title": title}
+            self.suggested_prompts[ch.id if thread_ts is None else f"{ch.id}:{thread_ts}"] = shown
+        self.prompt_calls.append(record)
+        return {}
+
+    def _api_assistant_threads_set_title(self, params: dict[str, Any]) -> dict[str, Any]:
+        ch, thread_ts = self._assistant_thread(params, required=True)
+        assert thread_ts is not None
+        title = params.get("title")
+        if not isinstance(title, str) or not title.strip():
+            raise SlackError("invalid_arguments")
+        self.titles[(ch.id, thread_ts)] = title
+        self.title_calls.append({"channel_id": ch.id, "thread_ts": thread_ts, "title": title,
+                                 "_at": self.now})
+        return {}
+
+
 _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "auth.test": FakeSlack._api_auth_test,
     "oauth.v2.access": FakeSlack._api_oauth_v2_access,
@@ -1824,6 +1936,8 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "views.open": FakeSlack._api_views_open,
     "reactions.add": FakeSlack._api_reactions_add,
     "assistant.threads.setStatus": FakeSlack._api_assistant_threads_set_status,
+    "assistant.threads.setSuggestedPrompts": FakeSlack._api_assistant_threads_set_suggested_prompts,
+    "assistant.threads.setTitle": FakeSlack._api_assistant_threads_set_title,
 }
 
 
