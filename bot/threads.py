@@ -410,7 +410,9 @@ class ThreadReader:
             if count is not None and len(self._top(team_id, channel, (gap[1], window[1]))) >= count:
                 break
             self._fill_history(client, team_id, channel, gap, now, window[1], count)
-        top = self._top(team_id, channel, window)
+        # A window ending now takes what Slack dated a moment later too (clocks differ).
+        open_end = window[1] >= self._current() - OPEN_END
+        top = self._top(team_id, channel, (window[0], window[1] + OPEN_END) if open_end else window)
         return top[-count:] if count is not None else top
 
     def _top(self, team_id: str, channel: str, window: Interval) -> list[dict[str, Any]]:

@@ -369,3 +369,16 @@ def test_workspaces_keep_their_conversations_apart(oauth_bot, slack, model, engi
     with sessionmaker(engine)() as s:
         for model_ in (DmGreeting, DmConversation, ThreadMessage):
             assert {r.team_id for r in s.scalars(select(model_))} == {"T0003"}, model_
+
+
+def test_dm_answers_and_catch_ups_carry_the_feedback_control(dbot, slack, model, engine):
+    slack.advance(60)
+    first = slack.dm_event("U1", "Which risks should I raise with the payments team?")
+    dbot.deliver(first)
+    answer = [s for s in slack.streams.values() if s.get("channel") == DM] or dm_posts(slack)
+    assert answer and "answer_feedback" in str(answer[-1]), (slack.streams, dm_posts(slack))
+    slack.add_message("C1", "general chatter: the launch moves to Thursday", user="U2")
+    catch_up = slack.dm_event("U1", "what did I miss in <#C1|general> since yesterday?")
+    dbot.deliver(catch_up)
+    shown = [u for u in slack.updates if u["channel"] == DM] + dm_posts(slack, catch_up["ts"])
+    assert any("answer_feedback" in str(m.get("blocks")) for m in shown), shown
