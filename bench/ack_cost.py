@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import http.client
 import io
 import json
@@ -137,6 +138,17 @@ def measure(app: BotApp, team_id: str, acks: int, warmup: int, profile: bool,
 
     for n in range(warmup):
         send(n)
+    pauses: list[float] = []  # full (generation 2) collections during the measured acks
+    started: list[float] = []
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started.append(time.perf_counter())
+            elif started:
+                pauses.append(time.perf_counter() - started.pop())
+
+    gc.callbacks.append(timed)
     server_cpu = _server_cpu(app)
     profiler = cProfile.Profile() if profile else None
     before = (cpu_now(), time.perf_counter(), server_cpu(), statements[0])
@@ -148,6 +160,7 @@ def measure(app: BotApp, team_id: str, acks: int, warmup: int, profile: bool,
         profiler.disable()
     cpu, wall, server, stmts = (cpu_now(), time.perf_counter(), server_cpu(),
                                 statements[0])
+    gc.callbacks.remove(timed)
     if http_threads:
         conn.close()
         httpd.close()
@@ -164,6 +177,8 @@ def measure(app: BotApp, team_id: str, acks: int, warmup: int, profile: bool,
         "wall_ms": (wall - before[1]) * 1000 / acks,
         "server_cpu_ms": (server - before[2]) * 1000 / acks,
         "statements": (stmts - before[3]) / acks,
+        "full_collections": len(pauses),
+        "longest_collection_ms": max(pauses, default=0.0) * 1000,
     }
 
 
@@ -194,7 +209,9 @@ def main() -> None:
     where = f"the process serving HTTP ({args.http} threads)" if args.http else "the acking thread"
     print(f"{args.acks} acks ({app.engine.dialect.name}): {r['cpu_ms']:.3f} ms CPU per ack in "
           f"{where}, {r['server_cpu_ms']:.3f} ms in the database server, "
-          f"{r['wall_ms']:.3f} ms wall; {r['statements']:.2f} statements per ack")
+          f"{r['wall_ms']:.3f} ms wall; {r['statements']:.2f} statements per ack; "
+          f"{r['full_collections']} full garbage collections, the longest "
+          f"{r['longest_collection_ms']:.1f} ms")
 
 
 if __name__ == "__main__":
