@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bot.store.data import as_utc
@@ -36,6 +37,11 @@ from bot.store.models import Job
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+# PostgreSQL: a job, unless its dedupe_key is taken (then no row comes back). Built once, so
+# that SQLAlchemy's statement cache serves every enqueue.
+_INSERT_NEW_JOB = (
+    pg_insert(Job).on_conflict_do_nothing(index_elements=[Job.dedupe_key]).returning(Job.id)
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class JobQueue:
         self.lease = timedelta(seconds=lease_seconds)
         self.worker_id = worker_id or worker_identity()
         self._pg = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._claim_lock = threading.Lock()
         self.changed = threading.Condition()
 
@@ -109,14 +116,34 @@ class JobQueue:
             "attempts": 0,
             "created_at": datetime.now(UTC),
         }
-        try:
-            with self._engine.begin() as conn:  # Core: the ack path stays short
-                conn.execute(insert(Job), row)
-        except IntegrityError:
-            return False
+        if self._pg:
+            if not self._insert_new(row):
+                return False
+        else:
+            try:
+                with self._engine.begin() as conn:  # Core: the ack path stays short
+                    conn.execute(insert(Job), row)
+            except IntegrityError:
+                return False
         with self.changed:
             self.changed.notify()  # one idle worker is enough
         return True
+
+    def _insert_new(self, row: dict[str, Any]) -> bool:
+        """PostgreSQL: store the job unless its dedupe_key is taken; False when it is. One
+        statement in autocommit: one round trip instead of BEGIN, INSERT, COMMIT, committed
+        (durable) when the server answers. A connection the server had dropped (store/db.py pings
+        only idle ones) is replaced and the insert tried once more: the dedupe_key makes a second
+        try harmless even if the first was committed before its answer was lost."""
+        for retry in (False, True):
+            try:
+                with self._autocommit.connect() as conn:
+                    return conn.execute(_INSERT_NEW_JOB, row).first() is not None
+            except DBAPIError as exc:
+                if retry or not exc.connection_invalidated or row["dedupe_key"] is None:
+                    raise
+                log.warning("database connection lost while queueing a job; trying a new one")
+        raise AssertionError("unreachable")
 
     def claim(self) -> Claimed | None:
         """Take the next runnable job: queued, or running with a dead owner; oldest in its lane."""

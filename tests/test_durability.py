@@ -190,3 +190,30 @@ def test_metrics_port_serves_metrics_and_health_apart_from_the_slack_port(spawn)
     assert httpx.get(f"{private}/healthz", timeout=10).text == "ok"
     assert httpx.post(f"{private}/slack/events", content=b"{}", timeout=10).status_code == 404
     assert bot.stop() == 0
+
+
+@needs_postgres
+def test_a_mention_right_after_the_database_dropped_the_connections_is_acked_and_answered(
+    bot, slack, engine, caplog
+):
+    """Pooled connections are pinged only after a second idle (store/db.py); one the server
+    dropped within that second fails its first statement, and the ack's insert is tried again on
+    a new connection: Slack still gets its 200 after the job is stored, and one answer."""
+    parent = slack.add_thread("C1", 20)
+    assert bot.mention("C1", "first", thread_ts=parent)[1].status_code == 200
+    bot.wait()
+    pool = bot.app.engine.pool
+    held = [bot.app.engine.connect() for _ in range(pool.checkedin())]  # every idle one at once
+    pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in held]
+    for c in held:
+        c.close()
+    with engine.begin() as admin:
+        for pid in pids:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    _, resp = bot.mention("C1", "second", thread_ts=parent)
+    assert resp.status_code == 200
+    bot.wait()
+    with sessionmaker(engine)() as s:
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+    assert [(j.status, j.attempts) for j in jobs] == [("done", 1), ("done", 1)]
+    assert len(bot.posts_in("C1", parent)) == 2

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ MIGRATIONS_DIR = next(
 )
 # Arbitrary constant: the PostgreSQL advisory lock that serialises migrations across processes.
 _MIGRATION_LOCK_ID = 74_211_903
+# A pooled PostgreSQL connection idle this long is checked with a round trip before it is used.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 class SchemaError(Exception):
@@ -79,9 +83,37 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(
-        parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=10, hide_parameters=True
+    engine = create_engine(
+        parsed, pool_size=pool_size, max_overflow=10, pool_use_lifo=True, hide_parameters=True
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection is alive before handing it out, as `pool_pre_ping` does, but
+    only when it has been idle for PING_AFTER_IDLE_SECONDS: connections die of idleness (server,
+    proxy and NAT timeouts) and of server restarts, and a round trip per checkout is a third of
+    an ack's database time. A connection the server dropped within that second is found out by
+    the statement that uses it: SQLAlchemy then replaces every pooled connection, and callers
+    that must not fail on it retry (JobQueue.enqueue)."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn, record) -> None:  # noqa: ANN001
+        record.info["bot_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        since = record.info.get("bot_idle_since")  # None: a new connection, alive
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_conn, None):
+                # The pool replaces this and every older connection, and tries again.
+                raise InvalidatePoolError() from exc
+            raise
 
 
 def scrub_deleted(sessions: sessionmaker[Session]) -> None:
