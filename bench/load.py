@@ -50,7 +50,14 @@ def run(shape: str, mentions: int, threads: int, database_url: str | None, worke
         seed: int, background_nice: int = 0, pin: bool = False, http_threads: int = 16) -> dict:
     """One run of `shape` on a fresh database; the figures of one table row."""
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack, FakeMessagesAPI() as model:
+    # Slack's ts are the time now (the bot judges what its kept transcripts cover on its own
+    # clock): the fake's clock starts a minute ahead, so every message it mints is dated after
+    # the bot began receiving events.
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeSlack(start_time=time.time() + 60) as slack,
+        FakeMessagesAPI() as model,
+    ):
         if database_url:
             os.environ["TEST_DATABASE_URL"] = database_url  # fresh_database: a schema of its own
         with fresh_database(Path(tmp)) as url:
