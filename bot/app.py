@@ -29,6 +29,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import listeners
@@ -170,7 +171,13 @@ class BotApp:
             if not self.executor.wait_idle(timeout=max(0.0, deadline - time.monotonic())):
                 return False
             with self.queue.changed:
-                if self.queue.pending() == 0 and self.pool.in_flight() == 0:
+                try:
+                    pending = self.queue.pending()
+                except DBAPIError as exc:  # a pooled connection the server dropped: once
+                    if not exc.connection_invalidated:
+                        raise
+                    continue
+                if pending == 0 and self.pool.in_flight() == 0:
                     return self.executor.wait_idle(timeout=max(0.0, deadline - time.monotonic()))
                 self.queue.changed.wait(0.5)
         return False
