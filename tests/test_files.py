@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.store.models import ThreadFile
+from tests.test_keep_events import NOW, Clock
 
 
 def png(width: int, height: int) -> bytes:
@@ -120,3 +121,37 @@ def test_uninstalling_leaves_no_file_bytes(bot, slack, model, engine):
     assert bot.event({"type": "app_uninstalled"}).status_code == 200
     with sessionmaker(engine)() as s:
         assert s.scalars(select(ThreadFile)).all() == []
+
+
+def test_a_screenshot_kept_from_events_reads_like_one_read_from_slack(make_bot, slack, model):
+    slack.now = model.now = NOW  # messages dated after the bot began receiving events
+    bot = make_bot(clock=Clock())
+    read = thread_with(slack, [{"name": "error.png", "content": SCREENSHOT}])
+    bot.mention("C1", "what does it say?", thread_ts=read)
+    parent_event = slack.post_event("C1", "parent message")
+    bot.deliver(parent_event)
+    events = [
+        slack.post_event("C1", "reply 1", user="U2", thread_ts=parent_event["ts"]),
+        slack.post_event("C1", "reply 2", thread_ts=parent_event["ts"]),
+        slack.post_event(
+            "C1",
+            "this is what I get",
+            user="U2",
+            thread_ts=parent_event["ts"],
+            files=[{"name": "error.png", "content": SCREENSHOT}],
+        ),
+    ]
+    for event in events:
+        bot.deliver(event)
+    reads = len(slack.calls_to("conversations.replies"))
+    bot.mention("C1", "what does it say?", thread_ts=parent_event["ts"])
+    assert len(slack.calls_to("conversations.replies")) == reads  # the thread as kept
+
+    def file_turn(i: int) -> list[dict]:  # the file's message line and its image, bare
+        blocks = [bare(b) for b in user_blocks(model, i)]
+        (at,) = [n for n, b in enumerate(blocks) if b["type"] == "image"]
+        line = blocks[at - 1]["text"].split("] ", 1)[1]  # without its time
+        return [line, blocks[at]]
+
+    assert file_turn(1) == file_turn(0)
+    assert len(slack.downloads) == 2  # one per file
