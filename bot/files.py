@@ -14,6 +14,7 @@ import base64
 import logging
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -241,6 +242,7 @@ class FileReader:
     def _fetch(self, url: str, token: str) -> tuple[bytes, str]:
         """The file's bytes and content type; at most `max_bytes`, within the timeout."""
         headers = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + self._timeout  # in all, not only between two reads
         try:
             with self._http.stream("GET", url, headers=headers, timeout=self._timeout) as resp:
                 if resp.status_code != 200:
@@ -252,6 +254,8 @@ class FileReader:
                     if total > self._max_bytes:
                         raise FileUnreadable(f"larger than {self._max_bytes // (1024 * 1024)} MB")
                     chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise FileUnreadable("the download timed out")
                 return b"".join(chunks), resp.headers.get("content-type", "")
         except httpx.TimeoutException:
             raise FileUnreadable("the download timed out") from None

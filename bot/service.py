@@ -519,7 +519,7 @@ class AnswerService:
             team_id=req.team_id,
             enterprise_id=req.enterprise_id or self.workspaces.enterprise_of(req.team_id),
             conversation=self.conversational(req),
-            files=files,
+            files=None if recap else files,  # a channel recap names files only
         )
 
     def _plan(

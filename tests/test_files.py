@@ -13,7 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.store.models import ThreadFile
+from tests.harness import SlackUI
 from tests.test_keep_events import NOW, Clock
+from tests.test_summarize import NOW as SUMMARIZE_NOW
 
 
 def png(width: int, height: int) -> bytes:
@@ -155,3 +157,15 @@ def test_a_screenshot_kept_from_events_reads_like_one_read_from_slack(make_bot, 
 
     assert file_turn(1) == file_turn(0)
     assert len(slack.downloads) == 2  # one per file
+
+
+def test_a_channel_recap_names_files_and_downloads_none(make_bot, slack, model):
+    slack.now = SUMMARIZE_NOW - 5 * 3600
+    ui = SlackUI(make_bot(clock=lambda: SUMMARIZE_NOW))
+    slack.add_message(
+        "C1", "the dashboard", user="U1", files=[{"name": "a.png", "content": SCREENSHOT}]
+    )
+    ui.command("5")
+    assert any("[file: a.png (PNG)]" in t for t in texts(model, 0))
+    assert not any(b["type"] == "image" for b in user_blocks(model, 0))
+    assert slack.downloads == []
