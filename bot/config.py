@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     )
     slack_scopes: str = Field(
         "app_mentions:read,channels:history,groups:history,im:history,mpim:history,"
-        "channels:read,groups:read,im:read,mpim:read,chat:write,assistant:write,commands,users:read",
+        "channels:read,groups:read,im:read,mpim:read,chat:write,assistant:write,commands,users:read,"
+        "files:read",
         description="Bot scopes requested by the OAuth install (comma-separated).",
     )
     encryption_key: SecretStr | None = Field(

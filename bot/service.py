@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -17,6 +17,7 @@ from bot.budgets import BudgetExceeded, Budgets
 from bot.compaction import Compactor
 from bot.config import Settings
 from bot.delivery import Refusals, ThreadReply, tell
+from bot.files import FileReader, Prepared
 from bot.formatting import footer_line
 from bot.installations import SlackClients
 from bot.jobs import Deferred
@@ -38,7 +39,7 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
-from bot.transcript import Turn
+from bot.transcript import Part, Turn
 from bot.ttl_policy import Rhythm, TtlPolicy, record_entries
 from bot.user_messages import (
     EXTERNAL_REQUESTER,
@@ -79,6 +80,8 @@ class Done:
     completion: Completion
     footer: str
     usage_id: int
+    # Files of the thread that could not be read, and why (a line for the answer), if any.
+    files_note: str | None = None
 
 
 class Complete(Protocol):
@@ -177,6 +180,7 @@ class AnswerService:
         self.keeper = Keeper(sessions, self.workspaces, OrgCache(self.client_for), self.now)
         self.reader.shape = lambda team, org, m: self.keeper.content(team, org, m, False)
         self.dm_layout = DM_LAYOUTS[0]  # see DM_LAYOUTS (bench/dm_conversation.py sets it)
+        self.files = FileReader(sessions)
 
     @property
     def settings(self) -> Settings:
@@ -421,10 +425,11 @@ class AnswerService:
 
     def _deliver(self, req: ThreadRequest, reply: ThreadReply, done: Done) -> None:
         """Finish the reply with the answer; note in the ledger how its delivery ended."""
+        notes = [n for n in (stop_note(done.completion), done.files_note) if n]
         outcome = reply.finish(
             done.footer,
             text=done.completion.text,
-            note=stop_note(done.completion),
+            note="\n".join(notes) or None,
             feedback_id=done.usage_id,
         )
         self._keep(req, reply)
@@ -480,13 +485,31 @@ class AnswerService:
         """
         started = time.monotonic() if started is None else started
         eff = eff or self.workspaces.effective(req.team_id)  # the caller's read, if it made one
-        turns = self._turns(req, messages, recap)
+        prepared = Prepared()
+        turns = self._turns(req, messages, recap, prepared)
         plan = self._plan(req, turns, request, eff, started, on_progress)
         completion = self._call(plan, on_text)
-        return self._record(plan, completion, messages if seen is None else seen)
+        done = self._record(plan, completion, messages if seen is None else seen)
+        return replace(done, files_note=prepared.note())
 
-    def _turns(self, req: ThreadRequest, messages: list[dict[str, Any]], recap: bool) -> list[Turn]:
+    def _turns(
+        self,
+        req: ThreadRequest,
+        messages: list[dict[str, Any]],
+        recap: bool,
+        prepared: Prepared | None = None,
+    ) -> list[Turn]:
+        """The transcript of `messages`, their files read (`bot.files`) into `prepared`."""
         names = self._names(req.team_id)
+        into = Prepared() if prepared is None else prepared
+
+        def files(readable: list[dict[str, Any]]) -> dict[str, tuple[Part, ...]]:
+            where = (req.team_id, req.channel_id, req.thread_ts)
+            got = self.files.prepare(where, self._client(req).token, readable, self.now())
+            into.parts.update(got.parts)
+            into.problems.extend(got.problems)
+            return got.parts
+
         return render_thread(
             messages,
             names,
@@ -496,6 +519,7 @@ class AnswerService:
             team_id=req.team_id,
             enterprise_id=req.enterprise_id or self.workspaces.enterprise_of(req.team_id),
             conversation=self.conversational(req),
+            files=None if recap else files,  # a channel recap names files only
         )
 
     def _plan(

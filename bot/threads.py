@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +31,7 @@ from bot.store.models import ConversationState
 from bot.transcript import (
     EXTERNAL_STUB,
     OWN_NAME,
+    Part,
     Renderer,
     Turn,
     clean,
@@ -45,6 +46,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 200
+# What is kept of a message's files: what the transcript shows, and what reading one needs.
+FILE_FIELDS = (
+    "id",
+    "name",
+    "title",
+    "filetype",
+    "pretty_type",
+    "mimetype",
+    "size",
+    "mode",
+    "url_private_download",
+)
 NAME_TTL = timedelta(days=7)
 
 
@@ -76,10 +89,7 @@ def slim(message: dict[str, Any]) -> dict[str, Any]:
     name = (message.get("bot_profile") or {}).get("name")
     if name:
         out["bot_profile"] = {"name": name}
-    files = [
-        {k: f[k] for k in ("name", "title", "filetype", "pretty_type") if f.get(k)}
-        for f in message.get("files") or []
-    ]
+    files = [{k: f[k] for k in FILE_FIELDS if f.get(k)} for f in message.get("files") or []]
     if files:
         out["files"] = files
     return out
@@ -609,9 +619,12 @@ def render_thread(
     team_id: str | None = None,
     enterprise_id: str | None = None,
     conversation: bool = False,
+    files: Callable[[list[dict[str, Any]]], Mapping[str, tuple[Part, ...]]] | None = None,
 ) -> list[Turn]:
     """Resolve what the transcript needs from Slack, then render it (`transcript.Renderer`;
-    `conversation`: the bot's DM, its own messages as bare answers).
+    `conversation`: the bot's DM, its own messages as bare answers; `files`: given the messages
+    whose files the model may see (none of another organisation's), what they hold by file id,
+    `bot.files`).
 
     Slack Connect: a message whose author belongs to another organisation than `team_id` (and
     its Enterprise Grid org `enterprise_id`, when there is one) is shown only as a placeholder.
@@ -647,6 +660,9 @@ def render_thread(
         bot_id=bot_id,
         recap=recap,
         conversation=conversation,
+        files=files([m for m in messages if rendered(m) and m["ts"] not in external])
+        if files
+        else {},
     ).render(messages)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,14 +54,50 @@ class TextPart:
         return estimate_tokens(self.text)
 
 
-# The kinds of content a turn can carry; images and documents join this union later.
-Part = TextPart
+# Anthropic's vision guidance: an image costs about width x height / 750 tokens, after the API
+# scales it down to a long edge of 1,568 px.
+IMAGE_LONG_EDGE = 1568
+IMAGE_TOKEN_DIVISOR = 750
+
+
+def image_tokens(width: int, height: int) -> int:
+    """What an image of `width` x `height` pixels costs the model, in tokens."""
+    long_edge = max(width, height, 1)
+    if long_edge > IMAGE_LONG_EDGE:
+        factor = IMAGE_LONG_EDGE / long_edge
+        width, height = int(width * factor), int(height * factor)
+    return max(1, (width * height + IMAGE_TOKEN_DIVISOR - 1) // IMAGE_TOKEN_DIVISOR)
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image content part (a file in the thread): its base64 bytes and size in pixels."""
+
+    media_type: str
+    data: str
+    width: int
+    height: int
+
+    def block(self) -> dict[str, Any]:
+        """The part as a Messages API image block."""
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": self.media_type, "data": self.data},
+        }
+
+    def tokens(self) -> int:
+        """Its estimated size in tokens."""
+        return image_tokens(self.width, self.height)
+
+
+# The kinds of content a turn can carry; documents join this union later.
+Part = TextPart | ImagePart
 
 
 @dataclass(frozen=True)
 class Turn:
     """One message of the transcript, rendered once and never changed: its text line
-    (`[time] author: body`), then any further content parts (`extra`: none yet)."""
+    (`[time] author: body`), then any further content parts (`extra`: its files' contents)."""
 
     ts: str
     text: str
@@ -150,6 +186,8 @@ class Renderer:
     # A conversation with the bot (its DM): the bot's own messages are its earlier answers, in
     # turns of their own, so they are only their text (no time or author line).
     conversation: bool = False
+    # What the files of the messages hold, by file id (`bot.files`): parts after the turn's text.
+    files: Mapping[str, tuple[Part, ...]] = field(default_factory=dict)
 
     def render(self, messages: Sequence[dict[str, Any]]) -> list[Turn]:
         """The transcript turns of `messages`; the same inputs always give the same bytes.
@@ -169,13 +207,16 @@ class Renderer:
         body = clean(body, self.names).strip()
         if own and self.conversation:
             return Turn(ts=m["ts"], text=body or "…", own=True)
+        extra: list[Part] = []
         for f in m.get("files") or []:
             kind = f.get("pretty_type") or f.get("filetype") or "file"
             body += f"\n[file: {f.get('name') or f.get('title') or 'unnamed'} ({kind})]"
+            extra.extend(self.files.get(f.get("id") or "", ()))
         parent = m.get("thread_ts")
         if self.recap and parent and parent != m["ts"]:
             author += f" (reply in the thread started {stamp(parent)})"
-        return Turn(ts=m["ts"], text=f"[{stamp(m['ts'])}] {author}: {body.strip()}", own=own)
+        text = f"[{stamp(m['ts'])}] {author}: {body.strip()}"
+        return Turn(ts=m["ts"], text=text, own=own, extra=tuple(extra))
 
     def _author_and_body(self, m: dict[str, Any], own: bool) -> tuple[str, str]:
         if own:

@@ -99,7 +99,7 @@ def test_everything_works_on_the_fakes(scoped_slack, model, database_url, engine
         "settings parse",
         "database:",
         "Slack token valid",
-        "Slack scopes: all 13",
+        "Slack scopes: all 14",
         "channel #general (C1)",
         "Messages endpoint:",
         "prompt caching works",

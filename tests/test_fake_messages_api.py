@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.messages_api import FakeMessagesAPI, count_tokens
+from tests.fakes.messages_api import BadRequest, FakeMessagesAPI, count_tokens, image_block_tokens
+from tests.test_files import png
 
 MODEL = "claude-sonnet-4-5"  # floor 1024
 HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
@@ -807,3 +809,15 @@ def test_delta_chars_sets_the_size_of_text_deltas(fake):
     _, events = stream_events(fake, req)
     sizes = [len(d["delta"]["text"]) for n, d in events if n == "content_block_delta"]
     assert sizes == [100, 100, 100, 100, 50]
+
+
+def test_an_image_costs_width_times_height_over_750_tokens_after_scaling():
+    def block(content: bytes) -> dict:
+        data = base64.b64encode(content).decode()
+        source = {"type": "base64", "media_type": "image/png", "data": data}
+        return {"type": "image", "source": source}
+
+    assert image_block_tokens(block(png(1500, 1000))) == 2000
+    assert image_block_tokens(block(png(3136, 1568))) == 1568 * 784 // 750 + 1  # scaled to 1,568
+    with pytest.raises(BadRequest):
+        image_block_tokens(block(b"not an image"))

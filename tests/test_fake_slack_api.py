@@ -437,6 +437,23 @@ def test_response_url_records_and_allows_five_uses(fake):
     assert all(r["_url"] == url for r in fake.responses)
 
 
+def test_files_are_served_to_a_token_with_files_read_else_the_sign_in_page(fake):
+    fake.add_message("C1", "look", user="U1", files=[{"name": "a.txt", "content": b"hello"}])
+    (file_id,) = fake.file_contents
+    url = f"{fake.base}/files-pri/T0001-{file_id}/download/a.txt"
+    ok = httpx.get(url, headers={"Authorization": f"Bearer {fake.bot_token}"})
+    assert ok.status_code == 200 and ok.content == b"hello"
+    assert ok.headers["content-type"].startswith("text/plain")
+    for headers in ({}, {"Authorization": "Bearer xoxb-wrong"}):
+        page = httpx.get(url, headers=headers)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.content.startswith(b"<!DOCTYPE html>")
+    fake.files_read = False
+    page = httpx.get(url, headers={"Authorization": f"Bearer {fake.bot_token}"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert fake.downloads == [file_id]
+
+
 def test_message_shape_edits_deletes_and_isolation(fake, client):
     parent = fake.add_message("C1", "look", user="U1",
                               files=[{"id": "F1", "name": "plan.pdf"}], edited=True)
@@ -445,7 +462,10 @@ def test_message_shape_edits_deletes_and_isolation(fake, client):
     msgs = client.conversations_replies(channel="C1", ts=parent)["messages"]
     assert msgs[0]["files"][0] == {"id": "F1", "name": "plan.pdf", "title": "plan.pdf",
                                    "filetype": "pdf", "pretty_type": "PDF",
-                                   "mimetype": "application/pdf"}
+                                   "mimetype": "application/pdf", "size": 0,
+                                   "url_private": f"{fake.base}/files-pri/T0001-F1/plan.pdf",
+                                   "url_private_download":
+                                       f"{fake.base}/files-pri/T0001-F1/download/plan.pdf"}
     assert msgs[0]["edited"]["user"] == "U1" and msgs[0]["team"] == "T0001"
     assert msgs[1]["thread_ts"] == parent
     top = client.conversations_history(channel="C1")["messages"]

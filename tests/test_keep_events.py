@@ -119,7 +119,7 @@ def test_a_thread_arriving_as_events_is_stored(kbot, engine):
     assert sorted(stored) == [ts(1), ts(2), ts(3), ts(4)]  # the join is not content
     assert stored[ts(2)]["text"] == "Reply: QA signs off Thursday"
     assert stored[ts(3)]["subtype"] == "bot_message" and stored[ts(3)]["username"] == "ci-bot"
-    assert stored[ts(4)]["files"] == [{"name": "checklist.pdf", "filetype": "pdf"}]
+    assert stored[ts(4)]["files"] == [{"id": "F1", "name": "checklist.pdf", "filetype": "pdf"}]
     kept = state(engine, "C1")
     assert kept is not None and kept.kind == "channel"
     assert data.as_utc(kept.member_since) == ts_time(parent)  # the first kept message

@@ -24,6 +24,7 @@ from bot.store.models import (
     ReadBudget,
     SlackUser,
     Summary,
+    ThreadFile,
     ThreadMessage,
     ThreadState,
     TtlHabit,
@@ -502,6 +503,7 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
         TtlHabit,
         DmGreeting,
         DmConversation,
+        ThreadFile,
     ):
         result = session.execute(delete(model).where(model.team_id == team_id))
         counts[model.__tablename__] = result.rowcount or 0
@@ -537,7 +539,7 @@ def purge_idle_threads(session: Session, cutoff: datetime, now: datetime) -> int
     removed = 0
     conversations: set[tuple[str, str]] = set()
     for team_id, channel_id, thread_ts in session.execute(idle).all():
-        for model in (ThreadMessage, Compaction, KeptSpan):
+        for model in (ThreadMessage, Compaction, KeptSpan, ThreadFile):
             count = (
                 session.execute(
                     delete(model).where(
@@ -628,3 +630,26 @@ def habit_counts(session: Session, team_id: str, now: datetime) -> dict[str, tup
         seen, w5, w1 = counts.get(name, (0, 0, 0))
         counts[name] = (seen + int(n), w5, w1)
     return counts
+
+
+def thread_files(
+    session: Session, team_id: str, channel_id: str, thread_ts: str, file_ids: Iterable[str]
+) -> dict[str, ThreadFile]:
+    """The prepared files of a thread among `file_ids`, by file id."""
+    ids = list(file_ids)
+    if not ids:
+        return {}
+    rows = session.scalars(
+        select(ThreadFile).where(
+            ThreadFile.team_id == team_id,
+            ThreadFile.channel_id == channel_id,
+            ThreadFile.thread_ts == thread_ts,
+            ThreadFile.file_id.in_(ids),
+        )
+    )
+    return {r.file_id: r for r in rows}
+
+
+def keep_thread_file(session: Session, row: ThreadFile) -> None:
+    """Store a prepared file (replacing one of the same thread and id)."""
+    session.merge(row)

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -363,6 +364,25 @@ class DmConversation(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     thread_ts: Mapped[str] = mapped_column(String(32), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ThreadFile(Base):
+    """A file of a thread, prepared for the model once (`bot.files`): an image's bytes or a text
+    file's bounded text, so later requests send the same bytes without downloading it again.
+    Kept and purged with the thread's text (retention, uninstall)."""
+
+    __tablename__ = "thread_file"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_ts: Mapped[str] = mapped_column(String(32), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # image | text
+    media_type: Mapped[str] = mapped_column(String(100))
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    height: Mapped[int] = mapped_column(Integer, default=0)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # Bolt's OAuth tables, on our metadata so that Alembic migrations own them.

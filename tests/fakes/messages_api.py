@@ -9,6 +9,7 @@ walk back at most 20 block positions from each breakpoint. Expiry uses the simul
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -201,15 +202,74 @@ def _strip_cc(block: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in block.items() if k != "cache_control"}
 
 
+# Vision (Anthropic's docs): PNG, JPEG, GIF and WebP, base64 at most 5 MB; an image costs about
+# width x height / 750 tokens after it is scaled to a long edge of at most 1,568 px.
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+MAX_IMAGE_BASE64 = 5 * 1024 * 1024
+IMAGE_LONG_EDGE = 1568
+URL_IMAGE_TOKENS = 1600
+
+
+def _image_size(content: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG, GIF, WebP (VP8X) or JPEG header, else None."""
+    if content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) >= 24:
+        return int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
+    if content[:6] in (b"GIF87a", b"GIF89a") and len(content) >= 10:
+        return int.from_bytes(content[6:8], "little"), int.from_bytes(content[8:10], "little")
+    if content[:4] == b"RIFF" and content[8:16] == b"WEBPVP8X" and len(content) >= 30:
+        return (
+            int.from_bytes(content[24:27], "little") + 1,
+            int.from_bytes(content[27:30], "little") + 1,
+        )
+    i = 2 if content.startswith(b"\xff\xd8") else len(content)
+    while i + 9 <= len(content) and content[i] == 0xFF:
+        marker = content[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h = int.from_bytes(content[i + 5 : i + 7], "big")
+            return int.from_bytes(content[i + 7 : i + 9], "big"), h
+        i += 2 + int.from_bytes(content[i + 2 : i + 4], "big")
+    return None
+
+
+def image_block_tokens(block: dict[str, Any], where: str = "image") -> int:
+    """What an image block costs, validating it as the API does (400s as BadRequest)."""
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "url":
+        return URL_IMAGE_TOKENS  # the fake fetches nothing: an image at the 1,568 px ceiling
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        raise BadRequest(f"{where}.source.type: Input should be 'base64' or 'url'")
+    if source.get("media_type") not in IMAGE_MEDIA_TYPES:
+        raise BadRequest(f"{where}.source.media_type: Input should be one of {IMAGE_MEDIA_TYPES}")
+    data = source.get("data")
+    if not isinstance(data, str) or len(data) > MAX_IMAGE_BASE64:
+        raise BadRequest(f"{where}.source.data: image exceeds 5 MB maximum")
+    try:
+        size = _image_size(base64.b64decode(data, validate=True))
+    except ValueError:
+        size = None
+    if size is None:
+        raise BadRequest(f"{where}.source.data: Could not process image")
+    width, height = size
+    if max(width, height) > IMAGE_LONG_EDGE:
+        factor = IMAGE_LONG_EDGE / max(width, height)
+        width, height = int(width * factor), int(height * factor)
+    return max(1, math.ceil(width * height / 750))
+
+
 def _block_tokens(block: dict[str, Any]) -> int:
     if block.get("type") == "text":
         return count_tokens(str(block["text"]))
+    if block.get("type") == "image":
+        return image_block_tokens(block)
     return count_tokens(_canon(_strip_cc(block)))
 
 
 def _check_text_block(block: Any, where: str) -> None:
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
         raise BadRequest(f"{where}: each content block must be an object with a string `type`")
+    if block["type"] == "image":
+        image_block_tokens(block, where)
+        return
     if block["type"] != "text":
         return
     text = block.get("text")
@@ -685,9 +745,7 @@ class FakeMessagesAPI:
             return {"input_tokens": result.total, "output_tokens": output_tokens}
         raise ValueError(f"unknown usage_style {style!r}; expected one of {USAGE_STYLES}")
 
-    def _reply_text(
-        self, body: dict[str, Any]
-    ) -> tuple[str, int, str, dict[str, Any] | None]:
+    def _reply_text(self, body: dict[str, Any]) -> tuple[str, int, str, dict[str, Any] | None]:
         """Return (text, output_tokens, stop_reason, stop_details), honouring max_tokens and
         any enqueued stop."""
         with self._lock:

@@ -358,8 +358,10 @@ def validate_blocks(blocks: Any, refused: frozenset[str] = frozenset()) -> list[
     return errors
 
 
-def _normalize_file(index: int, given: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(given)
+def _normalize_file(index: int, given: dict[str, Any], base: str, team_id: str) -> dict[str, Any]:
+    """A file object as Slack shows it in a message; its content (`content`, bytes) is served
+    at `url_private_download` (see `FakeSlack.files_read`)."""
+    out = copy.deepcopy({k: v for k, v in given.items() if k != "content"})
     name = str(out.get("name") or out.get("title") or f"file{index}.txt")
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else "binary"
     out.setdefault("id", f"F{index:08d}")
@@ -368,7 +370,20 @@ def _normalize_file(index: int, given: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("filetype", ext)
     out.setdefault("pretty_type", str(out["filetype"]).upper())
     out.setdefault("mimetype", mimetypes.guess_type(name)[0] or "application/octet-stream")
+    out.setdefault("size", len(given.get("content") or b""))
+    out.setdefault("url_private", f"{base}/files-pri/{team_id}-{out['id']}/{name}")
+    out.setdefault(
+        "url_private_download", f"{base}/files-pri/{team_id}-{out['id']}/download/{name}"
+    )
     return out
+
+
+# What Slack serves for a file URL to a request without a token that may read files (no
+# Authorization header, a bad token, or a token without files:read): its sign-in page, status 200.
+LOGIN_PAGE = (
+    b'<!DOCTYPE html>\n<html lang="en-US"><head><title>Slack</title></head>'
+    b'<body><form action="/signin">Sign in to your workspace</form></body></html>\n'
+)
 
 
 class FakeSlack:
@@ -459,6 +474,11 @@ class FakeSlack:
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._last_us = 0
         self._file_counter = 0
+        # Files served at their url_private_download: id -> (bytes, mimetype). `files_read`
+        # False: the bot token lacks files:read, and downloads get Slack's sign-in page.
+        self.file_contents: dict[str, tuple[bytes, str]] = {}
+        self.files_read = True
+        self.downloads: list[str] = []  # file ids served with their content, in order
 
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -553,7 +573,14 @@ class FakeSlack:
         their Enterprise Grid org (users.info then carries `enterprise_user`)."""
         with self._lock:
             self._users[user_id] = _User(
-                user_id, real_name, display_name, is_bot, deleted, is_admin, is_owner, team_id,
+                user_id,
+                real_name,
+                display_name,
+                is_bot,
+                deleted,
+                is_admin,
+                is_owner,
+                team_id,
                 enterprise_id,
             )
 
@@ -629,7 +656,9 @@ class FakeSlack:
                 normalized = []
                 for f in files:
                     self._file_counter += 1
-                    normalized.append(_normalize_file(self._file_counter, f))
+                    obj = _normalize_file(self._file_counter, f, self.base, self.team_id)
+                    self.file_contents[obj["id"]] = (f.get("content") or b"", obj["mimetype"])
+                    normalized.append(obj)
                 msg["files"] = normalized
             if edited:
                 msg["edited"] = {"user": user, "ts": us_to_ts(self._mint_us())}
@@ -743,8 +772,16 @@ class FakeSlack:
                 subtype = "file_share"
             if subtype == "thread_broadcast" and thread_ts is None:
                 raise ValueError("a thread_broadcast needs thread_ts")
-            ts = self.add_message(channel, text, user=user, thread_ts=thread_ts, bot_id=bot_id,
-                                  subtype=subtype, files=files, user_team=user_team)
+            ts = self.add_message(
+                channel,
+                text,
+                user=user,
+                thread_ts=thread_ts,
+                bot_id=bot_id,
+                subtype=subtype,
+                files=files,
+                user_team=user_team,
+            )
             event = self._message_event(ch, ch.messages[ts])
             home = team or self.channel_teams.get(ch.id, self.team_id)
             event["team"] = user_team or home
@@ -754,8 +791,13 @@ class FakeSlack:
                 event["username"] = "bot"
                 event["icons"] = {}
             elif bot_id is not None:
-                event["bot_profile"] = {"id": bot_id, "deleted": False, "name": "bot",
-                                        "app_id": "A0OTHER", "team_id": home}
+                event["bot_profile"] = {
+                    "id": bot_id,
+                    "deleted": False,
+                    "name": "bot",
+                    "app_id": "A0OTHER",
+                    "team_id": home,
+                }
             elif user is not None:
                 event["client_msg_id"] = f"msg-{ts}"
             if subtype == "file_share":
@@ -777,9 +819,17 @@ class FakeSlack:
             self.edit_message(channel, ts, text)
             message = self._render(ch, self._seed_message(channel, ts))
             at = message["edited"]["ts"]
-            return {"type": "message", "subtype": "message_changed", "hidden": True,
-                    "channel": ch.id, "channel_type": self.channel_type(ch.id), "ts": at,
-                    "event_ts": at, "message": message, "previous_message": previous}
+            return {
+                "type": "message",
+                "subtype": "message_changed",
+                "hidden": True,
+                "channel": ch.id,
+                "channel_type": self.channel_type(ch.id),
+                "ts": at,
+                "event_ts": at,
+                "message": message,
+                "previous_message": previous,
+            }
 
     def delete_event(self, channel: str, ts: str) -> dict[str, Any]:
         """Delete a message (as delete_message does) and return its `message_deleted` event:
@@ -789,9 +839,17 @@ class FakeSlack:
             previous = self._render(ch, self._seed_message(channel, ts))
             self.delete_message(channel, ts)
             at = us_to_ts(self._mint_us())
-            return {"type": "message", "subtype": "message_deleted", "hidden": True,
-                    "channel": ch.id, "channel_type": self.channel_type(ch.id), "ts": at,
-                    "event_ts": at, "deleted_ts": previous["ts"], "previous_message": previous}
+            return {
+                "type": "message",
+                "subtype": "message_deleted",
+                "hidden": True,
+                "channel": ch.id,
+                "channel_type": self.channel_type(ch.id),
+                "ts": at,
+                "event_ts": at,
+                "deleted_ts": previous["ts"],
+                "previous_message": previous,
+            }
 
     @staticmethod
     def _letter(ch: _Channel) -> str:
@@ -807,10 +865,14 @@ class FakeSlack:
         with self._lock:
             ch = self._seed_channel(channel)
             ch.members.add(user)
-            event = {"type": "member_joined_channel", "user": user, "channel": ch.id,
-                     "channel_type": self._letter(ch),
-                     "team": team or self.channel_teams.get(ch.id, self.team_id),
-                     "event_ts": us_to_ts(self._mint_us())}
+            event = {
+                "type": "member_joined_channel",
+                "user": user,
+                "channel": ch.id,
+                "channel_type": self._letter(ch),
+                "team": team or self.channel_teams.get(ch.id, self.team_id),
+                "event_ts": us_to_ts(self._mint_us()),
+            }
             if inviter is not None:
                 event["inviter"] = inviter
             return event
@@ -822,10 +884,14 @@ class FakeSlack:
         with self._lock:
             ch = self._seed_channel(channel)
             ch.members.discard(user)
-            return {"type": "member_left_channel", "user": user, "channel": ch.id,
-                    "channel_type": self._letter(ch),
-                    "team": team or self.channel_teams.get(ch.id, self.team_id),
-                    "event_ts": us_to_ts(self._mint_us())}
+            return {
+                "type": "member_left_channel",
+                "user": user,
+                "channel": ch.id,
+                "channel_type": self._letter(ch),
+                "team": team or self.channel_teams.get(ch.id, self.team_id),
+                "event_ts": us_to_ts(self._mint_us()),
+            }
 
     def bot_left_event(self, channel: str, *, actor: str | None = None) -> dict[str, Any]:
         """The bot leaves (or is removed from) `channel`; return what Slack sends the bot:
@@ -834,8 +900,11 @@ class FakeSlack:
         with self._lock:
             ch = self._seed_channel(channel)
             ch.members.discard(self.bot_user_id)
-            event = {"type": "group_left" if ch.is_private else "channel_left",
-                     "channel": ch.id, "event_ts": us_to_ts(self._mint_us())}
+            event = {
+                "type": "group_left" if ch.is_private else "channel_left",
+                "channel": ch.id,
+                "event_ts": us_to_ts(self._mint_us()),
+            }
             if actor is not None:
                 event["actor_id"] = actor
             return event
@@ -846,7 +915,10 @@ class FakeSlack:
             dm_id = "D" + user
             if dm_id not in self._channels:
                 self._channels[dm_id] = _Channel(
-                    id=dm_id, name=user, is_private=True, is_im=True,
+                    id=dm_id,
+                    name=user,
+                    is_private=True,
+                    is_im=True,
                     members={user, self.bot_user_id},
                 )
             return dm_id
@@ -859,12 +931,20 @@ class FakeSlack:
             if tab not in ("home", "messages", "about"):
                 raise ValueError(f"unknown App Home tab {tab!r}")
             dm = self.open_dm(user)
-            event: dict[str, Any] = {"type": "app_home_opened", "user": user, "channel": dm,
-                                     "tab": tab, "event_ts": us_to_ts(self._mint_us())}
+            event: dict[str, Any] = {
+                "type": "app_home_opened",
+                "user": user,
+                "channel": dm,
+                "tab": tab,
+                "event_ts": us_to_ts(self._mint_us()),
+            }
             published = [v for v in self.views if v.get("user_id") == user]
             if tab == "home" and published:
-                event["view"] = {**copy.deepcopy(published[-1]["view"]), "id": "VHOME",
-                                 "team_id": self.team_id}
+                event["view"] = {
+                    **copy.deepcopy(published[-1]["view"]),
+                    "id": "VHOME",
+                    "team_id": self.team_id,
+                }
             return event
 
     def dm_event(
@@ -922,7 +1002,8 @@ class FakeSlack:
             best = 0
             for name in methods:
                 times = sorted(
-                    e["at"] for e in self.read_log
+                    e["at"]
+                    for e in self.read_log
                     if e["team"] == team and e["method"] == name and not e["throttled"]
                 )
                 start = 0
@@ -938,8 +1019,11 @@ class FakeSlack:
         if budget is None:
             return None
         recent = [
-            e["at"] for e in self.read_log
-            if e["team"] == team and e["method"] == method and not e["throttled"]
+            e["at"]
+            for e in self.read_log
+            if e["team"] == team
+            and e["method"] == method
+            and not e["throttled"]
             and e["at"] > self.now - READ_WINDOW_SECONDS
         ]
         if len(recent) < budget:
@@ -1010,8 +1094,16 @@ class FakeSlack:
             out["user"] = msg["user"]
         out["text"] = msg.get("text", "")
         out["team"] = msg.get("user_team") or self.channel_teams.get(ch.id, self.team_id)
-        for key in ("bot_id", "subtype", "hidden", "edited", "files", "blocks", "reactions",
-                    "user_team"):
+        for key in (
+            "bot_id",
+            "subtype",
+            "hidden",
+            "edited",
+            "files",
+            "blocks",
+            "reactions",
+            "user_team",
+        ):
             if msg.get(key) is not None:
                 out[key] = copy.deepcopy(msg[key])
         if self._is_reply(msg):
@@ -1209,6 +1301,24 @@ class FakeSlack:
 
     # ------------------------------------------------------------------ dispatch
 
+    def _serve_file(self, path: str, auth_header: str | None) -> tuple[int, bytes, str]:
+        """A GET of a file URL (`/files-pri/<team>-<file id>/[download/]<name>`): its bytes
+        with a token that may read files, else Slack's sign-in page with status 200."""
+        with self._lock:
+            file_id = path[len("/files-pri/") :].split("/", 1)[0].split("-", 1)[-1]
+            token = (
+                auth_header[7:].strip()
+                if auth_header and auth_header[:7].lower() == "bearer "
+                else ""
+            )
+            if not self.files_read or (token != self.bot_token and token not in self.workspaces):
+                return 200, LOGIN_PAGE, "text/html; charset=utf-8"
+            if file_id not in self.file_contents:
+                return 404, b"not found", "text/plain"
+            self.downloads.append(file_id)
+            content, mimetype = self.file_contents[file_id]
+            return 200, content, mimetype
+
     def _handle_api(
         self, method: str, params: dict[str, Any], auth_header: str | None
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -1241,8 +1351,11 @@ class FakeSlack:
             if method == "oauth.v2.access":  # authenticated by client id/secret, not a token
                 if auth_header and auth_header.lower().startswith("basic "):
                     pair = base64.b64decode(auth_header[6:].strip()).decode()
-                    params = {**params, "client_id": pair.split(":", 1)[0],
-                              "client_secret": pair.split(":", 1)[1]}
+                    params = {
+                        **params,
+                        "client_id": pair.split(":", 1)[0],
+                        "client_secret": pair.split(":", 1)[1],
+                    }
                 try:
                     return 200, {}, {"ok": True, **self._api_oauth_v2_access(params)}
                 except SlackError as err:
@@ -1289,9 +1402,14 @@ class FakeSlack:
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         """A conversations.replies/history request under its workspace's read tier."""
         team = self._caller_team
-        entry: dict[str, Any] = {"method": method, "team": team,
-                                 "channel": params.get("channel"), "at": self.now,
-                                 "throttled": False, "returned": 0}
+        entry: dict[str, Any] = {
+            "method": method,
+            "team": team,
+            "channel": params.get("channel"),
+            "at": self.now,
+            "throttled": False,
+            "returned": 0,
+        }
         wait = self._read_throttle(method, team)
         self.read_log.append(entry)
         if wait is not None:
@@ -1337,8 +1455,15 @@ class FakeSlack:
             self.workspaces[token] = team_id
 
     def add_oauth_code(
-        self, code: str, team_id: str, token: str, *, refresh_token: str | None = None,
-        expires_in: int | None = None, enterprise_id: str | None = None, org_wide: bool = False,
+        self,
+        code: str,
+        team_id: str,
+        token: str,
+        *,
+        refresh_token: str | None = None,
+        expires_in: int | None = None,
+        enterprise_id: str | None = None,
+        org_wide: bool = False,
     ) -> None:
         """A one-time code that oauth.v2.access exchanges for `token` of `team_id`.
 
@@ -1346,8 +1471,12 @@ class FakeSlack:
         `team_id`): the response has no team and `is_enterprise_install: true`."""
         with self._lock:
             self._oauth_codes[code] = {
-                "team_id": team_id, "token": token, "refresh_token": refresh_token,
-                "expires_in": expires_in, "enterprise_id": enterprise_id, "org_wide": org_wide,
+                "team_id": team_id,
+                "token": token,
+                "refresh_token": refresh_token,
+                "expires_in": expires_in,
+                "enterprise_id": enterprise_id,
+                "org_wide": org_wide,
             }
 
     # Test hook for token-rotation races (see hold_refreshes).
@@ -1371,8 +1500,10 @@ class FakeSlack:
             self.activity.notify_all()
 
     def _api_oauth_v2_access(self, params: dict[str, Any]) -> dict[str, Any]:
-        if params.get("client_id") != self.client_id or params.get("client_secret") != \
-                self.client_secret:
+        if (
+            params.get("client_id") != self.client_id
+            or params.get("client_secret") != self.client_secret
+        ):
             raise SlackError("invalid_client_id")
         if params.get("grant_type") == "refresh_token":
             if self._refresh_holds > 0:  # test hook: parked until release_refreshes()
@@ -1391,8 +1522,14 @@ class FakeSlack:
             refresh = f"xoxe-refresh-{self._rotations}"
             self.workspaces[token] = old
             self._refresh[refresh] = old
-            return {"access_token": token, "refresh_token": refresh, "expires_in": 43200,
-                    "token_type": "bot", "team": {"id": old}, "bot_user_id": self.bot_user_id}
+            return {
+                "access_token": token,
+                "refresh_token": refresh,
+                "expires_in": 43200,
+                "token_type": "bot",
+                "team": {"id": old},
+                "bot_user_id": self.bot_user_id,
+            }
         grant = self._oauth_codes.pop(str(params.get("code")), None)
         if grant is None:
             raise SlackError("invalid_code")
@@ -1566,8 +1703,12 @@ class FakeSlack:
         set_at = self._status_set.pop((channel, str(thread_ts)), None)
         if set_at is not None and self.now - set_at > STATUS_TTL_SECONDS:
             self.status_lapses.append(
-                {"channel": channel, "thread_ts": str(thread_ts), "set_at": set_at,
-                 "lapsed_at": set_at + STATUS_TTL_SECONDS}
+                {
+                    "channel": channel,
+                    "thread_ts": str(thread_ts),
+                    "set_at": set_at,
+                    "lapsed_at": set_at + STATUS_TTL_SECONDS,
+                }
             )
 
     def _api_chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -1621,16 +1762,28 @@ class FakeSlack:
         raw_thread = params.get("thread_ts")
         if not raw_thread:
             raise SlackError("invalid_arguments")
-        if not ch.is_im and not (params.get("recipient_team_id") and
-                                 params.get("recipient_user_id")):
+        if not ch.is_im and not (
+            params.get("recipient_team_id") and params.get("recipient_user_id")
+        ):
             raise SlackError("missing_recipient_team_id")
         self._status_ends(ch.id, str(raw_thread))
         ts = us_to_ts(self._mint_us())
         text = str(params.get("markdown_text") or "")
-        ch.messages[ts] = {"ts": ts, "user": self.bot_user_id, "bot_id": self.bot_id,
-                           "text": text, "thread_ts": str(raw_thread)}
-        self.streams[ts] = {"channel": ch.id, "thread_ts": str(raw_thread), "text": text,
-                            "appends": 0, "state": "streaming", "started_at": self.now}
+        ch.messages[ts] = {
+            "ts": ts,
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "text": text,
+            "thread_ts": str(raw_thread),
+        }
+        self.streams[ts] = {
+            "channel": ch.id,
+            "thread_ts": str(raw_thread),
+            "text": text,
+            "appends": 0,
+            "state": "streaming",
+            "started_at": self.now,
+        }
         return {"channel": ch.id, "ts": ts}
 
     def _stream(self, params: dict[str, Any]) -> tuple[_Channel, dict[str, Any]]:
@@ -1672,9 +1825,15 @@ class FakeSlack:
         if blocks is not None:
             msg["blocks"] = copy.deepcopy(blocks)
             stream["blocks"] = copy.deepcopy(blocks)
-        record = {"channel": ch.id, "thread_ts": stream["thread_ts"], "text": stream["text"],
-                  "blocks": copy.deepcopy(blocks), "_streamed": True, "ts": params["ts"],
-                  "_team": getattr(self, "_caller_team", self.team_id)}
+        record = {
+            "channel": ch.id,
+            "thread_ts": stream["thread_ts"],
+            "text": stream["text"],
+            "blocks": copy.deepcopy(blocks),
+            "_streamed": True,
+            "ts": params["ts"],
+            "_team": getattr(self, "_caller_team", self.team_id),
+        }
         self.posts.append(record)
         return {"channel": ch.id, "ts": params["ts"]}
 
@@ -1848,7 +2007,6 @@ class FakeSlack:
         self.statuses.append(record)
         return {}
 
-
     # -- assistant.threads.setSuggestedPrompts / setTitle -----------------------------------
     #
     # Slack's method pages: both need `assistant:write`; errors channel_not_found (an invalid
@@ -1860,8 +2018,9 @@ class FakeSlack:
     # "Migrating to the Agent messaging experience"). setTitle needs channel_id, thread_ts and
     # title.
 
-    def _assistant_thread(self, params: dict[str, Any], *, required: bool) -> tuple[_Channel,
-                                                                                  str | None]:
+    def _assistant_thread(
+        self, params: dict[str, Any], *, required: bool
+    ) -> tuple[_Channel, str | None]:
         """The conversation (one the bot can see) and the thread parent `thread_ts` names."""
         ch = self._channel_visible(params, "channel_id")
         raw = params.get("thread_ts")
@@ -1894,8 +2053,13 @@ class FakeSlack:
         ):
             raise SlackError("invalid_arguments")
         title = params.get("title")
-        record = {"channel_id": ch.id, "thread_ts": thread_ts, "prompts": copy.deepcopy(prompts),
-                  "title": title, "_at": self.now}
+        record = {
+            "channel_id": ch.id,
+            "thread_ts": thread_ts,
+            "prompts": copy.deepcopy(prompts),
+            "title": title,
+            "_at": self.now,
+        }
         if thread_ts is not None and self.agent_view:
             record["_dropped"] = True  # accepted, never shown (the documented silent failure)
         else:
@@ -1911,8 +2075,9 @@ class FakeSlack:
         if not isinstance(title, str) or not title.strip():
             raise SlackError("invalid_arguments")
         self.titles[(ch.id, thread_ts)] = title
-        self.title_calls.append({"channel_id": ch.id, "thread_ts": thread_ts, "title": title,
-                                 "_at": self.now})
+        self.title_calls.append(
+            {"channel_id": ch.id, "thread_ts": thread_ts, "title": title, "_at": self.now}
+        )
         return {}
 
 
@@ -2006,6 +2171,12 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                     return
                 status, text = fake._handle_response_url(parts.path[len("/response/") :], body)
                 self._send(status, text.encode(), "text/plain; charset=utf-8", {})
+                return
+            if parts.path.startswith("/files-pri/") and self.command == "GET":
+                status, content, content_type = fake._serve_file(
+                    parts.path, self.headers.get("Authorization")
+                )
+                self._send(status, content, content_type, {})
                 return
             if not parts.path.startswith("/api/"):
                 self._send(404, b"not found", "text/plain", {})
