@@ -189,7 +189,6 @@ class ThreadReply:
         self._text = ""
         self._sent = 0  # characters of _text delivered (streams) or shown (placeholder)
         self._ts: str | None = None  # the open stream, or the placeholder
-        self._first_ts: str | None = None  # the first message posted whole
         self._head = 0  # where the open stream's text starts in _text
         self._began = 0.0  # when the open stream started
         self._full = False  # the open stream holds all it may; the rest goes into a new one
@@ -224,7 +223,7 @@ class ThreadReply:
     @property
     def posted_ts(self) -> str | None:
         """The ts of the answer's (first) message, once there is one."""
-        return self._ts or self._first_ts
+        return self._ts or next(iter(self.delivered), None)
 
     def adopt(self, placeholder_ts: str | None) -> None:
         """Carry on in the progress message an earlier attempt posted (a deferred job)."""
@@ -572,7 +571,6 @@ class ThreadReply:
                 ),
                 blocks,
             )
-            self._first_ts = self._first_ts or resp.get("ts")
             self.delivered[resp["ts"]] = text
             return "ok"
         except SlackApiError as exc:

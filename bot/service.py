@@ -234,16 +234,7 @@ class AnswerService:
         if self._turned_away(req, eff, names):
             return
         streaming = self._settings.stream_answers
-        reply = ThreadReply(
-            self._client(req),
-            channel=req.channel_id,
-            thread_ts=req.thread_ts,
-            team_id=req.team_id,
-            user_id=req.user_id,
-            stream=streaming,
-            clock=self._clock,
-            refusals=self.refusals,
-        )
+        reply = self._reply(req, stream=streaming)
         reply.adopt(req.placeholder_ts)
         try:
             messages = self._read(req, reply, started, eff)
@@ -294,6 +285,19 @@ class AnswerService:
     def conversational(self, req: ThreadRequest) -> bool:
         """Whether `req` is answered as a conversation in real turns (a DM, DM_LAYOUTS)."""
         return req.kind == DM and self.dm_layout == "turns"
+
+    def _reply(self, req: ThreadRequest, *, stream: bool) -> ThreadReply:
+        """A new answer in the request's thread."""
+        return ThreadReply(
+            self._client(req),
+            channel=req.channel_id,
+            thread_ts=req.thread_ts,
+            team_id=req.team_id,
+            user_id=req.user_id,
+            stream=stream,
+            clock=self._clock,
+            refusals=self.refusals,
+        )
 
     def _turned_away(self, req: ThreadRequest, eff: Effective, names: NameResolver) -> bool:
         """True (after telling the requester) when the channel is not on the workspace's
@@ -399,16 +403,7 @@ class AnswerService:
         before, request = self._context(req, kept, names)
         if len(before) < 2:
             return ""
-        reply = ThreadReply(
-            self._client(req),
-            channel=req.channel_id,
-            thread_ts=req.thread_ts,
-            team_id=req.team_id,
-            user_id=req.user_id,
-            stream=False,
-            clock=self._clock,
-            refusals=self.refusals,
-        )
+        reply = self._reply(req, stream=False)
         try:
             done = self.complete(req, before, request, started=started, eff=eff)
         except (BudgetExceeded, LLMError) as exc:

@@ -17,7 +17,7 @@ from slack_bolt import App, BoltContext
 
 from bot.dm import DmService
 from bot.jobs import Handler, JobQueue
-from bot.listeners.messages import NEW, by_bot
+from bot.listeners.messages import NEW, by_bot, event_of
 from bot.service import DM, ThreadRequest
 from bot.threads import thread_of
 from bot.workspace import team_of
@@ -49,8 +49,8 @@ def register(app: App, dms: DmService, queue: JobQueue) -> dict[str, Handler]:
         context: BoltContext,
         next: Callable[[], Any],  # noqa: A002
     ) -> Any:
-        event = body.get("event") if isinstance(body, dict) else None
-        if body.get("type") != "event_callback" or not isinstance(event, dict):
+        event = event_of(body)
+        if event is None:
             return next()
         if event.get("type") != "message" or not _is_turn(event, context):
             return next()

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot.coverage import Receiver, ts_time
 from bot.jobs import JobQueue
 from bot.keeping import Keeper
-from bot.listeners.messages import by_bot
+from bot.listeners.messages import by_bot, event_of
 from bot.store.db import scrub_deleted
 from bot.workspace import team_of
 
@@ -65,8 +65,8 @@ def register(
         context: BoltContext,
         next: Callable[[], Any],  # noqa: A002
     ) -> Any:
-        event = body.get("event") if isinstance(body, dict) else None
-        if body.get("type") != "event_callback" or not isinstance(event, dict):
+        event = event_of(body)
+        if event is None:
             return next()
         seen()
         team_id = team_of(body, context.team_id)

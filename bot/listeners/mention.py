@@ -14,6 +14,7 @@ from typing import Any
 from slack_bolt import App, BoltContext, BoltResponse
 
 from bot.jobs import Handler, JobQueue
+from bot.listeners.messages import event_of
 from bot.service import AnswerService, ThreadRequest
 from bot.threads import thread_of
 from bot.transcript import is_own
@@ -34,8 +35,8 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
         context: BoltContext,
         next: Callable[[], Any],  # noqa: A002
     ) -> Any:
-        event = body.get("event") if isinstance(body, dict) else None
-        if body.get("type") != "event_callback" or not isinstance(event, dict):
+        event = event_of(body)
+        if event is None:
             return next()
         if event.get("type") != "app_mention":
             return next()

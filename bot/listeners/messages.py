@@ -45,6 +45,14 @@ class _Route:
     own: bool  # also the bot's own messages
 
 
+def event_of(body: Any) -> dict[str, Any] | None:  # noqa: ANN401 - a request body, any JSON
+    """The inner event of an Events API callback; None for any other request."""
+    if not isinstance(body, dict) or body.get("type") != "event_callback":
+        return None
+    event = body.get("event")
+    return event if isinstance(event, dict) else None
+
+
 class MessageRouter:
     """Dispatches each `message` event to the handlers registered for its kind and subtype;
     an event nobody registered for is acknowledged and ignored."""
