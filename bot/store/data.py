@@ -429,11 +429,11 @@ def is_kept(session: Session, team_id: str, channel_id: str) -> bool:
 
 def forget_kept(session: Session, team_id: str, channel_id: str | None = None) -> int:
     """Delete what is kept of one conversation (the bot left it) or, `channel_id` None, of the
-    whole workspace (keeping turned off): stored messages, compactions, windows read whole and
-    the conversation's state; stored threads are then read whole again. Returns the messages
-    deleted."""
+    whole workspace (keeping turned off): stored messages, compactions, windows read whole,
+    prepared files and the conversation's state; stored threads are then read whole again.
+    Returns the messages deleted."""
     removed = 0
-    for model in (ThreadMessage, Compaction, KeptSpan, ConversationState):
+    for model in (ThreadMessage, Compaction, KeptSpan, ConversationState, ThreadFile):
         query = delete(model).where(model.team_id == team_id)
         if channel_id is not None:
             query = query.where(model.channel_id == channel_id)
@@ -462,16 +462,77 @@ def update_message(
     return bool(result.rowcount)
 
 
-def delete_message(session: Session, team_id: str, channel_id: str, ts: str) -> bool:
-    """Forget a deleted message; False when it was not stored."""
+def delete_message(
+    session: Session,
+    team_id: str,
+    channel_id: str,
+    ts: str,
+    files: Iterable[str] = (),
+    thread_ts: str | None = None,
+) -> bool:
+    """Forget a deleted message and the prepared bytes of its files in its thread (those it was
+    stored with, and `files`: the ids Slack's event names, in thread `thread_ts` when it was
+    not stored); False when it was not stored."""
+    row = session.get(ThreadMessage, (team_id, channel_id, ts))
+    ids = set(files)
+    if row is not None:
+        thread_ts = row.thread_ts
+        ids.update(f["id"] for f in json.loads(row.body).get("files") or [] if f.get("id"))
+    if ids and thread_ts:
+        session.execute(
+            delete(ThreadFile).where(
+                ThreadFile.team_id == team_id,
+                ThreadFile.channel_id == channel_id,
+                ThreadFile.thread_ts == thread_ts,
+                ThreadFile.file_id.in_(sorted(ids)),
+            )
+        )
+    if row is None:
+        return False
+    session.delete(row)
+    return True
+
+
+TOMBSTONE = "tombstone"  # a file object's `mode` once the file is deleted (Slack's tombstone)
+
+
+def forget_file(session: Session, team_id: str, file_id: str) -> int:
+    """Slack changed or deleted a file: forget its prepared bytes in every thread of the
+    workspace (the next request downloads it again, if it still can). Returns rows deleted."""
     result = session.execute(
-        delete(ThreadMessage).where(
+        delete(ThreadFile).where(ThreadFile.team_id == team_id, ThreadFile.file_id == file_id)
+    )
+    return result.rowcount or 0
+
+
+def file_deleted(session: Session, team_id: str, file_id: str) -> tuple[int, int]:
+    """Slack deleted a file: forget its prepared bytes and show it in every kept message that
+    carried it as Slack does, a tombstone (`{"id": …, "mode": "tombstone"}`: no name, no URL).
+    Idempotent. Returns (prepared files deleted, messages changed).
+
+    The event names only the file, so the workspace's stored messages are searched for its id
+    (a LIKE over their JSON, then checked parsed); file deletions are rare."""
+    files = forget_file(session, team_id, file_id)
+    needle = json.dumps({"id": file_id})[1:-1]  # "id": "F…", as the bodies are written
+    rows = session.scalars(
+        select(ThreadMessage).where(
             ThreadMessage.team_id == team_id,
-            ThreadMessage.channel_id == channel_id,
-            ThreadMessage.ts == ts,
+            ThreadMessage.body.contains(needle, autoescape=True),
         )
     )
-    return bool(result.rowcount)
+    changed = 0
+    for row in rows:
+        body = json.loads(row.body)
+        carried = body.get("files") or []
+        if not any(f.get("id") == file_id and f.get("mode") != TOMBSTONE for f in carried):
+            continue
+        body["files"] = [
+            {"id": file_id, "mode": TOMBSTONE} if f.get("id") == file_id else f for f in carried
+        ]
+        # updated_at stays: a deletion is no activity that would keep the thread longer.
+        row.body = json.dumps(body, ensure_ascii=False, sort_keys=True)
+        changed += 1
+    return files, changed
 
 
 def get_compaction(
@@ -566,6 +627,19 @@ def purge_idle_threads(session: Session, cutoff: datetime, now: datetime) -> int
         if state is not None:
             before = as_utc(state.purged_before)
             state.purged_before = cutoff if before is None else max(before, cutoff)
+    # Prepared files stored before the cutoff of threads nobody asked about since (also where
+    # no text of the thread is stored any more): a later request downloads them again.
+    session.execute(
+        delete(ThreadFile).where(
+            ThreadFile.stored_at < cutoff,
+            ~exists().where(
+                ThreadState.team_id == ThreadFile.team_id,
+                ThreadState.channel_id == ThreadFile.channel_id,
+                ThreadState.thread_ts == ThreadFile.thread_ts,
+                ThreadState.last_request_at >= cutoff,
+            ),
+        )
+    )
     # Compactions of threads nobody asked about since the cutoff (their text is the model's).
     session.execute(
         delete(Compaction).where(

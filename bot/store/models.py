@@ -369,9 +369,11 @@ class DmConversation(Base):
 class ThreadFile(Base):
     """A file of a thread, prepared for the model once (`bot.files`): an image's bytes or a text
     file's bounded text, so later requests send the same bytes without downloading it again.
-    Kept and purged with the thread's text (retention, uninstall)."""
+    Kept and purged with the thread's text (retention, uninstall, the bot leaving), and on
+    Slack's file_deleted / file_change events (by file id, `ix_thread_file_file`)."""
 
     __tablename__ = "thread_file"
+    __table_args__ = (Index("ix_thread_file_file", "team_id", "file_id"),)  # file events
 
     team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
