@@ -117,6 +117,19 @@ def test_file_deleted_and_the_tombstone_edit_end_the_same_in_any_order(
     assert len(slack.downloads) == 1
 
 
+def test_a_deleted_file_leaves_threads_nobody_asked_about_too(kbot, slack, model, engine):
+    """Before the ack only the threads that held its prepared bytes change; a job then finds
+    every other kept message that showed it."""
+    parent, _ = kept_thread(kbot, slack, [{"name": "never-asked.png", "content": SCREENSHOT}])
+    kbot.deliver(slack.post_event("C1", "another picture", user="U2",
+                                  files=[{"name": "other.png", "content": SECOND}]))
+    assert "never-asked.png" in bodies(engine) and file_rows(engine) == []
+    event, _ = slack.file_deleted_event(file_id(slack, "C1", parent))
+    assert kbot.event(event).status_code == 200
+    assert "never-asked.png" not in bodies(engine)
+    assert "other.png" in bodies(engine)  # only the deleted file
+
+
 def test_a_deleted_files_url_answers_404_and_is_named_not_fatal(bot, slack, model, engine):
     """A message read before the deletion (no event reached the bot): the download fails and
     the file is named with the reason, as any unreadable file is."""

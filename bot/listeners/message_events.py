@@ -47,7 +47,7 @@ def register(
             gone = [f["id"] for f in message.get("files") or [] if _tombstone(f)]
             if gone:  # Slack shows a deleted file as a tombstone (file_deleted may come too)
                 with sessions.begin() as s:
-                    changed = sum(data.forget_file(s, m.team_id, f) for f in gone) > 0 or changed
+                    changed = any([data.forget_file(s, m.team_id, f) for f in gone]) or changed
         if changed:
             scrub_deleted(sessions)  # the old text is not left in the SQLite file's free pages
             log.info(
