@@ -324,6 +324,33 @@ def test_a_private_channels_file_is_read_only_for_its_members(make_bot, slack, m
     assert len(model.requests) == requests and len(slack.downloads) == 1
 
 
+def test_a_private_channels_file_is_not_read_for_a_dm_thread_link_of_a_non_member(
+    make_bot, slack, model
+):
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    bot.app.start_receiving()
+    slack.add_channel("G9", "acquisition", is_private=True, members={"U2"})
+    parent = slack.add_thread("G9", 1, users=["U2"])
+    slack.add_message("G9", "the term sheet", user="U2", thread_ts=parent,
+                      files=[{"name": "terms.png", "content": SCREENSHOT}])
+    link = f"https://acme.slack.com/archives/G9/p{parent.replace('.', '')}"
+    event = slack.dm_event("U1", f"summarize <{link}>")
+    bot.deliver(event)
+    assert model.requests == [] and slack.downloads == []
+    said = [p["text"] for p in slack.posts if p.get("thread_ts") == event["ts"]]
+    assert len(said) == 1 and "can't summarize that link" in said[0]  # naming nothing
+    assert "acquisition" not in said[0] and "terms" not in said[0]
+
+
+def test_another_organisations_mention_with_a_file_reads_nothing(bot, slack, model):
+    slack.add_user("UEXT", "Eve External", "eve")
+    parent = slack.add_thread("C1", 1)
+    ts = slack.add_message("C1", "<@UBOT> what is this?", user="UEXT", user_team="TOTHER",
+                           thread_ts=parent, files=[{"name": "their.png", "content": SCREENSHOT}])
+    bot.event(slack.app_mention_event("C1", ts))
+    assert model.requests == [] and slack.downloads == []
+
+
 def test_the_bot_leaving_a_channel_forgets_its_files(kbot, slack, model, engine):
     parent, _ = kept_thread(kbot, slack, [{"name": "a.png", "content": SCREENSHOT}])
     kbot.mention("C1", "what does it say?", thread_ts=parent)
