@@ -5,10 +5,14 @@ file read into an answer, and what retention leaves."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 from bot.housekeeping import run_housekeeping
@@ -19,6 +23,7 @@ from tests.test_files import SCREENSHOT, png, texts, thread_with, user_blocks
 from tests.test_keep_events import NOW, Clock
 
 SECOND = png(800, 600)  # another picture: other bytes
+ON_POSTGRES = bool(os.environ.get("TEST_DATABASE_URL"))
 
 
 def file_rows(engine) -> list[ThreadFile]:
@@ -128,6 +133,42 @@ def test_a_deleted_file_leaves_threads_nobody_asked_about_too(kbot, slack, model
     assert kbot.event(event).status_code == 200
     assert "never-asked.png" not in bodies(engine)
     assert "other.png" in bodies(engine)  # only the deleted file
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="PostgreSQL's files are not ours to read; see SECURITY.md")
+def test_a_deleted_files_contents_and_name_are_not_left_in_the_sqlite_file(
+    bot, slack, model, database_url
+):
+    db = Path(str(make_url(database_url).database))
+    parent = thread_with(slack, [{"name": "NAMEMARK-q7.txt", "content": b"FILEMARK-9d2c secret",
+                                  "mode": "snippet", "filetype": "text"}])
+    bot.mention("C1", "what is in the snippet?", thread_ts=parent)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = db.read_bytes()
+    assert b"FILEMARK-9d2c" in raw and b"NAMEMARK-q7" in raw  # the search below can see them
+    event, _ = slack.file_deleted_event(file_id(slack, "C1", parent))
+    assert bot.event(event).status_code == 200
+    wal = Path(f"{db}-wal")
+    on_disk = db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert b"FILEMARK-9d2c" not in on_disk and b"NAMEMARK-q7" not in on_disk
+
+
+def test_a_file_shared_in_two_conversations_is_kept_for_each_and_deleted_from_both(
+    bot, slack, model, engine
+):
+    slack.add_channel("C2", "random", members={"U1", "U2"})
+    shared = {"id": "FSHARED1", "name": "plan.png", "content": SCREENSHOT}
+    one = thread_with(slack, [shared])
+    two = slack.add_thread("C2", 1)
+    slack.add_message("C2", "the same plan, shared here", thread_ts=two, files=[shared])
+    bot.mention("C1", "what does it say?", thread_ts=one)
+    bot.mention("C2", "what does it say?", thread_ts=two)
+    assert slack.downloads == ["FSHARED1", "FSHARED1"]  # one copy per conversation
+    assert sorted(r.channel_id for r in file_rows(engine)) == ["C1", "C2"]
+    event, _ = slack.file_deleted_event("FSHARED1")
+    assert bot.event(event).status_code == 200
+    assert file_rows(engine) == [] and "plan.png" not in bodies(engine)
 
 
 def test_a_deleted_files_url_answers_404_and_is_named_not_fatal(bot, slack, model, engine):
