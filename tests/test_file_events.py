@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
@@ -171,19 +172,33 @@ def test_a_file_shared_in_two_conversations_is_kept_for_each_and_deleted_from_bo
     assert file_rows(engine) == [] and "plan.png" not in bodies(engine)
 
 
-def test_a_deleted_files_url_answers_404_and_is_named_not_fatal(bot, slack, model, engine):
-    """A message read before the deletion (no event reached the bot): the download fails and
-    the file is named with the reason, as any unreadable file is."""
-    parent = thread_with(slack, [{"name": "gone.png", "content": SCREENSHOT}])
+def test_a_file_deleted_without_an_event_is_named_not_fatal(kbot, slack, model, engine):
+    """Slack sends no file_deleted when its file retention policy removes a file: the kept
+    message still shows it, the download answers 404 (the fake's choice: Slack's documentation
+    does not say), and the file is named with the reason, in the transcript and under the
+    answer."""
+    parent, _ = kept_thread(kbot, slack, [{"name": "expired.png", "content": SCREENSHOT}])
     fid = file_id(slack, "C1", parent)
-    url = slack.thread("C1", parent)[-1]["files"][0]["url_private_download"]
-    slack.delete_file(fid)
-    import httpx
-
+    url = next(f for m in slack.thread("C1", parent) for f in m.get("files") or [])
+    url = url["url_private_download"]
+    slack.delete_file(fid)  # and no event reaches the bot
     assert httpx.get(url, headers={"Authorization": "Bearer xoxb-test"}).status_code == 404
+    kbot.mention("C1", "what is in the thread?", thread_ts=parent)
+    assert images(model, 0) == [] and slack.downloads == []
+    assert any("expired.png could not be read: Slack answered HTTP 404" in t
+               for t in texts(model, 0))
+    answer = json.dumps(kbot.posts_in("C1", parent)[-1])
+    assert "expired.png (Slack answered HTTP 404)" in answer
+    assert file_rows(engine) == []
+
+
+def test_a_thread_read_after_a_deletion_shows_the_tombstone(bot, slack, model):
+    parent = thread_with(slack, [{"name": "gone.png", "content": SCREENSHOT}])
+    slack.delete_file(file_id(slack, "C1", parent))
     bot.mention("C1", "what is in the thread?", thread_ts=parent)
-    assert images(model, 0) == []
-    assert any("[file deleted]" in t for t in texts(model, 0))  # read after: a tombstone
+    assert images(model, 0) == [] and slack.downloads == []
+    assert any("this is what I get\n[file deleted]" in t for t in texts(model, 0))
+    assert "gone.png" not in json.dumps(model.requests[0]["body"])
 
 
 def test_a_deleted_message_takes_its_files_bytes(kbot, slack, model, engine):

@@ -77,7 +77,7 @@ def register(
         if kind == FILE_DELETED:  # the other kept messages that show it: a job (a scan)
             queue.enqueue(
                 KIND,
-                {"team_id": team_id, "file_id": file_id},
+                {"team_id": team_id, "file_id": file_id, "enterprise_id": context.enterprise_id},
                 lane=f"{team_id}:files",
                 dedupe_key=f"event:{body.get('event_id') or f'{kind}:{file_id}'}",
             )
