@@ -10,10 +10,10 @@ threads that held them (those asked about) show Slack's tombstone instead (`{"id
 kept message of the workspace (a scan of their JSON: too slow for the ack in a large workspace),
 and deletes any copy a request stored meanwhile. A `message_changed` with the tombstone may come
 too (`message_events`); any order ends the same. `file_change`: the prepared bytes are dropped,
-so the next request downloads the current version, once. Slack sends file_change for any change
-of a file (a share, a comment too), so nothing more is done: no files.info call (the download URL
-serves the current version; the kept name and type are refreshed by the next edit event or the
-thread's full re-read).
+so the next request downloads the current version, once. Slack sends file_change "when any
+property of a file is changed" (not only its contents), so nothing more is done: no files.info
+call (the download URL serves the current version; the kept name and type are refreshed by the
+next edit event or the thread's full re-read).
 """
 
 from __future__ import annotations
