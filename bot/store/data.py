@@ -520,7 +520,7 @@ def tombstone_file(
 
     The event names only the file, so stored messages are searched for its id (a LIKE over
     their JSON, then checked parsed): within the given threads by their index; over the
-    workspace a scan of its messages (about 0.1-0.3 s per 100,000: bench/file_deleted.py)."""
+    workspace a scan of its messages (0.1-0.5 s per 100,000: bench/file_deleted.py)."""
     needle = json.dumps({"id": file_id})[1:-1]  # "id": "F…", as the bodies are written
     query = select(ThreadMessage).where(
         ThreadMessage.team_id == team_id, ThreadMessage.body.contains(needle, autoescape=True)
