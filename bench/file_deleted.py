@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -82,41 +83,54 @@ def job(sessions: sessionmaker, team: str, file_id: str) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, changed
 
 
+def run(database_url: str | None, messages: int, runs: int) -> dict[str, list[float]]:
+    """Fill a fresh database (SQLite, or a schema of its own in `database_url`) and time
+    `runs` deletions: milliseconds by phase."""
+    saved = os.environ.get("TEST_DATABASE_URL")
+    if database_url:
+        os.environ["TEST_DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("TEST_DATABASE_URL", None)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, fresh_database(Path(tmp)) as url:
+            engine = make_engine(url)
+            try:
+                migrate(engine)
+                sessions = sessionmaker(engine)
+                now = datetime.now(UTC)
+                started = time.perf_counter()
+                shared = fill(sessions, "T1", messages, now)
+                fill(sessions, "T2", messages, now)
+                print(f"{engine.dialect.name}: {2 * messages:,} kept messages in "
+                      f"{time.perf_counter() - started:.1f} s")
+                acks = [ack(sessions, "T1", fid) for fid in shared[:runs]]
+                assert all(changed == 1 for _, changed in acks), acks  # that thread's message
+                jobs = [job(sessions, "T1", fid) for fid in shared[:runs]]
+                assert all(changed == 2 for _, changed in jobs), jobs  # the other two
+                missing = [job(sessions, "T1", f"FNOTHING{i}")[0] for i in range(runs)]
+            finally:
+                engine.dispose()
+    finally:
+        if saved is None:
+            os.environ.pop("TEST_DATABASE_URL", None)
+        else:
+            os.environ["TEST_DATABASE_URL"] = saved
+    return {
+        "before the ack": [m for m, _ in acks],
+        "the job, file in 2 more messages": [m for m, _ in jobs],
+        "the job, a file no message shows": missing,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite)")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    import os
-
-    if args.database_url:
-        os.environ["TEST_DATABASE_URL"] = args.database_url
-    else:
-        os.environ.pop("TEST_DATABASE_URL", None)
-    with tempfile.TemporaryDirectory() as tmp, fresh_database(Path(tmp)) as url:
-        engine = make_engine(url)
-        migrate(engine)
-        sessions = sessionmaker(engine)
-        now = datetime.now(UTC)
-        started = time.perf_counter()
-        shared = fill(sessions, "T1", args.messages, now)
-        fill(sessions, "T2", args.messages, now)
-        print(f"{engine.dialect.name}: {2 * args.messages:,} kept messages in "
-              f"{time.perf_counter() - started:.1f} s")
-        acks = [ack(sessions, "T1", fid) for fid in shared[: args.runs]]
-        assert all(changed == 1 for _, changed in acks), acks  # the message in that thread
-        jobs = [job(sessions, "T1", fid) for fid in shared[: args.runs]]
-        assert all(changed == 2 for _, changed in jobs), jobs  # the other two
-        missing = [job(sessions, "T1", f"FNOTHING{i}")[0] for i in range(args.runs)]
-        for label, ms in (
-            ("before the ack", [m for m, _ in acks]),
-            ("the job, file in 2 more messages", [m for m, _ in jobs]),
-            ("the job, a file no message shows", missing),
-        ):
-            print(f"file_deleted {label}: min {min(ms):.1f} ms, median "
-                  f"{statistics.median(ms):.1f} ms, max {max(ms):.1f} ms")
-        engine.dispose()
+    for label, ms in run(args.database_url, args.messages, args.runs).items():
+        print(f"file_deleted {label}: min {min(ms):.1f} ms, median "
+              f"{statistics.median(ms):.1f} ms, max {max(ms):.1f} ms")
 
 
 if __name__ == "__main__":
