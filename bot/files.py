@@ -63,6 +63,8 @@ MAX_DOCUMENT_PAGES = 100
 MAX_DOCUMENT_BASE64 = 20 * 1024 * 1024
 # How long an endpoint that refused document blocks is sent PDFs' text instead.
 DOCUMENT_REFUSAL_MEMORY = 24 * 3600.0
+# The stored media type of a PDF encrypted with an empty password: its text only.
+ENCRYPTED_PDF = "application/pdf; encrypted"
 
 
 class FileUnreadable(Exception):
@@ -134,10 +136,12 @@ class PdfText:
     pages: int
     text: str
     text_tokens: int
+    encrypted: bool = False  # opens without a password, but no document block may hold it
 
 
 def read_pdf(content: bytes) -> PdfText:
-    """The pages and text of a PDF (pypdf); FileUnreadable when it is encrypted or broken.
+    """The pages and text of a PDF (pypdf); FileUnreadable when it is broken or needs a
+    password (one encrypted with an empty password, as many forms and statements are, is read).
 
     Every page's text is read up to MAX_DOCUMENT_PAGES (a document block's estimate needs all
     of it); past that, only as much as the bounded text holds."""
@@ -145,7 +149,8 @@ def read_pdf(content: bytes) -> PdfText:
         raise FileUnreadable("not a PDF")
     try:
         reader = PdfReader(io.BytesIO(content))
-        if reader.is_encrypted:
+        encrypted = reader.is_encrypted
+        if encrypted and not reader.decrypt(""):
             raise FileUnreadable("the PDF is encrypted (password-protected); send it unprotected")
         pages = len(reader.pages)
         if pages == 0:
@@ -171,7 +176,7 @@ def read_pdf(content: bytes) -> PdfText:
         cut = text[:MAX_TEXT_CHARS]
         shown = cut.count("[page ")
         text = cut + f"\n[… cut: the text goes on to page {pages}; only up to page {shown} is here]"
-    return PdfText(pages, text, tokens)
+    return PdfText(pages, text, tokens, encrypted)
 
 
 def pack_pdf(pdf: bytes, text: str) -> bytes:
@@ -290,15 +295,17 @@ def parts_of(row: ThreadFile, name: str, why_text: str | None = None) -> tuple[P
         pdf, text = unpack_pdf(row.content)
         if pdf and why_text is None:
             return (DocumentPart(base64.b64encode(pdf).decode("ascii"), row.width, row.height),)
-        why = why_text or too_large_why(row.width)
+        why = why_text or too_large_why(row.width, row.media_type)
         pages = f"{row.width} page{'s' if row.width != 1 else ''}"
         head = f"[the text extracted from {name} ({pages}): {why}, so its layout and images are"
         return (TextPart(f"{head} not here]\n{text}"),)
     return (TextPart(f"[contents of {name}]\n{row.content.decode('utf-8')}"),)
 
 
-def too_large_why(pages: int) -> str:
-    """Why a stored PDF has no document block: its pages, or else its size."""
+def too_large_why(pages: int, media_type: str = PDF_MEDIA_TYPE) -> str:
+    """Why a stored PDF has no document block: its encryption, its pages, or else its size."""
+    if media_type == ENCRYPTED_PDF:
+        return "it is encrypted, which the model does not take as a document"
     if pages > MAX_DOCUMENT_PAGES:
         return f"it has more than the {MAX_DOCUMENT_PAGES} pages a request may hold"
     return "it is too large to send as a document"
@@ -321,7 +328,7 @@ class _DocumentRoom:
         goes instead."""
         pdf, _ = unpack_pdf(row.content)
         if not pdf:
-            return too_large_why(row.width)
+            return too_large_why(row.width, row.media_type)
         tokens = document_tokens(row.width, row.height)
         if self.max_tokens is not None and tokens > self.max_tokens:
             return f"as a document it would take about {tokens:,} tokens, too many for a request"
@@ -438,7 +445,8 @@ class FileReader:
         if kind_of(f) == "pdf":
             pdf = read_pdf(content)
             fits = pdf.pages <= MAX_DOCUMENT_PAGES and _base64_size(content) <= MAX_DOCUMENT_BASE64
-            row.kind, row.media_type = "pdf", PDF_MEDIA_TYPE
+            fits = fits and not pdf.encrypted
+            row.kind, row.media_type = "pdf", ENCRYPTED_PDF if pdf.encrypted else PDF_MEDIA_TYPE
             row.width, row.height = pdf.pages, pdf.text_tokens
             row.content = pack_pdf(content if fits else b"", pdf.text)
             return row

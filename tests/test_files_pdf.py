@@ -145,3 +145,13 @@ def test_an_encrypted_or_damaged_pdf_is_named_with_the_reason(bot, slack, model)
     answer = json.dumps(bot.posts_in("C1", parent)[-1])
     assert "locked.pdf (the PDF is encrypted (password-protected)" in answer
     assert "broken.pdf (the PDF is damaged" in answer
+
+
+def test_a_pdf_encrypted_without_a_password_goes_as_its_text(bot, slack, model):
+    restricted = encrypted(SPEC, password="")  # opens without one: forms, statements
+    parent = thread_with(slack, [{"name": "statement.pdf", "content": restricted}])
+    bot.mention("C1", "what is the budget?", thread_ts=parent)
+    assert model.requests[0]["status"] == 200 and not documents(model, 0)
+    (extracted,) = [t for t in texts(model, 0) if t.startswith("[the text extracted from state")]
+    assert "(3 pages): it is encrypted, which the model does not take as a document" in extracted
+    assert "[page 2]\nBudget: 42k EUR for Q3" in extracted
