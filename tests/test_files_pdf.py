@@ -155,3 +155,31 @@ def test_a_pdf_encrypted_without_a_password_goes_as_its_text(bot, slack, model):
     (extracted,) = [t for t in texts(model, 0) if t.startswith("[the text extracted from state")]
     assert "(3 pages): it is encrypted, which the model does not take as a document" in extracted
     assert "[page 2]\nBudget: 42k EUR for Q3" in extracted
+
+
+def test_a_pdf_in_the_messages_tab_is_a_document_read_from_cache_on_the_next_turn(
+    make_bot, slack, model
+):
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    bot.app.start_receiving()  # as `serve` does: the DM is kept from its events
+    slack.advance(60)
+    first = slack.dm_event(
+        "U1", "What does this spec say?", files=[{"name": "spec.pdf", "content": SPEC}]
+    )
+    assert bot.deliver(first).status_code == 200
+    slack.advance(40)
+    model.advance(40)
+    bot.deliver(slack.dm_event("U1", "And the budget?", thread_ts=first["ts"]))
+
+    def docs(i: int) -> list[dict]:
+        return [
+            bare(b)
+            for m in model.requests[i]["body"]["messages"]
+            if isinstance(m["content"], list)
+            for b in m["content"]
+            if b["type"] == "document"
+        ]
+
+    assert len(docs(0)) == 1 and docs(1) == docs(0)  # the same bytes on the next turn
+    assert len(slack.downloads) == 1
+    assert model.usages[1]["cache_read_input_tokens"] >= SPEC_TOKENS
