@@ -256,6 +256,10 @@ class DocumentRefusals:
 def kind_of(f: dict[str, Any]) -> str | None:
     """ "image", "pdf", "text" or None (only named) for a file object as `threads.slim` keeps
     it."""
+    if f.get("mode") in ("tombstone", "hidden_by_limit", "file_access"):
+        # Deleted, hidden by the plan's limit, or shown only through files.info (Slack
+        # Connect: `file_access: check_file_info`): no URL to read, only named.
+        return None
     mimetype = str(f.get("mimetype") or "").lower()
     filetype = str(f.get("filetype") or "").lower()
     if mimetype in IMAGE_TYPES:

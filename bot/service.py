@@ -140,6 +140,9 @@ class ThreadRequest:
     kind: str = "mention"
     enterprise_id: str | None = None
     user_team: str | None = None  # the requester's workspace (another one in shared channels)
+    # The files on the asking message itself, as its event showed them (`threads.slim`): read
+    # with it when the message is not read or kept yet.
+    files: list[dict[str, Any]] | None = None
     # Waiting for Slack's read budget (the job is deferred between attempts):
     waited: int = 0  # attempts that had to wait so far
     placeholder_ts: str | None = None  # the message showing progress, where there is no status
@@ -286,15 +289,23 @@ class AnswerService:
         self, req: ThreadRequest, messages: list[dict[str, Any]], names: NameResolver
     ) -> tuple[list[dict[str, Any]], str]:
         """The messages the model sees and the request after them: for a mention, the messages
-        before it and its text; in a conversation (`conversational`), the messages up to and
-        including the one asked, whose text is then the last turn (no request of its own)."""
+        before it (and the mention itself when it carries files, so they are read) and its
+        text; in a conversation (`conversational`), the messages up to and including the one
+        asked, whose text is then the last turn (no request of its own)."""
+        asked = next((m for m in messages if m["ts"] == req.message_ts), None)
+        if asked is None:  # not read or kept (yet): as its event showed it
+            asked = {"ts": req.message_ts, "user": req.user_id, "text": req.text}
+            if req.files:
+                asked["files"] = req.files
         if not self.conversational(req):
             before = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
+            if asked.get("files"):  # "what does this screenshot say?": its files are asked about
+                if req.user_team and "user_team" not in asked:  # Slack Connect: whose they are
+                    asked = {**asked, "user_team": req.user_team}
+                before.append(asked)
             return before, clean_request(req.text, names, req.bot_user_id)
-        upto = [m for m in messages if ts_key(m["ts"]) <= ts_key(req.message_ts)]
-        if not any(m["ts"] == req.message_ts for m in upto):  # not read or kept (yet)
-            upto.append({"ts": req.message_ts, "user": req.user_id, "text": req.text})
-        return upto, ""
+        upto = [m for m in messages if ts_key(m["ts"]) < ts_key(req.message_ts)]
+        return [*upto, asked], ""
 
     def conversational(self, req: ThreadRequest) -> bool:
         """Whether `req` is answered as a conversation in real turns (a DM, DM_LAYOUTS)."""

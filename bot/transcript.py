@@ -243,6 +243,9 @@ class Renderer:
             return Turn(ts=m["ts"], text=body or "…", own=True)
         extra: list[Part] = []
         for f in m.get("files") or []:
+            if f.get("mode") == "tombstone":  # deleted: Slack keeps only the id
+                body += "\n[file deleted]"
+                continue
             kind = f.get("pretty_type") or f.get("filetype") or "file"
             body += f"\n[file: {f.get('name') or f.get('title') or 'unnamed'} ({kind})]"
             extra.extend(self.files.get(f.get("id") or "", ()))

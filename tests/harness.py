@@ -190,11 +190,21 @@ class Bot:
         return self.event(event, team_id=team, **kw)
 
     def mention(
-        self, channel: str, text: str, *, user: str = "U1", thread_ts: str | None = None, **kw: Any
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str = "U1",
+        thread_ts: str | None = None,
+        files: list[dict[str, Any]] | None = None,
+        **kw: Any,
     ) -> tuple[str, httpx.Response]:
-        """Post a message that mentions the bot into the fake, then deliver app_mention."""
+        """Post a message that mentions the bot into the fake, then deliver app_mention
+        (`files`: attached to the mention, as the fake's add_message takes them)."""
         full = f"<@UBOT> {text}"
-        ts = self.slack.add_message(channel, full, user=user, thread_ts=thread_ts)
+        ts = self.slack.add_message(channel, full, user=user, thread_ts=thread_ts, files=files)
+        if files:
+            return ts, self.event(self.slack.app_mention_event(channel, ts), **kw)
         event = {
             "type": "app_mention",
             "user": user,

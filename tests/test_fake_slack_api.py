@@ -454,6 +454,43 @@ def test_files_are_served_to_a_token_with_files_read_else_the_sign_in_page(fake)
     assert fake.downloads == [file_id]
 
 
+def test_file_change_and_file_deleted_events(fake):
+    parent = fake.add_message("C1", "look", user="U1")
+    reply = fake.add_message("C1", "the config", user="U2", thread_ts=parent,
+                             files=[{"name": "a.txt", "content": b"v1"}])
+    (file_id,) = fake.file_contents
+    url = fake.thread("C1", parent)[1]["files"][0]["url_private_download"]
+    auth = {"Authorization": f"Bearer {fake.bot_token}"}
+    # file_change: only the id (Slack's reference: details via files.info); the URL serves anew
+    event = fake.file_change_event(file_id, b"version 2", name="b.txt")
+    assert event == {"type": "file_change", "file_id": file_id, "file": {"id": file_id}}
+    assert httpx.get(url, headers=auth).content == b"version 2"
+    changed = fake.thread("C1", parent)[1]["files"][0]
+    assert changed["name"] == "b.txt" and changed["size"] == len(b"version 2")
+    # file_deleted: only file_id and event_ts; messages keep a tombstone; the URL answers 404
+    deleted, edits = fake.file_deleted_event(file_id)
+    assert set(deleted) == {"type", "file_id", "event_ts"} and deleted["file_id"] == file_id
+    assert fake.thread("C1", parent)[1]["files"] == [{"id": file_id, "mode": "tombstone"}]
+    assert httpx.get(url, headers=auth).status_code == 404
+    (edit,) = edits
+    assert edit["subtype"] == "message_changed" and edit["message"]["ts"] == reply
+    assert edit["previous_message"]["files"][0]["name"] == "b.txt"
+    assert edit["message"]["files"] == [{"id": file_id, "mode": "tombstone"}]
+
+
+def test_app_mention_event_carries_the_messages_files(fake):
+    parent = fake.add_message("C1", "look", user="U1")
+    ts = fake.add_message("C1", "<@UBOT> what is this?", user="U2", thread_ts=parent,
+                          files=[{"name": "a.png", "content": b"x"}])
+    event = fake.app_mention_event("C1", ts)
+    assert event["type"] == "app_mention" and event["channel"] == "C1"
+    assert event["ts"] == event["event_ts"] == ts and event["thread_ts"] == parent
+    assert event["files"][0]["name"] == "a.png" and event["upload"] is False
+    assert "subtype" not in event and "channel_type" not in event
+    plain = fake.app_mention_event("C1", fake.add_message("C1", "<@UBOT> hi", user="U1"))
+    assert "files" not in plain and "upload" not in plain
+
+
 def test_message_shape_edits_deletes_and_isolation(fake, client):
     parent = fake.add_message("C1", "look", user="U1",
                               files=[{"id": "F1", "name": "plan.pdf"}], edited=True)

@@ -14,6 +14,7 @@ from bot.listeners import (
     backfill,
     dm,
     feedback,
+    file_events,
     home,
     keep,
     lifecycle,
@@ -47,6 +48,7 @@ def register(
     messages = messages if messages is not None else MessageRouter()
     lifecycle.remember_orgs(app, answers.workspaces)  # first: the mention middleware returns early
     keep.register(app, answers.keeper, queue, sessions, receiver)  # every event, before the ack
+    handlers.update(file_events.register(app, sessions, queue))  # before the ack, and a job
     handlers.update(mention.register(app, answers, queue))
     dms = DmService(answers=answers, summaries=summaries, usage=usage, sessions=sessions)
     handlers.update(dm.register(app, dms, queue))  # its app_home_opened listener before home's

@@ -19,7 +19,7 @@ from bot.dm import DmService
 from bot.jobs import Handler, JobQueue
 from bot.listeners.messages import NEW, by_bot, event_of
 from bot.service import DM, ThreadRequest
-from bot.threads import thread_of
+from bot.threads import slim, thread_of
 from bot.workspace import team_of
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def register(app: App, dms: DmService, queue: JobQueue) -> dict[str, Handler]:
             kind=DM,
             enterprise_id=context.enterprise_id,
             user_team=event.get("user_team") or event.get("team"),
+            files=slim(event).get("files"),
         )
         fresh = queue.enqueue(
             KIND,

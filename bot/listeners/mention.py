@@ -16,7 +16,7 @@ from slack_bolt import App, BoltContext, BoltResponse
 from bot.jobs import Handler, JobQueue
 from bot.listeners.messages import event_of
 from bot.service import AnswerService, ThreadRequest
-from bot.threads import thread_of
+from bot.threads import slim, thread_of
 from bot.transcript import is_own
 from bot.user_messages import GAVE_UP_ANSWER
 from bot.workspace import team_of
@@ -58,6 +58,7 @@ def register(app: App, service: AnswerService, queue: JobQueue) -> dict[str, Han
             bot_id=context.bot_id,
             enterprise_id=context.enterprise_id,
             user_team=event.get("user_team") or event.get("team"),
+            files=slim(event).get("files"),
         )
         fresh = queue.enqueue(
             KIND,

@@ -370,10 +370,12 @@ class ThreadFile(Base):
     """A file of a thread, prepared for the model once (`bot.files`): an image's bytes, a PDF's
     bytes and extracted text, or a text file's bounded text, so later requests send the same
     bytes without downloading it again. Kept and purged with the thread's text (retention,
-    uninstall). An image's width and height are its pixels; a PDF's, its page count and the
-    estimated tokens of its text, and its content is `files.pack_pdf`'s."""
+    uninstall, the bot leaving), and on Slack's file_deleted / file_change events (by file id,
+    `ix_thread_file_file`). An image's width and height are its pixels; a PDF's, its page count
+    and the estimated tokens of its text, and its content is `files.pack_pdf`'s."""
 
     __tablename__ = "thread_file"
+    __table_args__ = (Index("ix_thread_file_file", "team_id", "file_id"),)  # file events
 
     team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -851,6 +851,92 @@ class FakeSlack:
                 "previous_message": previous,
             }
 
+    def _messages_with_file(self, file_id: str) -> list[tuple[_Channel, dict[str, Any]]]:
+        return [
+            (ch, msg)
+            for ch in self._channels.values()
+            for msg in ch.messages.values()
+            if any(f.get("id") == file_id for f in msg.get("files") or [])
+        ]
+
+    def delete_file(self, file_id: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Delete a file (files.delete): every message that showed it keeps only a tombstone,
+        `{"id": …, "mode": "tombstone"}`, and its URLs answer 404 (Slack's documentation does
+        not say what a deleted file's URL answers; 404 is this fake's choice). Returns each
+        changed message: (channel, before, after), as rendered."""
+        with self._lock:
+            self.file_contents.pop(file_id, None)
+            changed = []
+            for ch, msg in self._messages_with_file(file_id):
+                before = self._render(ch, msg)
+                msg["files"] = [
+                    {"id": file_id, "mode": "tombstone"} if f.get("id") == file_id else f
+                    for f in msg["files"]
+                ]
+                changed.append((ch.id, before, self._render(ch, msg)))
+            return changed
+
+    def file_deleted_event(self, file_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Delete a file (as delete_file does) and return Slack's `file_deleted` event (only
+        `file_id` and `event_ts`, as its reference page shows; it names no channel), and the
+        `message_changed` events that may also come for the messages now showing the
+        tombstone (hidden, `message` and `previous_message`, like edit_event's)."""
+        with self._lock:
+            changed = self.delete_file(file_id)
+            at = us_to_ts(self._mint_us())
+            event = {"type": "file_deleted", "file_id": file_id, "event_ts": at}
+            edits = [
+                {
+                    "type": "message",
+                    "subtype": "message_changed",
+                    "hidden": True,
+                    "channel": channel,
+                    "channel_type": self.channel_type(channel),
+                    "ts": at,
+                    "event_ts": at,
+                    "message": after,
+                    "previous_message": before,
+                }
+                for channel, before, after in changed
+            ]
+            return event, edits
+
+    def change_file(self, file_id: str, content: bytes, **fields: Any) -> None:
+        """A new version of a file (an edited snippet, a replaced image): its URL serves
+        `content` from now on; `fields` (e.g. `name`) change its object in every message."""
+        with self._lock:
+            _, mimetype = self.file_contents[file_id]
+            self.file_contents[file_id] = (content, fields.get("mimetype", mimetype))
+            for _, msg in self._messages_with_file(file_id):
+                for f in msg["files"]:
+                    if f.get("id") == file_id:
+                        f.update(fields)
+                        f["size"] = len(content)
+
+    def file_change_event(self, file_id: str, content: bytes, **fields: Any) -> dict[str, Any]:
+        """Change a file (as change_file does) and return Slack's `file_change` event: only
+        `file_id` and `file: {id}` (its reference page: other details via files.info)."""
+        self.change_file(file_id, content, **fields)
+        return {"type": "file_change", "file_id": file_id, "file": {"id": file_id}}
+
+    def app_mention_event(self, channel: str, ts: str) -> dict[str, Any]:
+        """The `app_mention` event of a stored message that mentions the bot: the message's
+        fields (with `files` and `upload: false` when it carries files, as Slack sends them),
+        without `subtype` or `channel_type`."""
+        with self._lock:
+            ch = self._seed_channel(channel)
+            msg = self._seed_message(channel, ts)
+            event = self._render(ch, msg)
+            event["type"] = "app_mention"
+            event["channel"] = ch.id
+            event["event_ts"] = msg["ts"]
+            for key in ("subtype", "hidden", "reply_count", "reply_users_count", "reply_users",
+                        "latest_reply"):  # fmt: skip
+                event.pop(key, None)
+            if event.get("files"):
+                event["upload"] = False
+            return event
+
     @staticmethod
     def _letter(ch: _Channel) -> str:
         """member_*_channel's `channel_type`: one letter, the channel id's prefix (C, or G for
