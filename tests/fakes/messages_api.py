@@ -211,16 +211,27 @@ URL_IMAGE_TOKENS = 1600
 
 
 def _image_size(content: bytes) -> tuple[int, int] | None:
-    """Width and height from a PNG, GIF, WebP (VP8X) or JPEG header, else None."""
+    """Width and height from a PNG, GIF, WebP or JPEG header, else None."""
     if content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) >= 24:
         return int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
     if content[:6] in (b"GIF87a", b"GIF89a") and len(content) >= 10:
         return int.from_bytes(content[6:8], "little"), int.from_bytes(content[8:10], "little")
-    if content[:4] == b"RIFF" and content[8:16] == b"WEBPVP8X" and len(content) >= 30:
-        return (
-            int.from_bytes(content[24:27], "little") + 1,
-            int.from_bytes(content[27:30], "little") + 1,
-        )
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP" and len(content) >= 30:
+        chunk = content[12:16]
+        if chunk == b"VP8X":  # extended
+            return (
+                int.from_bytes(content[24:27], "little") + 1,
+                int.from_bytes(content[27:30], "little") + 1,
+            )
+        if chunk == b"VP8L":  # lossless: 14 bits each, minus one
+            bits = int.from_bytes(content[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":  # lossy: after the frame tag and start code
+            return (
+                int.from_bytes(content[26:28], "little") & 0x3FFF,
+                int.from_bytes(content[28:30], "little") & 0x3FFF,
+            )
+        return None
     i = 2 if content.startswith(b"\xff\xd8") else len(content)
     while i + 9 <= len(content) and content[i] == 0xFF:
         marker = content[i + 1]

@@ -1,0 +1,154 @@
+"""Images in threads at the wire (#19): scaled to what the model uses before they are kept (the
+fake Messages API counts the scaled tokens), the same bytes on every follow-up, damaged files and
+decompression bombs named."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from bot.store.models import ThreadFile
+from tests.fakes.messages_api import count_tokens
+from tests.test_files import bare, png, texts, thread_with, user_blocks
+
+
+def encoded(size: tuple[int, int], fmt: str = "PNG", color: object = (200, 30, 30), **kw) -> bytes:
+    """An image of `size` in `fmt`, made with Pillow."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt, **kw)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def noise_png(width: int, height: int, mode: str = "RGB") -> bytes:
+    """A PNG of random pixels (incompressible: 3 or 4 bytes a pixel)."""
+    buf = io.BytesIO()
+    raw = os.urandom(width * height * len(mode))
+    Image.frombytes(mode, (width, height), raw).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def images_of(model, i: int) -> list[dict]:
+    return [b for b in user_blocks(model, i) if b["type"] == "image"]
+
+
+def decoded(block: dict) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(block["source"]["data"])))
+
+
+def image_tokens_counted(model, i: int) -> int:
+    """What the fake counted for the images of request `i`: its prompt less its text."""
+    body, usage = model.requests[i]["body"], model.usages[i]
+    total = sum(usage[k] for k in ("input_tokens", "cache_creation_input_tokens",
+                                   "cache_read_input_tokens"))
+    text = count_tokens(body["system"]) + sum(
+        count_tokens(b["text"]) for m in body["messages"] for b in m["content"]
+        if b["type"] == "text"
+    )
+    return total - text
+
+
+def test_a_large_screenshot_is_scaled_once_and_a_follow_up_sends_the_same_bytes(
+    bot, slack, model, engine
+):
+    parent = thread_with(slack, [{"name": "screen.png", "content": png(3000, 2000)}])
+    bot.mention("C1", "what does the screenshot show?", thread_ts=parent)
+    (block,) = images_of(model, 0)
+    sent = decoded(block)
+    # 1,568 px on the long edge would still be 1.64 megapixels: the area cap (1.15 MP) decides
+    assert sent.format == "PNG" and sent.size == (1313, 875)
+    assert image_tokens_counted(model, 0) == math.ceil(1313 * 875 / 750) == 1532
+    with sessionmaker(engine)() as s:
+        (row,) = s.scalars(select(ThreadFile)).all()
+        assert (row.width, row.height) == (1313, 875)  # the scaled bytes are what is kept
+        assert base64.b64encode(row.content).decode() == block["source"]["data"]
+
+    bot.mention("C1", "and the button on the left?", thread_ts=parent)
+    assert len(slack.downloads) == 1
+    assert [bare(b) for b in images_of(model, 1)] == [bare(block)]  # byte-identical
+    assert model.usages[1]["cache_read_input_tokens"] >= 1532
+    assert model.usages[1]["input_tokens"] < 1532
+
+
+def test_formats_are_kept_and_animations_become_their_first_frame(bot, slack, model):
+    frames = [Image.new("RGB", (600, 400), c) for c in ((0, 0, 255), (255, 0, 0))]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    rotated = io.BytesIO()  # a phone photo stored landscape, shown portrait (EXIF orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (4000, 3000), (10, 120, 10)).save(rotated, "JPEG", exif=exif.tobytes())
+    files = [
+        {"name": "photo.jpg", "content": rotated.getvalue()},
+        {"name": "spinner.gif", "content": gif.getvalue()},
+        {"name": "chart.webp", "content": encoded((2400, 1200), "WEBP"), "mimetype": "image/webp"},
+        {"name": "small.gif", "content": encoded((300, 200), "GIF")},
+    ]
+    parent = thread_with(slack, files)
+    bot.mention("C1", "what are these?", thread_ts=parent)
+    photo, spinner, chart, small = images_of(model, 0)
+    assert photo["source"]["media_type"] == "image/jpeg"
+    assert decoded(photo).size == (928, 1238)  # turned upright, then 1.15 megapixels
+    assert spinner["source"]["media_type"] == "image/png"  # the first frame, blue
+    assert decoded(spinner).convert("RGB").getpixel((10, 10)) == (0, 0, 255)
+    assert chart["source"]["media_type"] == "image/webp" and decoded(chart).size == (1516, 758)
+    assert small["source"]["media_type"] == "image/gif"  # within every limit: the original bytes
+    assert base64.b64decode(small["source"]["data"]) == files[3]["content"]
+
+
+def test_an_image_over_5_mb_is_scaled_down_until_it_fits(bot, slack, model):
+    big = noise_png(1050, 1050, "RGBA")  # within 1.15 MP, but 4.4 MB: 5.9 MB as base64
+    assert len(base64.b64encode(big)) > 5 * 1024 * 1024
+    parent = thread_with(slack, [{"name": "noise.png", "content": big}])
+    bot.mention("C1", "what is it?", thread_ts=parent)
+    (block,) = images_of(model, 0)
+    assert len(block["source"]["data"]) <= 5 * 1024 * 1024
+    assert decoded(block).size == (840, 840)  # one step of 0.8
+    assert model.requests[0]["status"] == 200
+
+
+def _bomb(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width` x `height` pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1) * 4))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets filters
+def test_damaged_images_and_bombs_are_named_and_the_answer_still_comes(bot, slack, model):
+    good = png(400, 300)
+    files = [
+        {"name": "cut.png", "content": good[: len(good) // 2]},
+        {"name": "bomb.png", "content": _bomb(9000, 8000)},  # 72 megapixels
+        {"name": "huge.png", "content": _bomb(20000, 20000)},  # 400: Pillow refuses it
+        {"name": "fake.png", "content": b"this is no image at all"},
+        {"name": "fine.png", "content": good},
+    ]
+    parent = thread_with(slack, files)
+    bot.mention("C1", "what do they show?", thread_ts=parent)
+    assert model.requests[0]["status"] == 200
+    assert len(images_of(model, 0)) == 1  # fine.png
+    found = "\n".join(texts(model, 0))
+    assert "[cut.png could not be read: the image is damaged" in found
+    assert "[bomb.png could not be read: 9000×8000 pixels, more than the bot decodes" in found
+    assert "[huge.png could not be read: more pixels than the bot decodes (50 megapixels)]" in found
+    assert "[fake.png could not be read: not a PNG, JPEG, GIF or WebP image]" in found
+    answer = json.dumps(bot.posts_in("C1", parent)[-1])
+    assert "Some files could not be read" in answer and "bomb.png" in answer
