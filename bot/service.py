@@ -26,7 +26,7 @@ from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient, OnText
 from bot.metrics import Metrics
 from bot.pricing import cache_floor, price_for
-from bot.prompt import Built, build_conversation_request, build_request
+from bot.prompt import MAX_IMAGES, Built, build_conversation_request, build_request
 from bot.read_budget import ReadBudget
 from bot.store import data
 from bot.threads import (
@@ -45,6 +45,7 @@ from bot.user_messages import (
     EXTERNAL_REQUESTER,
     SOMETHING_WRONG,
     cut_off_note,
+    images_left_out_note,
     llm_error_text,
     partial_note,
     read_error_text,
@@ -485,7 +486,9 @@ class AnswerService:
         plan = self._plan(req, turns, request, eff, started, on_progress)
         completion = self._call(plan, on_text)
         done = self._record(plan, completion, messages if seen is None else seen)
-        return replace(done, files_note=prepared.note())
+        left_out = images_left_out_note(plan.built.images_left_out, MAX_IMAGES)
+        notes = [n for n in (prepared.note(), left_out) if n]
+        return replace(done, files_note="\n".join(notes) or None)
 
     def _turns(
         self,

@@ -1,6 +1,7 @@
 """Images in threads at the wire (#19): scaled to what the model uses before they are kept (the
 fake Messages API counts the scaled tokens), the same bytes on every follow-up, damaged files and
-decompression bombs named."""
+decompression bombs named, the per-request limits kept by leaving the oldest images out (the fake
+refuses what the API refuses)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from bot.prompt import MAX_IMAGE_DATA, MAX_IMAGES
 from bot.store.models import ThreadFile
-from tests.fakes.messages_api import count_tokens
+from tests.fakes.messages_api import MAX_MEDIA, MAX_REQUEST_BYTES, count_tokens
+from tests.test_fake_messages_api import MODEL, post
 from tests.test_files import bare, png, texts, thread_with, user_blocks
 
 
@@ -152,3 +155,92 @@ def test_damaged_images_and_bombs_are_named_and_the_answer_still_comes(bot, slac
     assert "[fake.png could not be read: not a PNG, JPEG, GIF or WebP image]" in found
     answer = json.dumps(bot.posts_in("C1", parent)[-1])
     assert "Some files could not be read" in answer and "bomb.png" in answer
+
+
+def _images_thread(slack, count: int, per_message: int = 10) -> str:
+    parent = slack.add_thread("C1", 1)
+    for start in range(0, count, per_message):
+        _add_images(slack, parent, range(start, min(count, start + per_message)))
+    return parent
+
+
+def _add_images(slack, parent: str, numbers: range) -> None:
+    files = [
+        {"name": f"img{n:03d}.png", "content": encoded((64, 48), color=(n, 255 - n, n // 2))}
+        for n in numbers
+    ]
+    slack.add_message("C1", "screens", user="U2", thread_ts=parent, files=files)
+
+
+def left_out(model, i: int) -> list[str]:
+    found = [t for t in texts(model, i) if t.startswith("[image left out: ")]
+    return [t.split(": ", 1)[1].split(" — ", 1)[0] for t in found]
+
+
+def test_too_many_images_leave_the_oldest_out_with_a_note_and_the_choice_holds(
+    bot, slack, model
+):
+    parent = _images_thread(slack, 105)  # more than the API takes (100)
+    bot.mention("C1", "compare the screens", thread_ts=parent)
+    assert model.requests[0]["status"] == 200
+    assert len(images_of(model, 0)) == 45  # 55 must go: whole pages of 10, oldest first
+    assert left_out(model, 0) == [f"img{n:03d}.png" for n in range(60)]
+    answer = json.dumps(bot.posts_in("C1", parent)[-1])
+    assert "60 older images of this thread went to the model only by name" in answer
+
+    _add_images(slack, parent, range(105, 106))  # one more: still within the 60 left out
+    bot.mention("C1", "and the new one?", thread_ts=parent)
+    assert left_out(model, 1) == left_out(model, 0)
+    assert len(images_of(model, 1)) == 46
+    first = [bare(b) for b in user_blocks(model, 0)[:-1]]  # all but the request
+    assert [bare(b) for b in user_blocks(model, 1)[: len(first)]] == first  # same prefix
+    assert model.usages[1]["cache_read_input_tokens"] > 0
+    assert len(slack.downloads) == 106  # each image downloaded once
+
+
+def test_images_over_the_request_size_are_left_out_and_the_request_fits(bot, slack, model):
+    parent = slack.add_thread("C1", 1)
+    for n in range(9):  # 9 x 4 MB of base64: more than the API's 32 MB a request
+        content = noise_png(1000, 1000)
+        slack.add_message("C1", f"capture {n}", user="U2", thread_ts=parent,
+                          files=[{"name": f"cap{n}.png", "content": content}])
+    bot.mention("C1", "what changed?", thread_ts=parent)
+    assert model.requests[0]["status"] == 200
+    sent = images_of(model, 0)
+    assert sum(len(b["source"]["data"]) for b in sent) <= MAX_IMAGE_DATA
+    assert len(sent) == 4 and left_out(model, 0) == [f"cap{n}.png" for n in range(5)]
+
+
+def test_the_fake_refuses_what_the_api_refuses(model):
+    def image(content: bytes) -> dict:
+        data = base64.b64encode(content).decode()
+        return {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                            "data": data}}
+
+    def body(blocks: list[dict]) -> dict:
+        content = [*blocks, {"type": "text", "text": "what are these?"}]
+        messages = [{"role": "user", "content": content}]
+        return {"model": MODEL, "max_tokens": 10, "messages": messages}
+
+    small = image(png(8, 8))
+    many = post(model, body([small] * (MAX_MEDIA + 1)))
+    assert many.status_code == 400
+    assert many.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "Too much media: 0 document pages + 101 images > 100",
+    }
+    assert post(model, body([small] * MAX_MEDIA)).status_code == 200
+    wide = image(png(2100, 10))  # fine alone or among 20, not among 21
+    assert post(model, body([wide] + [small] * 19)).status_code == 200
+    refused = post(model, body([small] * 20 + [wide]))
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "messages.0.content.20.image.source.base64.data: At least one of the image dimensions "
+        "exceed max allowed size for many-image requests: 2000 pixels"
+    )
+    huge = post(model, body([image(png(8001, 1))]))
+    assert huge.status_code == 400 and "8000 pixels" in huge.json()["error"]["message"]
+    too_large = post(model, body([{"type": "text", "text": "x" * (MAX_REQUEST_BYTES + 1)}]))
+    assert too_large.status_code == 413
+    assert too_large.json()["error"]["type"] == "request_too_large"
+    assert MAX_IMAGES < MAX_MEDIA  # the bot's own limit leaves room for documents

@@ -208,6 +208,14 @@ IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 MAX_IMAGE_BASE64 = 5 * 1024 * 1024
 IMAGE_LONG_EDGE = 1568
 URL_IMAGE_TOKENS = 1600
+# Per request (Anthropic's vision docs and errors page): at most 100 images (with document
+# pages), an image over 8,000 px on an edge is refused, over 2,000 px when the request has more
+# than 20 images; a request body over 32 MB is refused with 413 request_too_large.
+MAX_MEDIA = 100
+MANY_IMAGES = 20
+MAX_IMAGE_EDGE = 8000
+MANY_IMAGES_EDGE = 2000
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 def _image_size(content: bytes) -> tuple[int, int] | None:
@@ -244,9 +252,22 @@ def _image_size(content: bytes) -> tuple[int, int] | None:
 
 def image_block_tokens(block: dict[str, Any], where: str = "image") -> int:
     """What an image block costs, validating it as the API does (400s as BadRequest)."""
+    size = image_block_size(block, where)
+    if size is None:
+        return URL_IMAGE_TOKENS  # the fake fetches nothing: an image at the 1,568 px ceiling
+    width, height = size
+    if max(width, height) > IMAGE_LONG_EDGE:
+        factor = IMAGE_LONG_EDGE / max(width, height)
+        width, height = int(width * factor), int(height * factor)
+    return max(1, math.ceil(width * height / 750))
+
+
+def image_block_size(block: dict[str, Any], where: str = "image") -> tuple[int, int] | None:
+    """An image block's width and height (None for a URL image), validating it as the API does
+    (400s as BadRequest)."""
     source = block.get("source")
     if isinstance(source, dict) and source.get("type") == "url":
-        return URL_IMAGE_TOKENS  # the fake fetches nothing: an image at the 1,568 px ceiling
+        return None
     if not isinstance(source, dict) or source.get("type") != "base64":
         raise BadRequest(f"{where}.source.type: Input should be 'base64' or 'url'")
     if source.get("media_type") not in IMAGE_MEDIA_TYPES:
@@ -260,11 +281,33 @@ def image_block_tokens(block: dict[str, Any], where: str = "image") -> int:
         size = None
     if size is None:
         raise BadRequest(f"{where}.source.data: Could not process image")
-    width, height = size
-    if max(width, height) > IMAGE_LONG_EDGE:
-        factor = IMAGE_LONG_EDGE / max(width, height)
-        width, height = int(width * factor), int(height * factor)
-    return max(1, math.ceil(width * height / 750))
+    if max(size) > MAX_IMAGE_EDGE:
+        raise BadRequest(
+            f"{where}.image.source.base64.data: At least one of the image dimensions exceed max "
+            f"allowed size: {MAX_IMAGE_EDGE} pixels"
+        )
+    return size
+
+
+def check_media(body: dict[str, Any]) -> None:
+    """The per-request limits on images (400s as BadRequest, worded as the API words them)."""
+    images: list[tuple[str, tuple[int, int] | None]] = []
+    for m, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for b, block in enumerate(content if isinstance(content, list) else []):
+            if isinstance(block, dict) and block.get("type") == "image":
+                where = f"messages.{m}.content.{b}"
+                images.append((where, image_block_size(block, where)))
+    pages = 0  # document pages count against the same limit (documents are not modelled here)
+    if pages + len(images) > MAX_MEDIA:
+        raise BadRequest(f"Too much media: {pages} document pages + {len(images)} images > 100")
+    if len(images) > MANY_IMAGES:
+        for where, size in images:
+            if size is not None and max(size) > MANY_IMAGES_EDGE:
+                raise BadRequest(
+                    f"{where}.image.source.base64.data: At least one of the image dimensions "
+                    f"exceed max allowed size for many-image requests: {MANY_IMAGES_EDGE} pixels"
+                )
 
 
 def _block_tokens(block: dict[str, Any]) -> int:
@@ -412,7 +455,9 @@ def validate_body(body: Any) -> list[_Position]:
         raise BadRequest("max_tokens: Input should be greater than or equal to 1")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise BadRequest("stream: Input should be a valid boolean")
-    return flatten_prompt(body)
+    positions = flatten_prompt(body)
+    check_media(body)
+    return positions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -905,6 +950,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         raw = self._read_body()
         headers = self._headers_dict()
+        if len(raw) > MAX_REQUEST_BYTES:  # refused before the API reads it (not kept either)
+            self._fail(headers, None, BadRequest("Request exceeds the maximum size", 413))
+            return
         body: Any
         try:
             body = json.loads(raw) if raw else None
