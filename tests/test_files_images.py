@@ -1,7 +1,7 @@
 """Images in threads at the wire (#19): scaled to what the model uses before they are kept (the
 fake Messages API counts the scaled tokens), the same bytes on every follow-up, damaged files and
 decompression bombs named, the per-request limits kept by leaving the oldest images out (the fake
-refuses what the API refuses)."""
+refuses what the API refuses), and compaction folding older images into its summary as text."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from bot.compaction import COMPACT_SYSTEM
 from bot.prompt import MAX_IMAGE_DATA, MAX_IMAGES
 from bot.store.models import ThreadFile
 from tests.fakes.messages_api import MAX_MEDIA, MAX_REQUEST_BYTES, count_tokens
@@ -244,3 +245,35 @@ def test_the_fake_refuses_what_the_api_refuses(model):
     assert too_large.status_code == 413
     assert too_large.json()["error"]["type"] == "request_too_large"
     assert MAX_IMAGES < MAX_MEDIA  # the bot's own limit leaves room for documents
+
+
+def test_compaction_folds_older_images_into_its_summary_as_text(make_bot, slack, model):
+    bot = make_bot(context_budget_tokens=8000)
+    parent = slack.add_thread("C1", 1)
+    for i in range(2, 262):
+        files = None
+        if i in (20, 120, 255):
+            files = [{"name": f"shot{i}.png", "content": encoded((400, 300), color=(i, 0, 0))}]
+        slack.add_message("C1", f"message {i}: " + "words " * 25, user="U2", thread_ts=parent,
+                          files=files)
+
+    def reply(body: dict) -> str:
+        if body["system"] == COMPACT_SYSTEM:
+            return "Summary: shot20.png and shot120.png show a red error dialog (code 42)."
+        return "An answer."
+
+    model.reply = reply
+    bot.mention("C1", "what was the error?", thread_ts=parent)
+    requests = [r["body"] for r in model.requests]
+    compactions = [b for b in requests if b["system"] == COMPACT_SYSTEM]
+    assert compactions and requests[-1]["system"] != COMPACT_SYSTEM
+    folded = [blk for b in compactions for blk in b["messages"][0]["content"]
+              if blk["type"] == "image"]
+    assert len(folded) == 2  # shot20 and shot120 went to the compaction, as images
+    assert "what their images show" in compactions[-1]["messages"][0]["content"][-1]["text"]
+    answer = requests[-1]["messages"][0]["content"]
+    assert len([b for b in answer if b["type"] == "image"]) == 1  # shot255 only, after the fold
+    assert not any(b["source"]["data"] == f["source"]["data"] for b in answer
+                   if b["type"] == "image" for f in folded)
+    assert any("red error dialog (code 42)" in b.get("text", "") for b in answer)
+    assert all(r["status"] == 200 for r in model.requests)
