@@ -81,6 +81,12 @@ def target_size(width: int, height: int) -> tuple[int, int]:
     return max(1, int(width * factor)), max(1, int(height * factor))
 
 
+def image_size(content: bytes) -> tuple[int, int]:
+    """The width and height of an image, from its header (nothing decoded)."""
+    with Image.open(io.BytesIO(content)) as im:
+        return im.size
+
+
 def prepare_image(content: bytes) -> ReadyImage:
     """`content` checked (fully decoded) and, where needed, scaled and re-encoded.
 

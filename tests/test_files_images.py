@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+import threading
 import zlib
 
 import pytest
@@ -22,6 +23,8 @@ from bot.compaction import COMPACT_SYSTEM
 from bot.prompt import MAX_IMAGE_DATA, MAX_IMAGES
 from bot.store.models import ThreadFile
 from tests.fakes.messages_api import MAX_MEDIA, MAX_REQUEST_BYTES, count_tokens
+from tests.harness import make_settings
+from tests.test_doctor import inspect, link_to
 from tests.test_fake_messages_api import MODEL, post
 from tests.test_files import bare, png, texts, thread_with, user_blocks
 
@@ -277,3 +280,49 @@ def test_compaction_folds_older_images_into_its_summary_as_text(make_bot, slack,
                    if b["type"] == "image" for f in folded)
     assert any("red error dialog (code 42)" in b.get("text", "") for b in answer)
     assert all(r["status"] == 200 for r in model.requests)
+
+
+def test_a_call_in_flight_holds_its_image_tokens_against_the_budget(make_bot, slack, model):
+    # 10 screenshots of 1,440 tokens: the first call's worst case is about $0.12 (prompt written
+    # at twice the input price, plus max output); its text alone would hold about $0.03
+    bot = make_bot(budget_daily_usd="0.10")
+    shots = [{"name": f"s{n}.png", "content": png(1200, 900)} for n in range(10)]
+    with_images = thread_with(slack, shots)
+    text_only = slack.add_thread("C1", 2)
+    gate = threading.Event()
+    model.gate = gate
+    try:
+        bot.mention("C1", "compare them", thread_ts=with_images, wait=False)
+        assert model.wait_for(lambda: model.arrived >= 1)  # the first call is in flight
+        bot.mention("C1", "summarize", thread_ts=text_only, wait=False)
+        assert slack.wait_for(
+            lambda: "spend limit" in json.dumps(bot.posts_in("C1", text_only)), timeout=30
+        )
+    finally:
+        gate.set()
+    bot.wait()
+    assert len(model.requests) == 1  # only the first reached the model
+
+
+def test_the_footer_counts_the_image_tokens(bot, slack, model):
+    parent = thread_with(slack, [{"name": "s.png", "content": png(1200, 900)}])
+    bot.mention("C1", "what is it?", thread_ts=parent)
+    usage = model.usages[0]
+    prompt = sum(usage[k] for k in ("input_tokens", "cache_creation_input_tokens",
+                                    "cache_read_input_tokens"))
+    assert prompt > 1440
+    assert f"of {prompt:,} prompt tokens" in json.dumps(bot.posts_in("C1", parent)[-1])
+
+
+def test_inspect_sends_the_images_as_the_bot_did_and_downloads_nothing(
+    bot, slack, model, database_url
+):
+    parent = thread_with(slack, [{"name": "error.png", "content": png(3000, 2000)}])
+    ts, _ = bot.mention("C1", "what does it say?", thread_ts=parent)
+    settings = make_settings(slack, model, database_url)
+    code, text = inspect(settings, link_to("C1", ts, parent), send=True)
+    assert code == 0, text
+    assert "[image image/png, 1313×875 px, ~1,532 tokens" in text
+    sent = {k: v for k, v in model.requests[0]["body"].items() if k != "stream"}
+    assert model.requests[1]["body"] == sent  # the same request, the same image bytes
+    assert len(slack.downloads) == 1
