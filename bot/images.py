@@ -183,5 +183,5 @@ def _encode(im: Image.Image, out: str, icc: bytes | None) -> bytes:
     elif out == "WEBP":
         im.save(buf, "WEBP", quality=WEBP_QUALITY, method=4, **extra)
     else:
-        im.save(buf, "PNG", compress_level=9, **extra)
+        im.save(buf, "PNG", **extra)  # zlib level 6: level 9 takes twice as long for ~1 % less
     return buf.getvalue()

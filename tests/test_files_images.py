@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import random
 import struct
 import threading
 import zlib
@@ -20,8 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.compaction import COMPACT_SYSTEM
-from bot.prompt import MAX_IMAGE_DATA, MAX_IMAGES
+from bot.prompt import MAX_IMAGE_DATA, MAX_IMAGES, fit_images
 from bot.store.models import ThreadFile
+from bot.transcript import ImagePart, Turn
 from tests.fakes.messages_api import MAX_MEDIA, MAX_REQUEST_BYTES, count_tokens
 from tests.harness import make_settings
 from tests.test_doctor import inspect, link_to
@@ -326,3 +328,33 @@ def test_inspect_sends_the_images_as_the_bot_did_and_downloads_nothing(
     sent = {k: v for k, v in model.requests[0]["body"].items() if k != "stream"}
     assert model.requests[1]["body"] == sent  # the same request, the same image bytes
     assert len(slack.downloads) == 1
+
+
+@pytest.mark.parametrize(
+    ("sizes", "most_moves"),
+    [((20_000,), 35), ((40_000, 150_000, 400_000, 1_200_000), 400 // 6)],
+    ids=["count", "data"],
+)
+def test_which_images_are_left_out_only_grows_and_moves_only_when_a_limit_demands_it(
+    sizes, most_moves
+):
+    rng = random.Random(19)
+    turns: list[Turn] = []
+    previous: tuple[str, ...] = ()
+    moves = 0
+    for n in range(400):  # one image a follow-up
+        part = ImagePart("image/png", "A" * rng.choice(sizes), 100, 100, f"i{n}")  # base64 size
+        turns.append(Turn(ts=f"{n}.0", text=f"[t] bob: image {n}", extra=(part,)))
+        fitted, out = fit_images(turns)
+        sent = [p for t in fitted for p in t.extra if isinstance(p, ImagePart)]
+        assert len(sent) <= MAX_IMAGES and sum(len(p.data) for p in sent) <= MAX_IMAGE_DATA
+        assert out == tuple(f"i{k}" for k in range(len(out)))  # the oldest
+        assert out[: len(previous)] == previous  # never fewer
+        if out != previous:
+            moves += 1
+            kept = [p for t in turns for p in t.extra][len(previous):]
+            over = len(kept) > MAX_IMAGES or sum(len(p.data) for p in kept) > MAX_IMAGE_DATA
+            assert over  # the earlier choice no longer fit
+        previous = out
+    # whole pages at a time: 50 small images, then one move every 10 (35 in 400)
+    assert 0 < moves <= most_moves, moves
