@@ -192,7 +192,9 @@ def _layout(
         start += 1  # only when even the newest step is too large
     omitted = start - 1
     note = Turn("", f"[{omitted} earlier messages of this thread are omitted here for length]")
-    return [turns[0], note, *turns[start:]], omitted, images
+    kept = [turns[0], note, *turns[start:]]
+    notes = {p.text for t in kept for p in t.extra if isinstance(p, TextPart)}
+    return kept, omitted, tuple(n for n in images if left_out_note(n) in notes)
 
 
 @dataclass

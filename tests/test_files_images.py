@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.compaction import COMPACT_SYSTEM
-from bot.prompt import MAX_IMAGE_DATA, MAX_IMAGES, fit_images
+from bot.prompt import MAX_IMAGE_DATA, MAX_IMAGES, build_request, fit_images
 from bot.store.models import ThreadFile
 from bot.transcript import ImagePart, Turn
 from tests.fakes.messages_api import MAX_MEDIA, MAX_REQUEST_BYTES, count_tokens
@@ -358,3 +358,14 @@ def test_which_images_are_left_out_only_grows_and_moves_only_when_a_limit_demand
         previous = out
     # whole pages at a time: 50 small images, then one move every 10 (35 in 400)
     assert 0 < moves <= most_moves, moves
+
+
+def test_images_in_messages_trimmed_for_length_are_not_counted_as_left_out():
+    turns = [Turn(ts=f"{n}.0", text=f"[t] bob: message {n} " + "words " * 40) for n in range(260)]
+    for n in range(1, 61):  # 60 images: the oldest 10 are over the limit
+        part = ImagePart("image/png", "A" * 1000, 10, 10, f"i{n}")
+        turns[n] = Turn(ts=turns[n].ts, text=turns[n].text, extra=(part,))
+    whole = build_request(model=MODEL, turns=turns, request="?", prior=None)
+    assert whole.images_left_out == tuple(f"i{n}" for n in range(1, 11))
+    trimmed = build_request(model=MODEL, turns=turns, request="?", prior=None, budget_tokens=5000)
+    assert trimmed.omitted >= 199 and trimmed.images_left_out == ()
