@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bot.transcript import ImagePart, TextPart, Turn, estimate_tokens
+from bot.transcript import DocumentPart, ImagePart, TextPart, Turn, estimate_tokens
 
 SYSTEM_PROMPT = """\
 You are a helpful assistant inside Slack. The user turn holds a Slack conversation transcript, \
@@ -49,11 +49,15 @@ CONVERSATION_START = "[The conversation starts with your message below.]"
 # Older messages are dropped in steps of this many, so a trimmed prefix stays stable.
 TRIM_STEP = 200
 
-# Images in one request. Anthropic's limits: at most 100 images (and document pages) a request,
-# at most 2,000 px an edge when there are more than 20 (the bot sends at most 1,568), 32 MB a
-# request. The bot's own limits are lower: half of each, the rest left for documents and text.
+# Images in one request. Anthropic's limits: at most 100 images and document pages together a
+# request, at most 2,000 px an edge when there are more than 20 images (the bot sends at most
+# 1,568), 32 MB a request. The bot's own limits for images are half of those; with the
+# request's documents (which `bot.files` keeps within 100 pages and 20 MB), images and pages
+# stay within MAX_MEDIA and all of their base64 within MAX_MEDIA_DATA (room left for the text).
 MAX_IMAGES = 50
 MAX_IMAGE_DATA = 16 * 1024 * 1024  # base64 characters of all images in one request
+MAX_MEDIA = 100
+MAX_MEDIA_DATA = 30 * 1024 * 1024
 # Images over a limit are left out oldest first, a page at a time: pages are cut from the
 # thread's oldest image on, each at most this many images and this much data, so that which
 # images a request leaves out stays the same while new ones arrive and the cached prefix stays
@@ -125,8 +129,8 @@ def left_out_note(name: str) -> str:
 
 
 def fit_images(turns: Sequence[Turn]) -> tuple[list[Turn], tuple[str, ...]]:
-    """`turns` within the per-request image limits (MAX_IMAGES, MAX_IMAGE_DATA), and the names
-    of the images left out.
+    """`turns` within the per-request image limits (MAX_IMAGES, MAX_IMAGE_DATA; with their
+    documents, MAX_MEDIA and MAX_MEDIA_DATA), and the names of the images left out.
 
     The oldest images are left out, each replaced by a note (`left_out_note`), in whole pages:
     the images are cut into pages from the oldest on (LEAVE_OUT_PAGE images, LEAVE_OUT_PAGE_DATA
@@ -135,9 +139,12 @@ def fit_images(turns: Sequence[Turn]) -> tuple[list[Turn], tuple[str, ...]]:
     a new image at the end changes no earlier block until one more page has to go.
     """
     images = [p for t in turns for p in t.extra if isinstance(p, ImagePart)]
-    need = max(0, len(images) - MAX_IMAGES)
+    documents = [p for t in turns for p in t.extra if isinstance(p, DocumentPart)]
+    most = max(0, min(MAX_IMAGES, MAX_MEDIA - sum(d.pages for d in documents)))
+    room = max(0, min(MAX_IMAGE_DATA, MAX_MEDIA_DATA - sum(len(d.data) for d in documents)))
+    need = max(0, len(images) - most)
     data = sum(len(p.data) for p in images[need:])
-    while need < len(images) and data > MAX_IMAGE_DATA:
+    while need < len(images) and data > room:
         data -= len(images[need].data)
         need += 1
     if need == 0:

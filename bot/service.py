@@ -17,7 +17,14 @@ from bot.budgets import BudgetExceeded, Budgets
 from bot.compaction import Compactor
 from bot.config import Settings
 from bot.delivery import Refusals, ThreadReply, tell
-from bot.files import FileReader, Prepared
+from bot.files import (
+    DocumentRefusals,
+    FileReader,
+    Prepared,
+    documents_unsupported,
+    has_documents,
+    refuses_documents,
+)
 from bot.formatting import footer_line
 from bot.installations import SlackClients
 from bot.jobs import Deferred
@@ -39,7 +46,7 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
-from bot.transcript import Part, Turn
+from bot.transcript import DocumentPart, Part, Turn
 from bot.ttl_policy import Rhythm, TtlPolicy, record_entries
 from bot.user_messages import (
     EXTERNAL_REQUESTER,
@@ -72,6 +79,11 @@ PARTIAL_AFTER_SECONDS = 120.0
 # A job waiting for reads comes back at least this often to keep the status line alive (Slack
 # drops it after two minutes without a message).
 STATUS_REFRESH_SECONDS = 60.0
+
+
+class DocumentsRefused(Exception):
+    """The endpoint refused a request's PDF document blocks (remembered): send it again with
+    the PDFs' text."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +193,9 @@ class AnswerService:
         self.keeper = Keeper(sessions, self.workspaces, OrgCache(self.client_for), self.now)
         self.reader.shape = lambda team, org, m: self.keeper.content(team, org, m, False)
         self.dm_layout = DM_LAYOUTS[0]  # see DM_LAYOUTS (bench/dm_conversation.py sets it)
-        self.files = FileReader(sessions)
+        # A PDF as a document may take up to half the context budget; a larger one goes as text.
+        self.files = FileReader(sessions, max_document_tokens=settings.context_budget_tokens // 2)
+        self.documents = DocumentRefusals(clock)  # endpoints that refused PDF document blocks
 
     @property
     def settings(self) -> Settings:
@@ -481,10 +495,18 @@ class AnswerService:
         """
         started = time.monotonic() if started is None else started
         eff = eff or self.workspaces.effective(req.team_id)  # the caller's read, if it made one
+        endpoint = self._settings.anthropic_base_url
         prepared = Prepared()
-        turns = self._turns(req, messages, recap, prepared)
-        plan = self._plan(req, turns, request, eff, started, on_progress)
-        completion = self._call(plan, on_text)
+        documents = not self.documents.refused(endpoint, eff.model)
+        turns = self._turns(req, messages, recap, prepared, documents=documents)
+        try:  # a compaction (in the plan) carries the folded messages' documents too
+            plan = self._plan(req, turns, request, eff, started, on_progress)
+            completion = self._call(plan, on_text)
+        except DocumentsRefused:  # remembered; the same request again, PDFs as their text
+            prepared = Prepared()
+            turns = self._turns(req, messages, recap, prepared, documents=False)
+            plan = self._plan(req, turns, request, eff, started, on_progress)
+            completion = self._call(plan, on_text)
         done = self._record(plan, completion, messages if seen is None else seen)
         left_out = images_left_out_note(plan.built.images_left_out, MAX_IMAGES)
         notes = [n for n in (prepared.note(), left_out) if n]
@@ -496,14 +518,18 @@ class AnswerService:
         messages: list[dict[str, Any]],
         recap: bool,
         prepared: Prepared | None = None,
+        *,
+        documents: bool = True,
     ) -> list[Turn]:
-        """The transcript of `messages`, their files read (`bot.files`) into `prepared`."""
+        """The transcript of `messages`, their files read (`bot.files`) into `prepared`; PDFs as
+        documents unless `documents` is False (then as their text)."""
         names = self._names(req.team_id)
         into = Prepared() if prepared is None else prepared
 
         def files(readable: list[dict[str, Any]]) -> dict[str, tuple[Part, ...]]:
             where = (req.team_id, req.channel_id, req.thread_ts)
-            got = self.files.prepare(where, self._client(req).token, readable, self.now())
+            token = self._client(req).token
+            got = self.files.prepare(where, token, readable, self.now(), documents=documents)
             into.parts.update(got.parts)
             into.problems.extend(got.problems)
             return got.parts
@@ -546,6 +572,9 @@ class AnswerService:
                 req.team_id, req.channel_id, req.thread_ts, turns, scale, now
             )
         except LLMError as exc:
+            folded = any(isinstance(p, DocumentPart) for t in turns for p in t.extra)
+            if folded and self._documents_refused(exc, model):
+                raise DocumentsRefused(exc.detail) from exc  # not a failure: sent again as text
             log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self.ledger.failed(req, exc.kind, started, model)
             raise
@@ -604,12 +633,25 @@ class AnswerService:
         try:
             return self._llm.create(plan.built.body, on_text=on_text)
         except LLMError as exc:
+            if has_documents(plan.built.body) and self._documents_refused(exc, plan.model):
+                raise DocumentsRefused(exc.detail) from exc  # not a failure: sent again as text
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             exc.usage_id = self.ledger.failed(req, exc.kind, plan.started, plan.model)
             raise
         finally:
             if plan.hold is not None and self.budgets is not None:
                 self.budgets.release(req.team_id, plan.hold)
+
+    def _documents_refused(self, exc: LLMError, model: str) -> bool:
+        """Whether `exc` refuses a request's PDF document blocks (then remembered for the
+        endpoint and model when the error says documents are unsupported)."""
+        if not refuses_documents(exc.status, exc.detail):
+            return False
+        if documents_unsupported(exc.detail):  # remembered: the next ones go as text
+            self.documents.refuse(self._settings.anthropic_base_url, model, exc.detail)
+        else:
+            log.warning("a PDF document block was refused (%s)", exc.detail)
+        return True
 
     def _check_caching(self, built: Built, completion: Completion) -> None:
         """Warn once per model when the endpoint reports no cache activity where it should."""

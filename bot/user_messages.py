@@ -179,7 +179,7 @@ def images_left_out_note(names: tuple[str, ...], limit: int) -> str | None:
     count = "1 older image" if len(names) == 1 else f"{len(names)} older images"
     return (
         f"{count} of this thread went to the model only by name: one request holds at most "
-        f"{limit} images (fewer when they are large), so the oldest are left out."
+        f"{limit} images (fewer when they are large or PDFs take room), so the oldest are left out."
     )
 
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.fakes.messages_api import BadRequest, FakeMessagesAPI, count_tokens, image_block_tokens
+from tests.fakes.messages_api import (
+    BadRequest,
+    FakeMessagesAPI,
+    count_tokens,
+    image_block_tokens,
+    page_image_tokens,
+)
+from tests.pdfs import encrypted, pdf
 from tests.test_files import png
 
 MODEL = "claude-sonnet-4-5"  # floor 1024
@@ -821,3 +829,68 @@ def test_an_image_costs_width_times_height_over_750_tokens_after_scaling():
     assert image_block_tokens(block(png(3136, 1568))) == 1568 * 784 // 750 + 1  # scaled to 1,568
     with pytest.raises(BadRequest):
         image_block_tokens(block(b"not an image"))
+
+
+def doc_block(content: bytes, cache: dict[str, str] | None = None) -> dict[str, Any]:
+    data = base64.b64encode(content).decode()
+    block: dict[str, Any] = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": data},
+    }
+    if cache is not None:
+        block["cache_control"] = cache
+    return block
+
+
+def test_a_pdf_costs_its_pages_text_plus_an_image_a_page(fake):
+    pages = ["Alpha page one.", "Beta page two, a little longer.", "Gamma."]
+    u = usage_of(post(fake, body([doc_block(pdf(pages)), text(10)])))
+    assert u["input_tokens"] == sum(count_tokens(p) + 1600 for p in pages) + 10
+    assert page_image_tokens(612, 792) == page_image_tokens(595, 842) == 1600  # Letter, A4
+    assert page_image_tokens(200, 800) == math.ceil(392 * 1568 / 750)  # a strip: below the cap
+    u = usage_of(post(fake, body([doc_block(pdf(["x"], width=200, height=800)), text(10)])))
+    assert u["input_tokens"] == count_tokens("x") + math.ceil(392 * 1568 / 750) + 10
+
+
+def test_a_document_block_is_cached_like_any_block(fake):
+    content = pdf(["Cached page. " * 20] * 2)
+    first = usage_of(post(fake, body([text(5), doc_block(content, CC), text(3)])))
+    assert first["cache_creation_input_tokens"] > 3200 and first["input_tokens"] == 3
+    again = usage_of(post(fake, body([text(5), doc_block(content, CC), text(4)])))
+    assert again["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    other = usage_of(post(fake, body([text(5), doc_block(pdf(["Other."] * 2), CC), text(4)])))
+    assert other["cache_read_input_tokens"] == 0  # other bytes: another prefix
+
+
+def test_document_blocks_are_validated(fake):
+    def refused(block: dict[str, Any]) -> str:
+        resp = post(fake, body([block, text(1)]))
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+        return resp.json()["error"]["message"]
+
+    good = doc_block(pdf(["fine"]))
+    wrong_type = {**good, "source": {**good["source"], "media_type": "image/png"}}
+    assert "media_type" in refused(wrong_type)
+    assert "not valid" in refused(doc_block(b"%PDF-1.4 nothing else"))
+    assert "password protected" in refused(doc_block(encrypted(pdf(["secret"]))))
+    sixty = doc_block(pdf(["p"] * 60))
+    resp = post(fake, body([sixty, text(1), {**sixty}, text(1)]))  # 120 pages in one request
+    assert resp.status_code == 400
+    assert "A maximum of 100 PDF pages" in resp.json()["error"]["message"]
+
+
+def test_a_relay_without_documents_refuses_them_with_a_400(fake):
+    fake.accept_documents = False
+    resp = post(fake, body([text(2), doc_block(pdf(["page"])), text(1)]))
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("messages.0.content.1: Input tag 'document' found")
+    assert post(fake, body([text(2)])).status_code == 200  # text alone is answered
+
+
+def test_a_request_over_32_mb_is_too_large(fake):
+    resp = post(fake, body([{"type": "text", "text": "a" * (32 * 1024 * 1024)}]))
+    assert resp.status_code == 413
+    assert resp.json()["error"]["type"] == "request_too_large"

@@ -26,6 +26,7 @@ from bot.store.models import ThreadFile
 from bot.transcript import ImagePart, Turn
 from tests.fakes.messages_api import MAX_MEDIA, MAX_REQUEST_BYTES, count_tokens
 from tests.harness import make_settings
+from tests.pdfs import pdf
 from tests.test_doctor import inspect, link_to
 from tests.test_fake_messages_api import MODEL, post
 from tests.test_files import bare, png, texts, thread_with, user_blocks
@@ -275,7 +276,8 @@ def test_compaction_folds_older_images_into_its_summary_as_text(make_bot, slack,
     folded = [blk for b in compactions for blk in b["messages"][0]["content"]
               if blk["type"] == "image"]
     assert len(folded) == 2  # shot20 and shot120 went to the compaction, as images
-    assert "what their images show" in compactions[-1]["messages"][0]["content"][-1]["text"]
+    closing = compactions[-1]["messages"][0]["content"][-1]["text"]
+    assert "what their images and documents show" in closing
     answer = requests[-1]["messages"][0]["content"]
     assert len([b for b in answer if b["type"] == "image"]) == 1  # shot255 only, after the fold
     assert not any(b["source"]["data"] == f["source"]["data"] for b in answer
@@ -369,3 +371,47 @@ def test_images_in_messages_trimmed_for_length_are_not_counted_as_left_out():
     assert whole.images_left_out == tuple(f"i{n}" for n in range(1, 11))
     trimmed = build_request(model=MODEL, turns=turns, request="?", prior=None, budget_tokens=5000)
     assert trimmed.omitted >= 199 and trimmed.images_left_out == ()
+
+
+def test_images_and_document_pages_stay_within_the_apis_100_together(make_bot, slack, model):
+    bot = make_bot(context_budget_tokens=200_000)  # room for a 60-page document (96,000 tokens)
+    parent = slack.add_thread("C1", 1)
+    manual = pdf([f"page {n}" for n in range(60)])
+    slack.add_message("C1", "the manual", user="U2", thread_ts=parent,
+                      files=[{"name": "manual.pdf", "content": manual}])
+    for start in range(0, 50, 10):
+        _add_images(slack, parent, range(start, start + 10))
+    bot.mention("C1", "does the UI match the manual?", thread_ts=parent)
+    assert model.requests[0]["status"] == 200
+    blocks = user_blocks(model, 0)
+    assert len([b for b in blocks if b["type"] == "document"]) == 1  # 60 pages
+    assert len(images_of(model, 0)) == 40  # 60 + 40 = 100
+    assert left_out(model, 0) == [f"img{n:03d}.png" for n in range(10)]
+
+
+def test_a_compaction_refused_for_its_documents_is_made_again_with_their_text(
+    make_bot, slack, model
+):
+    bot = make_bot(context_budget_tokens=12000)
+    model.accept_documents = False  # a relay without document blocks
+    parent = slack.add_thread("C1", 1)
+    spec = pdf(["Spec v2: the export runs nightly.", "Budget: 42k EUR for Q3.", "Owner: Bob."])
+    for i in range(2, 262):
+        files = [{"name": "spec.pdf", "content": spec}] if i == 30 else None
+        slack.add_message("C1", f"message {i}: " + "words " * 25, user="U2", thread_ts=parent,
+                          files=files)
+    model.reply = lambda body: (
+        "Summary: the spec sets 42k EUR." if body["system"] == COMPACT_SYSTEM else "An answer."
+    )
+    bot.mention("C1", "what was the budget?", thread_ts=parent)
+
+    def has_document(body: dict) -> bool:
+        return any(b["type"] == "document" for m in body["messages"] for b in m["content"])
+
+    compactions = [r for r in model.requests if r["body"]["system"] == COMPACT_SYSTEM]
+    assert compactions[0]["status"] == 400 and has_document(compactions[0]["body"])
+    retried = [r for r in compactions if r["status"] == 200]
+    assert retried and not any(has_document(r["body"]) for r in retried)
+    assert "42k EUR" in json.dumps([r["body"] for r in retried])  # the PDF's text, folded
+    assert model.requests[-1]["status"] == 200
+    assert "An answer." in json.dumps(bot.posts_in("C1", parent)[-1])

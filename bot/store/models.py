@@ -367,9 +367,11 @@ class DmConversation(Base):
 
 
 class ThreadFile(Base):
-    """A file of a thread, prepared for the model once (`bot.files`): an image's bytes or a text
-    file's bounded text, so later requests send the same bytes without downloading it again.
-    Kept and purged with the thread's text (retention, uninstall)."""
+    """A file of a thread, prepared for the model once (`bot.files`): an image's bytes, a PDF's
+    bytes and extracted text, or a text file's bounded text, so later requests send the same
+    bytes without downloading it again. Kept and purged with the thread's text (retention,
+    uninstall). An image's width and height are its pixels; a PDF's, its page count and the
+    estimated tokens of its text, and its content is `files.pack_pdf`'s."""
 
     __tablename__ = "thread_file"
 
@@ -377,7 +379,7 @@ class ThreadFile(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     thread_ts: Mapped[str] = mapped_column(String(32), primary_key=True)
     file_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # image | text
+    kind: Mapped[str] = mapped_column(String(16))  # image | pdf | text
     media_type: Mapped[str] = mapped_column(String(100))
     width: Mapped[int] = mapped_column(Integer, default=0)
     height: Mapped[int] = mapped_column(Integer, default=0)

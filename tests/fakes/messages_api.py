@@ -1,16 +1,19 @@
 """A local fake of the Anthropic Messages API (``POST /v1/messages``) with prompt caching.
 
-Standard library only. The server runs on 127.0.0.1 (random port) in a daemon thread and keeps
-all of its state behind one lock. Cache accounting follows ``shared/reference/messages-api.md``:
-entries are written at breakpoints whose cumulative prefix reaches the model's floor, and reads
-walk back at most 20 block positions from each breakpoint. Expiry uses the simulated clock
-``now`` (see :meth:`FakeMessagesAPI.advance`), never the wall clock.
+Standard library only, besides pypdf (a dependency of the bot) to read PDF document blocks as
+the API does: their pages and text. The server runs on 127.0.0.1 (random port) in a daemon
+thread and keeps all of its state behind one lock. Cache accounting follows
+``shared/reference/messages-api.md``: entries are written at breakpoints whose cumulative prefix
+reaches the model's floor, and reads walk back at most 20 block positions from each breakpoint.
+Expiry uses the simulated clock ``now`` (see :meth:`FakeMessagesAPI.advance`), never the wall
+clock.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import math
 import socket
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from pypdf import PdfReader
 
 __all__ = [
     "DEFAULT_MIN_CACHEABLE",
@@ -208,14 +213,13 @@ IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 MAX_IMAGE_BASE64 = 5 * 1024 * 1024
 IMAGE_LONG_EDGE = 1568
 URL_IMAGE_TOKENS = 1600
-# Per request (Anthropic's vision docs and errors page): at most 100 images (with document
-# pages), an image over 8,000 px on an edge is refused, over 2,000 px when the request has more
-# than 20 images; a request body over 32 MB is refused with 413 request_too_large.
+# Per request (Anthropic's vision docs; the API's 400 reads "Too much media: P document pages
+# + I images > 100"): at most 100 images and document pages together, an image over 8,000 px
+# on an edge is refused, over 2,000 px when the request has more than 20 images.
 MAX_MEDIA = 100
 MANY_IMAGES = 20
 MAX_IMAGE_EDGE = 8000
 MANY_IMAGES_EDGE = 2000
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 def _image_size(content: bytes) -> tuple[int, int] | None:
@@ -292,13 +296,15 @@ def image_block_size(block: dict[str, Any], where: str = "image") -> tuple[int, 
 def check_media(body: dict[str, Any]) -> None:
     """The per-request limits on images (400s as BadRequest, worded as the API words them)."""
     images: list[tuple[str, tuple[int, int] | None]] = []
+    pages = 0
     for m, message in enumerate(body.get("messages") or []):
         content = message.get("content") if isinstance(message, dict) else None
         for b, block in enumerate(content if isinstance(content, list) else []):
+            where = f"messages.{m}.content.{b}"
             if isinstance(block, dict) and block.get("type") == "image":
-                where = f"messages.{m}.content.{b}"
                 images.append((where, image_block_size(block, where)))
-    pages = 0  # document pages count against the same limit (documents are not modelled here)
+            elif isinstance(block, dict) and block.get("type") == "document":
+                pages += document_block_cost(block, where)[0]
     if pages + len(images) > MAX_MEDIA:
         raise BadRequest(f"Too much media: {pages} document pages + {len(images)} images > 100")
     if len(images) > MANY_IMAGES:
@@ -310,7 +316,80 @@ def check_media(body: dict[str, Any]) -> None:
                 )
 
 
+# PDF support (Anthropic's docs, "Check PDF requirements"): at most 32 MB a request and 100 PDF
+# pages a request (600 only with a 1M-token context window), "Standard PDF (no
+# passwords/encryption)". Costs ("Estimate your costs"): each page's text is extracted and each
+# page is also converted into an image, priced like any image. The fake's rule: per page, its
+# extracted text's tokens (count_tokens) + the page as an image: its MediaBox scaled to the
+# vision ceiling (long edge 1,568 px, then at most ~1,600 tokens: "If your image's long edge is
+# more than 1568 pixels, or your image is more than ~1,600 tokens, it will first be scaled
+# down"), so a Letter or A4 page costs 1,600 tokens plus its text.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_PDF_PAGES = 100
+PAGE_IMAGE_CEILING = 1600
+_PDF_COSTS: dict[str, tuple[int, int]] = {}  # sha256 of a document's data -> (pages, tokens)
+
+
+def page_image_tokens(width: float, height: float) -> int:
+    """What a page of `width` x `height` (its MediaBox) costs as an image."""
+    width, height = max(abs(width), 1.0), max(abs(height), 1.0)
+    factor = IMAGE_LONG_EDGE / max(width, height)
+    tokens = math.ceil((width * factor) * (height * factor) / 750)
+    return max(1, min(PAGE_IMAGE_CEILING, tokens))
+
+
+def document_block_cost(block: dict[str, Any], where: str = "document") -> tuple[int, int]:
+    """The pages and tokens of a document block, validating it as the API does (400s as
+    BadRequest): a base64 PDF, or a plain-text source (no pages)."""
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "text":
+        if source.get("media_type") != "text/plain" or not isinstance(source.get("data"), str):
+            raise BadRequest(f"{where}.source.media_type: Input should be 'text/plain'")
+        return 0, count_tokens(source["data"])
+    if not isinstance(source, dict) or source.get("type") != "base64":
+        raise BadRequest(f"{where}.source.type: Input should be 'base64' or 'text'")
+    if source.get("media_type") != "application/pdf":
+        raise BadRequest(f"{where}.source.media_type: Input should be 'application/pdf'")
+    data = source.get("data")
+    if not isinstance(data, str):
+        raise BadRequest(f"{where}.source.data: Field required (a base64 string)")
+    key = hashlib.sha256(data.encode("ascii", errors="replace")).hexdigest()
+    if key in _PDF_COSTS:
+        return _PDF_COSTS[key]
+    try:
+        reader = PdfReader(io.BytesIO(base64.b64decode(data, validate=True)))
+        encrypted = reader.is_encrypted
+        if not encrypted:
+            tokens = 0
+            for page in reader.pages:
+                box = page.mediabox
+                tokens += count_tokens(page.extract_text() or "")
+                tokens += page_image_tokens(float(box.width), float(box.height))
+            cost = len(reader.pages), tokens
+    except Exception:  # noqa: BLE001 - pypdf raises many kinds on a broken file
+        raise BadRequest(f"{where}.source.data: The PDF specified was not valid.") from None
+    if encrypted:
+        raise BadRequest(f"{where}.source.data: The PDF specified is password protected.")
+    if cost[0] == 0:
+        raise BadRequest(f"{where}.source.data: The PDF specified has no pages.")
+    if len(_PDF_COSTS) > 64:
+        _PDF_COSTS.clear()
+    _PDF_COSTS[key] = cost
+    return cost
+
+
+def document_refusal(where: str) -> BadRequest:
+    """What an endpoint without document support answers (a relay; Amazon Bedrock documents
+    this pydantic wording for a block type it does not take)."""
+    return BadRequest(
+        f"{where}: Input tag 'document' found using 'type' does not match any of the expected "
+        "tags: 'text', 'image', 'tool_use', 'tool_result'"
+    )
+
+
 def _block_tokens(block: dict[str, Any]) -> int:
+    if block.get("type") == "document":
+        return document_block_cost(block)[1]
     if block.get("type") == "text":
         return count_tokens(str(block["text"]))
     if block.get("type") == "image":
@@ -335,12 +414,14 @@ def _check_text_block(block: Any, where: str) -> None:
         raise BadRequest(f"{where}: text content blocks must contain non-whitespace text")
 
 
-def flatten_prompt(body: dict[str, Any]) -> list[_Position]:
+def flatten_prompt(body: dict[str, Any], *, documents: bool = True) -> list[_Position]:
     """Validate the prompt parts of ``body`` and flatten them into ordered cache positions.
 
-    Raises :class:`BadRequest` for anything the real API would reject with a 400.
+    Raises :class:`BadRequest` for anything the real API would reject with a 400 (and, with
+    ``documents`` False, for a document block, as a relay without document support does).
     """
     positions: list[_Position] = []
+    pdf_pages = 0
 
     tools = body.get("tools")
     if tools is not None:
@@ -415,12 +496,23 @@ def flatten_prompt(body: dict[str, Any]) -> list[_Position]:
                 raise BadRequest(f"{where}.content: at least one content block is required")
             for b, block in enumerate(content):
                 bwhere = f"{where}.content.{b}"
-                _check_text_block(block, bwhere)
+                if isinstance(block, dict) and block.get("type") == "document":
+                    if not documents:
+                        raise document_refusal(bwhere)
+                    pages, tokens = document_block_cost(block, bwhere)
+                    pdf_pages += pages
+                    if pdf_pages > MAX_PDF_PAGES:
+                        raise BadRequest(
+                            f"A maximum of {MAX_PDF_PAGES} PDF pages may be provided."
+                        )
+                else:
+                    _check_text_block(block, bwhere)
+                    tokens = _block_tokens(block)
                 ttl = None
                 if "cache_control" in block:
                     ttl = _check_cache_control(block["cache_control"], bwhere)
                 canonical = _canon(["message", m, role, b, _strip_cc(block)])
-                positions.append(_Position("messages", canonical, _block_tokens(block), ttl))
+                positions.append(_Position("messages", canonical, tokens, ttl))
         else:
             raise BadRequest(f"{where}.content: Input should be a string or a list of blocks")
 
@@ -442,7 +534,7 @@ def flatten_prompt(body: dict[str, Any]) -> list[_Position]:
     return positions
 
 
-def validate_body(body: Any) -> list[_Position]:
+def validate_body(body: Any, *, documents: bool = True) -> list[_Position]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     model = body.get("model")
@@ -455,7 +547,7 @@ def validate_body(body: Any) -> list[_Position]:
         raise BadRequest("max_tokens: Input should be greater than or equal to 1")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise BadRequest("stream: Input should be a valid boolean")
-    positions = flatten_prompt(body)
+    positions = flatten_prompt(body, documents=documents)
     check_media(body)
     return positions
 
@@ -514,6 +606,8 @@ class FakeMessagesAPI:
         self.usage_style = "anthropic"
         self.min_cacheable: dict[str, int] = dict(DEFAULT_MIN_CACHEABLE)
         self.reject_models: set[str] = set()
+        # False: behave like a relay without PDF support (a document block gets a 400).
+        self.accept_documents = True
         # When set, every request waits for this event before it is answered (a slow model).
         self.gate: threading.Event | None = None
         self.arrived = 0  # requests that reached the server (counted before any gate)
@@ -950,9 +1044,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         raw = self._read_body()
         headers = self._headers_dict()
-        if len(raw) > MAX_REQUEST_BYTES:  # refused before the API reads it (not kept either)
-            self._fail(headers, None, BadRequest("Request exceeds the maximum size", 413))
-            return
         body: Any
         try:
             body = json.loads(raw) if raw else None
@@ -991,11 +1082,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not headers.get("anthropic-version"):
             self._fail(headers, body, BadRequest("anthropic-version: header is required"))
             return
+        if len(raw) > MAX_REQUEST_BYTES:  # the documented 413 for a request over 32 MB
+            self._fail(headers, body, BadRequest(_DEFAULT_MESSAGES["request_too_large"], 413))
+            return
         if body is None:
             self._fail(headers, body, BadRequest("request body must be valid JSON"))
             return
+        with fake._lock:
+            documents = fake.accept_documents
         try:
-            positions = validate_body(body)
+            positions = validate_body(body, documents=documents)
         except BadRequest as err:
             self._fail(headers, body, err)
             return
