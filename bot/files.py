@@ -1,9 +1,10 @@
 """Files in threads: what a thread's files hold, as content parts for the model.
 
-Images (PNG, JPEG, GIF, WebP) become image parts, PDFs document parts (or their extracted text,
-when a document block is not possible: over the API's page or size limits, or an endpoint that
-refuses documents), text files and Slack snippets their text (bounded), anything else stays only
-named in its message's line (`transcript.Renderer`). A file is downloaded once, from its
+Images (PNG, JPEG, GIF, WebP) become image parts, scaled to what the model uses (`bot.images`),
+PDFs document parts (or their extracted text, when a document block is not possible: over the
+API's page or size limits, or an endpoint that refuses documents), text files and Slack
+snippets their text (bounded), anything else stays only named in its message's line
+(`transcript.Renderer`). A file is downloaded once, from its
 `url_private_download` with the workspace's bot token, bounded in size and time; what was
 prepared is stored with the thread (`ThreadFile`, purged with its text) so every later request
 sends the same bytes and downloads nothing. A file that cannot be read is named with the
@@ -28,6 +29,7 @@ import httpx
 from pypdf import PdfReader
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.images import ImageUnreadable, prepare_image, target_size
 from bot.store import data
 from bot.store.models import ThreadFile
 from bot.transcript import (
@@ -45,8 +47,6 @@ log = logging.getLogger(__name__)
 MAX_DOWNLOAD_BYTES = 10 * 1024 * 1024
 DOWNLOAD_TIMEOUT_SECONDS = 20.0
 MAX_TEXT_CHARS = 20_000
-# The Messages API refuses an image whose base64 form is over 5 MB.
-MAX_IMAGE_BASE64 = 5 * 1024 * 1024
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 # Slack filetypes that are text (snippets and code files), besides any text/* mimetype.
 TEXT_FILETYPES = {
@@ -69,55 +69,6 @@ ENCRYPTED_PDF = "application/pdf; encrypted"
 
 class FileUnreadable(Exception):
     """A file could not be read; the message says why, for the transcript and the answer."""
-
-
-def image_info(content: bytes) -> tuple[str, int, int] | None:
-    """The media type and size in pixels of a PNG, JPEG, GIF or WebP image (from its header),
-    else None."""
-    if content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) >= 24:
-        width, height = struct.unpack(">II", content[16:24])
-        return "image/png", width, height
-    if content[:6] in (b"GIF87a", b"GIF89a") and len(content) >= 10:
-        width, height = struct.unpack("<HH", content[6:10])
-        return "image/gif", width, height
-    if content[:4] == b"RIFF" and content[8:12] == b"WEBP" and len(content) >= 30:
-        return _webp_info(content)
-    if content.startswith(b"\xff\xd8"):
-        return _jpeg_info(content)
-    return None
-
-
-def _webp_info(content: bytes) -> tuple[str, int, int] | None:
-    chunk = content[12:16]
-    if chunk == b"VP8X":
-        width = int.from_bytes(content[24:27], "little") + 1
-        height = int.from_bytes(content[27:30], "little") + 1
-    elif chunk == b"VP8L":
-        bits = int.from_bytes(content[21:25], "little")
-        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    elif chunk == b"VP8 ":
-        width, height = struct.unpack("<HH", content[26:30])
-        width, height = width & 0x3FFF, height & 0x3FFF
-    else:
-        return None
-    return "image/webp", width, height
-
-
-def _jpeg_info(content: bytes) -> tuple[str, int, int] | None:
-    i = 2
-    while i + 9 <= len(content):
-        if content[i] != 0xFF:
-            return None
-        marker = content[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", content[i + 2 : i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", content[i + 5 : i + 9])
-            return "image/jpeg", width, height
-        i += 2 + length
-    return None
 
 
 def looks_like_login_page(content_type: str, content: bytes) -> bool:
@@ -294,7 +245,7 @@ def parts_of(row: ThreadFile, name: str, why_text: str | None = None) -> tuple[P
     `why_text` says why its extracted text goes instead (or it was stored without its bytes)."""
     if row.kind == "image":
         encoded = base64.b64encode(row.content).decode("ascii")
-        return (ImagePart(row.media_type, encoded, row.width, row.height),)
+        return (ImagePart(row.media_type, encoded, row.width, row.height, name),)
     if row.kind == "pdf":
         pdf, text = unpack_pdf(row.content)
         if pdf and why_text is None:
@@ -341,6 +292,11 @@ class _DocumentRoom:
         self.pages -= row.width
         self.size -= _base64_size(pdf)
         return None
+
+
+def _unscaled(row: ThreadFile) -> bool:
+    """Whether a stored image is larger than the model uses (kept before scaling existed)."""
+    return row.kind == "image" and target_size(row.width, row.height) != (row.width, row.height)
 
 
 class FileReader:
@@ -397,6 +353,8 @@ class FileReader:
                 s.expunge(row)
         for file_id, f in files.items():
             row = stored.get(file_id)
+            if row is not None and _unscaled(row):
+                row = None  # kept before images were scaled: downloaded and prepared again
             if row is None:
                 try:
                     row = self._download(where, file_id, f, token, now)
@@ -438,13 +396,12 @@ class FileReader:
             stored_at=now,
         )
         if kind_of(f) == "image":
-            info = image_info(content)
-            if info is None:
-                raise FileUnreadable("not a PNG, JPEG, GIF or WebP image")
-            if (len(content) + 2) // 3 * 4 > MAX_IMAGE_BASE64:
-                raise FileUnreadable("an image larger than the model accepts (5 MB)")
-            row.kind, (row.media_type, row.width, row.height) = "image", info
-            row.content = content
+            try:
+                image = prepare_image(content)  # scaled to what the model uses (bot.images)
+            except ImageUnreadable as exc:
+                raise FileUnreadable(str(exc)) from None
+            row.kind, row.media_type = "image", image.media_type
+            row.width, row.height, row.content = image.width, image.height, image.content
             return row
         if kind_of(f) == "pdf":
             pdf = read_pdf(content)

@@ -9,6 +9,7 @@ token estimate and the expected cost cold and warm. Nothing is posted and no sta
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,10 +23,13 @@ from bot.compaction import reusable
 from bot.config import Settings
 from bot.coverage import thread_gaps
 from bot.doctor import FAIL, MaskedOutput, secret_values
+from bot.files import FileReader
 from bot.formatting import footer_line
+from bot.images import image_size
 from bot.llm import LLMError
 from bot.pricing import Usage, cache_floor, cost, money, price_for
 from bot.prompt import (
+    MAX_IMAGES,
     SYSTEM_PROMPT,
     Built,
     Compacted,
@@ -45,7 +49,7 @@ from bot.threads import (
     slim,
     ts_key,
 )
-from bot.transcript import estimate_tokens
+from bot.transcript import Part, estimate_tokens, image_tokens
 from bot.ttl_policy import CachePlan, TtlPolicy
 from bot.workspace import Workspaces
 
@@ -131,6 +135,12 @@ def _inspect(
     model = eff.model
     asked = _asked(messages, link.ts, thread_ts, names, bot_user_id, request)
     ask = f"{asked.ask}\n\n(Answer in {eff.language}.)" if eff.language else asked.ask
+    now = datetime.now(UTC)
+    reader = FileReader(sessions)  # the files as the bot sends them: kept ones, else downloaded
+
+    def files(readable: list[dict[str, Any]]) -> dict[str, tuple[Part, ...]]:
+        return reader.prepare((team_id, channel, thread_ts), client.token, readable, now).parts
+
     turns = render_thread(
         asked.before,
         names,
@@ -139,8 +149,8 @@ def _inspect(
         recap=False,
         team_id=team_id,
         enterprise_id=auth.get("enterprise_id"),
+        files=files,
     )
-    now = datetime.now(UTC)
     with sessions() as s:
         state = data.get_thread(s, team_id, channel, thread_ts)
         cache = TtlPolicy(settings.cache_ttl).plan(s, team_id, state, now)
@@ -313,9 +323,25 @@ def _print_transcript(built: Built, w: MaskedOutput, width: int) -> None:
         control = block.get("cache_control")
         mark = f"◆ {control.get('ttl', '5m')} " if control else ""
         tail = "   ← not cached" if i == len(blocks) - 1 else ""
-        w.write(f"  #{i:<5} {mark}{_preview(block['text'], width)}{tail}\n")
+        shown = _preview(block["text"], width) if block["type"] == "text" else _image(block)
+        w.write(f"  #{i:<5} {mark}{shown}{tail}\n")
     if built.omitted:
         w.write(f"  ({built.omitted:,} older messages are left out for length)\n")
+    if built.images_left_out:
+        w.write(
+            f"  ({len(built.images_left_out):,} older images are left out: at most {MAX_IMAGES} "
+            "images go in one request)\n"
+        )
+
+
+def _image(block: dict[str, Any]) -> str:
+    """An image block in one line: type, size in pixels, its tokens and bytes."""
+    source = block["source"]
+    width, height = image_size(base64.b64decode(source["data"]))
+    return (
+        f"[image {source['media_type']}, {width}×{height} px, ~{image_tokens(width, height):,} "
+        f"tokens, {len(source['data']) // 1024:,} KB as base64]"
+    )
 
 
 def _print_breakpoints(built: Built, cache: CachePlan, w: MaskedOutput) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bot.transcript import TextPart, Turn, estimate_tokens
+from bot.transcript import DocumentPart, ImagePart, TextPart, Turn, estimate_tokens
 
 SYSTEM_PROMPT = """\
 You are a helpful assistant inside Slack. The user turn holds a Slack conversation transcript, \
@@ -48,6 +49,22 @@ CONVERSATION_START = "[The conversation starts with your message below.]"
 # Older messages are dropped in steps of this many, so a trimmed prefix stays stable.
 TRIM_STEP = 200
 
+# Images in one request. Anthropic's limits: at most 100 images and document pages together a
+# request, at most 2,000 px an edge when there are more than 20 images (the bot sends at most
+# 1,568), 32 MB a request. The bot's own limits for images are half of those; with the
+# request's documents (which `bot.files` keeps within 100 pages and 20 MB), images and pages
+# stay within MAX_MEDIA and all of their base64 within MAX_MEDIA_DATA (room left for the text).
+MAX_IMAGES = 50
+MAX_IMAGE_DATA = 16 * 1024 * 1024  # base64 characters of all images in one request
+MAX_MEDIA = 100
+MAX_MEDIA_DATA = 30 * 1024 * 1024
+# Images over a limit are left out oldest first, a page at a time: pages are cut from the
+# thread's oldest image on, each at most this many images and this much data, so that which
+# images a request leaves out stays the same while new ones arrive and the cached prefix stays
+# byte-identical until the next page has to go (see docs/caching.md).
+LEAVE_OUT_PAGE = 10
+LEAVE_OUT_PAGE_DATA = MAX_IMAGE_DATA // 4
+
 
 @dataclass(frozen=True)
 class PriorCache:
@@ -81,6 +98,7 @@ class Built:
     new_tokens: int = 0
     breakpoints: list[str] = field(default_factory=list)
     read_from: PriorCache | None = None  # the entry read back (prior or fallback), if any
+    images_left_out: tuple[str, ...] = ()  # names of images over the per-request limits
 
 
 # (new tokens, prefix tokens, the entry read back or None) -> the TTL to write, None for none
@@ -105,17 +123,70 @@ def compaction_block(summary: str, count: int) -> str:
     return f"[Summary of the {count} messages after the first one, written earlier]\n{summary}"
 
 
+def left_out_note(name: str) -> str:
+    """What stands in a turn for an image left out of a request (over the per-request limits)."""
+    return f"[image left out: {name or 'unnamed'} — too many images for one request]"
+
+
+def fit_images(turns: Sequence[Turn]) -> tuple[list[Turn], tuple[str, ...]]:
+    """`turns` within the per-request image limits (MAX_IMAGES, MAX_IMAGE_DATA; with their
+    documents, MAX_MEDIA and MAX_MEDIA_DATA), and the names of the images left out.
+
+    The oldest images are left out, each replaced by a note (`left_out_note`), in whole pages:
+    the images are cut into pages from the oldest on (LEAVE_OUT_PAGE images, LEAVE_OUT_PAGE_DATA
+    of data at most), and the fewest oldest pages go whose absence brings the rest within the
+    limits. Images added after the others move no page boundary and need no fewer left out, so
+    a new image at the end changes no earlier block until one more page has to go.
+    """
+    images = [p for t in turns for p in t.extra if isinstance(p, ImagePart)]
+    documents = [p for t in turns for p in t.extra if isinstance(p, DocumentPart)]
+    most = max(0, min(MAX_IMAGES, MAX_MEDIA - sum(d.pages for d in documents)))
+    room = max(0, min(MAX_IMAGE_DATA, MAX_MEDIA_DATA - sum(len(d.data) for d in documents)))
+    need = max(0, len(images) - most)
+    data = sum(len(p.data) for p in images[need:])
+    while need < len(images) and data > room:
+        data -= len(images[need].data)
+        need += 1
+    if need == 0:
+        return list(turns), ()
+    count = next(b for b in _pages(images) if b >= need)
+    notes = {id(p): TextPart(left_out_note(p.name)) for p in images[:count]}
+    fitted = [
+        replace(t, extra=tuple(notes.get(id(p), p) for p in t.extra))
+        if any(id(p) in notes for p in t.extra)
+        else t
+        for t in turns
+    ]
+    return fitted, tuple(p.name for p in images[:count])
+
+
+def _pages(images: Sequence[ImagePart]) -> list[int]:
+    """Where the pages of `images` end (image counts from the oldest), the last at the end."""
+    ends: list[int] = []
+    count = size = 0
+    for i, p in enumerate(images):
+        if count and (count == LEAVE_OUT_PAGE or size + len(p.data) > LEAVE_OUT_PAGE_DATA):
+            ends.append(i)
+            count = size = 0
+        count += 1
+        size += len(p.data)
+    ends.append(len(images))
+    return ends
+
+
 def _layout(
     turns: Sequence[Turn], budget: int, compacted: Compacted | None, scale: float
-) -> tuple[list[Turn], int]:
-    """The kept turns (a synthetic one, ts '', where messages are summarized or left out) and
-    how many turns were left out."""
+) -> tuple[list[Turn], int, tuple[str, ...]]:
+    """The kept turns (a synthetic one, ts '', where messages are summarized or left out), how
+    many turns were left out, and the images left out (`fit_images`)."""
     if compacted is not None and 1 < compacted.upto < len(turns):
         block = Turn("", compaction_block(compacted.summary, compacted.upto - 1))
-        return [turns[0], block, *turns[compacted.upto :]], compacted.upto - 1
+        kept, images = fit_images([turns[0], block, *turns[compacted.upto :]])
+        return kept, compacted.upto - 1, images
+    turns, images = fit_images(turns)  # before costing: images left out cost nothing
     costs = [t.tokens() * scale for t in turns]
     if sum(costs) <= budget or len(turns) <= 2:
-        return list(turns), 0
+        return list(turns), 0, images
     suffix = [0.0] * (len(costs) + 1)
     for i in range(len(costs) - 1, -1, -1):
         suffix[i] = suffix[i + 1] + costs[i]
@@ -128,7 +199,9 @@ def _layout(
         start += 1  # only when even the newest step is too large
     omitted = start - 1
     note = Turn("", f"[{omitted} earlier messages of this thread are omitted here for length]")
-    return [turns[0], note, *turns[start:]], omitted
+    kept = [turns[0], note, *turns[start:]]
+    notes = {p.text for t in kept for p in t.extra if isinstance(p, TextPart)}
+    return kept, omitted, tuple(n for n in images if left_out_note(n) in notes)
 
 
 @dataclass
@@ -209,9 +282,9 @@ def build_request(
     blocks), else `fallback` (an older entry still alive: the thread's 1-hour anchor).
     1-hour breakpoints never follow 5-minute ones.
     """
-    kept, omitted = _layout(turns, budget_tokens, compacted, scale)
+    kept, omitted, left_out = _layout(turns, budget_tokens, compacted, scale)
     marks = _Marks.of(kept)
-    digests = _digests(model, [t.text for t in kept])
+    digests = _digests(model, [turn_key(t) for t in kept])
     costs = [int(t.tokens() * scale) for t in kept]
     system_tokens = int(estimate_tokens(SYSTEM_PROMPT) * scale)
     prefix_tokens = system_tokens + sum(costs)
@@ -244,6 +317,7 @@ def build_request(
         new_tokens=new_tokens,
         breakpoints=marks.breakpoints,
         read_from=read_from,
+        images_left_out=left_out,
     )
 
 
@@ -270,11 +344,13 @@ def build_conversation_request(
     breakpoint, uncached. Consecutive turns of one side share a message; a conversation that
     starts with the bot's message gets a fixed opening user block.
     """
-    kept, omitted = _layout(turns, budget_tokens, compacted, scale)
+    kept, omitted, left_out = _layout(turns, budget_tokens, compacted, scale)
     marks = _Marks.of(kept)
     roles = ["assistant" if t.own else "user" for t in kept]
-    digests = _digests(model, [f"{r}\x00{t.text}" for r, t in zip(roles, kept, strict=True)],
-                       DM_SYSTEM_PROMPT)
+    digests = _digests(
+        model, [f"{r}\x00{turn_key(t)}" for r, t in zip(roles, kept, strict=True)],
+        DM_SYSTEM_PROMPT,
+    )
     costs = [int(t.tokens() * scale) for t in kept]
     system_tokens = int(estimate_tokens(DM_SYSTEM_PROMPT) * scale)
     prefix_tokens = system_tokens + sum(costs)
@@ -317,11 +393,21 @@ def build_conversation_request(
         read_prior=matched >= 0,
         new_tokens=new_tokens,
         breakpoints=marks.breakpoints,
+        images_left_out=left_out,
     )
 
 
+def turn_key(turn: Turn) -> str:
+    """What a turn's digest covers: its text, and its further parts (files) when it has any
+    (a text-only turn's key is its text, as before files existed)."""
+    if not turn.extra:
+        return turn.text
+    blocks = json.dumps([p.block() for p in turn.extra], sort_keys=True, ensure_ascii=False)
+    return f"{turn.text}\x00{hashlib.sha256(blocks.encode()).hexdigest()}"
+
+
 def _digests(model: str, texts: Sequence[str], system: str = SYSTEM_PROMPT) -> list[str]:
-    """The chained digest after each of `texts` (a turn's text: the one part turns have today)."""
+    """The chained digest after each of `texts` (each a turn's `turn_key`)."""
     digest, out = _seed(model, system), []
     for t in texts:
         digest = _chain(digest, t)

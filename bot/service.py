@@ -33,7 +33,7 @@ from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient, OnText
 from bot.metrics import Metrics
 from bot.pricing import cache_floor, price_for
-from bot.prompt import Built, build_conversation_request, build_request
+from bot.prompt import MAX_IMAGES, Built, build_conversation_request, build_request
 from bot.read_budget import ReadBudget
 from bot.store import data
 from bot.threads import (
@@ -46,12 +46,13 @@ from bot.threads import (
     render_thread,
     ts_key,
 )
-from bot.transcript import Part, Turn
+from bot.transcript import DocumentPart, Part, Turn
 from bot.ttl_policy import Rhythm, TtlPolicy, record_entries
 from bot.user_messages import (
     EXTERNAL_REQUESTER,
     SOMETHING_WRONG,
     cut_off_note,
+    images_left_out_note,
     llm_error_text,
     partial_note,
     read_error_text,
@@ -509,8 +510,8 @@ class AnswerService:
         prepared = Prepared()
         documents = not self.documents.refused(endpoint, eff.model)
         turns = self._turns(req, messages, recap, prepared, documents=documents)
-        plan = self._plan(req, turns, request, eff, started, on_progress)
-        try:
+        try:  # a compaction (in the plan) carries the folded messages' documents too
+            plan = self._plan(req, turns, request, eff, started, on_progress)
             completion = self._call(plan, on_text)
         except DocumentsRefused:  # remembered; the same request again, PDFs as their text
             prepared = Prepared()
@@ -518,7 +519,9 @@ class AnswerService:
             plan = self._plan(req, turns, request, eff, started, on_progress)
             completion = self._call(plan, on_text)
         done = self._record(plan, completion, messages if seen is None else seen)
-        return replace(done, files_note=prepared.note())
+        left_out = images_left_out_note(plan.built.images_left_out, MAX_IMAGES)
+        notes = [n for n in (prepared.note(), left_out) if n]
+        return replace(done, files_note="\n".join(notes) or None)
 
     def _turns(
         self,
@@ -580,6 +583,9 @@ class AnswerService:
                 req.team_id, req.channel_id, req.thread_ts, turns, scale, now
             )
         except LLMError as exc:
+            folded = any(isinstance(p, DocumentPart) for t in turns for p in t.extra)
+            if folded and self._documents_refused(exc, model):
+                raise DocumentsRefused(exc.detail) from exc  # not a failure: sent again as text
             log.error("compacting %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             self.ledger.failed(req, exc.kind, started, model)
             raise
@@ -638,12 +644,7 @@ class AnswerService:
         try:
             return self._llm.create(plan.built.body, on_text=on_text)
         except LLMError as exc:
-            if has_documents(plan.built.body) and refuses_documents(exc.status, exc.detail):
-                if documents_unsupported(exc.detail):  # remembered: the next ones go as text
-                    endpoint = self._settings.anthropic_base_url
-                    self.documents.refuse(endpoint, plan.model, exc.detail)
-                else:
-                    log.warning("a PDF document block was refused (%s)", exc.detail)
+            if has_documents(plan.built.body) and self._documents_refused(exc, plan.model):
                 raise DocumentsRefused(exc.detail) from exc  # not a failure: sent again as text
             log.error("model call for %s/%s failed: %s", req.channel_id, req.thread_ts, exc.detail)
             exc.usage_id = self.ledger.failed(req, exc.kind, plan.started, plan.model)
@@ -651,6 +652,17 @@ class AnswerService:
         finally:
             if plan.hold is not None and self.budgets is not None:
                 self.budgets.release(req.team_id, plan.hold)
+
+    def _documents_refused(self, exc: LLMError, model: str) -> bool:
+        """Whether `exc` refuses a request's PDF document blocks (then remembered for the
+        endpoint and model when the error says documents are unsupported)."""
+        if not refuses_documents(exc.status, exc.detail):
+            return False
+        if documents_unsupported(exc.detail):  # remembered: the next ones go as text
+            self.documents.refuse(self._settings.anthropic_base_url, model, exc.detail)
+        else:
+            log.warning("a PDF document block was refused (%s)", exc.detail)
+        return True
 
     def _check_caching(self, built: Built, completion: Completion) -> None:
         """Warn once per model when the endpoint reports no cache activity where it should."""

@@ -71,12 +71,14 @@ def image_tokens(width: int, height: int) -> int:
 
 @dataclass(frozen=True)
 class ImagePart:
-    """An image content part (a file in the thread): its base64 bytes and size in pixels."""
+    """An image content part (a file in the thread): its base64 bytes and size in pixels, and
+    the file's name (for a note when the image has to be left out of a request)."""
 
     media_type: str
     data: str
     width: int
     height: int
+    name: str = ""
 
     def block(self) -> dict[str, Any]:
         """The part as a Messages API image block."""

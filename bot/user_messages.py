@@ -172,6 +172,17 @@ def writing_status(count: int) -> tuple[str, list[str]]:
     ]
 
 
+def images_left_out_note(names: tuple[str, ...], limit: int) -> str | None:
+    """A line under an answer when older images of the thread were left out of its request."""
+    if not names:
+        return None
+    count = "1 older image" if len(names) == 1 else f"{len(names)} older images"
+    return (
+        f"{count} of this thread went to the model only by name: one request holds at most "
+        f"{limit} images (fewer when they are large or PDFs take room), so the oldest are left out."
+    )
+
+
 def read_error_text(error: str, bot_user_id: str) -> str:
     """What to tell the user when Slack refused a read."""
     text = SLACK_READ_MESSAGES.get(

@@ -213,19 +213,37 @@ IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 MAX_IMAGE_BASE64 = 5 * 1024 * 1024
 IMAGE_LONG_EDGE = 1568
 URL_IMAGE_TOKENS = 1600
+# Per request (Anthropic's vision docs; the API's 400 reads "Too much media: P document pages
+# + I images > 100"): at most 100 images and document pages together, an image over 8,000 px
+# on an edge is refused, over 2,000 px when the request has more than 20 images.
+MAX_MEDIA = 100
+MANY_IMAGES = 20
+MAX_IMAGE_EDGE = 8000
+MANY_IMAGES_EDGE = 2000
 
 
 def _image_size(content: bytes) -> tuple[int, int] | None:
-    """Width and height from a PNG, GIF, WebP (VP8X) or JPEG header, else None."""
+    """Width and height from a PNG, GIF, WebP or JPEG header, else None."""
     if content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) >= 24:
         return int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
     if content[:6] in (b"GIF87a", b"GIF89a") and len(content) >= 10:
         return int.from_bytes(content[6:8], "little"), int.from_bytes(content[8:10], "little")
-    if content[:4] == b"RIFF" and content[8:16] == b"WEBPVP8X" and len(content) >= 30:
-        return (
-            int.from_bytes(content[24:27], "little") + 1,
-            int.from_bytes(content[27:30], "little") + 1,
-        )
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP" and len(content) >= 30:
+        chunk = content[12:16]
+        if chunk == b"VP8X":  # extended
+            return (
+                int.from_bytes(content[24:27], "little") + 1,
+                int.from_bytes(content[27:30], "little") + 1,
+            )
+        if chunk == b"VP8L":  # lossless: 14 bits each, minus one
+            bits = int.from_bytes(content[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":  # lossy: after the frame tag and start code
+            return (
+                int.from_bytes(content[26:28], "little") & 0x3FFF,
+                int.from_bytes(content[28:30], "little") & 0x3FFF,
+            )
+        return None
     i = 2 if content.startswith(b"\xff\xd8") else len(content)
     while i + 9 <= len(content) and content[i] == 0xFF:
         marker = content[i + 1]
@@ -238,9 +256,22 @@ def _image_size(content: bytes) -> tuple[int, int] | None:
 
 def image_block_tokens(block: dict[str, Any], where: str = "image") -> int:
     """What an image block costs, validating it as the API does (400s as BadRequest)."""
+    size = image_block_size(block, where)
+    if size is None:
+        return URL_IMAGE_TOKENS  # the fake fetches nothing: an image at the 1,568 px ceiling
+    width, height = size
+    if max(width, height) > IMAGE_LONG_EDGE:
+        factor = IMAGE_LONG_EDGE / max(width, height)
+        width, height = int(width * factor), int(height * factor)
+    return max(1, math.ceil(width * height / 750))
+
+
+def image_block_size(block: dict[str, Any], where: str = "image") -> tuple[int, int] | None:
+    """An image block's width and height (None for a URL image), validating it as the API does
+    (400s as BadRequest)."""
     source = block.get("source")
     if isinstance(source, dict) and source.get("type") == "url":
-        return URL_IMAGE_TOKENS  # the fake fetches nothing: an image at the 1,568 px ceiling
+        return None
     if not isinstance(source, dict) or source.get("type") != "base64":
         raise BadRequest(f"{where}.source.type: Input should be 'base64' or 'url'")
     if source.get("media_type") not in IMAGE_MEDIA_TYPES:
@@ -254,11 +285,35 @@ def image_block_tokens(block: dict[str, Any], where: str = "image") -> int:
         size = None
     if size is None:
         raise BadRequest(f"{where}.source.data: Could not process image")
-    width, height = size
-    if max(width, height) > IMAGE_LONG_EDGE:
-        factor = IMAGE_LONG_EDGE / max(width, height)
-        width, height = int(width * factor), int(height * factor)
-    return max(1, math.ceil(width * height / 750))
+    if max(size) > MAX_IMAGE_EDGE:
+        raise BadRequest(
+            f"{where}.image.source.base64.data: At least one of the image dimensions exceed max "
+            f"allowed size: {MAX_IMAGE_EDGE} pixels"
+        )
+    return size
+
+
+def check_media(body: dict[str, Any]) -> None:
+    """The per-request limits on images (400s as BadRequest, worded as the API words them)."""
+    images: list[tuple[str, tuple[int, int] | None]] = []
+    pages = 0
+    for m, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for b, block in enumerate(content if isinstance(content, list) else []):
+            where = f"messages.{m}.content.{b}"
+            if isinstance(block, dict) and block.get("type") == "image":
+                images.append((where, image_block_size(block, where)))
+            elif isinstance(block, dict) and block.get("type") == "document":
+                pages += document_block_cost(block, where)[0]
+    if pages + len(images) > MAX_MEDIA:
+        raise BadRequest(f"Too much media: {pages} document pages + {len(images)} images > 100")
+    if len(images) > MANY_IMAGES:
+        for where, size in images:
+            if size is not None and max(size) > MANY_IMAGES_EDGE:
+                raise BadRequest(
+                    f"{where}.image.source.base64.data: At least one of the image dimensions "
+                    f"exceed max allowed size for many-image requests: {MANY_IMAGES_EDGE} pixels"
+                )
 
 
 # PDF support (Anthropic's docs, "Check PDF requirements"): at most 32 MB a request and 100 PDF
@@ -492,7 +547,9 @@ def validate_body(body: Any, *, documents: bool = True) -> list[_Position]:
         raise BadRequest("max_tokens: Input should be greater than or equal to 1")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise BadRequest("stream: Input should be a valid boolean")
-    return flatten_prompt(body, documents=documents)
+    positions = flatten_prompt(body, documents=documents)
+    check_media(body)
+    return positions
 
 
 # ---------------------------------------------------------------------------------------------
