@@ -20,7 +20,7 @@ from bot.housekeeping import run_housekeeping
 from bot.store import data
 from bot.store.models import ThreadFile, ThreadMessage
 from tests.harness import SlackUI
-from tests.test_files import SCREENSHOT, png, texts, thread_with, user_blocks
+from tests.test_files import IMAGE_TOKENS, SCREENSHOT, png, texts, thread_with, user_blocks
 from tests.test_keep_events import NOW, Clock
 
 SECOND = png(800, 600)  # another picture: other bytes
@@ -330,7 +330,7 @@ def test_a_file_on_the_mention_read_from_slack_is_sent(bot, slack, model):
     bot.mention("C1", "and what should I do?", thread_ts=parent)
     assert len(slack.downloads) == 1  # kept for the follow-up
     assert [b["source"] for b in images(model, 1)] == [blocks[i]["source"]]
-    assert model.usages[1]["cache_read_input_tokens"] >= 2000  # the image read from cache
+    assert model.usages[1]["cache_read_input_tokens"] >= IMAGE_TOKENS  # the image from cache
 
 
 def test_a_file_on_the_mention_kept_from_its_event_is_sent(kbot, slack, model):
