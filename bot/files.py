@@ -63,12 +63,23 @@ MAX_DOCUMENT_PAGES = 100
 MAX_DOCUMENT_BASE64 = 20 * 1024 * 1024
 # How long an endpoint that refused document blocks is sent PDFs' text instead.
 DOCUMENT_REFUSAL_MEMORY = 24 * 3600.0
+# The stored kind of a file whose own bytes cannot be read: the reason is kept instead of them.
+UNREADABLE = "unreadable"
 # The stored media type of a PDF encrypted with an empty password: its text only.
 ENCRYPTED_PDF = "application/pdf; encrypted"
 
 
 class FileUnreadable(Exception):
-    """A file could not be read; the message says why, for the transcript and the answer."""
+    """A file could not be read; the message says why, for the transcript and the answer.
+
+    `lasting`: the file's own bytes are the cause (damaged, encrypted, too large, not what its
+    type says), so it is remembered with the thread and not downloaded again until Slack says
+    the file changed; otherwise (a failed or refused download, a missing scope) the next request
+    tries again."""
+
+    def __init__(self, why: str, *, lasting: bool = False) -> None:
+        super().__init__(why)
+        self.lasting = lasting
 
 
 def looks_like_login_page(content_type: str, content: bytes) -> bool:
@@ -246,6 +257,8 @@ def parts_of(row: ThreadFile, name: str, why_text: str | None = None) -> tuple[P
     if row.kind == "image":
         encoded = base64.b64encode(row.content).decode("ascii")
         return (ImagePart(row.media_type, encoded, row.width, row.height, name),)
+    if row.kind == UNREADABLE:
+        return (TextPart(f"[{name} could not be read: {row.content.decode('utf-8')}]"),)
     if row.kind == "pdf":
         pdf, text = unpack_pdf(row.content)
         if pdf and why_text is None:
@@ -359,16 +372,32 @@ class FileReader:
                 try:
                     row = self._download(where, file_id, f, token, now)
                 except FileUnreadable as exc:
-                    out.parts[file_id] = (TextPart(f"[{_name(f)} could not be read: {exc}]"),)
-                    out.problems.append(f"{_name(f)} ({exc})")
-                    continue
+                    if not exc.lasting:
+                        out.parts[file_id] = (TextPart(f"[{_name(f)} could not be read: {exc}]"),)
+                        out.problems.append(f"{_name(f)} ({exc})")
+                        continue
+                    row = self._unreadable(where, file_id, str(exc), now)
                 with self._sessions.begin() as s:
                     data.keep_thread_file(s, row)
+            if row.kind == UNREADABLE:
+                out.problems.append(f"{_name(f)} ({row.content.decode('utf-8')})")
             why_text = None
             if row.kind == "pdf":
                 why_text = room.why_text(row) if documents else "the model endpoint takes no PDFs"
             out.parts[file_id] = parts_of(row, _name(f), why_text)
         return out
+
+    @staticmethod
+    def _unreadable(
+        where: tuple[str, str, str], file_id: str, why: str, now: datetime
+    ) -> ThreadFile:
+        """The row that remembers why a file's own bytes cannot be read (no bytes kept)."""
+        team_id, channel_id, thread_ts = where
+        return ThreadFile(
+            team_id=team_id, channel_id=channel_id, thread_ts=thread_ts, file_id=file_id,
+            stored_at=now, kind=UNREADABLE, media_type="", width=0, height=0,
+            content=why.encode("utf-8"),
+        )
 
     def _download(
         self,
@@ -382,7 +411,9 @@ class FileReader:
         if not url or not token:
             raise FileUnreadable("Slack gave no way to download it")
         if int(f.get("size") or 0) > self._max_bytes:
-            raise FileUnreadable(f"larger than {self._max_bytes // (1024 * 1024)} MB")
+            raise FileUnreadable(
+                f"larger than {self._max_bytes // (1024 * 1024)} MB", lasting=True
+            )
         content, content_type = self._fetch(str(url), token)
         if looks_like_login_page(content_type, content) and f.get("filetype") != "html":
             self._tell_operator(where[0])
@@ -399,12 +430,15 @@ class FileReader:
             try:
                 image = prepare_image(content)  # scaled to what the model uses (bot.images)
             except ImageUnreadable as exc:
-                raise FileUnreadable(str(exc)) from None
+                raise FileUnreadable(str(exc), lasting=True) from None
             row.kind, row.media_type = "image", image.media_type
             row.width, row.height, row.content = image.width, image.height, image.content
             return row
         if kind_of(f) == "pdf":
-            pdf = read_pdf(content)
+            try:
+                pdf = read_pdf(content)
+            except FileUnreadable as exc:
+                raise FileUnreadable(str(exc), lasting=True) from None
             fits = pdf.pages <= MAX_DOCUMENT_PAGES and _base64_size(content) <= MAX_DOCUMENT_BASE64
             fits = fits and not pdf.encrypted
             row.kind, row.media_type = "pdf", ENCRYPTED_PDF if pdf.encrypted else PDF_MEDIA_TYPE
@@ -432,7 +466,8 @@ class FileReader:
                 for chunk in resp.iter_bytes():
                     total += len(chunk)
                     if total > self._max_bytes:
-                        raise FileUnreadable(f"larger than {self._max_bytes // (1024 * 1024)} MB")
+                        mb = self._max_bytes // (1024 * 1024)
+                        raise FileUnreadable(f"larger than {mb} MB", lasting=True)
                     chunks.append(chunk)
                     if time.monotonic() > deadline:
                         raise FileUnreadable("the download timed out")

@@ -147,6 +147,22 @@ def test_an_encrypted_or_damaged_pdf_is_named_with_the_reason(bot, slack, model)
     assert "broken.pdf (the PDF is damaged" in answer
 
 
+def test_a_damaged_pdf_is_not_downloaded_again_until_slack_says_it_changed(bot, slack, model):
+    parent = thread_with(slack, [{"name": "broken.pdf", "content": SPEC[: len(SPEC) // 3]}])
+    bot.mention("C1", "what does the PDF say?", thread_ts=parent)
+    (file_id,) = slack.downloads
+    bot.mention("C1", "and now?", thread_ts=parent)
+    assert slack.downloads == [file_id]  # its own bytes are the cause: remembered, not fetched
+    assert any("broken.pdf could not be read: the PDF is damaged" in t for t in texts(model, 1))
+    assert "broken.pdf (the PDF is damaged" in json.dumps(bot.posts_in("C1", parent)[-1])
+
+    bot.deliver(slack.file_change_event(file_id, SPEC))  # a good version uploaded in its place
+    bot.mention("C1", "and with the new version?", thread_ts=parent)
+    assert slack.downloads == [file_id, file_id]
+    assert len(documents(model, 2)) == 1
+    assert not any("could not be read" in t for t in texts(model, 2))
+
+
 def test_a_pdf_encrypted_without_a_password_goes_as_its_text(bot, slack, model):
     restricted = encrypted(SPEC, password="")  # opens without one: forms, statements
     parent = thread_with(slack, [{"name": "statement.pdf", "content": restricted}])

@@ -381,7 +381,7 @@ class ThreadFile(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     thread_ts: Mapped[str] = mapped_column(String(32), primary_key=True)
     file_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # image | pdf | text
+    kind: Mapped[str] = mapped_column(String(16))  # image | pdf | text | unreadable (the why)
     media_type: Mapped[str] = mapped_column(String(100))
     width: Mapped[int] = mapped_column(Integer, default=0)
     height: Mapped[int] = mapped_column(Integer, default=0)
