@@ -44,7 +44,10 @@ from bot.transcript import (
 
 log = logging.getLogger(__name__)
 
-MAX_DOWNLOAD_BYTES = 10 * 1024 * 1024
+MAX_DOWNLOAD_BYTES = 10 * 1024 * 1024  # text files and snippets (their text is cut anyway)
+# Larger caps where the model can still use a large file: a phone photo is scaled down, a PDF
+# up to the API's 32 MB request goes as a document or else as its text.
+DOWNLOAD_CAPS = {"image": 20 * 1024 * 1024, "pdf": 32 * 1024 * 1024}
 DOWNLOAD_TIMEOUT_SECONDS = 20.0
 MAX_TEXT_CHARS = 20_000
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
@@ -320,7 +323,7 @@ class FileReader:
         sessions: sessionmaker[Session],
         http: httpx.Client | None = None,
         *,
-        max_bytes: int = MAX_DOWNLOAD_BYTES,
+        max_bytes: int | None = None,
         timeout: float = DOWNLOAD_TIMEOUT_SECONDS,
         max_document_tokens: int | None = None,
     ) -> None:
@@ -328,7 +331,7 @@ class FileReader:
         # A PDF whose document block would cost more goes as its text (None: no such limit).
         self._max_document_tokens = max_document_tokens
         self._http = http or httpx.Client(timeout=timeout, follow_redirects=True)
-        self._max_bytes = max_bytes
+        self._max_bytes = max_bytes  # None: by kind (DOWNLOAD_CAPS, else MAX_DOWNLOAD_BYTES)
         self._timeout = timeout
         self._told: set[str] = set()  # workspaces whose missing scope was logged
         self._lock = threading.Lock()
@@ -410,11 +413,10 @@ class FileReader:
         url = f.get("url_private_download")
         if not url or not token:
             raise FileUnreadable("Slack gave no way to download it")
-        if int(f.get("size") or 0) > self._max_bytes:
-            raise FileUnreadable(
-                f"larger than {self._max_bytes // (1024 * 1024)} MB", lasting=True
-            )
-        content, content_type = self._fetch(str(url), token)
+        cap = self._max_bytes or DOWNLOAD_CAPS.get(kind_of(f) or "", MAX_DOWNLOAD_BYTES)
+        if int(f.get("size") or 0) > cap:
+            raise FileUnreadable(f"larger than {cap // (1024 * 1024)} MB", lasting=True)
+        content, content_type = self._fetch(str(url), token, cap)
         if looks_like_login_page(content_type, content) and f.get("filetype") != "html":
             self._tell_operator(where[0])
             raise FileUnreadable(NO_SCOPE)
@@ -453,8 +455,8 @@ class FileReader:
         row.content = text.encode("utf-8")
         return row
 
-    def _fetch(self, url: str, token: str) -> tuple[bytes, str]:
-        """The file's bytes and content type; at most `max_bytes`, within the timeout."""
+    def _fetch(self, url: str, token: str, cap: int) -> tuple[bytes, str]:
+        """The file's bytes and content type; at most `cap` bytes, within the timeout."""
         headers = {"Authorization": f"Bearer {token}"}
         deadline = time.monotonic() + self._timeout  # in all, not only between two reads
         try:
@@ -465,9 +467,8 @@ class FileReader:
                 total = 0
                 for chunk in resp.iter_bytes():
                     total += len(chunk)
-                    if total > self._max_bytes:
-                        mb = self._max_bytes // (1024 * 1024)
-                        raise FileUnreadable(f"larger than {mb} MB", lasting=True)
+                    if total > cap:
+                        raise FileUnreadable(f"larger than {cap // (1024 * 1024)} MB", lasting=True)
                     chunks.append(chunk)
                     if time.monotonic() > deadline:
                         raise FileUnreadable("the download timed out")
