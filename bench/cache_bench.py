@@ -44,22 +44,27 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+from sqlalchemy import func, select
 
 from bench import workload as wl
 from bot.app import create_app
+from bot.keepalive import KIND as KEEPALIVE
 from bot.prompt import SYSTEM_PROMPT
 from bot.store.db import make_engine, migrate
+from bot.store.models import UsageRecord
 from tests.fakes.messages_api import FakeMessagesAPI, flatten_prompt
 from tests.fakes.slack_api import FakeSlack
 from tests.harness import Bot, SlackUI, make_settings
 
 READ_METHODS = ("conversations.replies", "conversations.history")
 INPUT, WRITE_5M, WRITE_1H, READ = 1.0, 1.25, 2.0, 0.1
+OUTPUT = 5.0  # an output token, for keep-alive reads (answers' output is the same everywhere)
 TTL_5M, TTL_1H = 300.0, 3600.0
 TEAM_DOMAIN = "acme"
 
 POLICIES = ("auto", "off", "5m", "1h", "single")  # what the bench compares, auto first
-COSTS = (*POLICIES, "clairvoyant")
+NO_PINGS = "clairvoyant without keep-alive"  # the bound when no policy may read to keep alive
+COSTS = (*POLICIES, "clairvoyant", NO_PINGS)
 ALL = "all requests"
 FOLLOW_UPS = "follow-ups"
 ROWS = (ALL, FOLLOW_UPS, wl.FIRST, wl.SHORT, wl.MEDIUM, wl.LONG, wl.LONG_THREAD_SLICE)
@@ -108,11 +113,13 @@ class Served:
     reads: list[dict[str, Any]]
     model: list[ModelCall]
     wall_seconds: float
+    pings: list[ModelCall] = field(default_factory=list)  # keep-alive reads after its answer
     # Filled in by the accounting.
     prompt: int = 0
     cache_read: int = 0
     cost: dict[str, float] = field(default_factory=dict)
     rereads: int = 0
+    ping_cost: float = 0.0
 
     @property
     def rows(self) -> tuple[str, ...]:
@@ -197,7 +204,9 @@ def _prefix_keys(body: dict[str, Any]) -> tuple[list[str], list[int]]:
     return keys, tokens
 
 
-def clairvoyant_costs(calls: Sequence[tuple[float, str, dict[str, Any]]]) -> list[float]:
+def clairvoyant_costs(
+    calls: Sequence[tuple[float, str, dict[str, Any]]], *, pings: bool = True
+) -> list[float]:
     """Cost of each (time, thread, body) under the clairvoyant policy: it knows every later
     request and follows the documented cache rules block by block (see `_schedule_per_use`).
 
@@ -218,38 +227,55 @@ def clairvoyant_costs(calls: Sequence[tuple[float, str, dict[str, Any]]]) -> lis
         times = [calls[i][0] for i in idx]
         gaps = tuple(b - a for a, b in zip(times, times[1:], strict=False))
         if gaps not in memo:
-            memo[gaps] = _schedule_per_use(gaps)
+            memo[gaps] = _schedule_per_use(gaps, pings)
         for i, c in zip(idx, memo[gaps], strict=True):
             costs[i] += c * sizes[key]
     return costs
 
 
-def _schedule_per_use(gaps: tuple[float, ...]) -> list[float]:
+def _pings(gap: float, ttl: float) -> int:
+    """Keep-alive reads needed to keep an entry of `ttl` alive across `gap` (one per `ttl`)."""
+    return 0 if gap <= ttl else math.ceil(gap / ttl) - 1
+
+
+def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float]:
     """What each use of one block pays per token, the uses separated by `gaps`, under the best
     choice at each use that finds no live entry: send it uncached (1), or write it with a TTL
     (1.25 / 2) that later uses read (0.1) while each comes within the TTL of the previous one
-    (a read refreshes the entry's lifetime)."""
+    (a read refreshes the entry's lifetime). With `pings`, a gap longer than the TTL may also be
+    bridged by keep-alive reads (0.1 each, one per TTL; charged to the use before the gap), the
+    action the bot's keep-alive takes, so the bound stays below it."""
     n = len(gaps) + 1
-    best = [0.0] * (n + 1)
-    choice: list[tuple[float, int]] = [(INPUT, 1)] * n  # (price at use i, next unpaid use)
+    states = ("dead", TTL_5M, TTL_1H)
+    # cost[i][s]: the cheapest cost of uses i.. when use i finds state s; how[i][s]: (price at
+    # use i, state after it, bridge the next gap or not)
+    cost = [dict.fromkeys(states, 0.0) for _ in range(n + 1)]
+    how: list[dict[Any, tuple[float, Any, bool]]] = [{} for _ in range(n)]
     for i in range(n - 1, -1, -1):
-        options = [(INPUT + best[i + 1], INPUT, i + 1)]
-        for premium, ttl in ((WRITE_5M, TTL_5M), (WRITE_1H, TTL_1H)):
-            j = i + 1
-            while j < n and gaps[j - 1] <= ttl:
-                j += 1
-            options.append((premium + READ * (j - i - 1) + best[j], premium, j))
-        total, price, nxt = min(options)
-        best[i] = total
-        choice[i] = (price, nxt)
+        gap = gaps[i] if i < n - 1 else None
+        for found in states:
+            if found == "dead":
+                pays = [(INPUT, "dead"), (WRITE_5M, TTL_5M), (WRITE_1H, TTL_1H)]
+            else:
+                pays = [(READ, found)]
+            options = []
+            for price, after in pays:
+                if gap is None:
+                    options.append((price, price, after, False))
+                    continue
+                options.append((price + cost[i + 1]["dead"], price, after, False))
+                if after != "dead" and (gap <= after or pings):
+                    paid = price + READ * _pings(gap, after)
+                    options.append((paid + cost[i + 1][after], paid, after, True))
+            total, price, after, bridged = min(options, key=lambda o: o[0])
+            cost[i][found] = total
+            how[i][found] = (price, after, bridged)
     out = [0.0] * n
-    i = 0
-    while i < n:
-        price, nxt = choice[i]
+    found: Any = "dead"
+    for i in range(n):
+        price, after, bridged = how[i][found]
         out[i] = price
-        for r in range(i + 1, nxt):
-            out[r] = READ
-        i = nxt
+        found = after if bridged else "dead"
     return out
 
 
@@ -354,6 +380,7 @@ def account(served: list[Served]) -> None:
     owners = [s for s in served for _ in s.model]
     others = {
         "clairvoyant": clairvoyant_costs(calls),
+        NO_PINGS: clairvoyant_costs(calls, pings=False),
         "single": replay_single_breakpoint([(at, body) for at, _, body in calls]),
         "5m": fixed_policy_costs(calls, "5m"),
         "1h": fixed_policy_costs(calls, "1h"),
@@ -361,11 +388,15 @@ def account(served: list[Served]) -> None:
     for s in served:
         s.cost = dict.fromkeys(COSTS, 0.0)
         s.prompt = s.cache_read = 0
+        s.ping_cost = 0.0
         for c in s.model:
             s.prompt += prompt_tokens(c.usage)
             s.cache_read += int(c.usage.get("cache_read_input_tokens") or 0)
             s.cost["auto"] += usage_cost(c.usage)
             s.cost["off"] += body_tokens(c.body)
+        for c in s.pings:  # keep-alive reads: their input, and their one output token
+            s.ping_cost += usage_cost(c.usage) + OUTPUT * int(c.usage.get("output_tokens") or 0)
+        s.cost["auto"] += s.ping_cost
     for kind, costs in others.items():
         for owner, c in zip(owners, costs, strict=True):
             owner.cost[kind] += c
@@ -414,11 +445,56 @@ def _model_calls(model: FakeMessagesAPI, req_from: int, usage_from: int) -> list
     return [ModelCall(r["body"], u) for r, u in zip(ok, usages, strict=True)]
 
 
+def _run_due_jobs(
+    bot: Bot,
+    clock: SimClock,
+    slack: FakeSlack,
+    model: FakeMessagesAPI,
+    until: float,
+    threads: dict[tuple[str, str], int],
+) -> list[tuple[float, int, list[ModelCall]]]:
+    """Run the jobs the bot deferred (keep-alive reads) that fall due before `until`, each at
+    its own simulated time. Returns the model calls each made with the workload thread they
+    were made for (`threads`: (channel, parent ts) -> thread), read from the ledger's
+    keep-alive rows, which follow the calls one to one."""
+    out = []
+    queue = bot.app.queue
+    while True:
+        due = queue.next_due()
+        if due is None or due.timestamp() >= until:
+            return out
+        at = max(clock.now, due.timestamp())
+        _set_time(at, clock, slack, model)
+        req_from, usage_from = len(model.requests), len(model.usages)
+        with bot.app.sessions() as s:
+            seen = s.scalar(select(func.max(UsageRecord.id))) or 0
+        queue.wake()
+        bot.wait()
+        calls = _model_calls(model, req_from, usage_from)
+        with bot.app.sessions() as s:
+            rows = s.execute(
+                select(UsageRecord.channel_id, UsageRecord.thread_ts)
+                .where(UsageRecord.id > seen, UsageRecord.kind == KEEPALIVE)
+                .order_by(UsageRecord.id)
+            ).all()
+        assert len(rows) == len(calls), "every keep-alive call has its ledger row"
+        for (channel, thread_ts), call in zip(rows, calls, strict=True):
+            out.append((at, threads[(channel, thread_ts)], [call]))
+
+
 def replay(
-    workload: wl.Workload, *, progress: TextIO | None = None, **settings: str
+    workload: wl.Workload,
+    *,
+    progress: TextIO | None = None,
+    events: bool = True,
+    keepalive: bool = True,
+    **settings: str,
 ) -> list[Served]:
     """Run every event of `workload` through a fresh bot (`settings`: more settings by name,
-    e.g. cache_ttl="5m"); one Served per request, warm-up requests included."""
+    e.g. cache_ttl="5m"); one Served per request, warm-up requests included. `events`: every
+    message is delivered to the bot as Slack's message event (so it keeps transcripts and sees
+    activity), else only posted to the fake; jobs the bot defers (keep-alive reads) run at
+    their simulated time, their calls owned by the thread's latest request."""
     served: list[Served] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -428,21 +504,41 @@ def replay(
         _setup(slack, workload)
         clock = SimClock(workload.events[0].at)
         bot = _start_bot(slack, model, tmp, clock, **settings)
+        if not keepalive:
+            bot.app.service.keepalive = None
         ui = SlackUI(bot)
         stamps: dict[int, list[str]] = defaultdict(list)  # thread -> ts of its messages
         channel_of = {p.index: p.channel for p in workload.threads}
         asks = len(workload.asks) + len(workload.warmup_asks)
+        last: dict[int, Served] = {}  # thread -> its latest request, which owns later pings
+        parents: dict[tuple[str, str], int] = {}  # (channel, parent ts) -> workload thread
         try:
             for event in workload.events:
+                due = _run_due_jobs(bot, clock, slack, model, event.at, parents)
+                for _, thread, calls in due:
+                    owner = last.get(thread)
+                    if owner is not None:
+                        owner.pings.extend(calls)
                 _set_time(event.at, clock, slack, model)
                 channel = channel_of[event.thread]
                 ts_list = stamps[event.thread]
                 if isinstance(event, wl.Post):
                     assert event.index == len(ts_list)
                     parent = ts_list[0] if ts_list else None
-                    ts_list.append(
-                        slack.add_message(channel, event.text, user=event.user, thread_ts=parent)
-                    )
+                    if events:  # Slack delivers the message event: the bot keeps it
+                        posted = slack.post_event(
+                            channel, event.text, user=event.user, thread_ts=parent
+                        )
+                        ts_list.append(posted["ts"])
+                        bot.deliver(posted)  # stored before the ack, like Slack's delivery
+                    else:
+                        ts_list.append(
+                            slack.add_message(
+                                channel, event.text, user=event.user, thread_ts=parent
+                            )
+                        )
+                    if parent is None:
+                        parents[(channel, ts_list[0])] = event.thread
                     continue
                 calls_from, reads_from = len(slack.calls), len(slack.reads)
                 req_from, usage_from = len(model.requests), len(model.usages)
@@ -469,6 +565,7 @@ def replay(
                         wall_seconds=wall,
                     )
                 )
+                last[event.thread] = served[-1]
                 if progress is not None and len(served) % 50 == 0:
                     print(f"  … {len(served)}/{asks} requests", file=progress, flush=True)
         finally:
@@ -756,13 +853,29 @@ def render(report: Report, out: TextIO) -> None:
         render_family(family, out)
     print("\nsummary, all requests (ratio to clairvoyant; worst seed of auto)", file=out)
     head = f"{'workload':<10} {'reqs':>5} " + " ".join(f"{k:>6}" for k in POLICIES)
-    print(head + f" {'worst':>6} {'auto cheapest':>13}", file=out)
+    print(head + f" {'worst':>6} {'auto cheapest':>13} {'auto/d*':>8}", file=out)
     for f in report.families:
         r = f.rows[ALL]
         cheapest = "yes" if not r.losses else "no"
         worst = f.worst().rows[ALL].vs_clairvoyant("auto")
+        nopings = r.cost["auto"] / r.cost[NO_PINGS] if r.cost[NO_PINGS] else float("nan")
         print(
-            f"{f.profile.name:<10} {r.requests:>5} {_ratios(r)} {worst:>6.3f} {cheapest:>13}",
+            f"{f.profile.name:<10} {r.requests:>5} {_ratios(r)} {worst:>6.3f} {cheapest:>13} "
+            f"{nopings:>8.3f}",
+            file=out,
+        )
+    print(
+        "(d* = the clairvoyant policy without keep-alive reads, the bound before they existed)",
+        file=out,
+    )
+    pings = [s for s in report.served if s.pings]
+    if pings:
+        auto = sum(s.cost["auto"] for s in report.served)
+        spent = sum(s.ping_cost for s in report.served)
+        count = sum(len(s.pings) for s in report.served)
+        print(
+            f"\nkeep-alive reads: {count} after {len(pings)} requests, "
+            f"{spent / auto:.1%} of auto's cost",
             file=out,
         )
     if report.latencies:
@@ -817,15 +930,18 @@ def dump(report: Report, path: Path) -> None:
                     "breakpoints": [_breakpoints(c.body) for c in s.model],
                     "calls": s.calls,
                     "rereads": s.rereads,
+                    "pings": [c.usage for c in s.pings],
+                    "ping_cost": s.ping_cost,
                     "wall_seconds": round(s.wall_seconds, 4),
                 }
             )
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 
 
-def run_workload(workload: wl.Workload, **settings: str) -> Run:
+def run_workload(workload: wl.Workload, *, keepalive: bool = True, **settings: str) -> Run:
     """Replay `workload` through a fresh bot and cost its measured requests every way."""
-    served = [s for s in replay(workload, progress=sys.stderr, **settings) if not s.ask.warmup]
+    replayed = replay(workload, progress=sys.stderr, keepalive=keepalive, **settings)
+    served = [s for s in replayed if not s.ask.warmup]
     account(served)
     return Run(workload, served, tally(served))
 
@@ -839,6 +955,7 @@ def run(
     latency: bool = True,
     out: TextIO = sys.stdout,
     dump_to: Path | None = None,
+    keepalive: bool = True,
 ) -> Report:
     """Generate, replay and account every profile over every seed, measure latency, print."""
     started = time.perf_counter()
@@ -854,7 +971,7 @@ def run(
                 file=sys.stderr,
                 flush=True,
             )
-            runs.append(run_workload(workload))
+            runs.append(run_workload(workload, keepalive=keepalive))
         rows = tally(s for r in runs for s in r.served)
         families.append(Family(wl.PROFILES[name], runs, rows))
     latencies: list[float] = []
@@ -884,6 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency figures")
     parser.add_argument("--dump", type=Path, default=None, help="write per-request rows (JSON)")
+    parser.add_argument(
+        "--no-keepalive", action="store_true", help="auto without keep-alive reads (to compare)"
+    )
     args = parser.parse_args(argv)
     seeds = [int(x) for x in (args.seeds or ("1" if args.quick else "1,2,3")).split(",")]
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -897,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         latency=not args.no_latency,
         dump_to=args.dump,
+        keepalive=not args.no_keepalive,
     )
     return 0
 
