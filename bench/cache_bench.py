@@ -64,7 +64,8 @@ TEAM_DOMAIN = "acme"
 
 POLICIES = ("auto", "off", "5m", "1h", "single")  # what the bench compares, auto first
 NO_PINGS = "clairvoyant without keep-alive"  # the bound when no policy may read to keep alive
-COSTS = (*POLICIES, "clairvoyant", NO_PINGS)
+ORACLE = "next-gap oracle"  # the bot's layout, each write chosen knowing the next request's gap
+COSTS = (*POLICIES, "clairvoyant", NO_PINGS, ORACLE)
 ALL = "all requests"
 FOLLOW_UPS = "follow-ups"
 ROWS = (ALL, FOLLOW_UPS, wl.FIRST, wl.SHORT, wl.MEDIUM, wl.LONG, wl.LONG_THREAD_SLICE)
@@ -242,9 +243,10 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
     """What each use of one block pays per token, the uses separated by `gaps`, under the best
     choice at each use that finds no live entry: send it uncached (1), or write it with a TTL
     (1.25 / 2) that later uses read (0.1) while each comes within the TTL of the previous one
-    (a read refreshes the entry's lifetime). With `pings`, a gap longer than the TTL may also be
-    bridged by keep-alive reads (0.1 each, one per TTL; charged to the use before the gap), the
-    action the bot's keep-alive takes, so the bound stays below it."""
+    (a read refreshes the entry's lifetime). With `pings`, a gap longer than 5 minutes may also
+    be bridged by keep-alive reads of a 5-minute entry (0.1 each, one per 5 minutes, as many as
+    it likes; charged to the use before the gap): the action the bot's keep-alive takes, so the
+    bound stays below it. (Reading a 1-hour entry hourly is not something the bot does.)"""
     n = len(gaps) + 1
     states = ("dead", TTL_5M, TTL_1H)
     # cost[i][s]: the cheapest cost of uses i.. when use i finds state s; how[i][s]: (price at
@@ -264,7 +266,7 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
                     options.append((price, price, after, False))
                     continue
                 options.append((price + cost[i + 1]["dead"], price, after, False))
-                if after != "dead" and (gap <= after or pings):
+                if after != "dead" and (gap <= after or (pings and after == TTL_5M)):
                     paid = price + READ * _pings(gap, after)
                     options.append((paid + cost[i + 1][after], paid, after, True))
             total, price, after, bridged = min(options, key=lambda o: o[0])
@@ -279,8 +281,19 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
     return out
 
 
+def oracle_ttls(calls: Sequence[tuple[float, str, dict[str, Any]]]) -> list[str | None]:
+    """For each call, the write a policy that knew when the thread's next request comes would
+    choose: 5m if within 5 minutes, 1h if within the hour, none otherwise (less 5 s margin)."""
+    out: list[str | None] = []
+    for i, (at, thread, _) in enumerate(calls):
+        later = [a for a, t, _ in calls[i + 1 :] if t == thread and a > at]
+        gap = later[0] - at if later else math.inf
+        out.append("5m" if gap <= TTL_5M - 5 else "1h" if gap <= TTL_1H - 5 else None)
+    return out
+
+
 def fixed_policy_costs(
-    calls: Sequence[tuple[float, str, dict[str, Any]]], ttl: str
+    calls: Sequence[tuple[float, str, dict[str, Any]]], ttl: str | Sequence[str | None]
 ) -> list[float]:
     """Cost of each (time, thread, body) for the bot with `CACHE_TTL=ttl` (5m or 1h), sent in
     order to a fresh fake.
@@ -295,10 +308,11 @@ def fixed_policy_costs(
     written: dict[str, tuple[str, str, float]] = {}  # thread -> (block key, ttl, touched at)
     with FakeMessagesAPI() as fresh, httpx.Client(base_url=fresh.url, timeout=60) as client:
         headers = {"x-api-key": fresh.api_key, "anthropic-version": "2023-06-01"}
-        for at, thread, body in calls:
+        for n, (at, thread, body) in enumerate(calls):
             fresh.now = at
             answer = body.get("system") == SYSTEM_PROMPT
-            out = _remarked(body, written.get(thread), ttl, at) if answer else copy.deepcopy(body)
+            this = ttl if isinstance(ttl, str) else ttl[n]
+            out = _remarked(body, written.get(thread), this, at) if answer else copy.deepcopy(body)
             out.pop("stream", None)  # the cost does not depend on streaming
             resp = client.post("/v1/messages", json=out, headers=headers)
             resp.raise_for_status()
@@ -323,13 +337,16 @@ def fixed_policy_costs(
 
 
 def _remarked(
-    body: dict[str, Any], previous: tuple[str, str, float] | None, ttl: str, at: float
+    body: dict[str, Any], previous: tuple[str, str, float] | None, ttl: str | None, at: float
 ) -> dict[str, Any]:
     out = single_breakpoint_body(body)
     content = out["messages"][-1]["content"]
     if len(content) < 2:
         return out
-    content[-2]["cache_control"] = _control(ttl)
+    if ttl is None:  # write nothing new: only the read below, if any
+        content[-2].pop("cache_control", None)
+    else:
+        content[-2]["cache_control"] = _control(ttl)
     if previous is None or at - previous[2] > {"5m": TTL_5M, "1h": TTL_1H}[previous[1]] - 5:
         return out
     keys, _ = _prefix_keys(out)
@@ -384,6 +401,7 @@ def account(served: list[Served]) -> None:
         "single": replay_single_breakpoint([(at, body) for at, _, body in calls]),
         "5m": fixed_policy_costs(calls, "5m"),
         "1h": fixed_policy_costs(calls, "1h"),
+        ORACLE: fixed_policy_costs(calls, oracle_ttls(calls)),
     }
     for s in served:
         s.cost = dict.fromkeys(COSTS, 0.0)
@@ -488,6 +506,7 @@ def replay(
     progress: TextIO | None = None,
     events: bool = True,
     keepalive: bool = True,
+    rule: str = "",
     **settings: str,
 ) -> list[Served]:
     """Run every event of `workload` through a fresh bot (`settings`: more settings by name,
@@ -506,6 +525,8 @@ def replay(
         bot = _start_bot(slack, model, tmp, clock, **settings)
         if not keepalive:
             bot.app.service.keepalive = None
+        elif rule and bot.app.service.keepalive is not None:
+            bot.app.service.keepalive.rule = rule
         ui = SlackUI(bot)
         stamps: dict[int, list[str]] = defaultdict(list)  # thread -> ts of its messages
         channel_of = {p.index: p.channel for p in workload.threads}
@@ -853,7 +874,7 @@ def render(report: Report, out: TextIO) -> None:
         render_family(family, out)
     print("\nsummary, all requests (ratio to clairvoyant; worst seed of auto)", file=out)
     head = f"{'workload':<10} {'reqs':>5} " + " ".join(f"{k:>6}" for k in POLICIES)
-    print(head + f" {'worst':>6} {'auto cheapest':>13} {'auto/d*':>8}", file=out)
+    print(head + f" {'worst':>6} {'auto cheapest':>13} {'auto/d*':>8} {'oracle':>7}", file=out)
     for f in report.families:
         r = f.rows[ALL]
         cheapest = "yes" if not r.losses else "no"
@@ -861,11 +882,13 @@ def render(report: Report, out: TextIO) -> None:
         nopings = r.cost["auto"] / r.cost[NO_PINGS] if r.cost[NO_PINGS] else float("nan")
         print(
             f"{f.profile.name:<10} {r.requests:>5} {_ratios(r)} {worst:>6.3f} {cheapest:>13} "
-            f"{nopings:>8.3f}",
+            f"{nopings:>8.3f} {r.vs_clairvoyant(ORACLE):>7.3f}",
             file=out,
         )
     print(
-        "(d* = the clairvoyant policy without keep-alive reads, the bound before they existed)",
+        "(auto/d*: auto against the clairvoyant policy without keep-alive reads, the bound "
+        "before they existed; oracle: the fixed modes' layout, each write chosen knowing when "
+        "the next request comes, no keep-alive, against the clairvoyant policy)",
         file=out,
     )
     pings = [s for s in report.served if s.pings]
@@ -938,9 +961,11 @@ def dump(report: Report, path: Path) -> None:
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 
 
-def run_workload(workload: wl.Workload, *, keepalive: bool = True, **settings: str) -> Run:
+def run_workload(
+    workload: wl.Workload, *, keepalive: bool = True, rule: str = "", **settings: str
+) -> Run:
     """Replay `workload` through a fresh bot and cost its measured requests every way."""
-    replayed = replay(workload, progress=sys.stderr, keepalive=keepalive, **settings)
+    replayed = replay(workload, progress=sys.stderr, keepalive=keepalive, rule=rule, **settings)
     served = [s for s in replayed if not s.ask.warmup]
     account(served)
     return Run(workload, served, tally(served))
@@ -956,6 +981,7 @@ def run(
     out: TextIO = sys.stdout,
     dump_to: Path | None = None,
     keepalive: bool = True,
+    rule: str = "",
 ) -> Report:
     """Generate, replay and account every profile over every seed, measure latency, print."""
     started = time.perf_counter()
@@ -971,7 +997,7 @@ def run(
                 file=sys.stderr,
                 flush=True,
             )
-            runs.append(run_workload(workload, keepalive=keepalive))
+            runs.append(run_workload(workload, keepalive=keepalive, rule=rule))
         rows = tally(s for r in runs for s in r.served)
         families.append(Family(wl.PROFILES[name], runs, rows))
     latencies: list[float] = []
@@ -1004,6 +1030,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-keepalive", action="store_true", help="auto without keep-alive reads (to compare)"
     )
+    parser.add_argument(
+        "--keepalive-rule",
+        choices=("learned", "odds", "activity"),
+        default="",
+        help="what decides a keep-alive read (default: the bot's, learned)",
+    )
     args = parser.parse_args(argv)
     seeds = [int(x) for x in (args.seeds or ("1" if args.quick else "1,2,3")).split(",")]
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -1018,6 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=not args.no_latency,
         dump_to=args.dump,
         keepalive=not args.no_keepalive,
+        rule=args.keepalive_rule,
     )
     return 0
 

@@ -439,6 +439,7 @@ def create_app(
         budgets=service.budgets,
         effective=service.workspaces.effective,
         clock=clock,
+        habits=service.habits,
     )
     handlers[KEEPALIVE] = service.keepalive.handler()
     pool = _worker_pool(settings, queue, handlers, metrics)

@@ -39,7 +39,8 @@ from bot.ledger import Ledger, usage_row
 from bot.llm import LLMError, MessagesClient
 from bot.pricing import price_for
 from bot.store import data
-from bot.store.models import Job, ThreadMessage, ThreadState
+from bot.store.models import Job, ThreadMessage, ThreadState, UsageRecord
+from bot.ttl_policy import KEEP_ALIVE_ODDS, Habits, next_within, rhythm_after
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,75 @@ def ping_body(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+LEARN_DAYS = 14  # the keep-alive reads a workspace learns from: the last days'
+LEARN_READS = 500  # ... at most this many, newest first
+# Before a workspace's own reads say otherwise: the chance that a read made on an active thread
+# is followed by a request while it keeps the entry alive, worth START_WEIGHT reads.
+START_FOLLOWED = 0.3
+START_WEIGHT = 5.0
+DONE = ("keepalive", "compact")  # ledger kinds that are not requests
+
+
+def track_record(
+    session: Session, team_id: str, now: datetime
+) -> dict[int, tuple[int, int]]:
+    """The workspace's keep-alive reads and what followed, from the ledger: per read number
+    after an answer (1, 2, 3 for the third and later), (reads whose 5 minutes are over, reads
+    followed by a request on the thread within those 5 minutes)."""
+    since = now - timedelta(days=LEARN_DAYS)
+    reads = session.execute(
+        select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at)
+        .where(
+            UsageRecord.team_id == team_id,
+            UsageRecord.kind == KIND,
+            UsageRecord.outcome == "ok",
+            UsageRecord.created_at >= since,
+        )
+        .order_by(UsageRecord.created_at.desc())
+        .limit(LEARN_READS)
+    ).all()
+    if not reads:
+        return {}
+    threads = {t for _, t, _ in reads}
+    asked: dict[tuple[str, str], list[float]] = {}
+    for channel, thread, at in session.execute(
+        select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at).where(
+            UsageRecord.team_id == team_id,
+            UsageRecord.kind.not_in(DONE),
+            UsageRecord.created_at >= since,
+            UsageRecord.thread_ts.in_(threads),
+        )
+    ):
+        asked.setdefault((channel, thread), []).append(_epoch(at) or 0.0)
+    by_thread: dict[tuple[str, str], list[float]] = {}
+    for channel, thread, at in reads:
+        by_thread.setdefault((channel, thread), []).append(_epoch(at) or 0.0)
+    out: dict[int, list[int]] = {}
+    end = now.timestamp()
+    for key, times in by_thread.items():
+        requests = sorted(asked.get(key, []))
+        times.sort()
+        for i, at in enumerate(times):
+            if at + TTL > end:
+                continue  # its 5 minutes are not over
+            last_request = max((r for r in requests if r <= at), default=None)
+            number = sum(
+                1 for t in times[: i + 1] if last_request is None or t > last_request
+            )
+            followed = any(at < r <= at + TTL for r in requests)
+            counts = out.setdefault(min(number, 3), [0, 0])
+            counts[0] += 1
+            counts[1] += followed
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def followed_odds(record: dict[int, tuple[int, int]], number: int) -> float:
+    """The chance that keep-alive read `number` after an answer is followed by a request while
+    it keeps the entry alive: the workspace's record, shrunk towards the start belief."""
+    reads, followed = record.get(min(number, 3), (0, 0))
+    return (followed + START_WEIGHT * START_FOLLOWED) / (reads + START_WEIGHT)
+
+
 def _epoch(value: datetime | None) -> float | None:
     at = data.as_utc(value)
     return at.timestamp() if at is not None else None
@@ -104,6 +174,7 @@ class KeepAlive:
         budgets: Budgets | None,
         effective: Callable[[str], Any],
         clock: Callable[[], float] = time.time,
+        habits: Callable[[Session, str, datetime], Habits] | None = None,
     ) -> None:
         self._queue = queue
         self._sessions = sessions
@@ -112,6 +183,8 @@ class KeepAlive:
         self._budgets = budgets
         self._effective = effective
         self._clock = clock
+        self._habits = habits  # the workspace's habits (for rule "odds")
+        self.rule = "learned"  # what tells a read that pays: see `chance` (the bench compares)
 
     def after_answer(
         self,
@@ -156,18 +229,22 @@ class KeepAlive:
         next one is due shortly before the refreshed entry expires (`Deferred`)."""
         caller = KeepCaller(**payload["caller"])
         where = f"{caller.channel_id}/{caller.thread_ts}"
+        now = datetime.fromtimestamp(self._clock(), UTC)
         with self._sessions() as s:
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             why = self._stale(state, payload)
             if why is None and not self._active(s, caller, payload):
                 why = "the thread went quiet"
+            if why is None and state is not None:
+                chance = self.chance(s, caller.team_id, state, payload["pings"] + 1, now)
+                if chance < KEEP_ALIVE_ODDS:
+                    why = f"a request within the next 5 minutes is {chance:.0%} likely"
         if why is not None:
             log.info("keep-alive for %s ends: %s", where, why)
             return
         body = payload["body"]
         eff = self._effective(caller.team_id)
         hold = None
-        now = datetime.fromtimestamp(self._clock(), UTC)
         if self._budgets is not None and self._budgets.enabled_for(eff):
             try:
                 hold = self._budgets.reserve(
@@ -215,6 +292,22 @@ class KeepAlive:
         raise Deferred(
             now + timedelta(seconds=TTL - LEAD), {**payload, "touched": at, "pings": pings}
         )
+
+    def chance(
+        self, session: Session, team_id: str, state: ThreadState, number: int, now: datetime
+    ) -> float:
+        """The chance that the thread's next request comes while read `number` (after the
+        answer) keeps the entry alive, the thread being active: by `rule`, what followed the
+        workspace's earlier keep-alive reads (`learned`), the odds the TTL policy expects after
+        the thread's last request (`odds`), or certain enough (`activity`)."""
+        if self.rule == "learned":
+            return followed_odds(track_record(session, team_id, now), number)
+        if self.rule == "odds" and self._habits is not None:
+            last = data.as_utc(state.last_request_at)
+            elapsed = (now - last).total_seconds() if last is not None else 0.0
+            habits = self._habits(session, team_id, now)
+            return next_within(rhythm_after(state, habits).odds, elapsed, TTL)
+        return 1.0
 
     @staticmethod
     def _stale(state: ThreadState | None, payload: dict[str, Any]) -> str | None:

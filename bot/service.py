@@ -41,7 +41,7 @@ from bot.threads import (
     ts_key,
 )
 from bot.transcript import Part, Turn
-from bot.ttl_policy import Rhythm, TtlPolicy, record_entries
+from bot.ttl_policy import Habits, Rhythm, TtlPolicy, record_entries
 from bot.user_messages import (
     EXTERNAL_REQUESTER,
     SOMETHING_WRONG,
@@ -673,6 +673,10 @@ class AnswerService:
         )
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
         return Done(completion, footer if plan.eff.footer else "", usage_id)
+
+    def habits(self, session: Session, team_id: str, now: datetime) -> Habits:
+        """The workspace's habits as the TTL policy sees them (kept a minute per process)."""
+        return self._ttl.habits(session, team_id, now)
 
     def _keep_alive(
         self,
