@@ -181,3 +181,28 @@ def test_inspect_explains_the_keep_alive(make_bot, slack, model, engine, databas
 
     _, fixed = inspect(make_settings(slack, model, database_url, cache_ttl="1h"), link)
     assert "Keep-alive reads: none (CACHE_TTL=1h" in fixed
+
+
+def test_a_workspace_whose_reads_are_never_followed_makes_fewer(make_bot, slack, model, engine):
+    """Reads that no request followed within their 5 minutes teach the workspace: from the start
+    belief (30 %, worth 5 reads), a third or later read stops paying (8.7 %) once 13 of them
+    went unfollowed, so the fourth thread gets four and the fifth two."""
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    counts = []
+    for cycle in range(5):
+        at(slack, model, slack.now + 3 * 3600)
+        root = slack.post_event("C1", long_text(0), user="U1")  # the bot hears it all
+        bot.deliver(root)
+        parent = root["ts"]
+        for i in range(1, 40):
+            write(bot, slack, parent, i)
+        bot.mention("C1", "what did we decide?", thread_ts=parent)
+        answered, before = slack.now, len(pings(model))
+        for n in range(18):  # people write every two minutes for 36 minutes, nobody asks
+            when = answered + (n + 1) * 120
+            run_due(bot, slack, model, when)
+            at(slack, model, when)
+            write(bot, slack, parent, 100 + n)
+        run_due(bot, slack, model, answered + 3600)
+        counts.append(len(pings(model)) - before)
+    assert counts == [MAX_PINGS] * 3 + [4, 2]
