@@ -4,11 +4,13 @@ ledger row of its own kind, nothing posted in Slack); it stops when the thread g
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from bot.digest import Period, build_digest, render_text
 from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL
 from bot.store.models import Job, UsageRecord
 from tests.harness import Bot, make_settings
@@ -100,6 +102,12 @@ def test_active_thread_is_kept_warm_and_the_follow_up_reads_it(make_bot, slack, 
     assert len(rows) == 2 and all(r.outcome == "ok" and r.thread_ts == parent for r in rows)
     assert all(r.cache_read_tokens == first["cache_creation_input_tokens"] for r in rows)
 
+    # The digest counts them as their own kind.
+    with sessionmaker(engine)() as s:
+        period = Period.ending(datetime.fromtimestamp(slack.now, UTC), 1, "day")
+        text = render_text(build_digest(s, rows[0].team_id, period, private_channels=set()))
+    assert "keepalive 2" in text and "mention 1" in text
+
     # A follow-up 13 minutes after the answer still reads the whole earlier prefix.
     bot.mention("C1", "and what is still open?", thread_ts=parent)
     follow = model.usages[-1]
@@ -189,7 +197,7 @@ def test_a_workspace_whose_reads_are_never_followed_makes_fewer(make_bot, slack,
     went unfollowed, so the fourth thread gets four and the fifth two."""
     bot = make_bot(clock=slack.clock, sleep=slack.sleep)
     counts = []
-    for cycle in range(5):
+    for _ in range(5):
         at(slack, model, slack.now + 3 * 3600)
         root = slack.post_event("C1", long_text(0), user="U1")  # the bot hears it all
         bot.deliver(root)
