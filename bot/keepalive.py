@@ -62,6 +62,13 @@ class KeepCaller:
     kind: str = KIND
 
 
+def lane_of(team_id: str, channel_id: str, thread_ts: str) -> str:
+    """The keep-alive's job lane: apart from the thread's answers (it never holds one up), and
+    starting with the workspace id like every lane (uninstalling deletes the workspace's jobs,
+    the prompt a waiting keep-alive holds included)."""
+    return f"{team_id}:{channel_id}:{thread_ts}:{KIND}"
+
+
 def ping_body(body: dict[str, Any]) -> dict[str, Any] | None:
     """The keep-alive request for an answer's `body`: the same prefix up to and including its
     last 5-minute breakpoint (that block keeps its mark, so the call reads the entry), nothing
@@ -215,7 +222,7 @@ class KeepAlive:
             "pings": 0,
             "body": ping,
         }
-        lane = f"{KIND}:{caller.team_id}:{caller.channel_id}:{caller.thread_ts}"
+        lane = lane_of(caller.team_id, caller.channel_id, caller.thread_ts)
         return self._queue.enqueue(
             KIND,
             payload,
@@ -374,7 +381,7 @@ def describe(
         return f"none (CACHE_TTL={mode}: only CACHE_TTL=auto reads to keep an entry alive)"
     if not keeps:
         return "none (the workspace does not keep transcripts, so activity is not seen)"
-    lane = f"{KIND}:{team_id}:{channel_id}:{thread_ts}"
+    lane = lane_of(team_id, channel_id, thread_ts)
     job = session.scalars(
         select(Job).where(Job.lane == lane, Job.status == "queued").order_by(Job.id.desc())
     ).first()
