@@ -17,9 +17,14 @@ cost is in base-price units (input 1, 5-minute write 1.25, 1-hour write 2, read 
   single       the same bodies with only a 5m breakpoint on the last transcript block, sent in
                order to a fresh fake;
   clairvoyant  per thread and block, over the same bodies: the cheapest schedule of writes
-               (none, 5m, 1h) and reads for the times the block is sent, under the documented
-               rules (a read refreshes the entry's lifetime); breakpoint limits and minimum
-               lengths ignored, so a lower bound for every policy on these bodies.
+               (none, 5m, 1h), reads and keep-alive reads of a 5-minute entry (0.1 every 5
+               minutes, what auto's keep-alive does) for the times the block is sent, under
+               the documented rules (a read refreshes the entry's lifetime); breakpoint limits
+               and minimum lengths ignored, so a lower bound for every policy on these bodies
+               (also printed without keep-alive reads: auto/d*);
+  oracle       the fixed modes' layout, each write chosen knowing the next request's gap.
+Keep-alive reads auto makes between requests run at their simulated time and are charged to
+the thread's latest request; every message reaches the bot as a message event.
 All are shown as ratios to the clairvoyant policy, per workload and gap slice, with each
 profile's worst seed. Also: Slack read calls per request and the bot's own time from event to
 model request on a 2,000-message thread.

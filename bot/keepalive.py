@@ -8,11 +8,13 @@ breakpoint, and `max_tokens` 1: it reads the prefix at 0.1x and refreshes the en
 5 minutes, where a follow-up after the entry expired would pay to send and write it again
 (1.25x, or 2x for a 1-hour write made up front). Then it queues itself again.
 
-It reads only while the thread is active: it stops as soon as nobody has written in the thread
-since the previous touch (the answer, or the previous keep-alive read), as soon as a newer
-request (or anything else) changed the thread's tail, after `MAX_PINGS` reads, and when a spend
-budget does not leave room for it. Activity comes from the kept transcript (message events,
-bot/keeping.py): a workspace that does not keep transcripts gets no keep-alive reads.
+It reads only while the thread is active and it pays: it stops as soon as nobody has written in
+the thread since the previous touch (the answer, or the previous keep-alive read), when the
+workspace's earlier keep-alive reads were followed by a request within their 5 minutes less
+often than READ / (MISS - READ) = 8.7 % (`track_record`, from the ledger, moved from a start
+belief), as soon as a newer request changed the thread's tail, after `MAX_PINGS` reads, and
+when a spend budget does not leave room for it. Activity comes from the kept transcript
+(message events, bot/keeping.py): a workspace that does not keep transcripts gets none.
 
 A keep-alive read posts nothing in Slack; its usage is a ledger row of kind `keepalive`, so the
 digest and budgets count it. The job's payload holds the request body (the thread's rendered
