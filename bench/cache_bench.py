@@ -17,9 +17,14 @@ cost is in base-price units (input 1, 5-minute write 1.25, 1-hour write 2, read 
   single       the same bodies with only a 5m breakpoint on the last transcript block, sent in
                order to a fresh fake;
   clairvoyant  per thread and block, over the same bodies: the cheapest schedule of writes
-               (none, 5m, 1h) and reads for the times the block is sent, under the documented
-               rules (a read refreshes the entry's lifetime); breakpoint limits and minimum
-               lengths ignored, so a lower bound for every policy on these bodies.
+               (none, 5m, 1h), reads and keep-alive reads of a 5-minute entry (0.1 every 5
+               minutes, what auto's keep-alive does) for the times the block is sent, under
+               the documented rules (a read refreshes the entry's lifetime); breakpoint limits
+               and minimum lengths ignored, so a lower bound for every policy on these bodies
+               (also printed without keep-alive reads: auto/d*);
+  oracle       the fixed modes' layout, each write chosen knowing the next request's gap.
+Keep-alive reads auto makes between requests run at their simulated time and are charged to
+the thread's latest request; every message reaches the bot as a message event.
 All are shown as ratios to the clairvoyant policy, per workload and gap slice, with each
 profile's worst seed. Also: Slack read calls per request and the bot's own time from event to
 model request on a 2,000-message thread.
@@ -44,22 +49,28 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+from sqlalchemy import func, select
 
 from bench import workload as wl
 from bot.app import create_app
+from bot.keepalive import KIND as KEEPALIVE
 from bot.prompt import SYSTEM_PROMPT
 from bot.store.db import make_engine, migrate
+from bot.store.models import UsageRecord
 from tests.fakes.messages_api import FakeMessagesAPI, flatten_prompt
 from tests.fakes.slack_api import FakeSlack
 from tests.harness import Bot, SlackUI, make_settings
 
 READ_METHODS = ("conversations.replies", "conversations.history")
 INPUT, WRITE_5M, WRITE_1H, READ = 1.0, 1.25, 2.0, 0.1
+OUTPUT = 5.0  # an output token, for keep-alive reads (answers' output is the same everywhere)
 TTL_5M, TTL_1H = 300.0, 3600.0
 TEAM_DOMAIN = "acme"
 
 POLICIES = ("auto", "off", "5m", "1h", "single")  # what the bench compares, auto first
-COSTS = (*POLICIES, "clairvoyant")
+NO_PINGS = "clairvoyant without keep-alive"  # the bound when no policy may read to keep alive
+ORACLE = "next-gap oracle"  # the bot's layout, each write chosen knowing the next request's gap
+COSTS = (*POLICIES, "clairvoyant", NO_PINGS, ORACLE)
 ALL = "all requests"
 FOLLOW_UPS = "follow-ups"
 ROWS = (ALL, FOLLOW_UPS, wl.FIRST, wl.SHORT, wl.MEDIUM, wl.LONG, wl.LONG_THREAD_SLICE)
@@ -108,11 +119,13 @@ class Served:
     reads: list[dict[str, Any]]
     model: list[ModelCall]
     wall_seconds: float
+    pings: list[ModelCall] = field(default_factory=list)  # keep-alive reads after its answer
     # Filled in by the accounting.
     prompt: int = 0
     cache_read: int = 0
     cost: dict[str, float] = field(default_factory=dict)
     rereads: int = 0
+    ping_cost: float = 0.0
 
     @property
     def rows(self) -> tuple[str, ...]:
@@ -197,7 +210,9 @@ def _prefix_keys(body: dict[str, Any]) -> tuple[list[str], list[int]]:
     return keys, tokens
 
 
-def clairvoyant_costs(calls: Sequence[tuple[float, str, dict[str, Any]]]) -> list[float]:
+def clairvoyant_costs(
+    calls: Sequence[tuple[float, str, dict[str, Any]]], *, pings: bool = True
+) -> list[float]:
     """Cost of each (time, thread, body) under the clairvoyant policy: it knows every later
     request and follows the documented cache rules block by block (see `_schedule_per_use`).
 
@@ -218,43 +233,72 @@ def clairvoyant_costs(calls: Sequence[tuple[float, str, dict[str, Any]]]) -> lis
         times = [calls[i][0] for i in idx]
         gaps = tuple(b - a for a, b in zip(times, times[1:], strict=False))
         if gaps not in memo:
-            memo[gaps] = _schedule_per_use(gaps)
+            memo[gaps] = _schedule_per_use(gaps, pings)
         for i, c in zip(idx, memo[gaps], strict=True):
             costs[i] += c * sizes[key]
     return costs
 
 
-def _schedule_per_use(gaps: tuple[float, ...]) -> list[float]:
+def _pings(gap: float, ttl: float) -> int:
+    """Keep-alive reads needed to keep an entry of `ttl` alive across `gap` (one per `ttl`)."""
+    return 0 if gap <= ttl else math.ceil(gap / ttl) - 1
+
+
+def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float]:
     """What each use of one block pays per token, the uses separated by `gaps`, under the best
     choice at each use that finds no live entry: send it uncached (1), or write it with a TTL
     (1.25 / 2) that later uses read (0.1) while each comes within the TTL of the previous one
-    (a read refreshes the entry's lifetime)."""
+    (a read refreshes the entry's lifetime). With `pings`, a gap longer than 5 minutes may also
+    be bridged by keep-alive reads of a 5-minute entry (0.1 each, one per 5 minutes, as many as
+    it likes; charged to the use before the gap): the action the bot's keep-alive takes, so the
+    bound stays below it. (Reading a 1-hour entry hourly is not something the bot does.)"""
     n = len(gaps) + 1
-    best = [0.0] * (n + 1)
-    choice: list[tuple[float, int]] = [(INPUT, 1)] * n  # (price at use i, next unpaid use)
+    states = ("dead", TTL_5M, TTL_1H)
+    # cost[i][s]: the cheapest cost of uses i.. when use i finds state s; how[i][s]: (price at
+    # use i, state after it, bridge the next gap or not)
+    cost = [dict.fromkeys(states, 0.0) for _ in range(n + 1)]
+    how: list[dict[Any, tuple[float, Any, bool]]] = [{} for _ in range(n)]
     for i in range(n - 1, -1, -1):
-        options = [(INPUT + best[i + 1], INPUT, i + 1)]
-        for premium, ttl in ((WRITE_5M, TTL_5M), (WRITE_1H, TTL_1H)):
-            j = i + 1
-            while j < n and gaps[j - 1] <= ttl:
-                j += 1
-            options.append((premium + READ * (j - i - 1) + best[j], premium, j))
-        total, price, nxt = min(options)
-        best[i] = total
-        choice[i] = (price, nxt)
+        gap = gaps[i] if i < n - 1 else None
+        for found in states:
+            if found == "dead":
+                pays = [(INPUT, "dead"), (WRITE_5M, TTL_5M), (WRITE_1H, TTL_1H)]
+            else:
+                pays = [(READ, found)]
+            options = []
+            for price, after in pays:
+                if gap is None:
+                    options.append((price, price, after, False))
+                    continue
+                options.append((price + cost[i + 1]["dead"], price, after, False))
+                if after != "dead" and (gap <= after or (pings and after == TTL_5M)):
+                    paid = price + READ * _pings(gap, after)
+                    options.append((paid + cost[i + 1][after], paid, after, True))
+            total, price, after, bridged = min(options, key=lambda o: o[0])
+            cost[i][found] = total
+            how[i][found] = (price, after, bridged)
     out = [0.0] * n
-    i = 0
-    while i < n:
-        price, nxt = choice[i]
+    found: Any = "dead"
+    for i in range(n):
+        price, after, bridged = how[i][found]
         out[i] = price
-        for r in range(i + 1, nxt):
-            out[r] = READ
-        i = nxt
+        found = after if bridged else "dead"
+    return out
+
+
+def oracle_ttls(calls: Sequence[tuple[float, str, dict[str, Any]]]) -> list[str | None]:
+    """For each call, the write a policy that knew when the thread's next request comes would
+    choose: 5m if within 5 minutes, 1h if within the hour, none otherwise (less 5 s margin)."""
+    out: list[str | None] = []
+    for i, (at, thread, _) in enumerate(calls):
+        later = [a for a, t, _ in calls[i + 1 :] if t == thread and a > at]
+        gap = later[0] - at if later else math.inf
+        out.append("5m" if gap <= TTL_5M - 5 else "1h" if gap <= TTL_1H - 5 else None)
     return out
 
 
 def fixed_policy_costs(
-    calls: Sequence[tuple[float, str, dict[str, Any]]], ttl: str
+    calls: Sequence[tuple[float, str, dict[str, Any]]], ttl: str | Sequence[str | None]
 ) -> list[float]:
     """Cost of each (time, thread, body) for the bot with `CACHE_TTL=ttl` (5m or 1h), sent in
     order to a fresh fake.
@@ -269,10 +313,11 @@ def fixed_policy_costs(
     written: dict[str, tuple[str, str, float]] = {}  # thread -> (block key, ttl, touched at)
     with FakeMessagesAPI() as fresh, httpx.Client(base_url=fresh.url, timeout=60) as client:
         headers = {"x-api-key": fresh.api_key, "anthropic-version": "2023-06-01"}
-        for at, thread, body in calls:
+        for n, (at, thread, body) in enumerate(calls):
             fresh.now = at
             answer = body.get("system") == SYSTEM_PROMPT
-            out = _remarked(body, written.get(thread), ttl, at) if answer else copy.deepcopy(body)
+            this = ttl if isinstance(ttl, str) else ttl[n]
+            out = _remarked(body, written.get(thread), this, at) if answer else copy.deepcopy(body)
             out.pop("stream", None)  # the cost does not depend on streaming
             resp = client.post("/v1/messages", json=out, headers=headers)
             resp.raise_for_status()
@@ -297,13 +342,16 @@ def fixed_policy_costs(
 
 
 def _remarked(
-    body: dict[str, Any], previous: tuple[str, str, float] | None, ttl: str, at: float
+    body: dict[str, Any], previous: tuple[str, str, float] | None, ttl: str | None, at: float
 ) -> dict[str, Any]:
     out = single_breakpoint_body(body)
     content = out["messages"][-1]["content"]
     if len(content) < 2:
         return out
-    content[-2]["cache_control"] = _control(ttl)
+    if ttl is None:  # write nothing new: only the read below, if any
+        content[-2].pop("cache_control", None)
+    else:
+        content[-2]["cache_control"] = _control(ttl)
     if previous is None or at - previous[2] > {"5m": TTL_5M, "1h": TTL_1H}[previous[1]] - 5:
         return out
     keys, _ = _prefix_keys(out)
@@ -354,18 +402,24 @@ def account(served: list[Served]) -> None:
     owners = [s for s in served for _ in s.model]
     others = {
         "clairvoyant": clairvoyant_costs(calls),
+        NO_PINGS: clairvoyant_costs(calls, pings=False),
         "single": replay_single_breakpoint([(at, body) for at, _, body in calls]),
         "5m": fixed_policy_costs(calls, "5m"),
         "1h": fixed_policy_costs(calls, "1h"),
+        ORACLE: fixed_policy_costs(calls, oracle_ttls(calls)),
     }
     for s in served:
         s.cost = dict.fromkeys(COSTS, 0.0)
         s.prompt = s.cache_read = 0
+        s.ping_cost = 0.0
         for c in s.model:
             s.prompt += prompt_tokens(c.usage)
             s.cache_read += int(c.usage.get("cache_read_input_tokens") or 0)
             s.cost["auto"] += usage_cost(c.usage)
             s.cost["off"] += body_tokens(c.body)
+        for c in s.pings:  # keep-alive reads: their input, and their one output token
+            s.ping_cost += usage_cost(c.usage) + OUTPUT * int(c.usage.get("output_tokens") or 0)
+        s.cost["auto"] += s.ping_cost
     for kind, costs in others.items():
         for owner, c in zip(owners, costs, strict=True):
             owner.cost[kind] += c
@@ -414,11 +468,57 @@ def _model_calls(model: FakeMessagesAPI, req_from: int, usage_from: int) -> list
     return [ModelCall(r["body"], u) for r, u in zip(ok, usages, strict=True)]
 
 
+def _run_due_jobs(
+    bot: Bot,
+    clock: SimClock,
+    slack: FakeSlack,
+    model: FakeMessagesAPI,
+    until: float,
+    threads: dict[tuple[str, str], int],
+) -> list[tuple[float, int, list[ModelCall]]]:
+    """Run the jobs the bot deferred (keep-alive reads) that fall due before `until`, each at
+    its own simulated time. Returns the model calls each made with the workload thread they
+    were made for (`threads`: (channel, parent ts) -> thread), read from the ledger's
+    keep-alive rows, which follow the calls one to one."""
+    out = []
+    queue = bot.app.queue
+    while True:
+        due = queue.next_due()
+        if due is None or due.timestamp() >= until:
+            return out
+        at = max(clock.now, due.timestamp())
+        _set_time(at, clock, slack, model)
+        req_from, usage_from = len(model.requests), len(model.usages)
+        with bot.app.sessions() as s:
+            seen = s.scalar(select(func.max(UsageRecord.id))) or 0
+        queue.wake()
+        bot.wait()
+        calls = _model_calls(model, req_from, usage_from)
+        with bot.app.sessions() as s:
+            rows = s.execute(
+                select(UsageRecord.channel_id, UsageRecord.thread_ts)
+                .where(UsageRecord.id > seen, UsageRecord.kind == KEEPALIVE)
+                .order_by(UsageRecord.id)
+            ).all()
+        assert len(rows) == len(calls), "every keep-alive call has its ledger row"
+        for (channel, thread_ts), call in zip(rows, calls, strict=True):
+            out.append((at, threads[(channel, thread_ts)], [call]))
+
+
 def replay(
-    workload: wl.Workload, *, progress: TextIO | None = None, **settings: str
+    workload: wl.Workload,
+    *,
+    progress: TextIO | None = None,
+    events: bool = True,
+    keepalive: bool = True,
+    rule: str = "",
+    **settings: str,
 ) -> list[Served]:
     """Run every event of `workload` through a fresh bot (`settings`: more settings by name,
-    e.g. cache_ttl="5m"); one Served per request, warm-up requests included."""
+    e.g. cache_ttl="5m"); one Served per request, warm-up requests included. `events`: every
+    message is delivered to the bot as Slack's message event (so it keeps transcripts and sees
+    activity), else only posted to the fake; jobs the bot defers (keep-alive reads) run at
+    their simulated time, their calls owned by the thread's latest request."""
     served: list[Served] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -428,21 +528,43 @@ def replay(
         _setup(slack, workload)
         clock = SimClock(workload.events[0].at)
         bot = _start_bot(slack, model, tmp, clock, **settings)
+        if not keepalive:
+            bot.app.service.keepalive = None
+        elif rule and bot.app.service.keepalive is not None:
+            bot.app.service.keepalive.rule = rule
         ui = SlackUI(bot)
         stamps: dict[int, list[str]] = defaultdict(list)  # thread -> ts of its messages
         channel_of = {p.index: p.channel for p in workload.threads}
         asks = len(workload.asks) + len(workload.warmup_asks)
+        last: dict[int, Served] = {}  # thread -> its latest request, which owns later pings
+        parents: dict[tuple[str, str], int] = {}  # (channel, parent ts) -> workload thread
         try:
             for event in workload.events:
+                due = _run_due_jobs(bot, clock, slack, model, event.at, parents)
+                for _, thread, calls in due:
+                    owner = last.get(thread)
+                    if owner is not None:
+                        owner.pings.extend(calls)
                 _set_time(event.at, clock, slack, model)
                 channel = channel_of[event.thread]
                 ts_list = stamps[event.thread]
                 if isinstance(event, wl.Post):
                     assert event.index == len(ts_list)
                     parent = ts_list[0] if ts_list else None
-                    ts_list.append(
-                        slack.add_message(channel, event.text, user=event.user, thread_ts=parent)
-                    )
+                    if events:  # Slack delivers the message event: the bot keeps it
+                        posted = slack.post_event(
+                            channel, event.text, user=event.user, thread_ts=parent
+                        )
+                        ts_list.append(posted["ts"])
+                        bot.deliver(posted)  # stored before the ack, like Slack's delivery
+                    else:
+                        ts_list.append(
+                            slack.add_message(
+                                channel, event.text, user=event.user, thread_ts=parent
+                            )
+                        )
+                    if parent is None:
+                        parents[(channel, ts_list[0])] = event.thread
                     continue
                 calls_from, reads_from = len(slack.calls), len(slack.reads)
                 req_from, usage_from = len(model.requests), len(model.usages)
@@ -469,6 +591,7 @@ def replay(
                         wall_seconds=wall,
                     )
                 )
+                last[event.thread] = served[-1]
                 if progress is not None and len(served) % 50 == 0:
                     print(f"  … {len(served)}/{asks} requests", file=progress, flush=True)
         finally:
@@ -756,13 +879,31 @@ def render(report: Report, out: TextIO) -> None:
         render_family(family, out)
     print("\nsummary, all requests (ratio to clairvoyant; worst seed of auto)", file=out)
     head = f"{'workload':<10} {'reqs':>5} " + " ".join(f"{k:>6}" for k in POLICIES)
-    print(head + f" {'worst':>6} {'auto cheapest':>13}", file=out)
+    print(head + f" {'worst':>6} {'auto cheapest':>13} {'auto/d*':>8} {'oracle':>7}", file=out)
     for f in report.families:
         r = f.rows[ALL]
         cheapest = "yes" if not r.losses else "no"
         worst = f.worst().rows[ALL].vs_clairvoyant("auto")
+        nopings = r.cost["auto"] / r.cost[NO_PINGS] if r.cost[NO_PINGS] else float("nan")
         print(
-            f"{f.profile.name:<10} {r.requests:>5} {_ratios(r)} {worst:>6.3f} {cheapest:>13}",
+            f"{f.profile.name:<10} {r.requests:>5} {_ratios(r)} {worst:>6.3f} {cheapest:>13} "
+            f"{nopings:>8.3f} {r.vs_clairvoyant(ORACLE):>7.3f}",
+            file=out,
+        )
+    print(
+        "(auto/d*: auto against the clairvoyant policy without keep-alive reads, the bound "
+        "before they existed; oracle: the fixed modes' layout, each write chosen knowing when "
+        "the next request comes, no keep-alive, against the clairvoyant policy)",
+        file=out,
+    )
+    pings = [s for s in report.served if s.pings]
+    if pings:
+        auto = sum(s.cost["auto"] for s in report.served)
+        spent = sum(s.ping_cost for s in report.served)
+        count = sum(len(s.pings) for s in report.served)
+        print(
+            f"\nkeep-alive reads: {count} after {len(pings)} requests, "
+            f"{spent / auto:.1%} of auto's cost",
             file=out,
         )
     if report.latencies:
@@ -817,15 +958,20 @@ def dump(report: Report, path: Path) -> None:
                     "breakpoints": [_breakpoints(c.body) for c in s.model],
                     "calls": s.calls,
                     "rereads": s.rereads,
+                    "pings": [c.usage for c in s.pings],
+                    "ping_cost": s.ping_cost,
                     "wall_seconds": round(s.wall_seconds, 4),
                 }
             )
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
 
 
-def run_workload(workload: wl.Workload, **settings: str) -> Run:
+def run_workload(
+    workload: wl.Workload, *, keepalive: bool = True, rule: str = "", **settings: str
+) -> Run:
     """Replay `workload` through a fresh bot and cost its measured requests every way."""
-    served = [s for s in replay(workload, progress=sys.stderr, **settings) if not s.ask.warmup]
+    replayed = replay(workload, progress=sys.stderr, keepalive=keepalive, rule=rule, **settings)
+    served = [s for s in replayed if not s.ask.warmup]
     account(served)
     return Run(workload, served, tally(served))
 
@@ -839,6 +985,8 @@ def run(
     latency: bool = True,
     out: TextIO = sys.stdout,
     dump_to: Path | None = None,
+    keepalive: bool = True,
+    rule: str = "",
 ) -> Report:
     """Generate, replay and account every profile over every seed, measure latency, print."""
     started = time.perf_counter()
@@ -854,7 +1002,7 @@ def run(
                 file=sys.stderr,
                 flush=True,
             )
-            runs.append(run_workload(workload))
+            runs.append(run_workload(workload, keepalive=keepalive, rule=rule))
         rows = tally(s for r in runs for s in r.served)
         families.append(Family(wl.PROFILES[name], runs, rows))
     latencies: list[float] = []
@@ -884,6 +1032,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small run for a smoke test")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency figures")
     parser.add_argument("--dump", type=Path, default=None, help="write per-request rows (JSON)")
+    parser.add_argument(
+        "--no-keepalive", action="store_true", help="auto without keep-alive reads (to compare)"
+    )
+    parser.add_argument(
+        "--keepalive-rule",
+        choices=("learned", "odds", "activity"),
+        default="",
+        help="what decides a keep-alive read (default: the bot's, learned)",
+    )
     args = parser.parse_args(argv)
     seeds = [int(x) for x in (args.seeds or ("1" if args.quick else "1,2,3")).split(",")]
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -897,6 +1054,8 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         latency=not args.no_latency,
         dump_to=args.dump,
+        keepalive=not args.no_keepalive,
+        rule=args.keepalive_rule,
     )
     return 0
 

@@ -23,6 +23,8 @@ START = 1_767_258_000.0  # 2026-01-01 09:00 UTC: the first request can come at o
 SHORT_GAP = 300.0  # seconds: the 5-minute cache TTL
 MEDIUM_GAP = 3600.0  # seconds: the 1-hour cache TTL
 LONG_THREAD = 1000  # messages
+WIND_DOWN = 0.5  # threads with a few acknowledgements after their last answer
+CARRY_ON = 0.2  # threads whose people keep discussing after their last answer
 MAX_MESSAGES = 2000  # per thread, the workload's own messages (bot answers come on top)
 
 FIRST = "first request"
@@ -447,7 +449,9 @@ def generate(
         plans.append(plan)
         hours = rng.uniform(0, 4 if quick else 18) - (24 if warm else 0)
         first_at = round(START + hours * 3600, 3)
-        for order, event in enumerate(_thread_events(rng, plan, first_at, quick=quick)):
+        after = random.Random(f"{profile}:{seed}:after:{t}")  # its own stream: the rest stays
+        thread_events = _thread_events(rng, plan, first_at, quick=quick, after=after)
+        for order, event in enumerate(thread_events):
             events.append((event.at, t, order, event))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     return Workload(
@@ -456,9 +460,20 @@ def generate(
 
 
 def _thread_events(
-    rng: random.Random, plan: ThreadPlan, first_at: float, *, quick: bool = False
+    rng: random.Random,
+    plan: ThreadPlan,
+    first_at: float,
+    *,
+    quick: bool = False,
+    after: random.Random | None = None,
 ) -> list[Post | Ask]:
-    """One thread's messages and requests, in time order; the first request at `first_at`."""
+    """One thread's messages and requests, in time order; the first request at `first_at`.
+
+    Between two requests the thread's people write at the thread's pace (the discussion that
+    leads to the next question). After the last request (`after` draws it, so the events before
+    stay the same): half the threads get a short wind-down (1-3 acknowledgements within 10
+    minutes of the answer) and a fifth carry on discussing without asking again (at the
+    thread's pace for 10-60 minutes); the rest go quiet at once."""
     t, lang = plan.index, plan.language
     svc, repo = rng.choice(SERVICES), rng.choice(REPOS)
     people = rng.sample([u[0] for u in USERS], rng.randint(2, 6))
@@ -517,6 +532,20 @@ def _thread_events(
         )
         if kind_name == "mention":
             posted += 1  # the mention itself is a message of the thread
+    if after is not None:
+        later: list[float] = []
+        if after.random() < WIND_DOWN:
+            later += [at + after.uniform(20, 600) for _ in range(after.randint(1, 3))]
+        if after.random() < CARRY_ON:
+            span = after.uniform(600, 3600)
+            n = int(rate * span / 3600 + after.random() * 2)
+            later += [at + after.uniform(20, span) for _ in range(n)]
+        room = MAX_MESSAGES - posted
+        for new_at in sorted(later)[: max(0, room)]:
+            ack = after.random() < 0.5
+            text = after.choice(ACKS[lang]) if ack else message_text(after, lang, svc, repo)
+            out.append(Post(round(new_at, 3), t, posted, after.choice(people), text))
+            posted += 1
     return out
 
 

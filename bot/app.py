@@ -45,6 +45,8 @@ from bot.installations import (
     TokenUnreadable,
 )
 from bot.jobs import Handler, JobQueue, WorkerPool
+from bot.keepalive import KIND as KEEPALIVE
+from bot.keepalive import KeepAlive
 from bot.listeners.messages import MessageRouter
 from bot.llm import MessagesClient
 from bot.logsafety import withhold_details
@@ -429,6 +431,17 @@ def create_app(
         messages=messages,
         receiver=receiver,
     )
+    service.keepalive = KeepAlive(
+        queue=queue,
+        sessions=sessions,
+        llm=llm,
+        ledger=service.ledger,
+        budgets=service.budgets,
+        effective=service.workspaces.effective,
+        clock=clock,
+        habits=service.habits,
+    )
+    handlers[KEEPALIVE] = service.keepalive.handler()
     pool = _worker_pool(settings, queue, handlers, metrics)
     return BotApp(
         settings,

@@ -26,6 +26,7 @@ from bot.doctor import FAIL, MaskedOutput, secret_values
 from bot.files import FileReader
 from bot.formatting import footer_line
 from bot.images import image_size
+from bot.keepalive import describe as describe_keepalive
 from bot.llm import LLMError
 from bot.pricing import Usage, cache_floor, cost, money, price_for
 from bot.prompt import (
@@ -168,11 +169,23 @@ def _inspect(
         budget_tokens=settings.context_budget_tokens,
         compacted=compacted,
     )
+    with sessions() as s:
+        keepalive = describe_keepalive(
+            s,
+            team_id,
+            channel,
+            thread_ts,
+            mode=settings.cache_ttl,
+            write_ttl=built.write_ttl,
+            keeps=eff.keep_transcripts,
+        )
     w.write(
         f"Thread {channel}/{thread_ts} in {auth.get('team')} ({team_id}): {len(messages):,} "
         f"messages; request: {asked.what}\n"
     )
-    return _report(settings, built, cache, compaction_note, w, send=send, width=width)
+    return _report(
+        settings, built, cache, compaction_note, w, send=send, width=width, keepalive=keepalive
+    )
 
 
 def _report(
@@ -184,6 +197,7 @@ def _report(
     *,
     send: bool,
     width: int,
+    keepalive: str = "",
 ) -> int:
     """Print the request and what it would cost; with `send`, send it once."""
     w.write(f"Previous cache write: {cache.prior_note}\n")
@@ -191,6 +205,8 @@ def _report(
         w.write(f"Compaction: {compaction_note}\n")
     _print_transcript(built, w, width)
     _print_breakpoints(built, cache, w)
+    if keepalive:
+        w.write(f"Keep-alive reads: {keepalive}\n")
     _print_costs(built, settings, built.body["model"], w)
     if not send:
         w.write("Dry run: nothing was sent to the model. Add --send to send it once.\n")

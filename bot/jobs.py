@@ -104,10 +104,18 @@ class JobQueue:
             self.changed.notify_all()
 
     def enqueue(
-        self, kind: str, payload: dict[str, Any], *, lane: str, dedupe_key: str | None = None
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        lane: str,
+        dedupe_key: str | None = None,
+        run_at: datetime | None = None,
     ) -> bool:
-        """Store a job (committed when this returns); False when `dedupe_key` was seen before."""
+        """Store a job (committed when this returns); False when `dedupe_key` was seen before.
+        `run_at`: not to be claimed before then."""
         row = {
+            "run_at": run_at,
             "dedupe_key": dedupe_key,
             "kind": kind,
             "lane": lane[:120],

@@ -28,6 +28,7 @@ from bot.files import (
 from bot.formatting import footer_line
 from bot.installations import SlackClients
 from bot.jobs import Deferred
+from bot.keepalive import KeepAlive, KeepCaller
 from bot.keeping import Keeper, OrgCache
 from bot.ledger import Ledger
 from bot.llm import Completion, LLMError, MessagesClient, OnText
@@ -47,7 +48,7 @@ from bot.threads import (
     ts_key,
 )
 from bot.transcript import DocumentPart, Part, Turn
-from bot.ttl_policy import Rhythm, TtlPolicy, record_entries
+from bot.ttl_policy import Habits, Rhythm, TtlPolicy, record_entries
 from bot.user_messages import (
     EXTERNAL_REQUESTER,
     SOMETHING_WRONG,
@@ -199,6 +200,7 @@ class AnswerService:
         # A PDF as a document may take up to half the context budget; a larger one goes as text.
         self.files = FileReader(sessions, max_document_tokens=settings.context_budget_tokens // 2)
         self.documents = DocumentRefusals(clock)  # endpoints that refused PDF document blocks
+        self.keepalive: KeepAlive | None = None  # set by create_app (it needs the job queue)
 
     @property
     def settings(self) -> Settings:
@@ -709,6 +711,10 @@ class AnswerService:
             state.last_gap_seconds = rhythm.last_gap
             record_entries(state, built, usage, now)
             usage_id = self.ledger.answered(s, req, completion, latency_ms, now)
+            tail = (state.cache_ttl, state.cache_written_at, state.cache_boundary_ts)
+            seen_ts = [t for t in (state.last_message_ts, req.message_ts) if t]
+            newest = max(seen_ts, key=ts_key, default="")
+        self._keep_alive(req, built, *tail, newest)
         log.info(
             "answered %s/%s kind=%s stop=%s prompt=%d read=%d written=%d ttl=%s breakpoints=%d",
             req.channel_id,
@@ -723,6 +729,37 @@ class AnswerService:
         )
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
         return Done(completion, footer if plan.eff.footer else "", usage_id)
+
+    def habits(self, session: Session, team_id: str, now: datetime) -> Habits:
+        """The workspace's habits as the TTL policy sees them (kept a minute per process)."""
+        return self._ttl.habits(session, team_id, now)
+
+    def _keep_alive(
+        self,
+        req: ThreadRequest,
+        built: Built,
+        ttl: str | None,
+        touched: datetime | None,
+        boundary_ts: str | None,
+        seen_ts: str,
+    ) -> None:
+        """With `CACHE_TTL=auto`, queue keep-alive reads for a thread whose tail is a live
+        5-minute entry (bot/keepalive.py), where the workspace keeps transcripts (they tell
+        whether the thread is still active)."""
+        if self.keepalive is None or self._settings.cache_ttl != "auto" or req.kind == "recap":
+            return
+        if ttl != "5m" or touched is None or boundary_ts is None:
+            return
+        with self._sessions() as s:
+            if not self.keeper.keeps(s, req.team_id):
+                return
+        caller = KeepCaller(req.team_id, req.channel_id, req.thread_ts, req.user_id)
+        try:
+            self.keepalive.after_answer(
+                caller, req.bot_user_id, built.body, ttl, touched, boundary_ts, seen_ts
+            )
+        except Exception:  # noqa: BLE001 - the answer stands; only the keep-alive is lost
+            log.exception("queueing a keep-alive for %s/%s failed", req.channel_id, req.thread_ts)
 
     def _worst_case(self, built: Built, model: str) -> float:
         """Dollars the call could cost at most: every prompt token written, max output."""

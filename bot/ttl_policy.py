@@ -133,6 +133,20 @@ def within(odds: tuple[float, float], seconds: float) -> float:
     return q5 + (q1 - q5) * math.log(seconds / 300) / math.log(12)
 
 
+def next_within(odds: tuple[float, float], elapsed: float, seconds: float) -> float:
+    """The chance that the next request comes within `seconds` from now, `elapsed` seconds
+    after the last one and none yet (from the odds at 5 minutes and an hour)."""
+    before = within(odds, elapsed)
+    if before >= 1.0:
+        return 0.0
+    return max(0.0, within(odds, elapsed + seconds) - before) / (1.0 - before)
+
+
+# A keep-alive read costs READ per token of the prefix; it saves MISS - READ per token when the
+# next request comes before the entry would have expired. Below this chance it does not pay.
+KEEP_ALIVE_ODDS = READ / (MISS - READ)
+
+
 @dataclass(frozen=True)
 class Held:
     """An entry the next request could read: its tokens and for how long it stays alive."""
@@ -314,6 +328,18 @@ def record_entries(state: ThreadState, built: Built, usage: Usage, now: datetime
         state.anchor_ts, state.anchor_digest = built.boundary_ts, built.digest
         state.anchor_tokens = tokens
         state.anchor_at = now if touched else None
+
+
+def rhythm_after(state: ThreadState, habits: Habits) -> Rhythm:
+    """The thread's rhythm as its last request left it (what is expected to follow it)."""
+    return Rhythm(
+        state.requests or 0,
+        state.gaps or 0,
+        state.gaps_within_5m or 0,
+        state.gaps_within_1h or 0,
+        state.last_gap_seconds,
+        habits,
+    )
 
 
 def rhythm_now(state: ThreadState | None, habits: Habits, now: datetime) -> Rhythm:

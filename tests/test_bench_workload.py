@@ -116,7 +116,7 @@ def test_clairvoyant_follows_the_cache_rules_with_hindsight():
         (200.0, "t2", _body(a, b, q)),  # ... and reads its own back within 5 minutes: 1.25
     ]
     s = 1  # "sys" is one token
-    got = cb.clairvoyant_costs(calls)
+    got = cb.clairvoyant_costs(calls, pings=False)
     assert got[0] == pytest.approx((s + 200) * 2 + 3)  # q is never sent again after a+b
     assert got[1] == pytest.approx((s + 200) * 0.1 + 100 + 3)
     assert got[2] == pytest.approx((s + 200) * 0.1 + 100 + 3)
@@ -126,11 +126,31 @@ def test_clairvoyant_follows_the_cache_rules_with_hindsight():
     # a read an hour and a half after a 5-minute entry was last used is not free: the entry
     # is gone (the chain of reads each within 5 minutes keeps it alive, a gap breaks it)
     chain = [(t, "t3", _body(a, q)) for t in (0.0, 240.0, 480.0, 720.0)]
-    assert cb.clairvoyant_costs(chain) == pytest.approx([104 * 1.25] + [104 * 0.1] * 3)
+    assert cb.clairvoyant_costs(chain, pings=False) == pytest.approx(
+        [104 * 1.25] + [104 * 0.1] * 3
+    )
     # 3 minutes, then half an hour: a 5m entry read at 3 minutes is gone by then, so the
     # block is written for an hour at once (2 + 0.1 + 0.1, where 5m would cost 1.25 + 0.1 + 1)
     broken = [(t, "t4", _body(a, q)) for t in (0.0, 180.0, 1980.0)]
-    assert cb.clairvoyant_costs(broken) == pytest.approx([104 * 2, 104 * 0.1, 104 * 0.1])
+    assert cb.clairvoyant_costs(broken, pings=False) == pytest.approx(
+        [104 * 2, 104 * 0.1, 104 * 0.1]
+    )
+
+
+def test_clairvoyant_may_keep_a_5_minute_entry_alive_with_reads():
+    a, q = "a" * 400, "question?"  # 104 tokens with sys and q
+    # 20 minutes: a 5m write kept alive by 3 reads (one every 5 minutes, charged to the first
+    # use) and read: 1.25 + 0.3, then 0.1, cheaper than a 1h write (2 + 0.1) or sending twice
+    twenty = [(t, "t1", _body(a, q)) for t in (0.0, 1200.0)]
+    assert cb.clairvoyant_costs(twenty) == pytest.approx([104 * 1.55, 104 * 0.1])
+    assert cb.clairvoyant_costs(twenty, pings=False) == pytest.approx([104, 104])
+    # 50 minutes: sending twice (2) beats 9 reads (1.25 + 0.9 + 0.1) and a 1h write (2 + 0.1)
+    fifty = [(t, "t2", _body(a, q)) for t in (0.0, 3000.0)]
+    assert cb.clairvoyant_costs(fifty) == pytest.approx([104, 104])
+    # a 1-hour entry is never kept alive by reads (the bot does not do that): 3 hours apart,
+    # the block is sent twice
+    hours = [(t, "t3", _body(a, q)) for t in (0.0, 3 * 3600.0)]
+    assert cb.clairvoyant_costs(hours) == pytest.approx([104, 104])
 
 
 def test_single_breakpoint_body_keeps_one_5m_breakpoint_before_the_request_block():

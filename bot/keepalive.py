@@ -1,0 +1,410 @@
+"""Keep-alive reads: keep a thread's 5-minute cache entry alive while people are still writing.
+
+A read refreshes a cache entry's lifetime (the Messages API: the 5-minute TTL is "refreshed
+free on every hit"). After an answer that leaves the thread's newest entry (the tail) on a
+5-minute TTL, a `keepalive` job is queued on the thread for shortly before that entry expires
+(`LEAD` seconds). When it runs it sends one request with the same prefix, ending at the tail's
+breakpoint, and `max_tokens` 1: it reads the prefix at 0.1x and refreshes the entry for another
+5 minutes, where a follow-up after the entry expired would pay to send and write it again
+(1.25x, or 2x for a 1-hour write made up front). Then it queues itself again.
+
+It reads only while the thread is active and it pays: it stops as soon as nobody has written in
+the thread since the previous touch (the answer, or the previous keep-alive read), when the
+workspace's earlier keep-alive reads were followed by a request within their 5 minutes less
+often than READ / (MISS - READ) = 8.7 % (`track_record`, from the ledger, moved from a start
+belief), as soon as a newer request changed the thread's tail, after `MAX_PINGS` reads, and
+when a spend budget does not leave room for it. Activity comes from the kept transcript
+(message events, bot/keeping.py): a workspace that does not keep transcripts gets none.
+
+A keep-alive read posts nothing in Slack; its usage is a ledger row of kind `keepalive`, so the
+digest and budgets count it. The job's payload holds the request body (the thread's rendered
+prefix) for as long as the job lives: finished jobs are deleted after 2 days (housekeeping).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.budgets import BudgetExceeded, Budgets
+from bot.jobs import Deferred, Handler, JobQueue
+from bot.ledger import Ledger, usage_row
+from bot.llm import LLMError, MessagesClient
+from bot.pricing import price_for
+from bot.store import data
+from bot.store.models import Job, ThreadMessage, ThreadState, UsageRecord
+from bot.ttl_policy import KEEP_ALIVE_ODDS, Habits, next_within, rhythm_after
+
+log = logging.getLogger(__name__)
+
+KIND = "keepalive"
+TTL = 300.0  # seconds: the 5-minute entry a keep-alive read refreshes
+LEAD = 30.0  # seconds before the entry expires that the read is sent
+MAX_PINGS = 6  # reads after one answer at most (about half an hour)
+MAX_TOKENS = 1  # the read's answer is thrown away
+
+
+@dataclass(frozen=True)
+class KeepCaller:
+    """The ledger's view of a keep-alive read (`bot.ledger.Caller`)."""
+
+    team_id: str
+    channel_id: str
+    thread_ts: str
+    user_id: str
+    kind: str = KIND
+
+
+def lane_of(team_id: str, channel_id: str, thread_ts: str) -> str:
+    """The keep-alive's job lane: apart from the thread's answers (it never holds one up), and
+    starting with the workspace id like every lane (uninstalling deletes the workspace's jobs,
+    the prompt a waiting keep-alive holds included)."""
+    return f"{team_id}:{channel_id}:{thread_ts}:{KIND}"
+
+
+def ping_body(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The keep-alive request for an answer's `body`: the same prefix up to and including its
+    last 5-minute breakpoint (that block keeps its mark, so the call reads the entry), nothing
+    after it, no streaming, `max_tokens` 1. None when the body has no 5-minute breakpoint in a
+    user turn (nothing a read could keep alive)."""
+    messages = body.get("messages") or []
+    for m in range(len(messages) - 1, -1, -1):
+        content = messages[m].get("content")
+        if not isinstance(content, list):
+            continue
+        for b in range(len(content) - 1, -1, -1):
+            control = content[b].get("cache_control") if isinstance(content[b], dict) else None
+            if not control:
+                continue
+            if control.get("ttl", "5m") != "5m" or messages[m].get("role") != "user":
+                return None
+            out = {k: copy.deepcopy(v) for k, v in body.items() if k not in ("messages", "stream")}
+            kept = copy.deepcopy(messages[: m + 1])
+            kept[-1]["content"] = kept[-1]["content"][: b + 1]
+            out["messages"] = kept
+            out["max_tokens"] = MAX_TOKENS
+            return out
+    return None
+
+
+LEARN_DAYS = 14  # the keep-alive reads a workspace learns from: the last days'
+LEARN_READS = 500  # ... at most this many, newest first
+# Before a workspace's own reads say otherwise: the chance that a read made on an active thread
+# is followed by a request while it keeps the entry alive, worth START_WEIGHT reads.
+START_FOLLOWED = 0.3
+START_WEIGHT = 5.0
+DONE = ("keepalive", "compact")  # ledger kinds that are not requests
+
+
+def track_record(
+    session: Session, team_id: str, now: datetime
+) -> dict[int, tuple[int, int]]:
+    """The workspace's keep-alive reads and what followed, from the ledger: per read number
+    after an answer (1, 2, 3 for the third and later), (reads whose 5 minutes are over, reads
+    followed by a request on the thread within those 5 minutes)."""
+    since = now - timedelta(days=LEARN_DAYS)
+    reads = session.execute(
+        select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at)
+        .where(
+            UsageRecord.team_id == team_id,
+            UsageRecord.kind == KIND,
+            UsageRecord.outcome == "ok",
+            UsageRecord.created_at >= since,
+        )
+        .order_by(UsageRecord.created_at.desc())
+        .limit(LEARN_READS)
+    ).all()
+    if not reads:
+        return {}
+    threads = {t for _, t, _ in reads}
+    asked: dict[tuple[str, str], list[float]] = {}
+    for channel, thread, at in session.execute(
+        select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at).where(
+            UsageRecord.team_id == team_id,
+            UsageRecord.kind.not_in(DONE),
+            UsageRecord.created_at >= since,
+            UsageRecord.thread_ts.in_(threads),
+        )
+    ):
+        asked.setdefault((channel, thread), []).append(_epoch(at) or 0.0)
+    by_thread: dict[tuple[str, str], list[float]] = {}
+    for channel, thread, at in reads:
+        by_thread.setdefault((channel, thread), []).append(_epoch(at) or 0.0)
+    out: dict[int, list[int]] = {}
+    end = now.timestamp()
+    for key, times in by_thread.items():
+        requests = sorted(asked.get(key, []))
+        times.sort()
+        for i, at in enumerate(times):
+            if at + TTL > end:
+                continue  # its 5 minutes are not over
+            last_request = max((r for r in requests if r <= at), default=None)
+            number = sum(
+                1 for t in times[: i + 1] if last_request is None or t > last_request
+            )
+            followed = any(at < r <= at + TTL for r in requests)
+            counts = out.setdefault(min(number, 3), [0, 0])
+            counts[0] += 1
+            counts[1] += followed
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def followed_odds(record: dict[int, tuple[int, int]], number: int) -> float:
+    """The chance that keep-alive read `number` after an answer is followed by a request while
+    it keeps the entry alive: the workspace's record, shrunk towards the start belief."""
+    reads, followed = record.get(min(number, 3), (0, 0))
+    return (followed + START_WEIGHT * START_FOLLOWED) / (reads + START_WEIGHT)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    at = data.as_utc(value)
+    return at.timestamp() if at is not None else None
+
+
+class KeepAlive:
+    """Queues keep-alive reads after answers and runs them (the `keepalive` job)."""
+
+    def __init__(
+        self,
+        *,
+        queue: JobQueue,
+        sessions: sessionmaker[Session],
+        llm: MessagesClient,
+        ledger: Ledger,
+        budgets: Budgets | None,
+        effective: Callable[[str], Any],
+        clock: Callable[[], float] = time.time,
+        habits: Callable[[Session, str, datetime], Habits] | None = None,
+    ) -> None:
+        self._queue = queue
+        self._sessions = sessions
+        self._llm = llm
+        self._ledger = ledger
+        self._budgets = budgets
+        self._effective = effective
+        self._clock = clock
+        self._habits = habits  # the workspace's habits (for rule "odds")
+        self.rule = "learned"  # what tells a read that pays: see `chance` (the bench compares)
+
+    def after_answer(
+        self,
+        caller: KeepCaller,
+        bot_user_id: str,
+        body: dict[str, Any],
+        ttl: str | None,
+        written_at: datetime | None,
+        boundary_ts: str | None,
+        seen_ts: str | None = None,
+    ) -> bool:
+        """Queue the first keep-alive read for an answer whose call left the thread's tail
+        (`boundary_ts`, last touched `written_at`) alive on a 5-minute TTL; True if queued.
+        `seen_ts`: the newest message the answer saw (the request's own, for a mention): only
+        later ones count as activity. Call once the answer's state is committed."""
+        touched = _epoch(written_at)
+        if ttl != "5m" or touched is None or not boundary_ts:
+            return False
+        ping = ping_body(body)
+        if ping is None:
+            return False
+        payload = {
+            "caller": caller.__dict__,
+            "bot_user_id": bot_user_id,
+            "boundary_ts": boundary_ts,
+            "seen_ts": seen_ts or "",
+            "touched": touched,
+            "pings": 0,
+            "body": ping,
+        }
+        lane = lane_of(caller.team_id, caller.channel_id, caller.thread_ts)
+        return self._queue.enqueue(
+            KIND,
+            payload,
+            lane=lane,
+            dedupe_key=f"{lane}:{touched:.6f}",
+            run_at=datetime.fromtimestamp(touched + TTL - LEAD, UTC),
+        )
+
+    def run(self, payload: dict[str, Any]) -> None:
+        """One keep-alive read, if the thread is still active and its tail unchanged; then the
+        next one is due shortly before the refreshed entry expires (`Deferred`)."""
+        caller = KeepCaller(**payload["caller"])
+        where = f"{caller.channel_id}/{caller.thread_ts}"
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        with self._sessions() as s:
+            state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
+            why = self._stale(state, payload)
+            if why is None and not self._active(s, caller, payload):
+                why = "the thread went quiet"
+            if why is None and state is not None:
+                chance = self.chance(s, caller.team_id, state, payload["pings"] + 1, now)
+                if chance < KEEP_ALIVE_ODDS:
+                    why = f"a request within the next 5 minutes is {chance:.0%} likely"
+        if why is not None:
+            log.info("keep-alive for %s ends: %s", where, why)
+            return
+        body = payload["body"]
+        eff = self._effective(caller.team_id)
+        hold = None
+        if self._budgets is not None and self._budgets.enabled_for(eff):
+            try:
+                hold = self._budgets.reserve(
+                    caller.team_id, caller.user_id, self._worst_case(body), now, eff
+                )
+            except BudgetExceeded:
+                log.info("keep-alive for %s ends: the spend budget has no room", where)
+                return
+        started = time.monotonic()
+        try:
+            done = self._llm.create(body)
+        except LLMError as exc:
+            log.warning("keep-alive read for %s failed (%s); no more for now", where, exc.kind)
+            self._ledger.failed(caller, exc.kind, started, body.get("model"))
+            return
+        finally:
+            if hold is not None and self._budgets is not None:
+                self._budgets.release(caller.team_id, hold)
+        usage = done.usage
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        latency_ms = int((time.monotonic() - started) * 1000)
+        with self._sessions.begin() as s:
+            row = usage_row(caller, done.model, usage, latency_ms, "ok", now)
+            row.stop_reason = (done.stop_reason or "")[:32] or None
+            data.add_usage(s, row)
+            state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
+            same = state is not None and self._stale(state, payload) is None
+            if same and usage.cache_read_tokens:
+                state.cache_written_at = now  # the read refreshed the tail
+        log.info(
+            "keep-alive read %d for %s: read=%d written=%d",
+            payload["pings"] + 1,
+            where,
+            usage.cache_read_tokens,
+            usage.cache_creation_tokens,
+        )
+        if not usage.cache_read_tokens:
+            log.info("keep-alive for %s ends: the entry was gone", where)
+            return
+        pings = payload["pings"] + 1
+        if pings >= MAX_PINGS:
+            log.info("keep-alive for %s ends after %d reads", where, pings)
+            return
+        at = now.timestamp()
+        raise Deferred(
+            now + timedelta(seconds=TTL - LEAD), {**payload, "touched": at, "pings": pings}
+        )
+
+    def chance(
+        self, session: Session, team_id: str, state: ThreadState, number: int, now: datetime
+    ) -> float:
+        """The chance that the thread's next request comes while read `number` (after the
+        answer) keeps the entry alive, the thread being active: by `rule`, what followed the
+        workspace's earlier keep-alive reads (`learned`), the odds the TTL policy expects after
+        the thread's last request (`odds`), or certain enough (`activity`)."""
+        if self.rule == "learned":
+            return followed_odds(track_record(session, team_id, now), number)
+        if self.rule == "odds" and self._habits is not None:
+            last = data.as_utc(state.last_request_at)
+            elapsed = (now - last).total_seconds() if last is not None else 0.0
+            habits = self._habits(session, team_id, now)
+            return next_within(rhythm_after(state, habits).odds, elapsed, TTL)
+        return 1.0
+
+    @staticmethod
+    def _stale(state: ThreadState | None, payload: dict[str, Any]) -> str | None:
+        """Why the thread's tail is no longer the one this job keeps (None: it still is)."""
+        if state is None or state.cache_boundary_ts != payload["boundary_ts"]:
+            return "a newer request moved the thread's cache entry"
+        if state.cache_ttl != "5m":
+            return "the thread's entry is no longer a 5-minute one"
+        touched = _epoch(state.cache_written_at)
+        if touched is None or abs(touched - payload["touched"]) > 0.001:
+            return "a newer request used the thread's cache entry"
+        return None
+
+    @staticmethod
+    def _active(session: Session, caller: KeepCaller, payload: dict[str, Any]) -> bool:
+        """Whether anybody but the bot wrote in the thread since the entry was last touched (the
+        answer, or the previous keep-alive read) and after the messages the answer saw, from
+        the kept transcript. (Slack ts strings of one era compare like their times.)"""
+        since = max(f"{payload['touched']:.6f}", payload.get("seen_ts") or "")
+        rows = session.scalars(
+            select(ThreadMessage.body).where(
+                ThreadMessage.team_id == caller.team_id,
+                ThreadMessage.channel_id == caller.channel_id,
+                ThreadMessage.thread_ts == caller.thread_ts,
+                ThreadMessage.ts > since,
+            )
+        )
+        bot = payload.get("bot_user_id")
+        for raw in rows:
+            message = json.loads(raw)
+            if message.get("bot_id") or (bot and message.get("user") == bot):
+                continue
+            return True
+        return False
+
+    @staticmethod
+    def _worst_case(body: dict[str, Any]) -> float:
+        """Dollars the read could cost at most: its prefix written for 5 minutes, one token out."""
+        price = price_for(str(body.get("model") or ""))
+        if price is None:
+            return 0.0
+        chars = len(json.dumps(body, ensure_ascii=False))
+        return chars * price.input * 1.25 + MAX_TOKENS * price.output
+
+    def handler(self) -> Handler:
+        """The job handler: a keep-alive that keeps failing just ends (nobody is waiting)."""
+        return Handler(self.run, lambda payload: None)
+
+
+def describe(
+    session: Session,
+    team_id: str,
+    channel_id: str,
+    thread_ts: str,
+    *,
+    mode: str,
+    write_ttl: str | None,
+    keeps: bool,
+) -> str:
+    """What keep-alive reads would do for this thread (for `inspect`): whether an answer now
+    would queue them, and the keep-alive already waiting, if any (its reads so far, when it is
+    due, and whether anybody wrote since the entry was last touched)."""
+    if mode != "auto":
+        return f"none (CACHE_TTL={mode}: only CACHE_TTL=auto reads to keep an entry alive)"
+    if not keeps:
+        return "none (the workspace does not keep transcripts, so activity is not seen)"
+    lane = lane_of(team_id, channel_id, thread_ts)
+    job = session.scalars(
+        select(Job).where(Job.lane == lane, Job.status == "queued").order_by(Job.id.desc())
+    ).first()
+    if write_ttl == "5m":
+        plan = (
+            f"after this answer, while people write in the thread, up to {MAX_PINGS} reads of "
+            f"the prefix (max_tokens {MAX_TOKENS}), each {LEAD:.0f} s before the 5-minute "
+            "entry expires, at 0.1x; they stop when nobody wrote since the previous one"
+        )
+    else:
+        plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"
+    if job is None:
+        return plan + "; none waiting now"
+    payload = json.loads(job.payload)
+    caller = KeepCaller(**payload["caller"])
+    active = KeepAlive._active(session, caller, payload)
+    due = data.as_utc(job.run_at)
+    when = due.strftime("%Y-%m-%d %H:%M:%S UTC") if due else "now"
+    return (
+        f"{plan}; one waiting: {payload['pings']} reads so far, next due {when}, "
+        + ("people wrote since the last touch, so it will read" if active else
+           "nobody wrote since the last touch, so it will end")
+    )
+

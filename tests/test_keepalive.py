@@ -1,0 +1,216 @@
+"""Keep-alive reads at the wire: after an answer, while people keep writing in the thread, the
+bot reads its 5-minute cache entry again before it expires (a job on the thread, its usage a
+ledger row of its own kind, nothing posted in Slack); it stops when the thread goes quiet."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from bot.digest import Period, build_digest, render_text
+from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL
+from bot.store.models import Job, UsageRecord
+from tests.harness import Bot, make_settings
+from tests.test_doctor import inspect, link_to
+
+
+def long_text(i: int) -> str:
+    return (
+        f"Message {i}: we looked at the rollout plan again, the canary in eu-west looked "
+        f"healthy, latency p99 stayed under 180 ms and nobody saw errors in batch {i}."
+    )
+
+
+def at(slack: Any, model: Any, when: float) -> None:
+    """Move the bot's clock (the fake Slack's) and the model fake's to `when`."""
+    slack.now = when
+    model.now = when
+
+
+def write(bot: Bot, slack: Any, parent: str, i: int, user: str = "U2") -> None:
+    """Somebody writes in the thread: Slack delivers the message event."""
+    bot.deliver(slack.post_event("C1", long_text(i), user=user, thread_ts=parent))
+
+
+def run_due(bot: Bot, slack: Any, model: Any, until: float) -> int:
+    """Run every deferred job due before `until` at its own time; returns how many ran."""
+    runs = 0
+    while True:
+        due = bot.app.queue.next_due()
+        if due is None or due.timestamp() >= until:
+            return runs
+        at(slack, model, max(slack.now, due.timestamp()))
+        bot.app.queue.wake()
+        bot.wait()
+        runs += 1
+
+
+def keepalive_rows(engine) -> list[UsageRecord]:
+    with sessionmaker(engine)() as s:
+        return list(s.scalars(select(UsageRecord).where(UsageRecord.kind == KIND)))
+
+
+def waiting_jobs(engine) -> list[Job]:
+    with sessionmaker(engine)() as s:
+        return list(
+            s.scalars(select(Job).where(Job.kind == KIND, Job.status == "queued"))
+        )
+
+
+def pings(model: Any) -> list[dict[str, Any]]:
+    return [r for r in model.requests if r["body"].get("max_tokens") == 1]
+
+
+def start(make_bot, slack, model, **settings: Any) -> tuple[Bot, str, float]:
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep, **settings)
+    at(slack, model, slack.now)
+    parent = slack.add_thread("C1", 40, text_fn=long_text)
+    slack.advance(30)
+    at(slack, model, slack.now)
+    # The bot hears the thread from here on (a message event), so it keeps it.
+    write(bot, slack, parent, 41)
+    bot.mention("C1", "what did we decide?", thread_ts=parent)
+    return bot, parent, slack.now
+
+
+def test_active_thread_is_kept_warm_and_the_follow_up_reads_it(make_bot, slack, model, engine):
+    bot, parent, answered = start(make_bot, slack, model)
+    posts = len(slack.posts)
+    first = model.usages[-1]
+    assert first["cache_creation"]["ephemeral_5m_input_tokens"] > 0  # a 5-minute tail
+
+    # People go on discussing: a message every 3 minutes for 12 minutes.
+    for n, minutes in enumerate((3, 6, 9, 12)):
+        run_due(bot, slack, model, answered + minutes * 60)
+        at(slack, model, answered + minutes * 60)
+        write(bot, slack, parent, 100 + n)
+    run_due(bot, slack, model, answered + 13 * 60)
+    at(slack, model, answered + 13 * 60)
+
+    sent = pings(model)
+    assert len(sent) == 2  # at 4.5 and 9 minutes: each refreshed the entry before it expired
+    assert all(p["body"].get("stream") is None for p in sent)
+    ping_usages = [u for r, u in zip(model.requests, model.usages, strict=True) if r in sent]
+    for u in ping_usages:
+        assert u["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+        assert u["cache_creation_input_tokens"] == 0 and u["input_tokens"] == 0
+    assert len(slack.posts) == posts  # nothing in Slack
+    rows = keepalive_rows(engine)
+    assert len(rows) == 2 and all(r.outcome == "ok" and r.thread_ts == parent for r in rows)
+    assert all(r.cache_read_tokens == first["cache_creation_input_tokens"] for r in rows)
+
+    # The digest counts them as their own kind.
+    with sessionmaker(engine)() as s:
+        period = Period.ending(datetime.fromtimestamp(slack.now, UTC), 1, "day")
+        text = render_text(build_digest(s, rows[0].team_id, period, private_channels=set()))
+    assert "keepalive 2" in text and "mention 1" in text
+
+    # A follow-up 13 minutes after the answer still reads the whole earlier prefix.
+    bot.mention("C1", "and what is still open?", thread_ts=parent)
+    follow = model.usages[-1]
+    assert follow["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+
+
+def test_keep_alive_stops_when_the_thread_goes_quiet(make_bot, slack, model, engine):
+    bot, parent, answered = start(make_bot, slack, model)
+    at(slack, model, answered + 60)
+    write(bot, slack, parent, 100)  # one message after the answer, then silence
+    run_due(bot, slack, model, answered + 40 * 60)
+
+    assert len(pings(model)) == 1  # the first read (activity since the answer), no second
+    assert len(keepalive_rows(engine)) == 1
+    assert waiting_jobs(engine) == []  # it ended instead of waiting on
+
+    at(slack, model, answered + 15 * 60)
+    bot.mention("C1", "anything new?", thread_ts=parent)
+    assert model.usages[-1]["cache_read_input_tokens"] == 0  # expired: nothing kept it alive
+
+
+def test_no_keep_alive_on_a_thread_quiet_after_the_answer(make_bot, slack, model, engine):
+    bot, parent, answered = start(make_bot, slack, model)
+    run_due(bot, slack, model, answered + 30 * 60)
+    assert pings(model) == [] and keepalive_rows(engine) == []
+    assert waiting_jobs(engine) == []
+
+
+def test_keep_alive_reads_are_bounded(make_bot, slack, model, engine):
+    bot, parent, answered = start(make_bot, slack, model)
+    for n in range(40):  # a message every two minutes for 80 minutes, and no follow-up
+        when = answered + (n + 1) * 120
+        run_due(bot, slack, model, when)
+        at(slack, model, when)
+        write(bot, slack, parent, 200 + n)
+    run_due(bot, slack, model, answered + 90 * 60)
+    assert len(pings(model)) == MAX_PINGS
+    assert waiting_jobs(engine) == []
+    times = sorted(r.created_at.timestamp() for r in keepalive_rows(engine))
+    spacing = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(spacing) == MAX_PINGS - 1
+    assert all(abs(s - (TTL - LEAD)) < 1 for s in spacing)  # each just before the expiry
+
+
+def test_fixed_ttl_sends_no_keep_alive(make_bot, slack, model, engine):
+    bot, parent, answered = start(make_bot, slack, model, cache_ttl="5m")
+    at(slack, model, answered + 60)
+    write(bot, slack, parent, 100)
+    run_due(bot, slack, model, answered + 30 * 60)
+    assert pings(model) == [] and waiting_jobs(engine) == []
+
+
+def test_keep_alive_respects_the_spend_budget(make_bot, slack, model, engine):
+    model.output_tokens = 1000  # the answer alone spends the day's limit ($0.015 > $0.01)
+    bot, parent, answered = start(make_bot, slack, model, budget_daily_usd="0.01")
+    model.output_tokens = None
+    assert len(model.usages) == 1  # the answer went through
+    at(slack, model, answered + 60)
+    write(bot, slack, parent, 100)
+    run_due(bot, slack, model, answered + 30 * 60)
+    assert pings(model) == [] and keepalive_rows(engine) == []
+    assert waiting_jobs(engine) == []
+
+
+def test_inspect_explains_the_keep_alive(make_bot, slack, model, engine, database_url):
+    bot, parent, answered = start(make_bot, slack, model)
+    settings = make_settings(slack, model, database_url)
+    link = link_to("C1", parent)
+
+    _, quiet = inspect(settings, link)
+    assert "Keep-alive reads: " in quiet
+    assert "one waiting: 0 reads so far" in quiet
+    assert "nobody wrote since the last touch, so it will end" in quiet
+
+    at(slack, model, answered + 60)
+    write(bot, slack, parent, 100)
+    _, active = inspect(settings, link)
+    assert "people wrote since the last touch, so it will read" in active
+
+    _, fixed = inspect(make_settings(slack, model, database_url, cache_ttl="1h"), link)
+    assert "Keep-alive reads: none (CACHE_TTL=1h" in fixed
+
+
+def test_a_workspace_whose_reads_are_never_followed_makes_fewer(make_bot, slack, model, engine):
+    """Reads that no request followed within their 5 minutes teach the workspace: from the start
+    belief (30 %, worth 5 reads), a third or later read stops paying (8.7 %) once 13 of them
+    went unfollowed, so the fourth thread gets four and the fifth two."""
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    counts = []
+    for _ in range(5):
+        at(slack, model, slack.now + 3 * 3600)
+        root = slack.post_event("C1", long_text(0), user="U1")  # the bot hears it all
+        bot.deliver(root)
+        parent = root["ts"]
+        for i in range(1, 40):
+            write(bot, slack, parent, i)
+        bot.mention("C1", "what did we decide?", thread_ts=parent)
+        answered, before = slack.now, len(pings(model))
+        for n in range(18):  # people write every two minutes for 36 minutes, nobody asks
+            when = answered + (n + 1) * 120
+            run_due(bot, slack, model, when)
+            at(slack, model, when)
+            write(bot, slack, parent, 100 + n)
+        run_due(bot, slack, model, answered + 3600)
+        counts.append(len(pings(model)) - before)
+    assert counts == [MAX_PINGS] * 3 + [4, 2]
