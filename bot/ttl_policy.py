@@ -347,15 +347,8 @@ def rhythm_now(state: ThreadState | None, habits: Habits, now: datetime) -> Rhyt
     if state is None:
         return Rhythm(habits=habits).after_gap(None)
     last_at = data.as_utc(state.last_request_at)
-    rhythm = Rhythm(
-        state.requests or 0,
-        state.gaps or 0,
-        state.gaps_within_5m or 0,
-        state.gaps_within_1h or 0,
-        state.last_gap_seconds,
-        habits,
-    )
-    return rhythm.after_gap((now - last_at).total_seconds() if last_at else None)
+    gap = (now - last_at).total_seconds() if last_at else None
+    return rhythm_after(state, habits).after_gap(gap)
 
 
 @dataclass(frozen=True)
