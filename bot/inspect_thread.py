@@ -410,6 +410,13 @@ def _auto_note(built: Built, cache: CachePlan) -> str:
         f"{built.new_tokens:,} new tokens to write, "
         f"{kept or 'nothing readable without a write'}; expected cost now and at the next "
         f"request, in base-price tokens: {per}"
+        + (
+            "; not writing would cost least, but a follow-up within 5 minutes must read its "
+            "prefix from cache"
+            if choice.costs and min(choice.costs, key=lambda k: choice.costs[k]) == "none"
+            and choice.ttl is not None
+            else ""
+        )
     )
 
 

@@ -355,7 +355,7 @@ def test_inspect_applies_the_workspace_settings_like_the_bot(make_bot, slack, mo
 
 
 @pytest.mark.parametrize(
-    ("gap", "ttl", "requests"), [(25 * 60, "1h", 4), (86_400, None, 6)], ids=["1h", "none"]
+    ("gap", "ttl", "requests"), [(25 * 60, "1h", 4), (86_400, "5m", 6)], ids=["1h", "idle"]
 )
 def test_inspect_shows_the_ttl_the_bot_chooses_and_then_sends(
     make_bot, slack, model, database_url, gap, ttl, requests
@@ -370,7 +370,8 @@ def test_inspect_shows_the_ttl_the_bot_chooses_and_then_sends(
         bot.mention("C1", f"status {turn}?", thread_ts=parent)
         clock["now"] += gap
         model.now = clock["now"]
-    assert ttl is None or ttl in str(model.requests[-1]["body"])  # the rhythm is established
+    last = str(model.requests[-1]["body"])  # the rhythm is established
+    assert "cache_control" in last and (ttl == "5m" or ttl in last)  # 5m: Anthropic's default
     settings = make_settings(slack, model, database_url)
     code, text = inspect(settings, link_to("C1", parent), send=True)
     assert code == 0, text
@@ -379,14 +380,17 @@ def test_inspect_shows_the_ttl_the_bot_chooses_and_then_sends(
     # readable, and the expected costs compared, the chosen one the lowest
     why = re.search(
         r"expected within 5 min (\d+)%, within 1 h (\d+)%.*in base-price tokens: "
-        r"none ([\d,]+), 5m ([\d,]+), 1h ([\d,]+)\)",
+        r"none ([\d,]+), 5m ([\d,]+), 1h ([\d,]+)[;)]",
         text,
     )
     assert why, text
     q5, q1 = int(why[1]), int(why[2])
     costs = {k: int(why[i].replace(",", "")) for i, k in ((3, "none"), (4, "5m"), (5, "1h"))}
-    assert min(costs, key=lambda k: costs[k]) == (ttl or "none")
-    assert (q1 > 60) if ttl == "1h" else (q5 < 10)
+    if ttl == "1h":
+        assert min(costs, key=lambda k: costs[k]) == "1h" and q1 > 60
+    else:  # an idle thread: not writing costs least, but the quick-follow-up promise writes 5m
+        assert min(costs, key=lambda k: costs[k]) == "none" and q5 < 10
+        assert "a follow-up within 5 minutes must read its prefix from cache" in text
     assert f"of {requests} earlier gaps" in text  # the one before this request too
     assert (f"end of transcript (write, ttl {ttl})" in text) == (ttl is not None)
     shown = model.requests[-1]["body"]["messages"][0]["content"]

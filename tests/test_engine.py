@@ -98,18 +98,18 @@ def test_workspace_habits_move_the_first_write():
     one_offs = Habits({"first": (40, 0, 1)})  # threads asked about once
     slow = Habits({"first": (40, 2, 36)})  # asked again 5-60 minutes later
     first = Rhythm(habits=one_offs).after_gap(None)
-    assert choose_ttl(first, new_tokens=5000, prefix_tokens=5000).ttl is None
+    assert choose_ttl(first, new_tokens=5000, prefix_tokens=5000).ttl == "5m"
     first = Rhythm(habits=slow).after_gap(None)
     assert choose_ttl(first, new_tokens=5000, prefix_tokens=5000).ttl == "1h"
 
 
-def test_idle_thread_does_not_pay_for_a_write_it_will_not_read():
+def test_idle_thread_still_writes_5m_so_a_quick_follow_up_reads_from_cache():
     r = Rhythm().after_gap(None)
     for _ in range(6):
         r = r.after_gap(86400)
     choice = choose_ttl(r, new_tokens=8000, prefix_tokens=8000)
-    assert choice.ttl is None
-    assert choice.costs["none"] < choice.costs["5m"] < choice.costs["1h"]
+    assert choice.costs["none"] < choice.costs["5m"] < choice.costs["1h"]  # none costs least
+    assert choice.ttl == "5m"  # but the quick-follow-up promise keeps a 5-minute write
 
 
 @pytest.mark.parametrize("mode", ["5m", "1h"])
@@ -326,7 +326,7 @@ def test_a_slow_follow_up_reads_the_1h_anchor_beneath_5m_tails(tbot, slack, mode
 
 
 @pytest.mark.parametrize(
-    ("follow_up", "first_marks"), [(None, []), (20 * 60, ["1h"])], ids=["one-off", "slow"]
+    ("follow_up", "first_marks"), [(None, ["5m"]), (20 * 60, ["1h"])], ids=["one-off", "slow"]
 )
 def test_first_writes_follow_the_workspace_habits_kept_in_sql(
     make_bot, slack, model, clock, engine, follow_up, first_marks
