@@ -397,6 +397,7 @@ def _auto_note(built: Built, cache: CachePlan) -> str:
     r = cache.rhythm
     q5, q1 = r.odds
     h5, h1 = r.habits.odds(r.context)
+    known, followed = r.habits.continued
     choice = cache.choose(built.new_tokens, built.prefix_tokens, built.read_from)
     per = ", ".join(f"{k} {v:,.0f}" for k, v in choice.costs.items())
     held = cache.held(built.new_tokens, built.prefix_tokens, built.read_from)
@@ -405,7 +406,9 @@ def _auto_note(built: Built, cache: CachePlan) -> str:
         f"CACHE_TTL=auto chooses per thread from its rhythm: this would be request {r.requests} "
         f"({_context_words(r.context)}), {r.within_5m} of {r.gaps} earlier gaps within 5 min and "
         f"{r.within_1h} within 1 h; after such a request the workspace's next one came within "
-        f"5 min {h5:.0%} and within 1 h {h1:.0%} of the time ({r.habits.seen(r.context)} seen), "
+        f"5 min {h5:.0%} and within 1 h {h1:.0%} of the time ({r.habits.seen(r.context)} seen); "
+        f"the thread's own gaps count at the {r.habits.continuation():.0%} chance that a request "
+        f"is followed at all ({followed} of {known} of the workspace's requests were), "
         f"so the next one on this thread is expected within 5 min {q5:.0%}, within 1 h {q1:.0%}; "
         f"{built.new_tokens:,} new tokens to write, "
         f"{kept or 'nothing readable without a write'}; expected cost now and at the next "

@@ -14,8 +14,9 @@ follow-up still reads the older part of the prefix.
 
 The chance that the next request comes within 5 minutes and within the hour comes from the
 workspace's habits (what followed its earlier requests, by the gap before them, kept in SQL),
-moved towards the thread's own gaps. Before a workspace has habits, a fixed start belief
-writes 5 minutes on a first request and never an hour.
+moved towards the thread's own gaps, each weighed by how often the workspace's requests are
+followed at all (a thread's own gaps never show its end). Before a workspace has habits, a
+fixed start belief writes 5 minutes on a first request and never an hour.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ START: dict[str, tuple[float, float]] = {
 }
 START_WEIGHT = 5.0
 OWN_WEIGHT = 2.0  # how many of a thread's own gaps the workspace's habit is worth
+# The start belief of how often a request is followed by another on its thread at all (the
+# rest are a thread's last), worth START_WEIGHT requests of the workspace's own.
+START_CONTINUED = 0.75
 MAX_ODDS = 0.95  # no follow-up is certain
 # The promise: a follow-up within 5 minutes reads its prefix from cache. Nothing is written only
 # when a follow-up that quick is less likely than this (whatever the arithmetic prefers): never.
@@ -64,6 +68,7 @@ class Habits:
     known, followed by another request on the thread within 5 minutes, within the hour)."""
 
     counts: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    continued: tuple[int, int] = (0, 0)  # requests whose outcome is known, followed at all
 
     def odds(self, context: str) -> tuple[float, float]:
         """The chance of a next request within 5 minutes and within the hour after a request
@@ -72,6 +77,12 @@ class Habits:
         s5, s1 = START[context]
         total = seen + START_WEIGHT
         return (w5 + START_WEIGHT * s5) / total, (w1 + START_WEIGHT * s1) / total
+
+    def continuation(self) -> float:
+        """The chance that a request is followed by another on its thread at all: the
+        workspace's counts, shrunk towards the start belief."""
+        known, followed = self.continued
+        return (followed + START_WEIGHT * START_CONTINUED) / (known + START_WEIGHT)
 
     def seen(self, context: str) -> int:
         """How many requests of this context the workspace has an outcome for."""
@@ -113,12 +124,17 @@ class Rhythm:
     def odds(self) -> tuple[float, float]:
         """The chance that the next request on this thread comes within 5 minutes and within
         the hour: the workspace's habit after a request like this one, moved towards the
-        thread's own gaps."""
+        thread's own gaps.
+
+        A thread's own gaps are all followed by a request (its end is not a gap yet), so they
+        say how soon the next request comes *if* there is one: each counts as the workspace's
+        `continuation` chance of a follow-up within that gap. Counted whole, three half-hour
+        gaps would make an hour's write look certain to pay on a thread that may be done."""
         h5, h1 = self.habits.odds(self.context)
-        n = self.gaps
+        n, go_on = self.gaps, self.habits.continuation()
         return (
-            (self.within_5m + OWN_WEIGHT * h5) / (n + OWN_WEIGHT),
-            (self.within_1h + OWN_WEIGHT * h1) / (n + OWN_WEIGHT),
+            (go_on * self.within_5m + OWN_WEIGHT * h5) / (n + OWN_WEIGHT),
+            (go_on * self.within_1h + OWN_WEIGHT * h1) / (n + OWN_WEIGHT),
         )
 
 
@@ -423,6 +439,9 @@ class TtlPolicy:
         cached = self._habits.get(team_id)
         if cached and 0 <= at - cached[0] < HABIT_REFRESH:
             return cached[1]
-        habits = Habits(data.habit_counts(session, team_id, now))
+        habits = Habits(
+            data.habit_counts(session, team_id, now),
+            data.continuation_counts(session, team_id, now),
+        )
         self._habits[team_id] = (at, habits)
         return habits

@@ -103,6 +103,22 @@ def test_workspace_habits_move_the_first_write():
     assert choose_ttl(first, new_tokens=5000, prefix_tokens=5000).ttl == "1h"
 
 
+def test_own_gaps_count_at_the_chance_that_a_thread_goes_on():
+    # three half-hour gaps, then the whole prefix to write (nothing alive): worth an hour only
+    # if the thread is likely to go on
+    def after_three_gaps(habits: Habits) -> Rhythm:
+        r = Rhythm(habits=habits).after_gap(None)
+        for _ in range(3):
+            r = r.after_gap(1800)
+        return r
+
+    ending = after_three_gaps(Habits(continued=(60, 15)))  # 25 % followed at all
+    going_on = after_three_gaps(Habits(continued=(60, 57)))  # 95 %
+    assert ending.odds[1] < 0.5 < going_on.odds[1]
+    assert choose_ttl(ending, new_tokens=8000, prefix_tokens=8000).ttl == "5m"
+    assert choose_ttl(going_on, new_tokens=8000, prefix_tokens=8000).ttl == "1h"
+
+
 def test_idle_thread_still_writes_5m_so_a_quick_follow_up_reads_from_cache():
     r = Rhythm().after_gap(None)
     for _ in range(6):

@@ -723,6 +723,23 @@ def habit_counts(session: Session, team_id: str, now: datetime) -> dict[str, tup
     return counts
 
 
+def continuation_counts(session: Session, team_id: str, now: datetime) -> tuple[int, int]:
+    """How often the workspace's requests were followed by another on their thread at all:
+    (requests whose outcome is known, followed by another). Every request but a thread's last
+    was followed; a thread's last request counts as not followed once an hour has passed
+    without another (a later one corrects it)."""
+    cutoff = now - timedelta(hours=1)
+    requests, threads, recent = session.execute(
+        select(
+            func.coalesce(func.sum(ThreadState.requests), 0),
+            func.count(),
+            func.coalesce(func.sum(case((ThreadState.last_request_at >= cutoff, 1), else_=0)), 0),
+        ).where(ThreadState.team_id == team_id, ThreadState.requests > 0)
+    ).one()
+    requests, threads, recent = int(requests), int(threads), int(recent)
+    return requests - recent, requests - threads
+
+
 def thread_files(
     session: Session, team_id: str, channel_id: str, thread_ts: str, file_ids: Iterable[str]
 ) -> dict[str, ThreadFile]:
