@@ -392,9 +392,10 @@ def test_inspect_shows_the_ttl_the_bot_chooses_and_then_sends(
         assert min(costs, key=lambda k: costs[k]) == "none" and q5 < 10
         assert "a follow-up within 5 minutes must read its prefix from cache" in text
     assert f"of {requests} earlier gaps" in text  # the one before this request too
-    # every request but the newest was followed; the newest counts once an hour has passed
-    known = requests if gap > 3600 else requests - 1
-    assert f"({requests - 1} of {known} of the workspace's requests were)" in text
+    # a thread counts once an hour has passed since its last request: then every request
+    # but its last was followed
+    counted = f"{requests - 1} of {requests}" if gap > 3600 else "0 of 0"
+    assert f"({counted} of the workspace's requests were)" in text
     assert (f"end of transcript (write, ttl {ttl})" in text) == (ttl is not None)
     shown = model.requests[-1]["body"]["messages"][0]["content"]
 

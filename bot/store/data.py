@@ -725,19 +725,19 @@ def habit_counts(session: Session, team_id: str, now: datetime) -> dict[str, tup
 
 def continuation_counts(session: Session, team_id: str, now: datetime) -> tuple[int, int]:
     """How often the workspace's requests were followed by another on their thread at all:
-    (requests whose outcome is known, followed by another). Every request but a thread's last
-    was followed; a thread's last request counts as not followed once an hour has passed
-    without another (a later one corrects it)."""
+    (requests counted, followed by another), over the threads with no request for an hour
+    (every request but a thread's last was followed; a later request corrects it). A thread
+    still being asked about is left out whole: counting its follow-ups at once but a thread's
+    end only an hour later would overrate going on, most of all on a fresh install."""
     cutoff = now - timedelta(hours=1)
-    requests, threads, recent = session.execute(
-        select(
-            func.coalesce(func.sum(ThreadState.requests), 0),
-            func.count(),
-            func.coalesce(func.sum(case((ThreadState.last_request_at >= cutoff, 1), else_=0)), 0),
-        ).where(ThreadState.team_id == team_id, ThreadState.requests > 0)
+    requests, threads = session.execute(
+        select(func.coalesce(func.sum(ThreadState.requests), 0), func.count()).where(
+            ThreadState.team_id == team_id,
+            ThreadState.requests > 0,
+            ThreadState.last_request_at < cutoff,
+        )
     ).one()
-    requests, threads, recent = int(requests), int(threads), int(recent)
-    return requests - recent, requests - threads
+    return int(requests), int(requests) - int(threads)
 
 
 def thread_files(
