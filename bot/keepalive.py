@@ -10,10 +10,11 @@ breakpoint, and `max_tokens` 1: it reads the prefix at 0.1x and refreshes the en
 
 It reads only while the thread is active and it pays: it stops as soon as nobody has written in
 the thread since the previous touch (the answer, or the previous keep-alive read), when the
-workspace's earlier keep-alive reads were followed by a request within their 5 minutes less
-often than READ / (MISS - READ) = 8.7 % (`track_record`, from the ledger, moved from a start
-belief), as soon as a newer request changed the thread's tail, after `MAX_PINGS` reads, and
-when a spend budget does not leave room for it. Activity comes from the kept transcript
+workspace's earlier keep-alive reads after the same kind of request were followed by a request
+within their 5 minutes less often than READ / (MISS - READ) = 8.7 % (`track_record`, from the
+ledger, moved towards its other reads and from a start belief), as soon as a newer request
+changed the thread's tail, after `MAX_PINGS` reads, and when a spend budget does not leave room
+for it. Activity comes from the kept transcript
 (message events, bot/keeping.py): a workspace that does not keep transcripts gets none.
 
 A keep-alive read posts nothing in Slack; its usage is a ledger row of kind `keepalive`, so the
@@ -107,10 +108,11 @@ DONE = ("keepalive", "compact")  # ledger kinds that are not requests
 
 def track_record(
     session: Session, team_id: str, now: datetime
-) -> dict[int, tuple[int, int]]:
-    """The workspace's keep-alive reads and what followed, from the ledger: per read number
-    after an answer (1, 2, 3 for the third and later), (reads whose 5 minutes are over, reads
-    followed by a request on the thread within those 5 minutes)."""
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """The workspace's keep-alive reads and what followed, from the ledger: per context of the
+    request they follow (the gap before it: first, short, medium, long) and read number after
+    it (1, 2, 3 for the third and later), (reads whose 5 minutes are over, reads followed by a
+    request on the thread within those 5 minutes)."""
     since = now - timedelta(days=LEARN_DAYS)
     reads = session.execute(
         select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at)
@@ -139,7 +141,7 @@ def track_record(
     by_thread: dict[tuple[str, str], list[float]] = {}
     for channel, thread, at in reads:
         by_thread.setdefault((channel, thread), []).append(_epoch(at) or 0.0)
-    out: dict[int, list[int]] = {}
+    out: dict[tuple[str, int], list[int]] = {}
     end = now.timestamp()
     for key, times in by_thread.items():
         requests = sorted(asked.get(key, []))
@@ -147,22 +149,32 @@ def track_record(
         for i, at in enumerate(times):
             if at + TTL > end:
                 continue  # its 5 minutes are not over
-            last_request = max((r for r in requests if r <= at), default=None)
+            before = [r for r in requests if r <= at]
+            last_request = before[-1] if before else None
+            gap = before[-1] - before[-2] if len(before) > 1 else None
             number = sum(
                 1 for t in times[: i + 1] if last_request is None or t > last_request
             )
             followed = any(at < r <= at + TTL for r in requests)
-            counts = out.setdefault(min(number, 3), [0, 0])
+            counts = out.setdefault((data.gap_context(gap), min(number, 3)), [0, 0])
             counts[0] += 1
             counts[1] += followed
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def followed_odds(record: dict[int, tuple[int, int]], number: int) -> float:
-    """The chance that keep-alive read `number` after an answer is followed by a request while
-    it keeps the entry alive: the workspace's record, shrunk towards the start belief."""
-    reads, followed = record.get(min(number, 3), (0, 0))
-    return (followed + START_WEIGHT * START_FOLLOWED) / (reads + START_WEIGHT)
+def followed_odds(
+    record: dict[tuple[str, int], tuple[int, int]], number: int, context: str
+) -> float:
+    """The chance that keep-alive read `number` after a request of `context` is followed by a
+    request while it keeps the entry alive: the workspace's record for that context and read
+    number, moved towards its record for that read number after the other contexts, itself
+    moved from the start belief (each read counts once)."""
+    n = min(number, 3)
+    others = [v for (c, k), v in record.items() if k == n and c != context]
+    reads, followed = sum(v[0] for v in others), sum(v[1] for v in others)
+    base = (followed + START_WEIGHT * START_FOLLOWED) / (reads + START_WEIGHT)
+    reads, followed = record.get((context, n), (0, 0))
+    return (followed + START_WEIGHT * base) / (reads + START_WEIGHT)
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -310,7 +322,8 @@ class KeepAlive:
         workspace's earlier keep-alive reads (`learned`), the odds the TTL policy expects after
         the thread's last request (`odds`), or certain enough (`activity`)."""
         if self.rule == "learned":
-            return followed_odds(track_record(session, team_id, now), number)
+            context = data.gap_context(state.last_gap_seconds)
+            return followed_odds(track_record(session, team_id, now), number, context)
         if self.rule == "odds" and self._habits is not None:
             last = data.as_utc(state.last_request_at)
             elapsed = (now - last).total_seconds() if last is not None else 0.0
@@ -375,10 +388,12 @@ def describe(
     mode: str,
     write_ttl: str | None,
     keeps: bool,
+    now: datetime | None = None,
 ) -> str:
     """What keep-alive reads would do for this thread (for `inspect`): whether an answer now
-    would queue them, and the keep-alive already waiting, if any (its reads so far, when it is
-    due, and whether anybody wrote since the entry was last touched)."""
+    would queue them, what the workspace's record says of a first read after a request like
+    this one, and the keep-alive already waiting, if any (its reads so far, when it is due,
+    and whether anybody wrote since the entry was last touched)."""
     if mode != "auto":
         return f"none (CACHE_TTL={mode}: only CACHE_TTL=auto reads to keep an entry alive)"
     if not keeps:
@@ -392,6 +407,17 @@ def describe(
             f"after this answer, while people write in the thread, up to {MAX_PINGS} reads of "
             f"the prefix (max_tokens {MAX_TOKENS}), each {LEAD:.0f} s before the 5-minute "
             "entry expires, at 0.1x; they stop when nobody wrote since the previous one"
+        )
+        at = now or datetime.now(UTC)
+        state = data.get_thread(session, team_id, channel_id, thread_ts)
+        context = data.gap_context(state.last_gap_seconds) if state is not None else "first"
+        record = track_record(session, team_id, at)
+        chance = followed_odds(record, 1, context)
+        reads = record.get((context, 1), (0, 0))[0]
+        plan += (
+            f", or when they do not pay: the workspace's first reads after a request like the "
+            f"thread's last ({context}) are expected to be followed by a request {chance:.0%} "
+            f"of the time ({reads} of its own so far; below {KEEP_ALIVE_ODDS:.1%} they stop)"
         )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"

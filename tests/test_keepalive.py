@@ -7,12 +7,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.digest import Period, build_digest, render_text
-from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL
+from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL, followed_odds
 from bot.store.models import Job, UsageRecord
+from bot.ttl_policy import KEEP_ALIVE_ODDS
 from tests.harness import Bot, make_settings
 from tests.test_doctor import inspect, link_to
 
@@ -181,6 +183,8 @@ def test_inspect_explains_the_keep_alive(make_bot, slack, model, engine, databas
     assert "Keep-alive reads: " in quiet
     assert "one waiting: 0 reads so far" in quiet
     assert "nobody wrote since the last touch, so it will end" in quiet
+    # no read of the workspace has run its 5 minutes yet: the start belief
+    assert "expected to be followed by a request 30% of the time (0 of its own so far" in quiet
 
     at(slack, model, answered + 60)
     write(bot, slack, parent, 100)
@@ -214,3 +218,15 @@ def test_a_workspace_whose_reads_are_never_followed_makes_fewer(make_bot, slack,
         run_due(bot, slack, model, answered + 3600)
         counts.append(len(pings(model)) - before)
     assert counts == [MAX_PINGS] * 3 + [4, 2]
+
+
+def test_reads_after_one_kind_of_request_learn_apart_from_the_others():
+    """The record is kept per kind of request the reads follow (the gap before it), moved
+    towards the reads after the other kinds, and each read counts once."""
+    record = {("long", 1): (40, 0), ("short", 1): (20, 12)}
+    after_long = followed_odds(record, 1, "long")
+    after_short = followed_odds(record, 1, "short")
+    assert after_long < KEEP_ALIVE_ODDS < after_short  # slow threads' reads stop, quick ones go on
+    assert after_long < followed_odds(record, 1, "first") < after_short  # no reads of its own
+    # one kind of request only: the start belief (30 %, worth 5 reads) and the reads themselves
+    assert followed_odds({("first", 3): (13, 0)}, 3, "first") == pytest.approx(1.5 / 18)
