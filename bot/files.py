@@ -64,6 +64,9 @@ NO_SCOPE = "the app may not read files here (it lacks the files:read permission;
 # of the 32 MB to the transcript and its images.
 MAX_DOCUMENT_PAGES = 100
 MAX_DOCUMENT_BASE64 = 20 * 1024 * 1024
+# How long reading a PDF's text may take: pypdf is pure Python and a crafted or huge file can
+# keep it busy for minutes. Past this, no more pages are read (checked between pages).
+PDF_TEXT_SECONDS = 10.0
 # How long an endpoint that refused document blocks is sent PDFs' text instead.
 DOCUMENT_REFUSAL_MEMORY = 24 * 3600.0
 # The stored kind of a file whose own bytes cannot be read: the reason is kept instead of them.
@@ -104,12 +107,19 @@ class PdfText:
     encrypted: bool = False  # opens without a password, but no document block may hold it
 
 
-def read_pdf(content: bytes) -> PdfText:
+def read_pdf(
+    content: bytes,
+    *,
+    seconds: float = PDF_TEXT_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> PdfText:
     """The pages and text of a PDF (pypdf); FileUnreadable when it is broken or needs a
     password (one encrypted with an empty password, as many forms and statements are, is read).
 
     Every page's text is read up to MAX_DOCUMENT_PAGES (a document block's estimate needs all
-    of it); past that, only as much as the bounded text holds."""
+    of it); past that, only as much as the bounded text holds; and no page is begun once
+    `seconds` have passed (the pages not read count as dense as those read)."""
+    started = clock()
     if b"%PDF-" not in content[:1024]:
         raise FileUnreadable("not a PDF")
     try:
@@ -125,6 +135,9 @@ def read_pdf(content: bytes) -> PdfText:
         size = 0
         for i, page in enumerate(reader.pages):
             if i >= MAX_DOCUMENT_PAGES and size > MAX_TEXT_CHARS:
+                break
+            if texts and clock() - started > seconds:
+                log.info("PDF text: stopped after %d of %d pages (%.0f s)", i, pages, seconds)
                 break
             piece = f"[page {i + 1}]\n{(page.extract_text() or '').strip()}"
             texts.append(piece)

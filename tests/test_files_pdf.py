@@ -11,7 +11,7 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from bot.files import unpack_pdf
+from bot.files import read_pdf, unpack_pdf
 from bot.store.models import ThreadFile, UsageRecord
 from tests.fakes.messages_api import count_tokens
 from tests.pdfs import encrypted, pdf
@@ -199,3 +199,17 @@ def test_a_pdf_in_the_messages_tab_is_a_document_read_from_cache_on_the_next_tur
     assert len(docs(0)) == 1 and docs(1) == docs(0)  # the same bytes on the next turn
     assert len(slack.downloads) == 1
     assert model.usages[1]["cache_read_input_tokens"] >= SPEC_TOKENS
+
+
+def test_reading_a_pdfs_text_stops_at_its_time_limit():
+    """pypdf is pure Python: a huge or crafted PDF could keep a worker busy for minutes. No
+    page is begun past the time limit; the pages not read count as dense as those read."""
+    pages = [f"Page {n}: " + "numbers and words " * 40 for n in range(1, 7)]
+    ticks = iter(range(0, 1000, 4))  # every page takes 4 s on this clock
+
+    whole = read_pdf(pdf(pages))
+    cut = read_pdf(pdf(pages), seconds=10, clock=lambda: float(next(ticks)))
+    assert cut.pages == whole.pages == 6
+    assert "[page 3]" in cut.text and "[page 4]" not in cut.text
+    assert "the text goes on to page 6; only up to page 3 is here" in cut.text
+    assert abs(cut.text_tokens - whole.text_tokens) < whole.text_tokens / 10
