@@ -14,8 +14,8 @@ workspace's earlier keep-alive reads after the same kind of request were followe
 within their 5 minutes less often than READ / (MISS - READ) = 8.7 % (`track_record`, from the
 ledger, moved towards its other reads and from a start belief), as soon as a newer request
 changed the thread's tail, after `MAX_PINGS` reads, and when a spend budget does not leave room
-for it. Activity comes from the kept transcript
-(message events, bot/keeping.py): a workspace that does not keep transcripts gets none.
+for it. Activity comes from the kept transcript (message events, bot/keeping.py): a workspace
+that does not keep transcripts gets none.
 
 A keep-alive read posts nothing in Slack; its usage is a ledger row of kind `keepalive`, so the
 digest and budgets count it. The job's payload holds the request body (the thread's rendered
@@ -43,7 +43,7 @@ from bot.llm import LLMError, MessagesClient
 from bot.pricing import price_for
 from bot.store import data
 from bot.store.models import Job, ThreadMessage, ThreadState, UsageRecord
-from bot.ttl_policy import KEEP_ALIVE_ODDS, Habits, next_within, rhythm_after
+from bot.ttl_policy import KEEP_ALIVE_ODDS, Habits, next_within, rhythm_after, shrunk
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,9 @@ def followed_odds(
     n = min(number, 3)
     others = [v for (c, k), v in record.items() if k == n and c != context]
     reads, followed = sum(v[0] for v in others), sum(v[1] for v in others)
-    base = (followed + START_WEIGHT * START_FOLLOWED) / (reads + START_WEIGHT)
+    base = shrunk(followed, reads, START_FOLLOWED, START_WEIGHT)
     reads, followed = record.get((context, n), (0, 0))
-    return (followed + START_WEIGHT * base) / (reads + START_WEIGHT)
+    return shrunk(followed, reads, base, START_WEIGHT)
 
 
 def _epoch(value: datetime | None) -> float | None:
