@@ -65,6 +65,8 @@ class Profile:
     warmup: float = 0.5  # warm-up threads (history the workspace learnt) per measured thread
     threads: int = 24  # measured threads (full run)
     about: str = ""
+    span: float = 18.0  # hours over which the measured threads' first requests fall
+    longest_gap: float = 8.0  # hours: the longest gap between two requests on a thread
 
 
 PROFILES: dict[str, Profile] = {
@@ -78,6 +80,10 @@ PROFILES: dict[str, Profile] = {
             about="threads of 1,000-1,850 messages",
         ),
         Profile("cold", (0.4, 0.35, 0.25), 0.3, warmup=0.0, about="the mix on a fresh database"),
+        Profile(
+            "sparse", (0.3, 0.3, 0.4), 0.35, warmup=0.0, threads=15, span=30.0, longest_gap=24.0,
+            about="few threads over a day and a half on a fresh database, gaps up to a day",
+        ),
     )
 }
 
@@ -394,12 +400,12 @@ def _log_uniform(rng: random.Random, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
-def _gap(rng: random.Random, kind: int) -> float:
+def _gap(rng: random.Random, kind: int, longest: float = 8.0) -> float:
     if kind == 0:
         return round(_log_uniform(rng, 5, SHORT_GAP), 3)
     if kind == 1:
         return round(_log_uniform(rng, SHORT_GAP + 1, MEDIUM_GAP), 3)
-    return round(_log_uniform(rng, MEDIUM_GAP + 1, 8 * 3600), 3)
+    return round(_log_uniform(rng, MEDIUM_GAP + 1, longest * 3600), 3)
 
 
 def generate(
@@ -447,10 +453,12 @@ def generate(
         channel = CHANNELS[t % len(CHANNELS)][0]
         plan = ThreadPlan(t, channel, lang, rhythm, initial, n_requests, warm)
         plans.append(plan)
-        hours = rng.uniform(0, 4 if quick else 18) - (24 if warm else 0)
+        hours = rng.uniform(0, 4 if quick else prof.span) - (24 if warm else 0)
         first_at = round(START + hours * 3600, 3)
         after = random.Random(f"{profile}:{seed}:after:{t}")  # its own stream: the rest stays
-        thread_events = _thread_events(rng, plan, first_at, quick=quick, after=after)
+        thread_events = _thread_events(
+            rng, plan, first_at, quick=quick, after=after, longest=prof.longest_gap
+        )
         for order, event in enumerate(thread_events):
             events.append((event.at, t, order, event))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
@@ -466,6 +474,7 @@ def _thread_events(
     *,
     quick: bool = False,
     after: random.Random | None = None,
+    longest: float = 8.0,
 ) -> list[Post | Ask]:
     """One thread's messages and requests, in time order; the first request at `first_at`.
 
@@ -497,7 +506,7 @@ def _thread_events(
             # quick runs: the first gap of thread t < 3 is of kind t, so every slice shows up
             forced = quick and seq == 1 and t < 3
             kind = t if forced else rng.choices(range(3), RHYTHMS[plan.rhythm])[0]
-            gap = _gap(rng, kind)
+            gap = _gap(rng, kind, longest)
             room = MAX_MESSAGES - posted - (plan.requests - seq)
             k = min(room, 60, int(rate * gap / 3600 + rng.random() * 2))
             for new_at in sorted(rng.uniform(at + 0.5, at + gap - 0.5) for _ in range(k)):
