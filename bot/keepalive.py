@@ -11,11 +11,12 @@ breakpoint, and `max_tokens` 1: it reads the prefix at 0.1x and refreshes the en
 It reads only while the thread is active and it pays: it stops as soon as nobody has written in
 the thread since the previous touch (the answer, or the previous keep-alive read), when the
 workspace's earlier keep-alive reads after the same kind of request were followed by a request
-within their 5 minutes less often than READ / (MISS - READ) = 8.7 % (`track_record`, from the
-ledger, moved towards its other reads and from a start belief), as soon as a newer request
-changed the thread's tail, after `MAX_PINGS` reads, and when a spend budget does not leave room
-for it. Activity comes from the kept transcript (message events, bot/keeping.py): a workspace
-that does not keep transcripts gets none.
+within their 5 minutes less often than a read needs to pay (`track_record`, from the ledger,
+moved towards its other reads and from a start belief; `needed_odds`: 8.7 % when a request then
+would write the prefix again for 5 minutes, 5.3 % when for an hour, more above a live 1-hour
+anchor), as soon as a newer request changed the thread's tail, after `MAX_PINGS` reads, and when
+a spend budget does not leave room for it. Activity comes from the kept transcript (message
+events, bot/keeping.py): a workspace that does not keep transcripts gets none.
 
 A keep-alive read posts nothing in Slack; its usage is a ledger row of kind `keepalive`, so the
 digest and budgets count it. The job's payload holds the request body (the thread's rendered
@@ -27,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,10 +42,20 @@ from bot.budgets import BudgetExceeded, Budgets
 from bot.jobs import Deferred, Handler, JobQueue
 from bot.ledger import Ledger, usage_row
 from bot.llm import LLMError, MessagesClient
-from bot.pricing import price_for
+from bot.pricing import WRITE_1H, price_for
 from bot.store import data
 from bot.store.models import Job, ThreadMessage, ThreadState, UsageRecord
-from bot.ttl_policy import KEEP_ALIVE_ODDS, Habits, next_within, rhythm_after, shrunk
+from bot.ttl_policy import (
+    KEEP_ALIVE_ODDS,
+    MISS,
+    READ,
+    Habits,
+    entries,
+    futures,
+    next_within,
+    rhythm_after,
+    shrunk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +189,31 @@ def followed_odds(
     return shrunk(followed, reads, base, START_WEIGHT)
 
 
+def needed_odds(state: ThreadState, now: datetime, habits: Habits | None = None) -> float:
+    """How likely the thread's next request must be to come within a read's 5 minutes for the
+    read to pay. The read costs READ a token of the whole prefix. A request in its 5 minutes
+    then reads the prefix and goes on from there (`alive`, per token from that request on,
+    `ttl_policy.futures`); without the read it finds the prefix dead and writes it again
+    (`dead`): for an hour, at 2x, when a request that late makes the next one likely within
+    the hour, not only at 1.25x. The part a live 1-hour anchor holds through the read's 5
+    minutes is read anyway, so only the part above it counts. Without `habits`, the saving
+    is MISS - READ (KEEP_ALIVE_ODDS with no anchor). Above 1: no read pays."""
+    found = entries(state, now)
+    tokens = found.tail_tokens
+    covered = 0
+    if found.anchor is not None and found.anchor_life > TTL:
+        covered = min(tokens, found.anchor_tokens)
+    if tokens <= covered:
+        return math.inf
+    saving = MISS - READ
+    last = data.as_utc(state.last_request_at)
+    if habits is not None and last is not None:
+        gap = (now - last).total_seconds() + TTL / 2  # when a request in the read's window comes
+        dead, alive = futures(rhythm_after(state, habits).after_gap(gap).odds)
+        saving = max(saving, dead - alive)
+    return READ * tokens / (saving * (tokens - covered))
+
+
 def _epoch(value: datetime | None) -> float | None:
     at = data.as_utc(value)
     return at.timestamp() if at is not None else None
@@ -258,8 +295,14 @@ class KeepAlive:
                 why = "the thread went quiet"
             if why is None and state is not None:
                 chance = self.chance(s, caller.team_id, state, payload["pings"] + 1, now)
-                if chance < KEEP_ALIVE_ODDS:
-                    why = f"a request within the next 5 minutes is {chance:.0%} likely"
+                habits = self._habits(s, caller.team_id, now) if self._habits else None
+                need = needed_odds(state, now, habits)
+                if chance < need:
+                    why = (
+                        f"a request within the next 5 minutes is {chance:.0%} likely; "
+                        + (f"a read pays above {need:.1%}" if need <= 1 else
+                           "a live 1-hour anchor keeps the prefix readable anyway")
+                    )
         if why is not None:
             log.info("keep-alive for %s ends: %s", where, why)
             return
@@ -417,7 +460,10 @@ def describe(
         plan += (
             f", or when they do not pay: the workspace's first reads after a request like the "
             f"thread's last ({context}) are expected to be followed by a request {chance:.0%} "
-            f"of the time ({reads} of its own so far; below {KEEP_ALIVE_ODDS:.1%} they stop)"
+            f"of the time ({reads} of its own so far); they stop below the chance a read needs: "
+            f"{KEEP_ALIVE_ODDS:.1%} when a request then would write the prefix for 5 minutes "
+            f"again, {READ / (WRITE_1H - READ):.1%} when for an hour, more when a live 1-hour "
+            "anchor beneath the tail holds part of the prefix, which that request reads anyway"
         )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"

@@ -74,6 +74,11 @@ def test_profiles_shape_the_family():
     assert all(p.initial >= 1000 for p in long.threads)
     assert not wl.generate(1, profile="cold").warmup_asks
     assert wl.generate(1, profile="mixed").warmup_asks
+    # few threads over a day and a half on a fresh database, some gaps longer than 8 hours
+    sparse = [wl.generate(seed, profile="sparse") for seed in (1, 2, 3)]
+    assert all(len(w.threads) == 15 and not w.warmup_asks for w in sparse)
+    assert max(a.gap or 0 for w in sparse for a in w.asks) > 8 * 3600
+    assert max(a.at for a in sparse[0].asks) - min(a.at for a in sparse[0].asks) > 30 * 3600
 
 
 def test_requests_are_marked_with_their_slices(full):

@@ -4,7 +4,7 @@ ledger row of its own kind, nothing posted in Slack); it stops when the thread g
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.digest import Period, build_digest, render_text
-from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL, followed_odds
-from bot.store.models import Job, UsageRecord
+from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL, followed_odds, needed_odds
+from bot.store.models import Job, ThreadState, UsageRecord
 from bot.ttl_policy import KEEP_ALIVE_ODDS
 from tests.harness import Bot, make_settings
 from tests.test_doctor import inspect, link_to
@@ -197,11 +197,12 @@ def test_inspect_explains_the_keep_alive(make_bot, slack, model, engine, databas
 
 def test_a_workspace_whose_reads_are_never_followed_makes_fewer(make_bot, slack, model, engine):
     """Reads that no request followed within their 5 minutes teach the workspace: from the start
-    belief (30 %, worth 5 reads), a third or later read stops paying (8.7 %) once 13 of them
-    went unfollowed, so the fourth thread gets four and the fifth two."""
+    belief (30 %, worth 5 reads), a third or later read stops paying once 24 of them went
+    unfollowed (1.5 / 29 is under the 5.3 % a read needs when a request that late would write
+    the prefix for an hour, 2x), so the first six threads get six reads and the seventh two."""
     bot = make_bot(clock=slack.clock, sleep=slack.sleep)
     counts = []
-    for _ in range(5):
+    for _ in range(7):
         at(slack, model, slack.now + 3 * 3600)
         root = slack.post_event("C1", long_text(0), user="U1")  # the bot hears it all
         bot.deliver(root)
@@ -217,7 +218,7 @@ def test_a_workspace_whose_reads_are_never_followed_makes_fewer(make_bot, slack,
             write(bot, slack, parent, 100 + n)
         run_due(bot, slack, model, answered + 3600)
         counts.append(len(pings(model)) - before)
-    assert counts == [MAX_PINGS] * 3 + [4, 2]
+    assert counts == [MAX_PINGS] * 6 + [2]
 
 
 def test_reads_after_one_kind_of_request_learn_apart_from_the_others():
@@ -230,3 +231,75 @@ def test_reads_after_one_kind_of_request_learn_apart_from_the_others():
     assert after_long < followed_odds(record, 1, "first") < after_short  # no reads of its own
     # one kind of request only: the start belief (30 %, worth 5 reads) and the reads themselves
     assert followed_odds({("first", 3): (13, 0)}, 3, "first") == pytest.approx(1.5 / 18)
+
+
+def test_no_reads_for_a_tail_on_a_live_1h_anchor(make_bot, slack, model, engine, caplog):
+    """A 5-minute tail written on top of a live 1-hour anchor: a follow-up after the tail
+    expired reads the anchor anyway, so reading the whole prefix to keep the newest few
+    messages alive does not pay. People go on writing, and no read is made."""
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    root = slack.post_event("C1", long_text(0), user="U1")
+    bot.deliver(root)
+    parent = root["ts"]
+    for i in range(1, 60):
+        write(bot, slack, parent, i)
+
+    def ask(turn: int, after: float) -> None:
+        run_due(bot, slack, model, slack.now + after)
+        at(slack, model, slack.now + after)
+        write(bot, slack, parent, 500 + turn)
+        bot.mention("C1", f"status {turn}?", thread_ts=parent)
+
+    def marks() -> list[str]:
+        content = model.requests[-1]["body"]["messages"][0]["content"]
+        return [b["cache_control"].get("ttl", "5m") for b in content if "cache_control" in b]
+
+    ask(0, 0)
+    ask(1, 25 * 60)  # a half-hour rhythm earns a 1h write: the anchor
+    assert marks() == ["1h"]
+    turn = 2
+    while marks()[-1] == "1h":  # a burst: the newest messages go on top for 5 minutes
+        ask(turn, 40)
+        turn += 1
+        assert turn < 12
+    assert marks() == ["1h", "5m"]
+    answered, before = slack.now, len(pings(model))
+    anchor = model.usages[-1]["cache_read_input_tokens"]
+
+    with caplog.at_level("INFO", logger="bot.keepalive"):
+        for n in range(8):  # people write every two minutes, nobody asks for 16 minutes
+            when = answered + (n + 1) * 120
+            run_due(bot, slack, model, when)
+            at(slack, model, when)
+            write(bot, slack, parent, 900 + n)
+        run_due(bot, slack, model, answered + 16 * 60)
+    assert len(pings(model)) == before  # no read of the whole prefix for the newest messages
+    assert "a live 1-hour anchor keeps the prefix readable anyway" in caplog.text
+
+    at(slack, model, answered + 16 * 60)
+    bot.mention("C1", "what is left?", thread_ts=parent)
+    assert model.usages[-1]["cache_read_input_tokens"] >= anchor  # the anchor, read back
+
+
+def test_a_live_anchor_raises_the_chance_a_read_needs():
+    """A read costs 0.1 a token of the whole prefix and saves 1.15 a token only above a
+    1-hour anchor that outlives its 5 minutes: the chance it needs grows by prefix / (prefix -
+    anchor), and an anchor that expires within the read's 5 minutes does not count."""
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def state(anchor_used_minutes_ago: float | None) -> ThreadState:
+        s = ThreadState(
+            cache_boundary_ts="1700000100.000000", cache_prefix_digest="d2", cache_ttl="5m",
+            cache_written_at=now - timedelta(minutes=4), cache_prefix_tokens=10_000,
+        )
+        if anchor_used_minutes_ago is not None:
+            s.anchor_ts, s.anchor_digest, s.anchor_tokens = "1700000000.000000", "d1", 5_000
+            s.anchor_at = now - timedelta(minutes=anchor_used_minutes_ago)
+        return s
+
+    assert needed_odds(state(None), now) == pytest.approx(KEEP_ALIVE_ODDS)
+    assert needed_odds(state(10), now) == pytest.approx(2 * KEEP_ALIVE_ODDS)
+    assert needed_odds(state(57), now) == pytest.approx(KEEP_ALIVE_ODDS)  # gone in 3 minutes
+    full = state(10)
+    full.anchor_tokens = 10_000
+    assert needed_odds(full, now) > 1  # all of it readable anyway: never
