@@ -1,7 +1,7 @@
 """Cache benchmark: a family of seeded Slack workloads replayed through the real app, costed
 under every caching policy.
 
-`python -m bench.cache_bench [--seeds 1,2,3] [--profiles bursty,slow,mixed,long,cold]
+`python -m bench.cache_bench [--seeds 1,2,3] [--profiles bursty,slow,mixed,long,cold,sparse]
 [--threads N] [--quick] [--no-latency] [--dump rows.json]`
 
 Each workload (bench/workload.py: a profile and a seed) is replayed through a fresh bot on one

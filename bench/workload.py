@@ -10,7 +10,8 @@ shortcut) spaced seconds to hours apart, and each request is marked with its sli
 A `Profile` shapes the workload: how the team's threads are paced (bursty, slow and
 asynchronous, a mix), how many threads are asked about only once, how long the threads are,
 and whether the workspace has history (warm-up threads before the measured ones, not counted)
-or starts on a fresh database (cold start).
+or starts on a fresh database (cold start, and the sparse profile: few threads over a day and a
+half, gaps up to a day).
 """
 
 from __future__ import annotations
