@@ -401,7 +401,8 @@ def _log_uniform(rng: random.Random, low: float, high: float) -> float:
     return math.exp(rng.uniform(math.log(low), math.log(high)))
 
 
-def _gap(rng: random.Random, kind: int, longest: float = 8.0) -> float:
+def _gap(rng: random.Random, kind: int, longest: float) -> float:
+    """A gap of `kind` (0 short, 1 medium, 2 long, up to `longest` hours), in seconds."""
     if kind == 0:
         return round(_log_uniform(rng, 5, SHORT_GAP), 3)
     if kind == 1:
@@ -475,7 +476,7 @@ def _thread_events(
     *,
     quick: bool = False,
     after: random.Random | None = None,
-    longest: float = 8.0,
+    longest: float,
 ) -> list[Post | Ask]:
     """One thread's messages and requests, in time order; the first request at `first_at`.
 

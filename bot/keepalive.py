@@ -241,7 +241,7 @@ class KeepAlive:
         self._budgets = budgets
         self._effective = effective
         self._clock = clock
-        self._habits = habits  # the workspace's habits (for rule "odds")
+        self._habits = habits  # the workspace's habits (what a read needs; rule "odds")
         self.rule = "learned"  # what tells a read that pays: see `chance` (the bench compares)
 
     def after_answer(
