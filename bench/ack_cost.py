@@ -34,7 +34,7 @@ from sqlalchemy import event, func, select, text
 
 from bot.app import BotApp
 from bot.config import load_settings
-from bot.server import open_app
+from bot.server import open_app, stop_server
 from bot.store.db import migrate
 from bot.store.models import Job
 from tests.conftest import fresh_database
@@ -163,7 +163,7 @@ def measure(app: BotApp, team_id: str, acks: int, warmup: int, profile: bool,
     gc.callbacks.remove(timed)
     if http_threads:
         conn.close()
-        httpd.close()
+        stop_server(httpd)
     if profiler:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)

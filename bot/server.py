@@ -48,7 +48,7 @@ class Prepared:
         jobs in hand within `timeout` seconds), the SQLite lock."""
         for server in (self.http, self.metrics):
             if server is not None:
-                server.close()
+                stop_server(server)
         self.app.close(timeout=timeout)
         if self.lock is not None:
             self.lock.close()
@@ -102,6 +102,15 @@ def _bind(wsgi: Any, names: str, host: str, port: int, threads: int) -> Any:  # 
     except (OSError, ValueError) as exc:  # ValueError: waitress could not resolve the host
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise SettingsError(f"{names}: cannot listen on {host}:{port} ({cause})") from None
+
+
+def stop_server(server: Any, timeout: float = 5.0) -> None:  # noqa: ANN401 - a waitress server
+    """Close a waitress server: its listening socket, then its worker threads (a request in
+    hand gets `timeout` seconds to finish). `close()` alone leaves the workers waiting for
+    work that never comes: a process that opens and closes servers (tests, benches) would
+    keep every one's threads, and everything they hold, until it exits."""
+    server.close()
+    server.task_dispatcher.shutdown(timeout=timeout)
 
 
 def open_app(settings: Settings) -> BotApp:

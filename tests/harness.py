@@ -22,6 +22,7 @@ from cryptography.fernet import Fernet
 
 from bot.app import BotApp
 from bot.config import load_settings
+from bot.server import stop_server
 from tests.fakes.messages_api import FakeMessagesAPI
 from tests.fakes.slack_api import FakeSlack
 
@@ -132,7 +133,8 @@ class Bot:
 
     def close(self) -> None:
         self.http.close()
-        self.server.close()
+        stop_server(self.server)
+        self._thread.join(timeout=5)
         self.app.close()
 
     def signed_post(

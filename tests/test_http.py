@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 from tests.harness import Bot
 
@@ -66,3 +67,18 @@ def test_metrics_endpoint(bot: Bot, slack, model):
     assert 0.3 < ratio < 1
     assert 'bot_prompt_tokens_total{part="read"}' in text
     assert "bot_ack_seconds_bucket" in text
+
+
+def test_a_closed_bot_leaves_no_http_threads_behind(make_bot):
+    """Closing the bot's waitress server stops its worker threads too: `close()` alone leaves
+    them waiting for work, each holding what it served (a test run kept a thousand)."""
+    bot = make_bot()
+    assert bot.signed_post(b'{"type":"url_verification","challenge":"c"}',
+                           "application/json").status_code == 200
+    workers = list(bot.server.task_dispatcher.threads)
+    assert workers, "the request was served by waitress's worker threads"
+    names = {t.name for t in threading.enumerate()}
+    bot.close()
+    alive = {t.name for t in threading.enumerate()}
+    assert not bot.server.task_dispatcher.threads
+    assert not [n for n in names if n.startswith("waitress-") and n in alive]
