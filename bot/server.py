@@ -104,11 +104,13 @@ def _bind(wsgi: Any, names: str, host: str, port: int, threads: int) -> Any:  # 
         raise SettingsError(f"{names}: cannot listen on {host}:{port} ({cause})") from None
 
 
-def stop_server(server: Any, timeout: float = 5.0) -> None:  # noqa: ANN401 - a waitress server
+def stop_server(server: Any, timeout: float = 2.0) -> None:  # noqa: ANN401 - a waitress server
     """Close a waitress server: its listening socket, then its worker threads (a request in
-    hand gets `timeout` seconds to finish). `close()` alone leaves the workers waiting for
-    work that never comes: a process that opens and closes servers (tests, benches) would
-    keep every one's threads, and everything they hold, until it exits."""
+    hand gets `timeout` seconds to finish: Slack waits 3 s for any answer, and this comes out
+    of the SIGTERM grace before the jobs' `SHUTDOWN_TIMEOUT_SECONDS`). `close()` alone leaves
+    the workers waiting for work that never comes: a process that opens and closes servers
+    (tests, benches) would keep every one's threads, and everything they hold, until it
+    exits."""
     server.close()
     server.task_dispatcher.shutdown(timeout=timeout)
 
