@@ -18,7 +18,8 @@ cost is in base-price units (input 1, 5-minute write 1.25, 1-hour write 2, read 
                order to a fresh fake;
   clairvoyant  per thread and block, over the same bodies: the cheapest schedule of writes
                (none, 5m, 1h), reads and keep-alive reads of a 5-minute entry (0.1 every 5
-               minutes, what auto's keep-alive does) for the times the block is sent, under
+               minutes, or 0.1 an hour when the read writes on for an hour: what auto's
+               keep-alive does) for the times the block is sent, under
                the documented rules (a read refreshes the entry's lifetime); breakpoint limits
                and minimum lengths ignored, so a lower bound for every policy on these bodies
                (also printed without keep-alive reads: auto/d*);
@@ -250,8 +251,10 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
     (1.25 / 2) that later uses read (0.1) while each comes within the TTL of the previous one
     (a read refreshes the entry's lifetime). With `pings`, a gap longer than 5 minutes may also
     be bridged by keep-alive reads of a 5-minute entry (0.1 each, one per 5 minutes, as many as
-    it likes; charged to the use before the gap): the action the bot's keep-alive takes, so the
-    bound stays below it. (Reading a 1-hour entry hourly is not something the bot does.)"""
+    it likes; charged to the use before the gap), the last of which may write on for an hour
+    (an upgrade: the entry then lives an hour from that read; the new blocks the write needs
+    after it are other blocks, left out): the actions the bot's keep-alive takes, so the bound
+    stays below it. (Reading a 1-hour entry hourly is not something the bot does.)"""
     n = len(gaps) + 1
     states = ("dead", TTL_5M, TTL_1H)
     # cost[i][s]: the cheapest cost of uses i.. when use i finds state s; how[i][s]: (price at
@@ -274,6 +277,10 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
                 if after != "dead" and (gap <= after or (pings and after == TTL_5M)):
                     paid = price + READ * _pings(gap, after)
                     options.append((paid + cost[i + 1][after], paid, after, True))
+                if pings and after == TTL_5M and gap > TTL_5M:
+                    # keep-alive reads, then one that writes on for an hour (an upgrade)
+                    paid = price + READ * (1 + _pings(gap - TTL_1H, TTL_5M))
+                    options.append((paid + cost[i + 1][TTL_1H], paid, (after, TTL_1H), True))
             total, price, after, bridged = min(options, key=lambda o: o[0])
             cost[i][found] = total
             how[i][found] = (price, after, bridged)
@@ -282,7 +289,7 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
     for i in range(n):
         price, after, bridged = how[i][found]
         out[i] = price
-        found = after if bridged else "dead"
+        found = (after[1] if isinstance(after, tuple) else after) if bridged else "dead"
     return out
 
 

@@ -440,6 +440,7 @@ def create_app(
         effective=service.workspaces.effective,
         clock=clock,
         habits=service.habits,
+        prefix_now=service.prefix_now,
     )
     handlers[KEEPALIVE] = service.keepalive.handler()
     pool = _worker_pool(settings, queue, handlers, metrics)

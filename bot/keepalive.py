@@ -8,6 +8,14 @@ breakpoint, and `max_tokens` 1: it reads the prefix at 0.1x and refreshes the en
 5 minutes, where a follow-up after the entry expired would pay to send and write it again
 (1.25x, or 2x for a 1-hour write made up front). Then it queues itself again.
 
+An upgrade instead of a read: when the thread's next request is likely within the hour
+(the TTL policy's odds after its last request, `Rhythm.odds`), the read also sends what was said
+since the answer, as kept (the mention, the answer, the new messages: the next request's prefix,
+`AnswerService.prefix_now`), and writes it for an hour (1h breakpoints; the API reads the 5-minute
+entry and writes the rest, and the new entry keeps the whole prefix for an hour). It costs the
+read plus 2x the new tokens, where reads every 5 minutes cost 0.1x the prefix each and a 1-hour
+write made up front 2x the prefix. Then the reads end (the tail is a 1-hour entry).
+
 It reads only while the thread is active and it pays: it stops as soon as nobody has written in
 the thread since the previous touch (the answer, or the previous keep-alive read), when the
 workspace's earlier keep-alive reads after the same kind of request were followed by a request
@@ -42,7 +50,8 @@ from bot.budgets import BudgetExceeded, Budgets
 from bot.jobs import Deferred, Handler, JobQueue
 from bot.ledger import Ledger, usage_row
 from bot.llm import LLMError, MessagesClient
-from bot.pricing import WRITE_1H, price_for
+from bot.pricing import WRITE_1H, WRITE_5M, price_for
+from bot.prompt import Built
 from bot.store import data
 from bot.store.models import Job, ThreadMessage, ThreadState, UsageRecord
 from bot.ttl_policy import (
@@ -53,6 +62,7 @@ from bot.ttl_policy import (
     entries,
     futures,
     next_within,
+    record_entries,
     rhythm_after,
     shrunk,
 )
@@ -64,6 +74,7 @@ TTL = 300.0  # seconds: the 5-minute entry a keep-alive read refreshes
 LEAD = 30.0  # seconds before the entry expires that the read is sent
 MAX_PINGS = 6  # reads after one answer at most (about half an hour)
 MAX_TOKENS = 1  # the read's answer is thrown away
+UPGRADE_TTL = 3600.0  # seconds: what an upgrade writes the prefix for
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,7 @@ class KeepAlive:
         effective: Callable[[str], Any],
         clock: Callable[[], float] = time.time,
         habits: Callable[[Session, str, datetime], Habits] | None = None,
+        prefix_now: Callable[[dict[str, Any]], Built | None] | None = None,
     ) -> None:
         self._queue = queue
         self._sessions = sessions
@@ -242,6 +254,7 @@ class KeepAlive:
         self._effective = effective
         self._clock = clock
         self._habits = habits  # the workspace's habits (what a read needs; rule "odds")
+        self._prefix_now = prefix_now  # the thread's prefix as kept now, for an upgrade
         self.rule = "learned"  # what tells a read that pays: see `chance` (the bench compares)
 
     def after_answer(
@@ -253,6 +266,7 @@ class KeepAlive:
         written_at: datetime | None,
         boundary_ts: str | None,
         seen_ts: str | None = None,
+        request: dict[str, Any] | None = None,
     ) -> bool:
         """Queue the first keep-alive read for an answer whose call left the thread's tail
         (`boundary_ts`, last touched `written_at`) alive on a 5-minute TTL; True if queued.
@@ -272,6 +286,7 @@ class KeepAlive:
             "touched": touched,
             "pings": 0,
             "body": ping,
+            "request": request,
         }
         lane = lane_of(caller.team_id, caller.channel_id, caller.thread_ts)
         return self._queue.enqueue(
@@ -293,27 +308,30 @@ class KeepAlive:
             why = self._stale(state, payload)
             if why is None and not self._active(s, caller, payload):
                 why = "the thread went quiet"
+            chance, need, habits = 0.0, math.inf, None
             if why is None and state is not None:
                 chance = self.chance(s, caller.team_id, state, payload["pings"] + 1, now)
                 habits = self._habits(s, caller.team_id, now) if self._habits else None
                 need = needed_odds(state, now, habits)
-                if chance < need:
-                    why = (
-                        f"a request within the next 5 minutes is {chance:.0%} likely; "
-                        + (f"a read pays above {need:.1%}" if need <= 1 else
-                           "a live 1-hour anchor keeps the prefix readable anyway")
-                    )
+        upgrade = None
+        if why is None and state is not None:
+            upgrade = self._upgrade(payload, state, now, habits, chance, need)
+            if upgrade is None and chance < need:
+                why = (
+                    f"a request within the next 5 minutes is {chance:.0%} likely; "
+                    + (f"a read pays above {need:.1%}" if need <= 1 else
+                       "a live 1-hour anchor keeps the prefix readable anyway")
+                )
         if why is not None:
             log.info("keep-alive for %s ends: %s", where, why)
             return
-        body = payload["body"]
+        body = payload["body"] if upgrade is None else upgrade[1]
         eff = self._effective(caller.team_id)
         hold = None
         if self._budgets is not None and self._budgets.enabled_for(eff):
             try:
-                hold = self._budgets.reserve(
-                    caller.team_id, caller.user_id, self._worst_case(body), now, eff
-                )
+                worst = self._worst_case(body, WRITE_1H if upgrade else WRITE_5M)
+                hold = self._budgets.reserve(caller.team_id, caller.user_id, worst, now, eff)
             except BudgetExceeded:
                 log.info("keep-alive for %s ends: the spend budget has no room", where)
                 return
@@ -336,7 +354,10 @@ class KeepAlive:
             data.add_usage(s, row)
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             same = state is not None and self._stale(state, payload) is None
-            if same and usage.cache_read_tokens:
+            touched = usage.cache_read_tokens or usage.cache_creation_tokens
+            if same and upgrade is not None and touched:
+                record_entries(state, upgrade[0], usage, now)
+            elif same and usage.cache_read_tokens:
                 state.cache_written_at = now  # the read refreshed the tail
         log.info(
             "keep-alive read %d for %s: read=%d written=%d",
@@ -345,6 +366,9 @@ class KeepAlive:
             usage.cache_read_tokens,
             usage.cache_creation_tokens,
         )
+        if upgrade is not None:
+            log.info("keep-alive for %s ends: the prefix was written for an hour", where)
+            return
         if not usage.cache_read_tokens:
             log.info("keep-alive for %s ends: the entry was gone", where)
             return
@@ -356,6 +380,71 @@ class KeepAlive:
         raise Deferred(
             now + timedelta(seconds=TTL - LEAD), {**payload, "touched": at, "pings": pings}
         )
+
+    def _upgrade(
+        self,
+        payload: dict[str, Any],
+        state: ThreadState,
+        now: datetime,
+        habits: Habits | None,
+        chance: float,
+        need: float,
+    ) -> tuple[Built, dict[str, Any]] | None:
+        """Whether an upgrade beats a read (and stopping): the thread's transcript as kept now,
+        the live tail read back and everything after it (the mention, the answer, what people
+        wrote since) written for an hour (`AnswerService.prefix_now`). Then (what was built,
+        the body to send, without the request block and with `max_tokens` 1); else None.
+
+        Per token of the prefix: a read costs READ and saves `saving` if the next request
+        comes within its 5 minutes (`chance`); an upgrade costs READ for the prefix and WRITE_1H
+        for the new tokens, and saves `saving` on the prefix (above a 1-hour anchor that lives
+        on) if the next request comes within the hour, plus the 5-minute write of the new
+        tokens that request would have made. The larger expected gain wins, if positive."""
+        if self._prefix_now is None or habits is None or not payload.get("request"):
+            return None
+        last = data.as_utc(state.last_request_at)
+        if last is None:
+            return None
+        elapsed = (now - last).total_seconds()
+        rhythm = rhythm_after(state, habits)
+        within_hour = next_within(rhythm.odds, elapsed, UPGRADE_TTL - LEAD)
+        dead, alive = futures(rhythm.after_gap(elapsed + UPGRADE_TTL / 4).odds)
+        saving = max(MISS - READ, dead - alive)
+        tokens = state.cache_prefix_tokens or 0
+        found = entries(state, now)
+        covered = 0
+        if found.anchor is not None and found.anchor_life > UPGRADE_TTL / 2:
+            covered = min(tokens, found.anchor_tokens)
+        best = max(0.0, (chance * saving - READ) * tokens if chance >= need else 0.0)
+        if within_hour * saving * (tokens - covered) - READ * tokens <= best:
+            return None  # not even with nothing new to write
+        try:
+            built = self._prefix_now(payload["request"])
+        except Exception:  # noqa: BLE001 - a read is still possible; the cause is logged
+            log.exception("building the upgrade of %s failed", payload["caller"]["thread_ts"])
+            return None
+        if built is None or built.write_ttl != "1h" or not built.read_prior:
+            return None
+        new = built.new_tokens
+        gain = (
+            within_hour * saving * (tokens - covered) - READ * tokens
+            - (WRITE_1H - within_hour * MISS) * new
+        )
+        if gain <= best:
+            return None
+        body = {k: v for k, v in built.body.items() if k != "stream"}
+        content = body["messages"][0]["content"]
+        body["messages"] = [{"role": "user", "content": content[:-1]}]  # no request block
+        body["max_tokens"] = MAX_TOKENS
+        log.info(
+            "keep-alive for %s/%s: a request within the hour is %.0f%% likely; writing the %d "
+            "tokens since the answer for an hour",
+            payload["caller"]["channel_id"],
+            payload["caller"]["thread_ts"],
+            within_hour * 100,
+            new,
+        )
+        return built, body
 
     def chance(
         self, session: Session, team_id: str, state: ThreadState, number: int, now: datetime
@@ -409,13 +498,14 @@ class KeepAlive:
         return False
 
     @staticmethod
-    def _worst_case(body: dict[str, Any]) -> float:
-        """Dollars the read could cost at most: its prefix written for 5 minutes, one token out."""
+    def _worst_case(body: dict[str, Any], write: float) -> float:
+        """Dollars the call could cost at most: its prefix written (at `write`, 1.25 for a read,
+        2 for an upgrade), one token out."""
         price = price_for(str(body.get("model") or ""))
         if price is None:
             return 0.0
         chars = len(json.dumps(body, ensure_ascii=False))
-        return chars * price.input * 1.25 + MAX_TOKENS * price.output
+        return chars * price.input * write + MAX_TOKENS * price.output
 
     def handler(self) -> Handler:
         """The job handler: a keep-alive that keeps failing just ends (nobody is waiting)."""
@@ -463,7 +553,9 @@ def describe(
             f"of the time ({reads} of its own so far); they stop below the chance a read needs: "
             f"{KEEP_ALIVE_ODDS:.1%} when a request then would write the prefix for 5 minutes "
             f"again, {READ / (WRITE_1H - READ):.1%} when for an hour, more when a live 1-hour "
-            "anchor beneath the tail holds part of the prefix, which that request reads anyway"
+            "anchor beneath the tail holds part of the prefix, which that request reads anyway; "
+            "when a request within the hour is likely enough, a read instead writes what was "
+            "said since the answer for an hour (an upgrade), and the reads end"
         )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"

@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.budgets import BudgetExceeded, Budgets
-from bot.compaction import Compactor
+from bot.compaction import Compactor, reusable
 from bot.config import Settings
 from bot.delivery import Refusals, ThreadReply, tell
 from bot.files import (
@@ -730,6 +730,48 @@ class AnswerService:
         footer = footer_line(usage, completion.model, self._settings.cache_floors)
         return Done(completion, footer if plan.eff.footer else "", usage_id)
 
+    def prefix_now(self, request: dict[str, Any]) -> Built | None:
+        """The thread's transcript as it is kept now, laid out as its next request will send it
+        (every kept message, before any new question), reading back the thread's live entry and
+        writing the end for an hour: what a keep-alive upgrade sends (bot/keepalive.py). None
+        when that cannot be built without the network or the model: a conversation in real
+        turns, a thread that would need a new compaction, a message with files."""
+        req = ThreadRequest(**request)
+        if self.conversational(req) or req.kind == "recap":
+            return None
+        now = self.now()
+        with self._sessions() as s:
+            kept = data.load_messages(s, req.team_id, req.channel_id, req.thread_ts)
+            state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
+            cache = self._ttl.plan(s, req.team_id, state, now)
+            stored = data.get_compaction(s, req.team_id, req.channel_id, req.thread_ts)
+        if not kept or any(m.get("files") for m in kept if ts_key(m["ts"]) > ts_key(
+            (state.cache_boundary_ts if state else None) or "0")):
+            return None
+        kept.sort(key=lambda m: ts_key(m["ts"]))
+        eff = self.workspaces.effective(req.team_id)
+        documents = not self.documents.refused(self._settings.anthropic_base_url, eff.model)
+        turns = self._turns(req, kept, False, Prepared(), documents=documents)
+        scale = self._scale.get(eff.model, 1.0)
+        upto, compacted = reusable(
+            turns, stored, model=eff.model, budget=self._settings.context_budget_tokens,
+            scale=scale,
+        )
+        if upto is not None and compacted is None:
+            return None
+        return build_request(
+            model=eff.model,
+            turns=turns,
+            request="",
+            prior=cache.prior,
+            fallback=cache.fallback,
+            ttl="1h",
+            max_tokens=1,
+            budget_tokens=self._settings.context_budget_tokens,
+            compacted=compacted,
+            scale=scale,
+        )
+
     def habits(self, session: Session, team_id: str, now: datetime) -> Habits:
         """The workspace's habits as the TTL policy sees them (kept a minute per process)."""
         return self._ttl.habits(session, team_id, now)
@@ -756,7 +798,8 @@ class AnswerService:
         caller = KeepCaller(req.team_id, req.channel_id, req.thread_ts, req.user_id)
         try:
             self.keepalive.after_answer(
-                caller, req.bot_user_id, built.body, ttl, touched, boundary_ts, seen_ts
+                caller, req.bot_user_id, built.body, ttl, touched, boundary_ts, seen_ts,
+                request=dataclasses.asdict(req),
             )
         except Exception:  # noqa: BLE001 - the answer stands; only the keep-alive is lost
             log.exception("queueing a keep-alive for %s/%s failed", req.channel_id, req.thread_ts)

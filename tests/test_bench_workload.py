@@ -152,16 +152,20 @@ def test_clairvoyant_follows_the_cache_rules_with_hindsight():
 
 def test_clairvoyant_may_keep_a_5_minute_entry_alive_with_reads():
     a, q = "a" * 400, "question?"  # 104 tokens with sys and q
-    # 20 minutes: a 5m write kept alive by 3 reads (one every 5 minutes, charged to the first
-    # use) and read: 1.25 + 0.3, then 0.1, cheaper than a 1h write (2 + 0.1) or sending twice
-    twenty = [(t, "t1", _body(a, q)) for t in (0.0, 1200.0)]
-    assert cb.clairvoyant_costs(twenty) == pytest.approx([104 * 1.55, 104 * 0.1])
-    assert cb.clairvoyant_costs(twenty, pings=False) == pytest.approx([104, 104])
-    # 50 minutes: sending twice (2) beats 9 reads (1.25 + 0.9 + 0.1) and a 1h write (2 + 0.1)
+    # 9 minutes: a 5m write kept alive by one read (charged to the first use) and read:
+    # 1.25 + 0.1, then 0.1, cheaper than a 1h write (2 + 0.1) or sending twice
+    nine = [(t, "t0", _body(a, q)) for t in (0.0, 540.0)]
+    assert cb.clairvoyant_costs(nine) == pytest.approx([104 * 1.35, 104 * 0.1])
+    assert cb.clairvoyant_costs(nine, pings=False) == pytest.approx([104, 104])
+    # 50 minutes: one read that writes on for an hour (an upgrade) instead of 9 reads
     fifty = [(t, "t2", _body(a, q)) for t in (0.0, 3000.0)]
-    assert cb.clairvoyant_costs(fifty) == pytest.approx([104, 104])
-    # a 1-hour entry is never kept alive by reads (the bot does not do that): 3 hours apart,
-    # the block is sent twice
+    assert cb.clairvoyant_costs(fifty) == pytest.approx([104 * 1.35, 104 * 0.1])
+    # 70 minutes: two reads, the second an upgrade (the hour runs from it)
+    seventy = [(t, "t4", _body(a, q)) for t in (0.0, 4200.0)]
+    assert cb.clairvoyant_costs(seventy) == pytest.approx([104 * 1.45, 104 * 0.1])
+    # a 1-hour entry is never kept alive by reads (the bot does not do that), nor is a
+    # 5-minute one past its hour by more than a few reads: 3 hours apart, the block is sent
+    # twice
     hours = [(t, "t3", _body(a, q)) for t in (0.0, 3 * 3600.0)]
     assert cb.clairvoyant_costs(hours) == pytest.approx([104, 104])
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import sessionmaker
 
 from bot.digest import Period, build_digest, render_text
 from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL, followed_odds, needed_odds
+from bot.store import data
 from bot.store.models import Job, ThreadState, UsageRecord
 from bot.ttl_policy import KEEP_ALIVE_ODDS
 from tests.harness import Bot, make_settings
@@ -303,3 +304,78 @@ def test_a_live_anchor_raises_the_chance_a_read_needs():
     full = state(10)
     full.anchor_tokens = 10_000
     assert needed_odds(full, now) > 1  # all of it readable anyway: never
+
+
+def slow_habits(engine, team: str = "T0001") -> None:
+    """A workspace whose threads are mostly asked again within the hour, rarely within 5
+    minutes: 20 first requests, 2 followed within 5 minutes, 9 within the hour."""
+    with sessionmaker(engine).begin() as s:
+        for gap in [120] * 2 + [1500] * 7 + [3 * 3600] * 11:
+            data.note_habit(s, team, "first", gap)
+
+
+def marks_of(request: dict[str, Any]) -> list[str]:
+    content = request["body"]["messages"][0]["content"]
+    return [b["cache_control"].get("ttl", "5m") for b in content if "cache_control" in b]
+
+
+def test_an_active_thread_likely_asked_within_the_hour_is_written_on_for_an_hour(
+    make_bot, slack, model, engine
+):
+    """People write after the answer, and the workspace's threads are usually asked again
+    within the hour: instead of reading the prefix every 5 minutes, the keep-alive reads it
+    once and writes what was said since (the mention, the answer, the new messages) for an
+    hour. A follow-up 40 minutes later reads all of it back."""
+    slow_habits(engine)
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    at(slack, model, slack.now)
+    parent = slack.add_thread("C1", 120, text_fn=long_text)
+    slack.advance(30)
+    at(slack, model, slack.now)
+    write(bot, slack, parent, 121)
+    bot.mention("C1", "what did we decide?", thread_ts=parent)
+    answered, first = slack.now, model.usages[-1]
+    assert marks_of(model.requests[-1]) == ["5m"]  # a 5-minute tail: a later hour is unsure
+
+    at(slack, model, answered + 60)
+    write(bot, slack, parent, 122)
+    run_due(bot, slack, model, answered + 10 * 60)
+
+    sent = pings(model)
+    assert len(sent) == 1
+    upgrade = sent[0]
+    assert marks_of(upgrade) == ["1h", "1h"]  # reads the tail, writes on to the newest message
+    assert "Message 122" in upgrade["body"]["messages"][0]["content"][-1]["text"]
+    used = model.usages[model.requests.index(upgrade)]
+    assert used["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    assert used["cache_creation"]["ephemeral_1h_input_tokens"] > 0
+    assert used["cache_creation"]["ephemeral_5m_input_tokens"] == 0
+    assert waiting_jobs(engine) == []  # an hour's entry needs no more reads
+    rows = keepalive_rows(engine)
+    assert len(rows) == 1 and rows[0].cache_creation_tokens == used["cache_creation_input_tokens"]
+
+    at(slack, model, answered + 40 * 60)
+    bot.mention("C1", "and what is still open?", thread_ts=parent)
+    follow = model.usages[-1]
+    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
+    assert follow["cache_read_input_tokens"] == whole
+
+
+def test_no_upgrade_when_a_new_message_carries_a_file(make_bot, slack, model, engine):
+    """A file posted since the answer is read (downloaded) by the next request: the keep-alive
+    does not fetch it, so it only reads the prefix to keep it alive."""
+    slow_habits(engine)
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    at(slack, model, slack.now)
+    parent = slack.add_thread("C1", 120, text_fn=long_text)
+    slack.advance(30)
+    at(slack, model, slack.now)
+    write(bot, slack, parent, 121)
+    bot.mention("C1", "what did we decide?", thread_ts=parent)
+    answered = slack.now
+    at(slack, model, answered + 60)
+    bot.deliver(slack.post_event("C1", "the plan", user="U2", thread_ts=parent,
+                                 files=[{"name": "plan.txt", "content": b"step one"}]))
+    run_due(bot, slack, model, answered + 5 * 60)
+    sent = pings(model)
+    assert len(sent) == 1 and marks_of(sent[0]) == ["5m"]  # a read of the answer's prefix
