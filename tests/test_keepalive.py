@@ -67,14 +67,16 @@ def pings(model: Any) -> list[dict[str, Any]]:
     return [r for r in model.requests if r["body"].get("max_tokens") == 1]
 
 
-def start(make_bot, slack, model, **settings: Any) -> tuple[Bot, str, float]:
+def start(
+    make_bot, slack, model, messages: int = 40, **settings: Any
+) -> tuple[Bot, str, float]:
     bot = make_bot(clock=slack.clock, sleep=slack.sleep, **settings)
     at(slack, model, slack.now)
-    parent = slack.add_thread("C1", 40, text_fn=long_text)
+    parent = slack.add_thread("C1", messages, text_fn=long_text)
     slack.advance(30)
     at(slack, model, slack.now)
     # The bot hears the thread from here on (a message event), so it keeps it.
-    write(bot, slack, parent, 41)
+    write(bot, slack, parent, messages + 1)
     bot.mention("C1", "what did we decide?", thread_ts=parent)
     return bot, parent, slack.now
 
@@ -314,6 +316,12 @@ def slow_habits(engine, team: str = "T0001") -> None:
             data.note_habit(s, team, "first", gap)
 
 
+def start_on_a_slow_workspace(make_bot, slack, model, engine) -> tuple[Bot, str, float]:
+    """A 120-message thread, asked about once, on a workspace of `slow_habits`."""
+    slow_habits(engine)
+    return start(make_bot, slack, model, messages=120)
+
+
 def marks_of(request: dict[str, Any]) -> list[str]:
     content = request["body"]["messages"][0]["content"]
     return [b["cache_control"].get("ttl", "5m") for b in content if "cache_control" in b]
@@ -326,15 +334,8 @@ def test_an_active_thread_likely_asked_within_the_hour_is_written_on_for_an_hour
     within the hour: instead of reading the prefix every 5 minutes, the keep-alive reads it
     once and writes what was said since (the mention, the answer, the new messages) for an
     hour. A follow-up 40 minutes later reads all of it back."""
-    slow_habits(engine)
-    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
-    at(slack, model, slack.now)
-    parent = slack.add_thread("C1", 120, text_fn=long_text)
-    slack.advance(30)
-    at(slack, model, slack.now)
-    write(bot, slack, parent, 121)
-    bot.mention("C1", "what did we decide?", thread_ts=parent)
-    answered, first = slack.now, model.usages[-1]
+    bot, parent, answered = start_on_a_slow_workspace(make_bot, slack, model, engine)
+    first = model.usages[-1]
     assert marks_of(model.requests[-1]) == ["5m"]  # a 5-minute tail: a later hour is unsure
 
     at(slack, model, answered + 60)
@@ -364,15 +365,7 @@ def test_an_active_thread_likely_asked_within_the_hour_is_written_on_for_an_hour
 def test_no_upgrade_when_a_new_message_carries_a_file(make_bot, slack, model, engine):
     """A file posted since the answer is read (downloaded) by the next request: the keep-alive
     does not fetch it, so it only reads the prefix to keep it alive."""
-    slow_habits(engine)
-    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
-    at(slack, model, slack.now)
-    parent = slack.add_thread("C1", 120, text_fn=long_text)
-    slack.advance(30)
-    at(slack, model, slack.now)
-    write(bot, slack, parent, 121)
-    bot.mention("C1", "what did we decide?", thread_ts=parent)
-    answered = slack.now
+    bot, parent, answered = start_on_a_slow_workspace(make_bot, slack, model, engine)
     at(slack, model, answered + 60)
     bot.deliver(slack.post_event("C1", "the plan", user="U2", thread_ts=parent,
                                  files=[{"name": "plan.txt", "content": b"step one"}]))
