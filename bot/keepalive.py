@@ -14,7 +14,9 @@ since the answer, as kept (the mention, the answer, the new messages: the next r
 `AnswerService.prefix_now`), and writes it for an hour (1h breakpoints; the API reads the 5-minute
 entry and writes the rest, and the new entry keeps the whole prefix for an hour). It costs the
 read plus 2x the new tokens, where reads every 5 minutes cost 0.1x the prefix each and a 1-hour
-write made up front 2x the prefix. Then the reads end (the tail is a 1-hour entry).
+write made up front 2x the prefix. Then the reads end (the tail is a 1-hour entry). The first
+time (shortly before the answer's entry expires) it may upgrade even when nobody wrote since:
+the mention and the answer are the next request's prefix too, and cheap to write.
 
 It reads only while the thread is active and it pays: it stops as soon as nobody has written in
 the thread since the previous touch (the answer, or the previous keep-alive read), when the
@@ -306,17 +308,21 @@ class KeepAlive:
         with self._sessions() as s:
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             why = self._stale(state, payload)
-            if why is None and not self._active(s, caller, payload):
+            quiet = why is None and not self._active(s, caller, payload)
+            if quiet and payload["pings"]:
                 why = "the thread went quiet"
             chance, need, habits = 0.0, math.inf, None
             if why is None and state is not None:
-                chance = self.chance(s, caller.team_id, state, payload["pings"] + 1, now)
+                if not quiet:
+                    chance = self.chance(s, caller.team_id, state, payload["pings"] + 1, now)
                 habits = self._habits(s, caller.team_id, now) if self._habits else None
                 need = needed_odds(state, now, habits)
         upgrade = None
         if why is None and state is not None:
             upgrade = self._upgrade(payload, state, now, habits, chance, need)
-            if upgrade is None and chance < need:
+            if upgrade is None and quiet:
+                why = "the thread went quiet"
+            elif upgrade is None and chance < need:
                 why = (
                     f"a request within the next 5 minutes is {chance:.0%} likely; "
                     + (f"a read pays above {need:.1%}" if need <= 1 else
@@ -555,7 +561,8 @@ def describe(
             f"again, {READ / (WRITE_1H - READ):.1%} when for an hour, more when a live 1-hour "
             "anchor beneath the tail holds part of the prefix, which that request reads anyway; "
             "when a request within the hour is likely enough, a read instead writes what was "
-            "said since the answer for an hour (an upgrade), and the reads end"
+            "said since the answer for an hour (an upgrade; the first time even when nobody "
+            "wrote since: the mention and the answer), and the reads end"
         )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"

@@ -134,7 +134,39 @@ def test_keep_alive_stops_when_the_thread_goes_quiet(make_bot, slack, model, eng
     assert model.usages[-1]["cache_read_input_tokens"] == 0  # expired: nothing kept it alive
 
 
-def test_no_keep_alive_on_a_thread_quiet_after_the_answer(make_bot, slack, model, engine):
+def test_a_quiet_thread_gets_no_reads_only_an_upgrade_of_the_mention_and_answer(
+    make_bot, slack, model, engine
+):
+    """Nobody writes after the answer: no read (nothing says a request comes within 5
+    minutes). But the mention and the answer are the next request's prefix too, and a fresh
+    workspace's start belief makes a request within the hour likely enough (45 % after a first
+    request) for one upgrade: the prefix is read once and the two are written for an hour."""
+    bot, parent, answered = start(make_bot, slack, model)
+    first = model.usages[-1]
+    run_due(bot, slack, model, answered + 30 * 60)
+    sent = pings(model)
+    assert len(sent) == 1 and marks_of(sent[0]) == ["1h", "1h"]
+    tail = sent[0]["body"]["messages"][0]["content"]
+    assert "what did we decide?" in tail[-2]["text"]  # the mention, then the answer
+    assert tail[-1]["text"].startswith("[") and "You (assistant)" in tail[-1]["text"]
+    used = model.usages[model.requests.index(sent[0])]
+    assert used["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    assert waiting_jobs(engine) == []
+
+    at(slack, model, answered + 35 * 60)
+    bot.mention("C1", "anything new?", thread_ts=parent)
+    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
+    assert model.usages[-1]["cache_read_input_tokens"] == whole
+
+
+def test_no_keep_alive_on_a_quiet_thread_where_threads_are_rarely_asked_again(
+    make_bot, slack, model, engine
+):
+    """A workspace whose threads are rarely asked about again within the hour: a quiet thread
+    gets neither a read nor an upgrade, and its entry is left to expire."""
+    with sessionmaker(engine).begin() as s:
+        for gap in [6 * 3600] * 40:
+            data.note_habit(s, "T0001", "first", gap)
     bot, parent, answered = start(make_bot, slack, model)
     run_due(bot, slack, model, answered + 30 * 60)
     assert pings(model) == [] and keepalive_rows(engine) == []
