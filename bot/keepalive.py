@@ -97,11 +97,12 @@ def lane_of(team_id: str, channel_id: str, thread_ts: str) -> str:
     return f"{team_id}:{channel_id}:{thread_ts}:{KIND}"
 
 
-def ping_body(body: dict[str, Any]) -> dict[str, Any] | None:
+def ping_body(body: dict[str, Any], ttl: str = "5m") -> dict[str, Any] | None:
     """The keep-alive request for an answer's `body`: the same prefix up to and including its
-    last 5-minute breakpoint (that block keeps its mark, so the call reads the entry), nothing
-    after it, no streaming, `max_tokens` 1. None when the body has no 5-minute breakpoint in a
-    user turn (nothing a read could keep alive)."""
+    last breakpoint, of `ttl` (that block keeps its mark, so the call reads the entry; an
+    upgrade's, 1h, writes it), nothing after it, no streaming, `max_tokens` 1. None when the
+    body's last breakpoint is not one of `ttl` in a user turn (nothing a read could keep
+    alive)."""
     messages = body.get("messages") or []
     for m in range(len(messages) - 1, -1, -1):
         content = messages[m].get("content")
@@ -111,7 +112,7 @@ def ping_body(body: dict[str, Any]) -> dict[str, Any] | None:
             control = content[b].get("cache_control") if isinstance(content[b], dict) else None
             if not control:
                 continue
-            if control.get("ttl", "5m") != "5m" or messages[m].get("role") != "user":
+            if control.get("ttl", "5m") != ttl or messages[m].get("role") != "user":
                 return None
             out = {k: copy.deepcopy(v) for k, v in body.items() if k not in ("messages", "stream")}
             kept = copy.deepcopy(messages[: m + 1])
@@ -422,8 +423,16 @@ class KeepAlive:
         if found.anchor is not None and found.anchor_life > UPGRADE_TTL / 2:
             covered = min(tokens, found.anchor_tokens)
         best = max(0.0, (chance * saving - READ) * tokens if chance >= need else 0.0)
-        if within_hour * saving * (tokens - covered) - READ * tokens <= best:
-            return None  # not even with nothing new to write
+
+        def gain(new: int) -> float:
+            """The upgrade's expected gain when it writes `new` tokens."""
+            return (
+                within_hour * saving * (tokens - covered) - READ * tokens
+                - (WRITE_1H - within_hour * MISS) * new
+            )
+
+        if gain(0) <= best:
+            return None  # not even with nothing new to write: nothing to render
         try:
             built = self._prefix_now(payload["request"])
         except Exception:  # noqa: BLE001 - a read is still possible; the cause is logged
@@ -432,16 +441,9 @@ class KeepAlive:
         if built is None or built.write_ttl != "1h" or not built.read_prior:
             return None
         new = built.new_tokens
-        gain = (
-            within_hour * saving * (tokens - covered) - READ * tokens
-            - (WRITE_1H - within_hour * MISS) * new
-        )
-        if gain <= best:
+        body = ping_body(built.body, "1h")  # up to the new breakpoint: no request block
+        if body is None or gain(new) <= best:
             return None
-        body = {k: v for k, v in built.body.items() if k != "stream"}
-        content = body["messages"][0]["content"]
-        body["messages"] = [{"role": "user", "content": content[:-1]}]  # no request block
-        body["max_tokens"] = MAX_TOKENS
         log.info(
             "keep-alive for %s/%s: a request within the hour is %.0f%% likely; writing the %d "
             "tokens since the answer for an hour",

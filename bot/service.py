@@ -745,9 +745,9 @@ class AnswerService:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
             cache = self._ttl.plan(s, req.team_id, state, now)
             stored = data.get_compaction(s, req.team_id, req.channel_id, req.thread_ts)
-        if not kept or any(m.get("files") for m in kept if ts_key(m["ts"]) > ts_key(
-            (state.cache_boundary_ts if state else None) or "0")):
-            return None
+        since = ts_key((state.cache_boundary_ts if state else None) or "0")
+        if not kept or any(m.get("files") for m in kept if ts_key(m["ts"]) > since):
+            return None  # a file since the entry: the next request downloads it, not this
         kept.sort(key=lambda m: ts_key(m["ts"]))
         eff = self.workspaces.effective(req.team_id)
         documents = not self.documents.refused(self._settings.anthropic_base_url, eff.model)
