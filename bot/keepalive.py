@@ -14,12 +14,13 @@ since the answer, as kept (the mention, the answer, the new messages: the next r
 `AnswerService.prefix_now`), and writes it for an hour (1h breakpoints; the API reads the 5-minute
 entry and writes the rest, and the new entry keeps the whole prefix for an hour). It costs the
 read plus 2x the new tokens, where reads every 5 minutes cost 0.1x the prefix each and a 1-hour
-write made up front 2x the prefix. Then the reads end (the tail is a 1-hour entry). The first
-time (shortly before the answer's entry expires) it may upgrade even when nobody wrote since:
-the mention and the answer are the next request's prefix too, and cheap to write.
+write made up front 2x the prefix. Then the reads end (the tail is a 1-hour entry). It may
+upgrade when nobody wrote since the last touch too (no read pays then): the mention and the
+answer, and what was written before, are the next request's prefix, and cheap to write.
 
-It reads only while the thread is active and it pays: it stops as soon as nobody has written in
-the thread since the previous touch (the answer, or the previous keep-alive read), when the
+It reads only while the thread is active and it pays: it stops (unless it upgrades) as soon as
+nobody has written in the thread since the previous touch (the answer, or the previous
+keep-alive read), when the
 workspace's earlier keep-alive reads after the same kind of request were followed by a request
 within their 5 minutes less often than a read needs to pay (`track_record`, from the ledger,
 moved towards its other reads and from a start belief; `needed_odds`: 8.7 % when a request then
@@ -302,7 +303,8 @@ class KeepAlive:
 
     def run(self, payload: dict[str, Any]) -> None:
         """One keep-alive read, if the thread is still active and its tail unchanged; then the
-        next one is due shortly before the refreshed entry expires (`Deferred`)."""
+        next one is due shortly before the refreshed entry expires (`Deferred`). Or an upgrade,
+        active or not, when it pays more; then none is due."""
         caller = KeepCaller(**payload["caller"])
         where = f"{caller.channel_id}/{caller.thread_ts}"
         now = datetime.fromtimestamp(self._clock(), UTC)
@@ -310,8 +312,6 @@ class KeepAlive:
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             why = self._stale(state, payload)
             quiet = why is None and not self._active(s, caller, payload)
-            if quiet and payload["pings"]:
-                why = "the thread went quiet"
             chance, need, habits = 0.0, math.inf, None
             if why is None and state is not None:
                 if not quiet:
@@ -563,8 +563,8 @@ def describe(
             f"again, {READ / (WRITE_1H - READ):.1%} when for an hour, more when a live 1-hour "
             "anchor beneath the tail holds part of the prefix, which that request reads anyway; "
             "when a request within the hour is likely enough, a read instead writes what was "
-            "said since the answer for an hour (an upgrade; the first time even when nobody "
-            "wrote since: the mention and the answer), and the reads end"
+            "said since the answer for an hour (an upgrade, also when nobody wrote since "
+            "the last touch, instead of ending), and the reads end"
         )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"
@@ -578,6 +578,6 @@ def describe(
     return (
         f"{plan}; one waiting: {payload['pings']} reads so far, next due {when}, "
         + ("people wrote since the last touch, so it will read" if active else
-           "nobody wrote since the last touch, so it will end")
+           "nobody wrote since the last touch, so it will upgrade or end")
     )
 

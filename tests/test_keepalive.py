@@ -119,19 +119,54 @@ def test_active_thread_is_kept_warm_and_the_follow_up_reads_it(make_bot, slack, 
     assert follow["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
 
 
+def rarely_asked_again(engine, team: str = "T0001") -> None:
+    """A workspace whose threads are rarely asked about again within the hour."""
+    with sessionmaker(engine).begin() as s:
+        for gap in [6 * 3600] * 40:
+            data.note_habit(s, team, "first", gap)
+
+
 def test_keep_alive_stops_when_the_thread_goes_quiet(make_bot, slack, model, engine):
+    """On a workspace whose threads are rarely asked again within the hour, a read while
+    people write; once they stop, no upgrade pays either, and the reads end."""
+    rarely_asked_again(engine)
     bot, parent, answered = start(make_bot, slack, model)
     at(slack, model, answered + 60)
     write(bot, slack, parent, 100)  # one message after the answer, then silence
     run_due(bot, slack, model, answered + 40 * 60)
 
-    assert len(pings(model)) == 1  # the first read (activity since the answer), no second
+    sent = pings(model)
+    assert len(sent) == 1 and marks_of(sent[0]) == ["5m"]  # the first read, no second
     assert len(keepalive_rows(engine)) == 1
     assert waiting_jobs(engine) == []  # it ended instead of waiting on
 
     at(slack, model, answered + 15 * 60)
     bot.mention("C1", "anything new?", thread_ts=parent)
     assert model.usages[-1]["cache_read_input_tokens"] == 0  # expired: nothing kept it alive
+
+
+def test_a_thread_that_goes_quiet_after_reads_is_upgraded_once(make_bot, slack, model, engine):
+    """A read while people write; when they stop, a request within the hour is still likely
+    enough on a fresh workspace (its start belief), so the next call writes what was said
+    since the answer for an hour instead of ending, and a follow-up 25 minutes later reads
+    it all."""
+    bot, parent, answered = start(make_bot, slack, model)
+    at(slack, model, answered + 60)
+    write(bot, slack, parent, 100)
+    run_due(bot, slack, model, answered + 40 * 60)
+
+    sent = pings(model)
+    assert [marks_of(p) for p in sent] == [["5m"], ["1h", "1h"]]
+    assert "Message 100" in sent[1]["body"]["messages"][0]["content"][-1]["text"]
+    used = model.usages[model.requests.index(sent[1])]
+    assert used["cache_read_input_tokens"] > 0
+    assert used["cache_creation"]["ephemeral_1h_input_tokens"] > 0
+    assert waiting_jobs(engine) == []
+
+    at(slack, model, answered + 25 * 60)
+    bot.mention("C1", "anything new?", thread_ts=parent)
+    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
+    assert model.usages[-1]["cache_read_input_tokens"] == whole
 
 
 def test_a_quiet_thread_gets_no_reads_only_an_upgrade_of_the_mention_and_answer(
@@ -164,9 +199,7 @@ def test_no_keep_alive_on_a_quiet_thread_where_threads_are_rarely_asked_again(
 ):
     """A workspace whose threads are rarely asked about again within the hour: a quiet thread
     gets neither a read nor an upgrade, and its entry is left to expire."""
-    with sessionmaker(engine).begin() as s:
-        for gap in [6 * 3600] * 40:
-            data.note_habit(s, "T0001", "first", gap)
+    rarely_asked_again(engine)
     bot, parent, answered = start(make_bot, slack, model)
     run_due(bot, slack, model, answered + 30 * 60)
     assert pings(model) == [] and keepalive_rows(engine) == []
@@ -217,7 +250,7 @@ def test_inspect_explains_the_keep_alive(make_bot, slack, model, engine, databas
     _, quiet = inspect(settings, link)
     assert "Keep-alive reads: " in quiet
     assert "one waiting: 0 reads so far" in quiet
-    assert "nobody wrote since the last touch, so it will end" in quiet
+    assert "nobody wrote since the last touch, so it will upgrade or end" in quiet
     # no read of the workspace has run its 5 minutes yet: the start belief
     assert "expected to be followed by a request 30% of the time (0 of its own so far" in quiet
 
