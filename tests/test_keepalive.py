@@ -437,3 +437,32 @@ def test_no_upgrade_when_a_new_message_carries_a_file(make_bot, slack, model, en
     run_due(bot, slack, model, answered + 5 * 60)
     sent = pings(model)
     assert len(sent) == 1 and marks_of(sent[0]) == ["5m"]  # a read of the answer's prefix
+
+
+def test_an_upgrade_of_a_thread_kept_from_events_is_read_back(make_bot, slack, model, engine):
+    """A thread the bot kept whole from message events, the mention too (Slack sends it as
+    `app_mention` and as a `message` event): the answer reads nothing from Slack, and the
+    upgrade's prefix, built from the kept copy alone, is the next request's: it reads it all
+    back 35 minutes later."""
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    at(slack, model, slack.now)
+    root = slack.post_event("C1", long_text(0), user="U1")
+    bot.deliver(root)
+    parent = root["ts"]
+    for i in range(1, 40):
+        write(bot, slack, parent, i)
+    posted = slack.post_event("C1", "<@UBOT> what did we decide?", user="U1", thread_ts=parent)
+    bot.deliver(posted)
+    reads = len(slack.calls_to("conversations.replies"))
+    bot.event(slack.app_mention_event("C1", posted["ts"]))
+    assert len(slack.calls_to("conversations.replies")) == reads  # kept whole: no read
+    answered = slack.now
+    run_due(bot, slack, model, answered + 30 * 60)
+    sent = pings(model)
+    assert len(sent) == 1 and marks_of(sent[0]) == ["1h", "1h"]
+    used = model.usages[model.requests.index(sent[0])]
+
+    at(slack, model, answered + 35 * 60)
+    bot.mention("C1", "anything new?", thread_ts=parent)
+    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
+    assert model.usages[-1]["cache_read_input_tokens"] == whole
