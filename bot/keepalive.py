@@ -9,7 +9,8 @@ breakpoint, and `max_tokens` 1: it reads the prefix at 0.1x and refreshes the en
 (1.25x, or 2x for a 1-hour write made up front). Then it queues itself again.
 
 An upgrade instead of a read: when the thread's next request is likely within the hour
-(the TTL policy's odds after its last request, `Rhythm.odds`), the read also sends what was said
+(the TTL policy's odds after its last request, `Rhythm.odds`, moved towards what followed the
+workspace's earlier upgrades, `upgrade_odds`), the read also sends what was said
 since the answer, as kept (the mention, the answer, the new messages: the next request's prefix,
 `AnswerService.prefix_now`), and writes it for an hour (1h breakpoints; the API reads the 5-minute
 entry and writes the rest, and the new entry keeps the whole prefix for an hour). It costs the
@@ -133,16 +134,34 @@ START_WEIGHT = 5.0
 DONE = ("keepalive", "compact")  # ledger kinds that are not requests
 
 
-def track_record(
-    session: Session, team_id: str, now: datetime
-) -> dict[tuple[str, int], tuple[int, int]]:
-    """The workspace's keep-alive reads and what followed, from the ledger: per context of the
-    request they follow (the gap before it: first, short, medium, long) and read number after
-    it (1, 2, 3 for the third and later), (reads whose 5 minutes are over, reads followed by a
-    request on the thread within those 5 minutes)."""
+@dataclass(frozen=True)
+class TrackRecord:
+    """What followed the workspace's earlier keep-alive calls, from the ledger (`track_record`).
+
+    `reads`: per context of the request they follow (the gap before it: first, short, medium,
+    long) and read number after it (1, 2, 3 for the third and later), (reads whose 5 minutes
+    are over, reads followed by a request on the thread within those 5 minutes). Upgrades count
+    here too: they read the entry.
+    `upgrades`: per context, (upgrades whose hour is over, upgrades followed by a request on the
+    thread within that hour)."""
+
+    reads: dict[tuple[str, int], tuple[int, int]]
+    upgrades: dict[str, tuple[int, int]]
+
+
+def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
+    """The workspace's keep-alive calls of the last LEARN_DAYS (newest LEARN_READS) and what
+    followed each, from the ledger. An upgrade is a call that read the entry and wrote (a read
+    of a live entry writes nothing)."""
     since = now - timedelta(days=LEARN_DAYS)
-    reads = session.execute(
-        select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at)
+    calls = session.execute(
+        select(
+            UsageRecord.channel_id,
+            UsageRecord.thread_ts,
+            UsageRecord.created_at,
+            UsageRecord.cache_read_tokens,
+            UsageRecord.cache_creation_tokens,
+        )
         .where(
             UsageRecord.team_id == team_id,
             UsageRecord.kind == KIND,
@@ -152,9 +171,9 @@ def track_record(
         .order_by(UsageRecord.created_at.desc())
         .limit(LEARN_READS)
     ).all()
-    if not reads:
-        return {}
-    threads = {t for _, t, _ in reads}
+    if not calls:
+        return TrackRecord({}, {})
+    threads = {c.thread_ts for c in calls}
     asked: dict[tuple[str, str], list[float]] = {}
     for channel, thread, at in session.execute(
         select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at).where(
@@ -165,28 +184,36 @@ def track_record(
         )
     ):
         asked.setdefault((channel, thread), []).append(_epoch(at) or 0.0)
-    by_thread: dict[tuple[str, str], list[float]] = {}
-    for channel, thread, at in reads:
-        by_thread.setdefault((channel, thread), []).append(_epoch(at) or 0.0)
-    out: dict[tuple[str, int], list[int]] = {}
+    by_thread: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+    for channel, thread, at, read, written in calls:
+        upgrade = bool(read) and bool(written)
+        by_thread.setdefault((channel, thread), []).append((_epoch(at) or 0.0, upgrade))
+    reads: dict[tuple[str, int], list[int]] = {}
+    upgrades: dict[str, list[int]] = {}
     end = now.timestamp()
     for key, times in by_thread.items():
         requests = sorted(asked.get(key, []))
         times.sort()
-        for i, at in enumerate(times):
+        for i, (at, upgrade) in enumerate(times):
             if at + TTL > end:
                 continue  # its 5 minutes are not over
             before = [r for r in requests if r <= at]
             last_request = before[-1] if before else None
-            gap = before[-1] - before[-2] if len(before) > 1 else None
+            context = data.gap_context(before[-1] - before[-2] if len(before) > 1 else None)
             number = sum(
-                1 for t in times[: i + 1] if last_request is None or t > last_request
+                1 for t, _ in times[: i + 1] if last_request is None or t > last_request
             )
-            followed = any(at < r <= at + TTL for r in requests)
-            counts = out.setdefault((data.gap_context(gap), min(number, 3)), [0, 0])
+            counts = reads.setdefault((context, min(number, 3)), [0, 0])
             counts[0] += 1
-            counts[1] += followed
-    return {k: (v[0], v[1]) for k, v in out.items()}
+            counts[1] += any(at < r <= at + TTL for r in requests)
+            if upgrade and at + UPGRADE_TTL <= end:
+                counts = upgrades.setdefault(context, [0, 0])
+                counts[0] += 1
+                counts[1] += any(at < r <= at + UPGRADE_TTL for r in requests)
+    return TrackRecord(
+        {k: (v[0], v[1]) for k, v in reads.items()},
+        {k: (v[0], v[1]) for k, v in upgrades.items()},
+    )
 
 
 def followed_odds(
@@ -202,6 +229,15 @@ def followed_odds(
     base = shrunk(followed, reads, START_FOLLOWED, START_WEIGHT)
     reads, followed = record.get((context, n), (0, 0))
     return shrunk(followed, reads, base, START_WEIGHT)
+
+
+def upgrade_odds(record: TrackRecord, context: str, expected: float) -> float:
+    """The chance that a request on the thread comes within an upgrade's hour: `expected` (the
+    TTL policy's odds for this thread, given the time since its last request) moved towards
+    what followed the workspace's earlier upgrades after a request of this `context` (each
+    upgrade counts once, `expected` START_WEIGHT upgrades)."""
+    upgrades, followed = record.upgrades.get(context, (0, 0))
+    return shrunk(followed, upgrades, expected, START_WEIGHT)
 
 
 def needed_odds(state: ThreadState, now: datetime, habits: Habits | None = None) -> float:
@@ -312,15 +348,17 @@ class KeepAlive:
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             why = self._stale(state, payload)
             quiet = why is None and not self._active(s, caller, payload)
-            chance, need, habits = 0.0, math.inf, None
+            chance, need, habits, record = 0.0, math.inf, None, TrackRecord({}, {})
             if why is None and state is not None:
+                record = track_record(s, caller.team_id, now)
                 if not quiet:
-                    chance = self.chance(s, caller.team_id, state, payload["pings"] + 1, now)
+                    number = payload["pings"] + 1
+                    chance = self.chance(s, caller.team_id, state, number, now, record)
                 habits = self._habits(s, caller.team_id, now) if self._habits else None
                 need = needed_odds(state, now, habits)
         upgrade = None
         if why is None and state is not None:
-            upgrade = self._upgrade(payload, state, now, habits, chance, need)
+            upgrade = self._upgrade(payload, state, now, habits, chance, need, record)
             if upgrade is None and quiet:
                 why = "the thread went quiet"
             elif upgrade is None and chance < need:
@@ -396,6 +434,7 @@ class KeepAlive:
         habits: Habits | None,
         chance: float,
         need: float,
+        record: TrackRecord,
     ) -> tuple[Built, dict[str, Any]] | None:
         """Whether an upgrade beats a read (and stopping): the thread's transcript as kept now,
         the live tail read back and everything after it (the mention, the answer, what people
@@ -405,8 +444,10 @@ class KeepAlive:
         Per token of the prefix: a read costs READ and saves `saving` if the next request
         comes within its 5 minutes (`chance`); an upgrade costs READ for the prefix and WRITE_1H
         for the new tokens, and saves `saving` on the prefix (above a 1-hour anchor that lives
-        on) if the next request comes within the hour, plus the 5-minute write of the new
-        tokens that request would have made. The larger expected gain wins, if positive."""
+        on) if the next request comes within the hour (the TTL policy's odds, moved towards
+        what followed the workspace's earlier upgrades: `upgrade_odds`), plus the 5-minute
+        write of the new tokens that request would have made. The larger expected gain wins,
+        if positive."""
         if self._prefix_now is None or habits is None or not payload.get("request"):
             return None
         last = data.as_utc(state.last_request_at)
@@ -414,7 +455,11 @@ class KeepAlive:
             return None
         elapsed = (now - last).total_seconds()
         rhythm = rhythm_after(state, habits)
-        within_hour = next_within(rhythm.odds, elapsed, UPGRADE_TTL - LEAD)
+        within_hour = upgrade_odds(
+            record,
+            data.gap_context(state.last_gap_seconds),
+            next_within(rhythm.odds, elapsed, UPGRADE_TTL - LEAD),
+        )
         dead, alive = futures(rhythm.after_gap(elapsed + UPGRADE_TTL / 4).odds)
         saving = max(MISS - READ, dead - alive)
         tokens = state.cache_prefix_tokens or 0
@@ -455,7 +500,13 @@ class KeepAlive:
         return built, body
 
     def chance(
-        self, session: Session, team_id: str, state: ThreadState, number: int, now: datetime
+        self,
+        session: Session,
+        team_id: str,
+        state: ThreadState,
+        number: int,
+        now: datetime,
+        record: TrackRecord | None = None,
     ) -> float:
         """The chance that the thread's next request comes while read `number` (after the
         answer) keeps the entry alive, the thread being active: by `rule`, what followed the
@@ -463,7 +514,8 @@ class KeepAlive:
         the thread's last request (`odds`), or certain enough (`activity`)."""
         if self.rule == "learned":
             context = data.gap_context(state.last_gap_seconds)
-            return followed_odds(track_record(session, team_id, now), number, context)
+            record = record or track_record(session, team_id, now)
+            return followed_odds(record.reads, number, context)
         if self.rule == "odds" and self._habits is not None:
             last = data.as_utc(state.last_request_at)
             elapsed = (now - last).total_seconds() if last is not None else 0.0
@@ -553,8 +605,9 @@ def describe(
         state = data.get_thread(session, team_id, channel_id, thread_ts)
         context = data.gap_context(state.last_gap_seconds) if state is not None else "first"
         record = track_record(session, team_id, at)
-        chance = followed_odds(record, 1, context)
-        reads = record.get((context, 1), (0, 0))[0]
+        chance = followed_odds(record.reads, 1, context)
+        reads = record.reads.get((context, 1), (0, 0))[0]
+        upgrades, followed = record.upgrades.get(context, (0, 0))
         plan += (
             f", or when they do not pay: the workspace's first reads after a request like the "
             f"thread's last ({context}) are expected to be followed by a request {chance:.0%} "
@@ -564,7 +617,9 @@ def describe(
             "anchor beneath the tail holds part of the prefix, which that request reads anyway; "
             "when a request within the hour is likely enough, a read instead writes what was "
             "said since the answer for an hour (an upgrade, also when nobody wrote since "
-            "the last touch, instead of ending), and the reads end"
+            "the last touch, instead of ending), and the reads end; of the workspace's "
+            f"upgrades after a request like this one, {followed} of {upgrades} were followed "
+            "by a request within their hour"
         )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"

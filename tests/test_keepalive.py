@@ -12,7 +12,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.digest import Period, build_digest, render_text
-from bot.keepalive import KIND, LEAD, MAX_PINGS, TTL, followed_odds, needed_odds
+from bot.keepalive import (
+    KIND,
+    LEAD,
+    MAX_PINGS,
+    TTL,
+    followed_odds,
+    needed_odds,
+    track_record,
+    upgrade_odds,
+)
 from bot.store import data
 from bot.store.models import Job, ThreadState, UsageRecord
 from bot.ttl_policy import KEEP_ALIVE_ODDS
@@ -253,6 +262,7 @@ def test_inspect_explains_the_keep_alive(make_bot, slack, model, engine, databas
     assert "nobody wrote since the last touch, so it will upgrade or end" in quiet
     # no read of the workspace has run its 5 minutes yet: the start belief
     assert "expected to be followed by a request 30% of the time (0 of its own so far" in quiet
+    assert "upgrades after a request like this one, 0 of 0 were followed" in quiet
 
     at(slack, model, answered + 60)
     write(bot, slack, parent, 100)
@@ -466,3 +476,64 @@ def test_an_upgrade_of_a_thread_kept_from_events_is_read_back(make_bot, slack, m
     bot.mention("C1", "anything new?", thread_ts=parent)
     whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
     assert model.usages[-1]["cache_read_input_tokens"] == whole
+
+
+def past_calls(engine, now: float, followed_after: float | None, n: int) -> None:
+    """The ledger of a workspace's earlier threads (in channel C9, hours before `now`): on
+    each, a first request and 4.5 minutes later a keep-alive upgrade (it read the entry and
+    wrote), then a request `followed_after` seconds after the upgrade, or none."""
+    def row(thread: str, at: float, kind: str, read: int = 0, written: int = 0) -> UsageRecord:
+        return UsageRecord(
+            created_at=datetime.fromtimestamp(at, UTC), team_id="T0001", channel_id="C9",
+            thread_ts=thread, user_id="U2", kind=kind, model="claude-sonnet-4-5",
+            cache_read_tokens=read, cache_creation_tokens=written, outcome="ok",
+        )
+
+    with sessionmaker(engine).begin() as s:
+        for i in range(n):
+            asked = now - (n - i) * 4 * 3600
+            thread = f"{int(asked)}.000100"
+            data.add_usage(s, row(thread, asked, "mention"))
+            data.add_usage(s, row(thread, asked + 270, KIND, read=5000, written=300))
+            if followed_after is not None:
+                data.add_usage(s, row(thread, asked + 270 + followed_after, "mention"))
+
+
+def test_the_record_counts_upgrades_by_what_followed_within_their_hour(engine, slack):
+    """Upgrades (calls that read and wrote) count apart from plain reads, once their hour is
+    over, as followed when a request on the thread came within it."""
+    past_calls(engine, slack.now, followed_after=1800, n=3)
+    past_calls(engine, slack.now - 3600, followed_after=None, n=2)  # other threads, earlier
+    with sessionmaker(engine).begin() as s:  # a plain read, and an upgrade whose hour runs
+        for at, written in ((slack.now - 7200, 0), (slack.now - 600, 300)):
+            data.add_usage(s, UsageRecord(
+                created_at=datetime.fromtimestamp(at, UTC), team_id="T0001", channel_id="C9",
+                thread_ts=f"{int(at)}.000200", user_id="U2", kind=KIND, model="m",
+                cache_read_tokens=5000, cache_creation_tokens=written, outcome="ok",
+            ))
+    with sessionmaker(engine)() as s:
+        record = track_record(s, "T0001", datetime.fromtimestamp(slack.now, UTC))
+    assert record.upgrades == {"first": (5, 3)}
+    assert record.reads[("first", 1)] == (7, 0)  # every call that read, none within 5 minutes
+    assert upgrade_odds(record, "first", 0.5) == pytest.approx((3 + 5 * 0.5) / (5 + 5))
+    assert upgrade_odds(record, "long", 0.5) == 0.5  # none after such a request: as expected
+
+
+@pytest.mark.parametrize("history", ["none", "unfollowed"])
+def test_a_workspace_whose_upgrades_go_unfollowed_stops_making_them(
+    make_bot, slack, model, engine, history
+):
+    """On a workspace whose threads are usually asked again within the hour, a quiet thread's
+    mention and answer are upgraded (as above: a request within the hour 37 % likely). Where
+    the workspace's last 60 upgrades after a first request were followed by no request within
+    their hour, the odds move towards that (3 %) and the entry is left to expire."""
+    if history == "unfollowed":
+        past_calls(engine, slack.now, followed_after=None, n=60)
+    bot, parent, answered = start_on_a_slow_workspace(make_bot, slack, model, engine)
+    run_due(bot, slack, model, answered + 30 * 60)
+    sent = pings(model)
+    if history == "none":
+        assert len(sent) == 1 and marks_of(sent[0]) == ["1h", "1h"]
+    else:
+        assert sent == [] and waiting_jobs(engine) == []
+        assert [r for r in keepalive_rows(engine) if r.channel_id == "C1"] == []
