@@ -578,7 +578,8 @@ class AnswerService:
         now = self.now()
         with self._sessions() as s:
             state = data.get_thread(s, req.team_id, req.channel_id, req.thread_ts)
-            cache = self._ttl.plan(s, req.team_id, state, now)
+            upgradable = self._upgradable(s, req)
+            cache = self._ttl.plan(s, req.team_id, state, now, upgradable)
         scale = self._scale.get(model, 1.0)
         try:
             compacted = self._compactor(req, model, on_progress).compacted(
@@ -775,6 +776,15 @@ class AnswerService:
     def habits(self, session: Session, team_id: str, now: datetime) -> Habits:
         """The workspace's habits as the TTL policy sees them (kept a minute per process)."""
         return self._ttl.habits(session, team_id, now)
+
+    def _upgradable(self, session: Session, req: ThreadRequest) -> bool:
+        """Whether a 5-minute write for `req` would get keep-alive calls that may upgrade it
+        (`prefix_now`): CACHE_TTL=auto, a thread in the mention layout, transcripts kept."""
+        if self.keepalive is None or self._settings.cache_ttl != "auto":
+            return False
+        if req.kind == "recap" or self.conversational(req):
+            return False
+        return self.keeper.keeps(session, req.team_id)
 
     def _keep_alive(
         self,

@@ -55,6 +55,10 @@ OWN_WEIGHT = 2.0  # how many of a thread's own gaps the workspace's habit is wor
 # rest are a thread's last), worth START_WEIGHT requests of the workspace's own.
 START_CONTINUED = 0.75
 MAX_ODDS = 0.95  # no follow-up is certain
+# A keep-alive upgrade (bot/keepalive.py) comes this many seconds after a 5-minute write, and
+# writes about this many tokens for an hour besides the prefix (the mention and the answer).
+UPGRADE_AFTER = 270.0
+UPGRADE_EXTRA = 500
 
 
 def shrunk(hits: float, seen: float, belief: float, weight: float = START_WEIGHT) -> float:
@@ -209,7 +213,9 @@ def futures(odds: tuple[float, float]) -> tuple[float, float]:
     return dead[best], alive[best]
 
 
-def expected_costs(rhythm: Rhythm, new_tokens: int, held: list[Held]) -> dict[str, float]:
+def expected_costs(
+    rhythm: Rhythm, new_tokens: int, held: list[Held], upgradable: bool = False
+) -> dict[str, float]:
     """Expected cost of each write, in base-price tokens, now and from the next request on.
 
     `held`: the entries that stay readable without a new write (the one read now, refreshed;
@@ -243,11 +249,19 @@ def expected_costs(rhythm: Rhythm, new_tokens: int, held: list[Held]) -> dict[st
         return total
 
     w = float(new_tokens)
-    return {
+    costs = {
         "none": w + later(w, 0) + keeping(0, 0),
         "5m": WRITE_5M * w + keeping(w, 300),
         "1h": WRITE_1H * w + keeping(w, 3600),
     }
+    if upgradable:
+        # 5 minutes now, and unless a request comes first, the keep-alive's upgrade shortly
+        # before they end: a read of the whole prefix and the mention and answer for an hour
+        prefix = w + max((h.tokens for h in held), default=0)
+        first = within(odds, UPGRADE_AFTER)
+        upgrade = READ * prefix + WRITE_1H * UPGRADE_EXTRA
+        costs["5m, then 1h"] = WRITE_5M * w + (1 - first) * upgrade + keeping(w, 3600)
+    return costs
 
 
 def choose_ttl(
@@ -257,6 +271,7 @@ def choose_ttl(
     prefix_tokens: int,
     mode: str = "auto",
     held: list[Held] | None = None,
+    upgradable: bool = False,
 ) -> Choice:
     """Pick the write (none, 5m or 1h) with the lowest expected cost (`expected_costs`).
 
@@ -270,10 +285,11 @@ def choose_ttl(
     read = max(0, prefix_tokens - new_tokens)
     if held is None:
         held = [Held(read, 300)] if read else []
-    costs = expected_costs(rhythm, new_tokens, held)
+    costs = expected_costs(rhythm, new_tokens, held, upgradable)
     options = [k for k in costs if k != "none" or rhythm.odds[0] < QUICK_FLOOR]
-    best = min(options, key=lambda k: (round(costs[k], 6), ["5m", "1h", "none"].index(k)))
-    return Choice(None if best == "none" else best, costs)
+    order = ["5m", "1h", "5m, then 1h", "none"]
+    best = min(options, key=lambda k: (round(costs[k], 6), order.index(k)))
+    return Choice({"none": None, "5m, then 1h": "5m"}.get(best, best), costs)
 
 
 @dataclass(frozen=True)
@@ -385,6 +401,7 @@ class CachePlan:
     mode: str
     fallback: PriorCache | None = None
     found: Entries | None = None
+    upgradable: bool = False  # a 5-minute write may be upgraded by the keep-alive
 
     def held(
         self, new_tokens: int, prefix_tokens: int, read: PriorCache | None
@@ -411,6 +428,7 @@ class CachePlan:
             prefix_tokens=prefix_tokens,
             mode=self.mode,
             held=self.held(new_tokens, prefix_tokens, read),
+            upgradable=self.upgradable,
         )
 
     def ttl(
@@ -428,14 +446,21 @@ class TtlPolicy:
         self._habits: dict[str, tuple[float, Habits]] = {}
 
     def plan(
-        self, session: Session, team_id: str, state: ThreadState | None, now: datetime
+        self,
+        session: Session,
+        team_id: str,
+        state: ThreadState | None,
+        now: datetime,
+        upgradable: bool = False,
     ) -> CachePlan:
-        """What to read back and how to choose the write for a request on `state`'s thread."""
+        """What to read back and how to choose the write for a request on `state`'s thread
+        (`upgradable`: a 5-minute write would get keep-alive calls that may upgrade it)."""
         found = entries(state, now)
         rhythm = rhythm_now(state, self.habits(session, team_id, now), now)
         prior = found.tail or found.anchor
         fallback = found.anchor if found.tail is not None else None
-        return CachePlan(prior, found.note, rhythm, self._mode, fallback, found)
+        upgradable = upgradable and self._mode == "auto"
+        return CachePlan(prior, found.note, rhythm, self._mode, fallback, found, upgradable)
 
     def habits(self, session: Session, team_id: str, now: datetime) -> Habits:
         """The workspace's habits, recomputed at most every HABIT_REFRESH seconds."""

@@ -17,6 +17,7 @@ from bot.store.models import (
     ThreadMessage,
     ThreadState,
     UsageRecord,
+    WorkspaceSettings,
 )
 from bot.ttl_policy import Habits, Held, Rhythm, choose_ttl
 from tests.harness import SlackUI
@@ -216,7 +217,16 @@ def test_missed_edit_is_caught_by_the_periodic_full_read(make_bot, slack, model,
     assert slack.calls_to("conversations.replies")[-1]["oldest"] == parent  # whole again
 
 
-def test_half_hour_rhythm_switches_to_1h_and_keeps_hitting(tbot, slack, model, clock):
+def no_keep_alive(engine, slack) -> None:
+    """The workspace keeps no transcripts: no keep-alive calls, so nothing would upgrade a
+    5-minute write and the policy writes for an hour itself where that pays (with them, a
+    whole prefix is written for 5 minutes and upgraded: test_keepalive)."""
+    with sessionmaker(engine).begin() as s:
+        s.add(WorkspaceSettings(team_id=slack.team_id, keep_transcripts=False))
+
+
+def test_half_hour_rhythm_switches_to_1h_and_keeps_hitting(tbot, slack, model, clock, engine):
+    no_keep_alive(engine, slack)
     parent = slack.add_thread("C1", 60, text_fn=words)
     for turn in range(5):
         slack.add_message("C1", words(500 + turn), user="U3", thread_ts=parent)
@@ -317,7 +327,8 @@ def test_retention_forgets_idle_threads(tbot, slack, model, engine, clock):
     assert slack.calls_to("conversations.replies")[-1]["oldest"] == parent  # whole again
 
 
-def test_a_slow_follow_up_reads_the_1h_anchor_beneath_5m_tails(tbot, slack, model, clock):
+def test_a_slow_follow_up_reads_the_1h_anchor_beneath_5m_tails(tbot, slack, model, clock, engine):
+    no_keep_alive(engine, slack)  # the policy's own 1h writes (with upgrades: test_keepalive)
     parent = slack.add_thread("C1", 60, text_fn=words)
 
     def ask(turn: int, after: float) -> None:
@@ -347,6 +358,7 @@ def test_a_slow_follow_up_reads_the_1h_anchor_beneath_5m_tails(tbot, slack, mode
 def test_first_writes_follow_the_workspace_habits_kept_in_sql(
     make_bot, slack, model, clock, engine, follow_up, first_marks
 ):
+    no_keep_alive(engine, slack)  # the policy's own writes, no upgrade to count on
     bot = make_bot(clock=clock)
     for t in range(12):
         parent = slack.add_thread("C1", 60, text_fn=lambda i, t=t: words(1000 * t + i))

@@ -23,7 +23,7 @@ from bot.keepalive import (
     upgrade_odds,
 )
 from bot.store import data
-from bot.store.models import Job, ThreadState, UsageRecord
+from bot.store.models import Job, ThreadState, UsageRecord, WorkspaceSettings
 from bot.ttl_policy import KEEP_ALIVE_ODDS
 from tests.harness import Bot, make_settings
 from tests.test_doctor import inspect, link_to
@@ -311,6 +311,13 @@ def test_reads_after_one_kind_of_request_learn_apart_from_the_others():
     assert followed_odds({("first", 3): (13, 0)}, 3, "first") == pytest.approx(1.5 / 18)
 
 
+def mention_heard(bot: Bot, slack: Any, parent: str, text: str, user: str = "U1") -> None:
+    """A mention as Slack sends it: a `message` event (the bot keeps it), then `app_mention`."""
+    posted = slack.post_event("C1", f"<@UBOT> {text}", user=user, thread_ts=parent)
+    bot.deliver(posted)
+    bot.event(slack.app_mention_event("C1", posted["ts"]))
+
+
 def test_no_reads_for_a_tail_on_a_live_1h_anchor(make_bot, slack, model, engine, caplog):
     """A 5-minute tail written on top of a live 1-hour anchor: a follow-up after the tail
     expired reads the anchor anyway, so reading the whole prefix to keep the newest few
@@ -326,15 +333,15 @@ def test_no_reads_for_a_tail_on_a_live_1h_anchor(make_bot, slack, model, engine,
         run_due(bot, slack, model, slack.now + after)
         at(slack, model, slack.now + after)
         write(bot, slack, parent, 500 + turn)
-        bot.mention("C1", f"status {turn}?", thread_ts=parent)
+        mention_heard(bot, slack, parent, f"status {turn}?")
 
     def marks() -> list[str]:
         content = model.requests[-1]["body"]["messages"][0]["content"]
         return [b["cache_control"].get("ttl", "5m") for b in content if "cache_control" in b]
 
     ask(0, 0)
-    ask(1, 25 * 60)  # a half-hour rhythm earns a 1h write: the anchor
-    assert marks() == ["1h"]
+    ask(1, 25 * 60)  # the first answer's upgrade read back, a 1h write on it: the anchor
+    assert marks() == ["1h", "1h"]
     turn = 2
     while marks()[-1] == "1h":  # a burst: the newest messages go on top for 5 minutes
         ask(turn, 40)
@@ -461,10 +468,8 @@ def test_an_upgrade_of_a_thread_kept_from_events_is_read_back(make_bot, slack, m
     parent = root["ts"]
     for i in range(1, 40):
         write(bot, slack, parent, i)
-    posted = slack.post_event("C1", "<@UBOT> what did we decide?", user="U1", thread_ts=parent)
-    bot.deliver(posted)
     reads = len(slack.calls_to("conversations.replies"))
-    bot.event(slack.app_mention_event("C1", posted["ts"]))
+    mention_heard(bot, slack, parent, "what did we decide?")
     assert len(slack.calls_to("conversations.replies")) == reads  # kept whole: no read
     answered = slack.now
     run_due(bot, slack, model, answered + 30 * 60)
@@ -537,3 +542,49 @@ def test_a_workspace_whose_upgrades_go_unfollowed_stops_making_them(
     else:
         assert sent == [] and waiting_jobs(engine) == []
         assert [r for r in keepalive_rows(engine) if r.channel_id == "C1"] == []
+
+
+def hourly_habits(engine, team: str = "T0001") -> None:
+    """A workspace whose threads are nearly always asked again within the hour, rarely within
+    5 minutes: 20 first requests, 2 followed within 5 minutes, 19 within the hour."""
+    with sessionmaker(engine).begin() as s:
+        for gap in [120] * 2 + [1500] * 17 + [3 * 3600]:
+            data.note_habit(s, team, "first", gap)
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+def test_a_whole_prefix_is_written_for_5_minutes_and_upgraded_not_for_an_hour(
+    make_bot, slack, model, engine, keeps
+):
+    """A first request on a workspace whose threads are asked again within the hour: a 1-hour
+    write costs 2 a token of the whole prefix. With keep-alive calls it writes 5 minutes
+    (1.25) and counts on the upgrade 4.5 minutes later (0.1 a token of the prefix, 2 a token
+    of the mention and the answer); a follow-up 30 minutes later reads it all. Without kept
+    transcripts (no keep-alive calls) it writes for an hour itself."""
+    hourly_habits(engine)
+    if not keeps:
+        with sessionmaker(engine).begin() as s:
+            s.add(WorkspaceSettings(team_id=slack.team_id, keep_transcripts=False))
+    bot = make_bot(clock=slack.clock, sleep=slack.sleep)
+    at(slack, model, slack.now)
+    parent = slack.add_thread("C1", 120, text_fn=long_text)
+    slack.advance(30)
+    at(slack, model, slack.now)
+    bot.mention("C1", "what did we decide?", thread_ts=parent)
+    answered, first = slack.now, model.usages[-1]
+    if not keeps:
+        assert marks_of(model.requests[-1]) == ["1h"]
+        assert first["cache_creation"]["ephemeral_1h_input_tokens"] > 0
+        return
+    assert marks_of(model.requests[-1]) == ["5m"]
+    run_due(bot, slack, model, answered + 10 * 60)
+    sent = pings(model)
+    assert len(sent) == 1 and marks_of(sent[0]) == ["1h", "1h"]
+    used = model.usages[model.requests.index(sent[0])]
+    assert used["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    assert used["cache_creation_input_tokens"] < first["cache_creation_input_tokens"] / 10
+
+    at(slack, model, answered + 30 * 60)
+    bot.mention("C1", "and what is still open?", thread_ts=parent)
+    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
+    assert model.usages[-1]["cache_read_input_tokens"] == whole
