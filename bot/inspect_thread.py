@@ -154,7 +154,9 @@ def _inspect(
     )
     with sessions() as s:
         state = data.get_thread(s, team_id, channel, thread_ts)
-        cache = TtlPolicy(settings.cache_ttl).plan(s, team_id, state, now)
+        cache = TtlPolicy(settings.cache_ttl).plan(
+            s, team_id, state, now, upgradable=eff.keep_transcripts
+        )
         stored = data.get_compaction(s, team_id, channel, thread_ts)
     compacted, compaction_note = _compaction(turns, settings, stored, model)
     built = build_request(
@@ -390,6 +392,10 @@ def _print_breakpoints(built: Built, cache: CachePlan, w: MaskedOutput) -> None:
     w.write(f"TTL: {chosen}\n")
 
 
+# How `inspect` names the options the TTL policy compares (`ttl_policy.expected_costs`).
+COST_NAMES = {"5m, then 1h": "5m and the keep-alive's upgrade to 1h"}
+
+
 def _auto_note(built: Built, cache: CachePlan) -> str:
     """Why CACHE_TTL=auto chose this TTL: what the next request is expected to be (from the
     workspace's habits and the thread's own gaps), what stays readable, and the expected costs
@@ -399,7 +405,7 @@ def _auto_note(built: Built, cache: CachePlan) -> str:
     h5, h1 = r.habits.odds(r.context)
     known, followed = r.habits.continued
     choice = cache.choose(built.new_tokens, built.prefix_tokens, built.read_from)
-    per = ", ".join(f"{k} {v:,.0f}" for k, v in choice.costs.items())
+    per = ", ".join(f"{COST_NAMES.get(k, k)} {v:,.0f}" for k, v in choice.costs.items())
     held = cache.held(built.new_tokens, built.prefix_tokens, built.read_from)
     kept = "; ".join(f"{h.tokens:,} tokens readable for {h.seconds / 60:.0f} min" for h in held)
     return (

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from sqlalchemy.orm import sessionmaker
 
 from bot.__main__ import main
 from bot.config import Settings
@@ -21,6 +22,7 @@ from bot.inspect_thread import run_inspect
 from bot.llm import parse_usage
 from bot.pricing import cost, price_for
 from bot.store.db import alembic_config, head_revision, make_engine
+from bot.store.models import WorkspaceSettings
 from bot.workspace import Choice
 from tests.fakes.slack_api import FakeSlack
 from tests.harness import SIGNING_SECRET, bot_env, make_settings
@@ -358,12 +360,16 @@ def test_inspect_applies_the_workspace_settings_like_the_bot(make_bot, slack, mo
     ("gap", "ttl", "requests"), [(25 * 60, "1h", 4), (86_400, "5m", 6)], ids=["1h", "idle"]
 )
 def test_inspect_shows_the_ttl_the_bot_chooses_and_then_sends(
-    make_bot, slack, model, database_url, gap, ttl, requests
+    make_bot, slack, model, database_url, engine, gap, ttl, requests
 ):
     # CACHE_TTL=auto: the bot's clock runs `requests` gaps behind the wall clock that inspect
     # reads, so inspect comes one more gap after the bot's last answer
     clock = {"now": time.time() - requests * gap}
     model.now = clock["now"]
+    # no kept transcripts: no keep-alive (whose jobs this clock never runs) to count on, so
+    # the policy writes for an hour itself where that pays
+    with sessionmaker(engine).begin() as s:
+        s.add(WorkspaceSettings(team_id=slack.team_id, keep_transcripts=False))
     bot = make_bot(clock=lambda: clock["now"])
     parent = slack.add_thread("C1", 60, text_fn=long_text)
     for turn in range(requests):

@@ -554,7 +554,7 @@ def hourly_habits(engine, team: str = "T0001") -> None:
 
 @pytest.mark.parametrize("keeps", [True, False])
 def test_a_whole_prefix_is_written_for_5_minutes_and_upgraded_not_for_an_hour(
-    make_bot, slack, model, engine, keeps
+    make_bot, slack, model, engine, database_url, keeps
 ):
     """A first request on a workspace whose threads are asked again within the hour: a 1-hour
     write costs 2 a token of the whole prefix. With keep-alive calls it writes 5 minutes
@@ -577,6 +577,8 @@ def test_a_whole_prefix_is_written_for_5_minutes_and_upgraded_not_for_an_hour(
         assert first["cache_creation"]["ephemeral_1h_input_tokens"] > 0
         return
     assert marks_of(model.requests[-1]) == ["5m"]
+    _, text = inspect(make_settings(slack, model, database_url), link_to("C1", parent))
+    assert "5m and the keep-alive's upgrade to 1h" in text  # the option it compared
     run_due(bot, slack, model, answered + 10 * 60)
     sent = pings(model)
     assert len(sent) == 1 and marks_of(sent[0]) == ["1h", "1h"]
