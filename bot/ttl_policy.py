@@ -10,7 +10,10 @@ all, for 5 minutes, or for an hour. The new breakpoint's entry covers the whole 
 choice decides how long the *whole* prefix stays readable for the next request, while only the
 new tokens pay the write premium. A 1-hour entry is also kept as the thread's anchor: a later
 5-minute write on top of it leaves it readable (for an hour since it was last read), so a slow
-follow-up still reads the older part of the prefix.
+follow-up still reads the older part of the prefix. Where a 5-minute write gets keep-alive calls
+(bot/keepalive.py), a fourth option is weighed: 5 minutes now and the keep-alive's upgrade to an
+hour shortly before they end (a read of the prefix and the mention and answer written), which
+for a whole dead prefix costs much less than an hour's write up front.
 
 The chance that the next request comes within 5 minutes and within the hour comes from the
 workspace's habits (what followed its earlier requests, by the gap before them, kept in SQL),
@@ -224,6 +227,9 @@ def expected_costs(
     each other one at the `dead` cost (`futures`), both from the odds of a thread that has just
     been asked again that soon (a follow-up makes more follow-ups likely). A request more than
     an hour later finds nothing alive whatever is written now, so it is left out.
+    `upgradable`: also "5m, then 1h", a 5-minute write that the keep-alive upgrades
+    UPGRADE_AFTER seconds later unless a request comes first (READ a token of the whole
+    prefix, WRITE_1H for UPGRADE_EXTRA tokens), the prefix then kept for an hour.
     """
     odds = rhythm.odds
     q5, q1 = within(odds, 300), within(odds, 3600)
@@ -276,7 +282,8 @@ def choose_ttl(
     """Pick the write (none, 5m or 1h) with the lowest expected cost (`expected_costs`).
 
     `held` defaults to nothing alive beyond what this request reads, kept for 5 minutes.
-    Modes `5m`/`1h` force a TTL, `off` never writes.
+    `upgradable`: "5m, then 1h" is weighed too, and writes 5m when it wins. Modes `5m`/`1h`
+    force a TTL, `off` never writes.
     """
     if mode in ("5m", "1h"):
         return Choice(mode, {})
