@@ -21,14 +21,14 @@ answer, and what was written before, are the next request's prefix, and cheap to
 
 It reads only while the thread is active and it pays: it stops (unless it upgrades) as soon as
 nobody has written in the thread since the previous touch (the answer, or the previous
-keep-alive read), when the
-workspace's earlier keep-alive reads after the same kind of request were followed by a request
-within their 5 minutes less often than a read needs to pay (`track_record`, from the ledger,
-moved towards its other reads and from a start belief; `needed_odds`: 8.7 % when a request then
-would write the prefix again for 5 minutes, 5.3 % when for an hour, more above a live 1-hour
-anchor), as soon as a newer request changed the thread's tail, after `MAX_PINGS` reads, and when
-a spend budget does not leave room for it. Activity comes from the kept transcript (message
-events, bot/keeping.py): a workspace that does not keep transcripts gets none.
+keep-alive read), when the workspace's earlier keep-alive reads after the same kind of request
+were followed by a request within their 5 minutes less often than a read needs to pay
+(`track_record`, from the ledger, moved towards its other reads and from a start belief;
+`needed_odds`: 8.7 % when a request then would write the prefix again for 5 minutes, 5.3 %
+when for an hour, more above a live 1-hour anchor), as soon as a newer request changed the
+thread's tail, after `MAX_PINGS` reads, and when a spend budget does not leave room for it.
+Activity comes from the kept transcript (message events, bot/keeping.py): a workspace that does
+not keep transcripts gets none.
 
 A keep-alive read posts nothing in Slack; its usage is a ledger row of kind `keepalive`, so the
 digest and budgets count it. The job's payload holds the request body (the thread's rendered

@@ -777,14 +777,18 @@ class AnswerService:
         """The workspace's habits as the TTL policy sees them (kept a minute per process)."""
         return self._ttl.habits(session, team_id, now)
 
-    def _upgradable(self, session: Session, req: ThreadRequest) -> bool:
-        """Whether a 5-minute write for `req` would get keep-alive calls that may upgrade it
-        (`prefix_now`): CACHE_TTL=auto, a thread in the mention layout, transcripts kept."""
-        if self.keepalive is None or self._settings.cache_ttl != "auto":
-            return False
-        if req.kind == "recap" or self.conversational(req):
+    def _keeps_alive(self, session: Session, req: ThreadRequest) -> bool:
+        """Whether an answer to `req` that leaves a live 5-minute tail gets keep-alive calls
+        (bot/keepalive.py): CACHE_TTL=auto, not a recap, and the workspace keeps transcripts
+        (they tell whether the thread is still active)."""
+        if self.keepalive is None or self._settings.cache_ttl != "auto" or req.kind == "recap":
             return False
         return self.keeper.keeps(session, req.team_id)
+
+    def _upgradable(self, session: Session, req: ThreadRequest) -> bool:
+        """Whether those keep-alive calls may upgrade a 5-minute write for `req`
+        (`prefix_now`): they are made, and the thread is in the mention layout."""
+        return not self.conversational(req) and self._keeps_alive(session, req)
 
     def _keep_alive(
         self,
@@ -795,16 +799,14 @@ class AnswerService:
         boundary_ts: str | None,
         seen_ts: str,
     ) -> None:
-        """With `CACHE_TTL=auto`, queue keep-alive reads for a thread whose tail is a live
-        5-minute entry (bot/keepalive.py), where the workspace keeps transcripts (they tell
-        whether the thread is still active)."""
-        if self.keepalive is None or self._settings.cache_ttl != "auto" or req.kind == "recap":
-            return
+        """Queue keep-alive reads for a thread whose tail is a live 5-minute entry, where they
+        are made (`_keeps_alive`)."""
         if ttl != "5m" or touched is None or boundary_ts is None:
             return
         with self._sessions() as s:
-            if not self.keeper.keeps(s, req.team_id):
+            if not self._keeps_alive(s, req):
                 return
+        assert self.keepalive is not None
         caller = KeepCaller(req.team_id, req.channel_id, req.thread_ts, req.user_id)
         try:
             self.keepalive.after_answer(

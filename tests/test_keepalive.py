@@ -76,6 +76,16 @@ def pings(model: Any) -> list[dict[str, Any]]:
     return [r for r in model.requests if r["body"].get("max_tokens") == 1]
 
 
+def follow_up_reads_it_all(
+    bot: Bot, slack: Any, model: Any, parent: str, when: float, upgrade: dict[str, Any]
+) -> None:
+    """A follow-up at `when` reads back all that the upgrade (its usage) read and wrote."""
+    at(slack, model, when)
+    bot.mention("C1", "anything new?", thread_ts=parent)
+    whole = upgrade["cache_read_input_tokens"] + upgrade["cache_creation_input_tokens"]
+    assert model.usages[-1]["cache_read_input_tokens"] == whole
+
+
 def start(
     make_bot, slack, model, messages: int = 40, **settings: Any
 ) -> tuple[Bot, str, float]:
@@ -172,10 +182,7 @@ def test_a_thread_that_goes_quiet_after_reads_is_upgraded_once(make_bot, slack, 
     assert used["cache_creation"]["ephemeral_1h_input_tokens"] > 0
     assert waiting_jobs(engine) == []
 
-    at(slack, model, answered + 25 * 60)
-    bot.mention("C1", "anything new?", thread_ts=parent)
-    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
-    assert model.usages[-1]["cache_read_input_tokens"] == whole
+    follow_up_reads_it_all(bot, slack, model, parent, answered + 25 * 60, used)
 
 
 def test_a_quiet_thread_gets_no_reads_only_an_upgrade_of_the_mention_and_answer(
@@ -197,10 +204,7 @@ def test_a_quiet_thread_gets_no_reads_only_an_upgrade_of_the_mention_and_answer(
     assert used["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
     assert waiting_jobs(engine) == []
 
-    at(slack, model, answered + 35 * 60)
-    bot.mention("C1", "anything new?", thread_ts=parent)
-    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
-    assert model.usages[-1]["cache_read_input_tokens"] == whole
+    follow_up_reads_it_all(bot, slack, model, parent, answered + 35 * 60, used)
 
 
 def test_no_keep_alive_on_a_quiet_thread_where_threads_are_rarely_asked_again(
@@ -437,11 +441,7 @@ def test_an_active_thread_likely_asked_within_the_hour_is_written_on_for_an_hour
     rows = keepalive_rows(engine)
     assert len(rows) == 1 and rows[0].cache_creation_tokens == used["cache_creation_input_tokens"]
 
-    at(slack, model, answered + 40 * 60)
-    bot.mention("C1", "and what is still open?", thread_ts=parent)
-    follow = model.usages[-1]
-    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
-    assert follow["cache_read_input_tokens"] == whole
+    follow_up_reads_it_all(bot, slack, model, parent, answered + 40 * 60, used)
 
 
 def test_no_upgrade_when_a_new_message_carries_a_file(make_bot, slack, model, engine):
@@ -477,10 +477,7 @@ def test_an_upgrade_of_a_thread_kept_from_events_is_read_back(make_bot, slack, m
     assert len(sent) == 1 and marks_of(sent[0]) == ["1h", "1h"]
     used = model.usages[model.requests.index(sent[0])]
 
-    at(slack, model, answered + 35 * 60)
-    bot.mention("C1", "anything new?", thread_ts=parent)
-    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
-    assert model.usages[-1]["cache_read_input_tokens"] == whole
+    follow_up_reads_it_all(bot, slack, model, parent, answered + 35 * 60, used)
 
 
 def past_calls(engine, now: float, followed_after: float | None, n: int) -> None:
@@ -586,7 +583,4 @@ def test_a_whole_prefix_is_written_for_5_minutes_and_upgraded_not_for_an_hour(
     assert used["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
     assert used["cache_creation_input_tokens"] < first["cache_creation_input_tokens"] / 10
 
-    at(slack, model, answered + 30 * 60)
-    bot.mention("C1", "and what is still open?", thread_ts=parent)
-    whole = used["cache_read_input_tokens"] + used["cache_creation_input_tokens"]
-    assert model.usages[-1]["cache_read_input_tokens"] == whole
+    follow_up_reads_it_all(bot, slack, model, parent, answered + 30 * 60, used)
