@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,14 +106,31 @@ def _bind(wsgi: Any, names: str, host: str, port: int, threads: int) -> Any:  # 
 
 
 def stop_server(server: Any, timeout: float = 2.0) -> None:  # noqa: ANN401 - a waitress server
-    """Close a waitress server: its listening socket, then its worker threads (a request in
-    hand gets `timeout` seconds to finish: Slack waits 3 s for any answer, and this comes out
-    of the SIGTERM grace before the jobs' `SHUTDOWN_TIMEOUT_SECONDS`). `close()` alone leaves
-    the workers waiting for work that never comes: a process that opens and closes servers
-    (tests, benches) would keep every one's threads, and everything they hold, until it
-    exits."""
-    server.close()
+    """Stop a waitress server in the order that loses nothing: close its listening sockets (no
+    new connections), let the requests in hand finish (`timeout` seconds: Slack waits 3 s for
+    any answer, and this comes out of the SIGTERM grace before the jobs'
+    `SHUTDOWN_TIMEOUT_SECONDS`) and their answers go out, then close the rest, which ends the
+    server's poll loop.
+
+    waitress's own `close()` closes the loop's wake-up pipe first: a request finishing after it
+    logs a traceback (EBADF) and its answer is never sent. It also leaves the worker threads
+    waiting for work that never comes: a process that opens and closes servers (tests,
+    benches) would keep every one's threads, and everything they hold, until it exits. Safe
+    to call twice, and from a thread other than the poll loop's (which must keep running to
+    send the answers)."""
+    from waitress import wasyncore
+    from waitress.server import BaseWSGIServer
+
+    sockets = server._map if isinstance(server, BaseWSGIServer) else server.map  # all it polls
+    for listener in [d for d in list(sockets.values()) if isinstance(d, BaseWSGIServer)]:
+        wasyncore.dispatcher.close(listener)
     server.task_dispatcher.shutdown(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        getattr(d, "total_outbufs_len", 0) for d in list(sockets.values())
+    ):
+        time.sleep(0.01)  # the poll loop is sending the last answers
+    wasyncore.close_all(sockets)
 
 
 def open_app(settings: Settings) -> BotApp:
@@ -250,7 +268,8 @@ def _serve(
         handler.connect()
         _until_signal(stop, "serving Slack over Socket Mode %s%s", does, metrics_note)
     else:
-        stop.append(server.close)
+        # from a thread of its own: the poll loop (this thread) sends the answers in hand
+        stop.append(lambda: threading.Thread(target=stop_server, args=(server,)).start())
         routes = "POST /slack/events, GET /healthz" + (", GET /metrics" * (not metrics_note))
         log.info(
             "serving HTTP on port %s (%s) %s%s", server.effective_port, routes, does, metrics_note

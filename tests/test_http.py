@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from typing import Any
 
+import httpx
+import pytest
+import waitress
+
+from bot.server import stop_server
 from tests.harness import Bot
 
 
@@ -82,3 +89,43 @@ def test_a_closed_bot_leaves_no_http_threads_behind(make_bot):
     alive = {t.name for t in threading.enumerate()}
     assert not bot.server.task_dispatcher.threads
     assert not [n for n in names if n.startswith("waitress-") and n in alive]
+
+
+def test_a_request_in_hand_when_the_server_stops_gets_its_answer(caplog):
+    """Stopping (SIGTERM, or a test's close) while a request is being served: the request
+    finishes and its answer is sent, nothing is logged as an exception, and the server's
+    poll loop ends. waitress's own `close()` shut the loop's wake-up pipe first: the request
+    then logged EBADF and its answer never left."""
+    started, release = threading.Event(), threading.Event()
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        started.set()
+        assert release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done"]
+
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
+    shutdown = server.task_dispatcher.shutdown
+
+    def finish_when_stopping(**kw: Any) -> bool:  # the request ends while the server stops
+        release.set()
+        return shutdown(**kw)
+
+    server.task_dispatcher.shutdown = finish_when_stopping
+    loop = threading.Thread(target=server.run)
+    loop.start()
+    answers: list[httpx.Response] = []
+    url = f"http://127.0.0.1:{server.effective_port}/"
+    client = threading.Thread(target=lambda: answers.append(httpx.get(url, timeout=10)))
+    client.start()
+    assert started.wait(10), "the request is in hand"
+    with caplog.at_level(logging.INFO):
+        stop_server(server)
+        client.join(15)
+        loop.join(15)
+    assert [(a.status_code, a.text) for a in answers] == [(200, "done")]
+    assert not loop.is_alive(), "the poll loop ended"
+    assert "Exception" not in caplog.text and "Bad file descriptor" not in caplog.text
+    with pytest.raises(httpx.ConnectError):  # and it takes no new connection
+        httpx.get(url, timeout=5)
+    stop_server(server)  # twice is harmless
