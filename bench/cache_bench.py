@@ -25,7 +25,8 @@ cost is in base-price units (input 1, 5-minute write 1.25, 1-hour write 2, read 
                (also printed without keep-alive reads: auto/d*);
   oracle       the fixed modes' layout, each write chosen knowing the next request's gap.
 Keep-alive reads auto makes between requests run at their simulated time and are charged to
-the thread's latest request; every message reaches the bot as a message event.
+the thread's latest request; every message reaches the bot as a message event (a mention too,
+before its app_mention, as Slack sends both).
 All are shown as ratios to the clairvoyant policy, per workload and gap slice, with each
 profile's worst seed. Also: Slack read calls per request and the bot's own time from event to
 model request on a 2,000-message thread.
@@ -524,8 +525,9 @@ def replay(
     """Run every event of `workload` through a fresh bot (`settings`: more settings by name,
     e.g. cache_ttl="5m"); one Served per request, warm-up requests included. `events`: every
     message is delivered to the bot as Slack's message event (so it keeps transcripts and sees
-    activity), else only posted to the fake; jobs the bot defers (keep-alive reads) run at
-    their simulated time, their calls owned by the thread's latest request."""
+    activity; a mention's before its app_mention), else only posted to the fake; jobs the bot
+    defers (keep-alive reads) run at their simulated time, their calls owned by the thread's
+    latest request."""
     served: list[Served] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -577,7 +579,14 @@ def replay(
                 req_from, usage_from = len(model.requests), len(model.usages)
                 started = time.perf_counter()
                 parent = ts_list[0]
-                if event.kind == "mention":
+                if event.kind == "mention" and events:  # as Slack sends it: message, then
+                    posted = slack.post_event(  # app_mention (the bot keeps the message)
+                        channel, f"<@UBOT> {event.text}", user=event.user, thread_ts=parent
+                    )
+                    ts_list.append(posted["ts"])
+                    bot.deliver(posted)
+                    bot.event(slack.app_mention_event(channel, posted["ts"]))
+                elif event.kind == "mention":
                     ts, _ = bot.mention(channel, event.text, user=event.user, thread_ts=parent)
                     ts_list.append(ts)
                 elif event.kind == "summarize":
