@@ -584,3 +584,28 @@ def test_a_whole_prefix_is_written_for_5_minutes_and_upgraded_not_for_an_hour(
     assert used["cache_creation_input_tokens"] < first["cache_creation_input_tokens"] / 10
 
     follow_up_reads_it_all(bot, slack, model, parent, answered + 30 * 60, used)
+
+
+def test_the_bot_leaving_a_channel_drops_its_waiting_keep_alive_calls(
+    make_bot, slack, model, engine
+):
+    """A waiting keep-alive call holds its thread's prompt. When the bot leaves the channel
+    (Slack sends `channel_left`), what it kept of the conversation is forgotten, and so are
+    those calls: none is sent. Another channel's call still is."""
+    bot, parent, answered = start(make_bot, slack, model)
+    slack.add_channel("C2", "random", members={"U1", "U2"})
+    other = slack.add_thread("C2", 40, text_fn=long_text)
+    bot.deliver(slack.post_event("C2", long_text(99), user="U2", thread_ts=other))
+    bot.mention("C2", "what did we decide?", thread_ts=other)
+    assert sorted(j.lane.split(":")[1] for j in waiting_jobs(engine)) == ["C1", "C2"]
+
+    left = {"type": "channel_left", "channel": "C1", "actor_id": "U1", "event_ts": parent}
+    assert bot.event(left).status_code == 200
+    assert [j.lane.split(":")[1] for j in waiting_jobs(engine)] == ["C2"]
+    sent = len(pings(model))
+    for minutes in (1, 2, 3):  # people still write in the other thread
+        at(slack, model, answered + minutes * 60)
+        bot.deliver(slack.post_event("C2", long_text(100 + minutes), user="U2", thread_ts=other))
+    run_due(bot, slack, model, answered + 6 * 60)
+    threads = {r.thread_ts for r in keepalive_rows(engine)}
+    assert len(pings(model)) > sent and threads == {other}

@@ -431,7 +431,9 @@ def forget_kept(session: Session, team_id: str, channel_id: str | None = None) -
     """Delete what is kept of one conversation (the bot left it) or, `channel_id` None, of the
     whole workspace (keeping turned off): stored messages, compactions, windows read whole,
     prepared files and the conversation's state; stored threads are then read whole again.
-    Returns the messages deleted."""
+    Waiting keep-alive calls go too: each holds its thread's prompt, and upgrades from what
+    was kept (`bot.keepalive.lane_of`: `team:channel:thread:keepalive`). Returns the messages
+    deleted."""
     removed = 0
     for model in (ThreadMessage, Compaction, KeptSpan, ConversationState, ThreadFile):
         query = delete(model).where(model.team_id == team_id)
@@ -439,6 +441,14 @@ def forget_kept(session: Session, team_id: str, channel_id: str | None = None) -
             query = query.where(model.channel_id == channel_id)
         count = session.execute(query).rowcount or 0
         removed += count if model is ThreadMessage else 0
+    lanes = f"{team_id}:" if channel_id is None else f"{team_id}:{channel_id}:"
+    session.execute(
+        delete(Job).where(
+            Job.kind == "keepalive",
+            Job.status == "queued",
+            Job.lane.startswith(lanes, autoescape=True),
+        )
+    )
     threads = update(ThreadState).where(ThreadState.team_id == team_id)
     if channel_id is not None:
         threads = threads.where(ThreadState.channel_id == channel_id)
