@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -240,6 +240,14 @@ class JobQueue:
     def wake(self) -> None:
         """Let idle workers look for due jobs now (e.g. after a test clock moved)."""
         self._notify()
+
+    def drop_waiting(self, lane: str, kind: str) -> int:
+        """Delete the queued (not running) jobs of `kind` in `lane`; how many."""
+        with self._sessions.begin() as s:
+            result = s.execute(
+                delete(Job).where(Job.lane == lane, Job.kind == kind, Job.status == "queued")
+            )
+            return result.rowcount or 0
 
     def release(self, job_ids: list[int] | None = None) -> int:
         """Put this worker's running jobs (or the given ones) back in the queue (shutdown)."""

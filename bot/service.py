@@ -800,8 +800,8 @@ class AnswerService:
         seen_ts: str,
     ) -> None:
         """Queue keep-alive reads for a thread whose tail is a live 5-minute entry, where they
-        are made (`_keeps_alive`)."""
-        if ttl != "5m" or touched is None or boundary_ts is None:
+        are made (`_keeps_alive`); any answer there drops the one waiting (a renewal)."""
+        if self.keepalive is None:
             return
         with self._sessions() as s:
             if not self._keeps_alive(s, req):

@@ -4,6 +4,8 @@ ledger row of its own kind, nothing posted in Slack); it stops when the thread g
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,15 +18,21 @@ from bot.keepalive import (
     KIND,
     LEAD,
     MAX_PINGS,
+    MAX_RENEWALS,
+    RECENT,
+    START_RENEWED,
+    START_WEIGHT,
     TTL,
+    UPGRADE_TTL,
     followed_odds,
     needed_odds,
+    renewal_odds,
     track_record,
     upgrade_odds,
 )
 from bot.store import data
 from bot.store.models import Job, ThreadState, UsageRecord, WorkspaceSettings
-from bot.ttl_policy import KEEP_ALIVE_ODDS
+from bot.ttl_policy import KEEP_ALIVE_ODDS, MISS, READ
 from tests.harness import Bot, make_settings
 from tests.test_doctor import inspect, link_to
 
@@ -70,6 +78,16 @@ def waiting_jobs(engine) -> list[Job]:
         return list(
             s.scalars(select(Job).where(Job.kind == KIND, Job.status == "queued"))
         )
+
+
+def only_a_renewal_waits(engine) -> None:
+    """After an upgrade: no more reads; one renewal waits, due shortly before the upgrade's
+    hour ends (it renews it only if people are still writing then)."""
+    jobs = waiting_jobs(engine)
+    assert len(jobs) == 1 and json.loads(jobs[0].payload)["renewals"] == 0
+    upgraded = keepalive_rows(engine)[-1].created_at.replace(tzinfo=UTC).timestamp()
+    due = jobs[0].run_at.replace(tzinfo=UTC).timestamp()
+    assert due == pytest.approx(upgraded + UPGRADE_TTL - LEAD, abs=0.01)
 
 
 def pings(model: Any) -> list[dict[str, Any]]:
@@ -180,7 +198,7 @@ def test_a_thread_that_goes_quiet_after_reads_is_upgraded_once(make_bot, slack, 
     used = model.usages[model.requests.index(sent[1])]
     assert used["cache_read_input_tokens"] > 0
     assert used["cache_creation"]["ephemeral_1h_input_tokens"] > 0
-    assert waiting_jobs(engine) == []
+    only_a_renewal_waits(engine)
 
     follow_up_reads_it_all(bot, slack, model, parent, answered + 25 * 60, used)
 
@@ -202,7 +220,7 @@ def test_a_quiet_thread_gets_no_reads_only_an_upgrade_of_the_mention_and_answer(
     assert tail[-1]["text"].startswith("[") and "You (assistant)" in tail[-1]["text"]
     used = model.usages[model.requests.index(sent[0])]
     assert used["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
-    assert waiting_jobs(engine) == []
+    only_a_renewal_waits(engine)
 
     follow_up_reads_it_all(bot, slack, model, parent, answered + 35 * 60, used)
 
@@ -275,6 +293,14 @@ def test_inspect_explains_the_keep_alive(make_bot, slack, model, engine, databas
 
     _, fixed = inspect(make_settings(slack, model, database_url, cache_ttl="1h"), link)
     assert "Keep-alive reads: none (CACHE_TTL=1h" in fixed
+    assert "a renewal is expected to be followed by a request 25% of the time (0 of" in active
+
+
+def test_inspect_shows_a_waiting_renewal(make_bot, slack, model, engine, database_url):
+    bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine)
+    _, shown = inspect(make_settings(slack, model, database_url), link_to("C1", parent))
+    assert "one waiting: a renewal of the 1-hour entry (0 so far), due " in shown
+    assert "it renews only if somebody wrote in the thread in the 15 minutes before" in shown
 
 
 def test_a_workspace_whose_reads_are_never_followed_makes_fewer(make_bot, slack, model, engine):
@@ -437,7 +463,7 @@ def test_an_active_thread_likely_asked_within_the_hour_is_written_on_for_an_hour
     assert used["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
     assert used["cache_creation"]["ephemeral_1h_input_tokens"] > 0
     assert used["cache_creation"]["ephemeral_5m_input_tokens"] == 0
-    assert waiting_jobs(engine) == []  # an hour's entry needs no more reads
+    only_a_renewal_waits(engine)  # an hour's entry needs no more reads
     rows = keepalive_rows(engine)
     assert len(rows) == 1 and rows[0].cache_creation_tokens == used["cache_creation_input_tokens"]
 
@@ -609,3 +635,123 @@ def test_the_bot_leaving_a_channel_drops_its_waiting_keep_alive_calls(
     run_due(bot, slack, model, answered + 6 * 60)
     threads = {r.thread_ts for r in keepalive_rows(engine)}
     assert len(pings(model)) > sent and threads == {other}
+
+
+def upgraded_quiet_thread(
+    make_bot, slack, model, engine, messages: int = 40
+) -> tuple[Bot, str, float, dict]:
+    """A first answer on a quiet thread of `messages`, upgraded by its keep-alive 4.5 minutes
+    later (a fresh workspace's start belief); the upgrade's usage."""
+    bot, parent, answered = start(make_bot, slack, model, messages)
+    run_due(bot, slack, model, answered + 10 * 60)
+    (sent,) = pings(model)
+    assert marks_of(sent) == ["1h", "1h"]
+    only_a_renewal_waits(engine)
+    return bot, parent, answered, model.usages[model.requests.index(sent)]
+
+
+def test_an_upgrade_is_renewed_while_people_write_and_a_request_later_reads_it_all(
+    make_bot, slack, model, engine
+):
+    """Shortly before an upgrade's hour ends, people wrote in the thread within the last 15
+    minutes: the keep-alive reads the hour's entry again and writes what they wrote for an
+    hour (a renewal, 0.1 a token of the prefix), and a request 110 minutes after the answer,
+    which would have written the whole prefix again, reads it all."""
+    bot, parent, answered, upgrade = upgraded_quiet_thread(make_bot, slack, model, engine)
+    for minutes in (52, 58):
+        at(slack, model, answered + minutes * 60)
+        write(bot, slack, parent, 300 + minutes)
+    run_due(bot, slack, model, answered + 100 * 60)
+    sent = pings(model)
+    assert len(sent) == 2 and marks_of(sent[1])[-1] == "1h"
+    assert "Message 358" in sent[1]["body"]["messages"][0]["content"][-1]["text"]
+    renewal = model.usages[model.requests.index(sent[1])]
+    whole = upgrade["cache_read_input_tokens"] + upgrade["cache_creation_input_tokens"]
+    assert renewal["cache_read_input_tokens"] == whole  # the upgrade's entry, read back
+    assert renewal["cache_creation"]["ephemeral_1h_input_tokens"] > 0  # the new messages
+    rows = keepalive_rows(engine)
+    spent = rows[-1].created_at.timestamp() - rows[-2].created_at.timestamp()
+    assert spent == pytest.approx(UPGRADE_TTL - LEAD, abs=0.01)
+    follow_up_reads_it_all(bot, slack, model, parent, answered + 110 * 60, renewal)
+
+
+def test_no_renewal_when_nobody_wrote_lately(make_bot, slack, model, engine, caplog):
+    """People wrote 20 minutes after the answer, then nothing: when the upgrade's hour ends
+    nobody has written for over 15 minutes, so it is not renewed and the entry expires."""
+    bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine)
+    at(slack, model, answered + 20 * 60)
+    write(bot, slack, parent, 400)
+    with caplog.at_level("INFO", logger="bot.keepalive"):
+        run_due(bot, slack, model, answered + 4 * 3600)
+    assert len(pings(model)) == 1 and waiting_jobs(engine) == []
+    assert f"nobody wrote in the thread in the last {RECENT / 60:.0f} minutes" in caplog.text
+    at(slack, model, answered + 110 * 60)
+    bot.mention("C1", "anything new?", thread_ts=parent)
+    assert model.usages[-1]["cache_read_input_tokens"] == 0  # expired
+
+
+def test_renewals_are_bounded(make_bot, slack, model, engine):
+    """People write every 10 minutes for five hours and nobody asks: the upgrade is renewed
+    MAX_RENEWALS times, each just before the previous hour ends, then the keep-alive ends. (A
+    long thread: each renewal writes an hour's messages at 2x, which pays only when the
+    prefix it keeps is much larger.)"""
+    bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine, 300)
+    for n in range(30):
+        when = answered + (n + 1) * 600
+        run_due(bot, slack, model, when)
+        at(slack, model, when)
+        write(bot, slack, parent, 500 + n)
+    run_due(bot, slack, model, answered + 6 * 3600)
+    assert len(pings(model)) == 1 + MAX_RENEWALS and waiting_jobs(engine) == []
+    times = [r.created_at.timestamp() for r in keepalive_rows(engine)]
+    spacing = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert spacing == pytest.approx([UPGRADE_TTL - LEAD] * MAX_RENEWALS, abs=0.01)
+
+
+def test_a_new_request_replaces_a_waiting_renewal(make_bot, slack, model, engine):
+    """A request after an upgrade moves the thread's entry: the renewal waiting for the end of
+    the upgrade's hour is dropped, and the new answer's keep-alive runs on time (a lane runs
+    its jobs in order, so the renewal would have held it up for an hour)."""
+    bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine)
+    at(slack, model, answered + 20 * 60)
+    bot.mention("C1", "and now?", thread_ts=parent)
+    assert waiting_jobs(engine) == []  # it wrote on the hour's entry for an hour: no tail
+    at(slack, model, answered + 21 * 60)
+    bot.mention("C1", "and the owner?", thread_ts=parent)
+    assert marks_of(model.requests[-1])[-1] == "5m"  # a burst: a 5-minute tail on top
+    (job,) = waiting_jobs(engine)
+    assert "renewals" not in json.loads(job.payload)
+    due = job.run_at.replace(tzinfo=UTC).timestamp()
+    assert due == pytest.approx(answered + 21 * 60 + TTL - LEAD, abs=1)
+
+
+def test_renewals_have_a_record_of_their_own(engine, slack):
+    """A call more than an hour after the thread's last request is a renewal: it counts in
+    the renewals' record (followed when a request came within its hour), not among the reads
+    or the first upgrades. With 30 unfollowed renewals the odds fall below what a renewal
+    needs to pay."""
+    def row(thread: str, at: float, kind: str, read: int = 0, written: int = 0) -> UsageRecord:
+        return UsageRecord(
+            created_at=datetime.fromtimestamp(at, UTC), team_id="T0001", channel_id="C9",
+            thread_ts=thread, user_id="U2", kind=kind, model="m",
+            cache_read_tokens=read, cache_creation_tokens=written, outcome="ok",
+        )
+
+    now = slack.now
+    with sessionmaker(engine).begin() as s:
+        for i, followed in enumerate([True, False, False]):
+            asked = now - (i + 1) * 6 * 3600
+            thread = f"{int(asked)}.000100"
+            data.add_usage(s, row(thread, asked, "mention"))
+            data.add_usage(s, row(thread, asked + 270, KIND, read=5000, written=300))
+            data.add_usage(s, row(thread, asked + 3840, KIND, read=5300, written=200))
+            if followed:
+                data.add_usage(s, row(thread, asked + 3840 + 1800, "mention"))
+    with sessionmaker(engine)() as s:
+        record = track_record(s, "T0001", datetime.fromtimestamp(now, UTC))
+    assert record.renewals == (3, 1)
+    assert record.upgrades == {"first": (3, 0)}  # the first upgrades: none followed in its hour
+    assert record.reads[("first", 1)] == (3, 0)  # the renewals are not reads
+    assert renewal_odds(record) == pytest.approx((1 + START_WEIGHT * START_RENEWED) / 8)
+    unfollowed = replace(record, renewals=(30, 0))
+    assert renewal_odds(unfollowed) < READ / (MISS - READ) < START_RENEWED
