@@ -18,11 +18,11 @@ cost is in base-price units (input 1, 5-minute write 1.25, 1-hour write 2, read 
                order to a fresh fake;
   clairvoyant  per thread and block, over the same bodies: the cheapest schedule of writes
                (none, 5m, 1h), reads and keep-alive reads of a 5-minute entry (0.1 every 5
-               minutes, or 0.1 an hour when the read writes on for an hour: what auto's
-               keep-alive does) for the times the block is sent, under
-               the documented rules (a read refreshes the entry's lifetime); breakpoint limits
-               and minimum lengths ignored, so a lower bound for every policy on these bodies
-               (also printed without keep-alive reads: auto/d*);
+               minutes, or 0.1 an hour when the read writes on for an hour, renewed up to
+               MAX_RENEWALS times: what auto's keep-alive does) for the times the block is
+               sent, under the documented rules (a read refreshes the entry's lifetime);
+               breakpoint limits and minimum lengths ignored, so a lower bound for every
+               policy on these bodies (also printed without keep-alive reads: auto/d*);
   oracle       the fixed modes' layout, each write chosen knowing the next request's gap.
 Keep-alive reads auto makes between requests run at their simulated time and are charged to
 the thread's latest request; every message reaches the bot as a message event (a mention too,
@@ -56,6 +56,7 @@ from sqlalchemy import func, select
 from bench import workload as wl
 from bot.app import create_app
 from bot.keepalive import KIND as KEEPALIVE
+from bot.keepalive import MAX_RENEWALS
 from bot.prompt import SYSTEM_PROMPT
 from bot.store.db import make_engine, migrate
 from bot.store.models import UsageRecord
@@ -254,8 +255,9 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
     be bridged by keep-alive reads of a 5-minute entry (0.1 each, one per 5 minutes, as many as
     it likes; charged to the use before the gap), the last of which may write on for an hour
     (an upgrade: the entry then lives an hour from that read; the new blocks the write needs
-    after it are other blocks, left out): the actions the bot's keep-alive takes, so the bound
-    stays below it. (Reading a 1-hour entry hourly is not something the bot does.)"""
+    after it are other blocks, left out), and a 1-hour entry may be read again just before
+    each hour ends, up to MAX_RENEWALS times in a row (renewals, 0.1 each, whether or not
+    anybody wrote): the actions the bot's keep-alive takes, so the bound stays below it."""
     n = len(gaps) + 1
     states = ("dead", TTL_5M, TTL_1H)
     # cost[i][s]: the cheapest cost of uses i.. when use i finds state s; how[i][s]: (price at
@@ -282,6 +284,14 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
                     # keep-alive reads, then one that writes on for an hour (an upgrade)
                     paid = price + READ * (1 + _pings(gap - TTL_1H, TTL_5M))
                     options.append((paid + cost[i + 1][TTL_1H], paid, (after, TTL_1H), True))
+                    # an upgrade at once, then renewals
+                    renewals = _pings(gap - TTL_5M, TTL_1H)
+                    if 0 < renewals <= MAX_RENEWALS:
+                        paid = price + READ * (1 + renewals)
+                        options.append((paid + cost[i + 1][TTL_1H], paid, (after, TTL_1H), True))
+                if pings and after == TTL_1H and 0 < _pings(gap, TTL_1H) <= MAX_RENEWALS:
+                    paid = price + READ * _pings(gap, TTL_1H)  # renewals
+                    options.append((paid + cost[i + 1][TTL_1H], paid, after, True))
             total, price, after, bridged = min(options, key=lambda o: o[0])
             cost[i][found] = total
             how[i][found] = (price, after, bridged)

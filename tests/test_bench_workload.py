@@ -163,11 +163,14 @@ def test_clairvoyant_may_keep_a_5_minute_entry_alive_with_reads():
     # 70 minutes: two reads, the second an upgrade (the hour runs from it)
     seventy = [(t, "t4", _body(a, q)) for t in (0.0, 4200.0)]
     assert cb.clairvoyant_costs(seventy) == pytest.approx([104 * 1.45, 104 * 0.1])
-    # a 1-hour entry is never kept alive by reads (the bot does not do that), nor is a
-    # 5-minute one past its hour by more than a few reads: 3 hours apart, the block is sent
-    # twice
+    # 3 hours: an upgrade at once, renewed twice just before each hour ends (1.25 + 3 x 0.1)
     hours = [(t, "t3", _body(a, q)) for t in (0.0, 3 * 3600.0)]
-    assert cb.clairvoyant_costs(hours) == pytest.approx([104, 104])
+    assert cb.clairvoyant_costs(hours) == pytest.approx([104 * 1.55, 104 * 0.1])
+    # 5 hours would take more renewals than the bot makes (MAX_RENEWALS): sent twice
+    assert cb.MAX_RENEWALS == 3
+    five = [(t, "t5", _body(a, q)) for t in (0.0, 5 * 3600.0)]
+    assert cb.clairvoyant_costs(five) == pytest.approx([104, 104])
+    assert cb.clairvoyant_costs(hours, pings=False) == pytest.approx([104, 104])
 
 
 def test_single_breakpoint_body_keeps_one_5m_breakpoint_before_the_request_block():
