@@ -22,7 +22,8 @@ cost is in base-price units (input 1, 5-minute write 1.25, 1-hour write 2, read 
                MAX_RENEWALS times: what auto's keep-alive does) for the times the block is
                sent, under the documented rules (a read refreshes the entry's lifetime);
                breakpoint limits and minimum lengths ignored, so a lower bound for every
-               policy on these bodies (also printed without keep-alive reads: auto/d*);
+               policy on these bodies (also printed without keep-alive reads: auto/d*,
+               and without renewals: auto/r-);
   oracle       the fixed modes' layout, each write chosen knowing the next request's gap.
 Keep-alive reads auto makes between requests run at their simulated time and are charged to
 the thread's latest request; every message reaches the bot as a message event (a mention too,
@@ -72,8 +73,9 @@ TEAM_DOMAIN = "acme"
 
 POLICIES = ("auto", "off", "5m", "1h", "single")  # what the bench compares, auto first
 NO_PINGS = "clairvoyant without keep-alive"  # the bound when no policy may read to keep alive
+NO_RENEWALS = "clairvoyant without renewals"  # the bound before the bot renewed 1-hour entries
 ORACLE = "next-gap oracle"  # the bot's layout, each write chosen knowing the next request's gap
-COSTS = (*POLICIES, "clairvoyant", NO_PINGS, ORACLE)
+COSTS = (*POLICIES, "clairvoyant", NO_PINGS, NO_RENEWALS, ORACLE)
 ALL = "all requests"
 FOLLOW_UPS = "follow-ups"
 ROWS = (ALL, FOLLOW_UPS, wl.FIRST, wl.SHORT, wl.MEDIUM, wl.LONG, wl.LONG_THREAD_SLICE)
@@ -214,7 +216,8 @@ def _prefix_keys(body: dict[str, Any]) -> tuple[list[str], list[int]]:
 
 
 def clairvoyant_costs(
-    calls: Sequence[tuple[float, str, dict[str, Any]]], *, pings: bool = True
+    calls: Sequence[tuple[float, str, dict[str, Any]]], *, pings: bool = True,
+    renewals: bool = True,
 ) -> list[float]:
     """Cost of each (time, thread, body) under the clairvoyant policy: it knows every later
     request and follows the documented cache rules block by block (see `_schedule_per_use`).
@@ -236,7 +239,7 @@ def clairvoyant_costs(
         times = [calls[i][0] for i in idx]
         gaps = tuple(b - a for a, b in zip(times, times[1:], strict=False))
         if gaps not in memo:
-            memo[gaps] = _schedule_per_use(gaps, pings)
+            memo[gaps] = _schedule_per_use(gaps, pings, renewals)
         for i, c in zip(idx, memo[gaps], strict=True):
             costs[i] += c * sizes[key]
     return costs
@@ -247,7 +250,9 @@ def _pings(gap: float, ttl: float) -> int:
     return 0 if gap <= ttl else math.ceil(gap / ttl) - 1
 
 
-def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float]:
+def _schedule_per_use(
+    gaps: tuple[float, ...], pings: bool = True, renewals: bool = True
+) -> list[float]:
     """What each use of one block pays per token, the uses separated by `gaps`, under the best
     choice at each use that finds no live entry: send it uncached (1), or write it with a TTL
     (1.25 / 2) that later uses read (0.1) while each comes within the TTL of the previous one
@@ -257,7 +262,8 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
     (an upgrade: the entry then lives an hour from that read; the new blocks the write needs
     after it are other blocks, left out), and a 1-hour entry may be read again just before
     each hour ends, up to MAX_RENEWALS times in a row (renewals, 0.1 each, whether or not
-    anybody wrote): the actions the bot's keep-alive takes, so the bound stays below it."""
+    anybody wrote): the actions the bot's keep-alive takes, so the bound stays below it.
+    Without `renewals`: last round's bound, for comparison."""
     n = len(gaps) + 1
     states = ("dead", TTL_5M, TTL_1H)
     # cost[i][s]: the cheapest cost of uses i.. when use i finds state s; how[i][s]: (price at
@@ -285,11 +291,12 @@ def _schedule_per_use(gaps: tuple[float, ...], pings: bool = True) -> list[float
                     paid = price + READ * (1 + _pings(gap - TTL_1H, TTL_5M))
                     options.append((paid + cost[i + 1][TTL_1H], paid, (after, TTL_1H), True))
                     # an upgrade at once, then renewals
-                    renewals = _pings(gap - TTL_5M, TTL_1H)
-                    if 0 < renewals <= MAX_RENEWALS:
-                        paid = price + READ * (1 + renewals)
+                    renewed = _pings(gap - TTL_5M, TTL_1H)
+                    if renewals and 0 < renewed <= MAX_RENEWALS:
+                        paid = price + READ * (1 + renewed)
                         options.append((paid + cost[i + 1][TTL_1H], paid, (after, TTL_1H), True))
-                if pings and after == TTL_1H and 0 < _pings(gap, TTL_1H) <= MAX_RENEWALS:
+                if (pings and renewals and after == TTL_1H
+                        and 0 < _pings(gap, TTL_1H) <= MAX_RENEWALS):
                     paid = price + READ * _pings(gap, TTL_1H)  # renewals
                     options.append((paid + cost[i + 1][TTL_1H], paid, after, True))
             total, price, after, bridged = min(options, key=lambda o: o[0])
@@ -421,6 +428,7 @@ def account(served: list[Served]) -> None:
     others = {
         "clairvoyant": clairvoyant_costs(calls),
         NO_PINGS: clairvoyant_costs(calls, pings=False),
+        NO_RENEWALS: clairvoyant_costs(calls, renewals=False),
         "single": replay_single_breakpoint([(at, body) for at, _, body in calls]),
         "5m": fixed_policy_costs(calls, "5m"),
         "1h": fixed_policy_costs(calls, "1h"),
@@ -905,21 +913,27 @@ def render(report: Report, out: TextIO) -> None:
         render_family(family, out)
     print("\nsummary, all requests (ratio to clairvoyant; worst seed of auto)", file=out)
     head = f"{'workload':<10} {'reqs':>5} " + " ".join(f"{k:>6}" for k in POLICIES)
-    print(head + f" {'worst':>6} {'auto cheapest':>13} {'auto/d*':>8} {'oracle':>7}", file=out)
+    print(
+        head + f" {'worst':>6} {'auto cheapest':>13} {'auto/d*':>8} {'auto/r-':>8} "
+        f"{'oracle':>7}",
+        file=out,
+    )
     for f in report.families:
         r = f.rows[ALL]
         cheapest = "yes" if not r.losses else "no"
         worst = f.worst().rows[ALL].vs_clairvoyant("auto")
         nopings = r.cost["auto"] / r.cost[NO_PINGS] if r.cost[NO_PINGS] else float("nan")
+        renewing = r.cost["auto"] / r.cost[NO_RENEWALS] if r.cost[NO_RENEWALS] else float("nan")
         print(
             f"{f.profile.name:<10} {r.requests:>5} {_ratios(r)} {worst:>6.3f} {cheapest:>13} "
-            f"{nopings:>8.3f} {r.vs_clairvoyant(ORACLE):>7.3f}",
+            f"{nopings:>8.3f} {renewing:>8.3f} {r.vs_clairvoyant(ORACLE):>7.3f}",
             file=out,
         )
     print(
         "(auto/d*: auto against the clairvoyant policy without keep-alive reads, the bound "
-        "before they existed; oracle: the fixed modes' layout, each write chosen knowing when "
-        "the next request comes, no keep-alive, against the clairvoyant policy)",
+        "before they existed; auto/r-: against the bound without renewals, the one before "
+        "the bot renewed 1-hour entries; oracle: the fixed modes' layout, each write chosen "
+        "knowing when the next request comes, no keep-alive, against the clairvoyant policy)",
         file=out,
     )
     pings = [s for s in report.served if s.pings]

@@ -171,6 +171,7 @@ def test_clairvoyant_may_keep_a_5_minute_entry_alive_with_reads():
     five = [(t, "t5", _body(a, q)) for t in (0.0, 5 * 3600.0)]
     assert cb.clairvoyant_costs(five) == pytest.approx([104, 104])
     assert cb.clairvoyant_costs(hours, pings=False) == pytest.approx([104, 104])
+    assert cb.clairvoyant_costs(hours, renewals=False) == pytest.approx([104, 104])
 
 
 def test_single_breakpoint_body_keeps_one_5m_breakpoint_before_the_request_block():
