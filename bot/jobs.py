@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from bot.store.data import as_utc
+from bot.store.data import as_utc, drop_waiting_jobs
 from bot.store.models import Job
 
 log = logging.getLogger(__name__)
@@ -244,10 +244,7 @@ class JobQueue:
     def drop_waiting(self, lane: str, kind: str) -> int:
         """Delete the queued (not running) jobs of `kind` in `lane`; how many."""
         with self._sessions.begin() as s:
-            result = s.execute(
-                delete(Job).where(Job.lane == lane, Job.kind == kind, Job.status == "queued")
-            )
-            return result.rowcount or 0
+            return drop_waiting_jobs(s, kind, lane)
 
     def release(self, job_ids: list[int] | None = None) -> int:
         """Put this worker's running jobs (or the given ones) back in the queue (shutdown)."""

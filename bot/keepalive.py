@@ -24,7 +24,7 @@ thread within the last `RECENT` seconds, the keep-alive upgrades again: it reads
 entry (0.1x the prefix, which refreshes it) and writes what was written since for another
 hour, where the next request would write the whole prefix again (1.25x). A thread still being
 discussed an hour after its answer is often asked about again (the bench's workloads: 28-37 %
-within the next hour, against 0 % for a thread nobody wrote in for those 15 minutes). The odds
+within the next hour when somebody wrote in the last 10 minutes, 0-6 % otherwise). The odds
 are the workspace's own renewals' (`renewal_odds`, from START_RENEWED), weighed as an upgrade's;
 at most `MAX_RENEWALS` in a row. A new answer on the thread drops a waiting renewal.
 
@@ -386,10 +386,10 @@ class KeepAlive:
         with self._sessions() as s:
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             why = self._stale(state, payload)
-            recent = {**payload, "touched": now.timestamp() - RECENT}
-            quiet = why is None and not self._active(
-                s, caller, payload if renewals is None else recent
-            )
+            # a read asks for activity since the last touch, a renewal within the last RECENT
+            lately = {**payload, "touched": now.timestamp() - RECENT}
+            since = payload if renewals is None else lately
+            quiet = why is None and not self._active(s, caller, since)
             chance, need, habits, record = 0.0, math.inf, None, TrackRecord({}, {})
             if why is None and state is not None:
                 record = track_record(s, caller.team_id, now)

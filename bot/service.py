@@ -806,7 +806,6 @@ class AnswerService:
         with self._sessions() as s:
             if not self._keeps_alive(s, req):
                 return
-        assert self.keepalive is not None
         caller = KeepCaller(req.team_id, req.channel_id, req.thread_ts, req.user_id)
         try:
             self.keepalive.after_answer(

@@ -506,17 +506,19 @@ def test_an_upgrade_of_a_thread_kept_from_events_is_read_back(make_bot, slack, m
     follow_up_reads_it_all(bot, slack, model, parent, answered + 35 * 60, used)
 
 
+def row(thread: str, at: float, kind: str, read: int = 0, written: int = 0) -> UsageRecord:
+    """A ledger row of channel C9 at `at`: a request (`kind` mention) or a keep-alive call."""
+    return UsageRecord(
+        created_at=datetime.fromtimestamp(at, UTC), team_id="T0001", channel_id="C9",
+        thread_ts=thread, user_id="U2", kind=kind, model="claude-sonnet-4-5",
+        cache_read_tokens=read, cache_creation_tokens=written, outcome="ok",
+    )
+
+
 def past_calls(engine, now: float, followed_after: float | None, n: int) -> None:
     """The ledger of a workspace's earlier threads (in channel C9, hours before `now`): on
     each, a first request and 4.5 minutes later a keep-alive upgrade (it read the entry and
     wrote), then a request `followed_after` seconds after the upgrade, or none."""
-    def row(thread: str, at: float, kind: str, read: int = 0, written: int = 0) -> UsageRecord:
-        return UsageRecord(
-            created_at=datetime.fromtimestamp(at, UTC), team_id="T0001", channel_id="C9",
-            thread_ts=thread, user_id="U2", kind=kind, model="claude-sonnet-4-5",
-            cache_read_tokens=read, cache_creation_tokens=written, outcome="ok",
-        )
-
     with sessionmaker(engine).begin() as s:
         for i in range(n):
             asked = now - (n - i) * 4 * 3600
@@ -534,11 +536,7 @@ def test_the_record_counts_upgrades_by_what_followed_within_their_hour(engine, s
     past_calls(engine, slack.now - 3600, followed_after=None, n=2)  # other threads, earlier
     with sessionmaker(engine).begin() as s:  # a plain read, and an upgrade whose hour runs
         for at, written in ((slack.now - 7200, 0), (slack.now - 600, 300)):
-            data.add_usage(s, UsageRecord(
-                created_at=datetime.fromtimestamp(at, UTC), team_id="T0001", channel_id="C9",
-                thread_ts=f"{int(at)}.000200", user_id="U2", kind=KIND, model="m",
-                cache_read_tokens=5000, cache_creation_tokens=written, outcome="ok",
-            ))
+            data.add_usage(s, row(f"{int(at)}.000200", at, KIND, read=5000, written=written))
     with sessionmaker(engine)() as s:
         record = track_record(s, "T0001", datetime.fromtimestamp(slack.now, UTC))
     assert record.upgrades == {"first": (5, 3)}
@@ -730,13 +728,6 @@ def test_renewals_have_a_record_of_their_own(engine, slack):
     the renewals' record (followed when a request came within its hour), not among the reads
     or the first upgrades. With 30 unfollowed renewals the odds fall below what a renewal
     needs to pay."""
-    def row(thread: str, at: float, kind: str, read: int = 0, written: int = 0) -> UsageRecord:
-        return UsageRecord(
-            created_at=datetime.fromtimestamp(at, UTC), team_id="T0001", channel_id="C9",
-            thread_ts=thread, user_id="U2", kind=kind, model="m",
-            cache_read_tokens=read, cache_creation_tokens=written, outcome="ok",
-        )
-
     now = slack.now
     with sessionmaker(engine).begin() as s:
         for i, followed in enumerate([True, False, False]):

@@ -442,18 +442,25 @@ def forget_kept(session: Session, team_id: str, channel_id: str | None = None) -
         count = session.execute(query).rowcount or 0
         removed += count if model is ThreadMessage else 0
     lanes = f"{team_id}:" if channel_id is None else f"{team_id}:{channel_id}:"
-    session.execute(
-        delete(Job).where(
-            Job.kind == "keepalive",
-            Job.status == "queued",
-            Job.lane.startswith(lanes, autoescape=True),
-        )
-    )
+    drop_waiting_jobs(session, "keepalive", lanes)
     threads = update(ThreadState).where(ThreadState.team_id == team_id)
     if channel_id is not None:
         threads = threads.where(ThreadState.channel_id == channel_id)
     session.execute(threads.values(full_read_at=None))
     return removed
+
+
+def drop_waiting_jobs(session: Session, kind: str, lanes: str) -> int:
+    """Delete the queued (not running) jobs of `kind` whose lane starts with `lanes` (a
+    workspace's, a conversation's or one thread's whole lane); how many."""
+    result = session.execute(
+        delete(Job).where(
+            Job.kind == kind,
+            Job.status == "queued",
+            Job.lane.startswith(lanes, autoescape=True),
+        )
+    )
+    return result.rowcount or 0
 
 
 def update_message(
