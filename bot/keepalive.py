@@ -19,14 +19,17 @@ write made up front 2x the prefix. Then the reads end (the tail is a 1-hour entr
 upgrade when nobody wrote since the last touch too (no read pays then): the mention and the
 answer, and what was written before, are the next request's prefix, and cheap to write.
 
-A renewal: shortly before an upgrade's hour ends (`LEAD` seconds), if somebody wrote in the
-thread within the last `RECENT` seconds, the keep-alive upgrades again: it reads the hour's
-entry (0.1x the prefix, which refreshes it) and writes what was written since for another
-hour, where the next request would write the whole prefix again (1.25x). A thread still being
-discussed an hour after its answer is often asked about again (the bench's workloads: 28-37 %
-within the next hour when somebody wrote in the last 10 minutes, 0-6 % otherwise). The odds
-are the workspace's own renewals' (`renewal_odds`, from START_RENEWED), weighed as an upgrade's;
-at most `MAX_RENEWALS` in a row. A new answer on the thread drops a waiting renewal.
+A renewal: shortly before the thread's 1-hour entry expires (`LEAD` seconds), whatever wrote
+it (an upgrade, a request that wrote its tail for an hour, or the anchor beneath a 5-minute tail
+whose reads ended), if somebody wrote in the thread within the last `RECENT` seconds, the
+keep-alive upgrades again: it reads the entry (0.1x what it holds, which refreshes it) and
+writes everything after it for another hour, where the next request would write the whole
+prefix again (1.25x). A thread still being discussed an hour after its answer is often asked
+about again (the bench's workloads: 28-37 % within the next hour when somebody wrote in the
+last 10 minutes, 0-6 % otherwise). The odds are the workspace's own renewals' (`renewal_odds`,
+from START_RENEWED; early ones, within the hour of the thread's last request, apart), weighed
+as an upgrade's; at most `MAX_RENEWALS` in a row. A new answer on the thread drops a waiting
+renewal.
 
 It reads only while the thread is active and it pays: it stops (unless it upgrades) as soon as
 nobody has written in the thread since the previous touch (the answer, or the previous
@@ -95,6 +98,9 @@ UPGRADE_TTL = 3600.0  # seconds: what an upgrade writes the prefix for
 RECENT = 900.0
 MAX_RENEWALS = 3
 START_RENEWED = 0.25
+# A keep-alive call this long after the thread's last request is a renewal: reads and first
+# upgrades come within MAX_PINGS reads of it (under half an hour), renewals about an hour or more.
+RENEWAL_AFTER = UPGRADE_TTL / 2
 
 
 @dataclass(frozen=True)
@@ -162,11 +168,16 @@ class TrackRecord:
     thread within that hour).
     `renewals`: the same for renewals (calls more than UPGRADE_TTL after the thread's last
     request: an upgrade's hour ended without one), over every context; they count nowhere
-    else."""
+    else.
+    `early`: the same for early renewals (calls more than RENEWAL_AFTER and at most UPGRADE_TTL
+    after the thread's last request: the renewal of a 1-hour entry that request wrote, or of
+    the anchor beneath its tail). What follows them differs from what follows the later ones,
+    and unfollowed early renewals must not stop later ones that pay: a record of their own."""
 
     reads: dict[tuple[str, int], tuple[int, int]]
     upgrades: dict[str, tuple[int, int]]
     renewals: tuple[int, int] = (0, 0)
+    early: tuple[int, int] = (0, 0)
 
 
 def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
@@ -210,7 +221,7 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
         by_thread.setdefault((channel, thread), []).append((_epoch(at) or 0.0, upgrade))
     reads: dict[tuple[str, int], list[int]] = {}
     upgrades: dict[str, list[int]] = {}
-    renewals = [0, 0]
+    renewals, early = [0, 0], [0, 0]
     end = now.timestamp()
     for key, times in by_thread.items():
         requests = sorted(asked.get(key, []))
@@ -220,10 +231,11 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
                 continue  # its 5 minutes are not over
             before = [r for r in requests if r <= at]
             last_request = before[-1] if before else None
-            if last_request is not None and at - last_request > UPGRADE_TTL:
+            if last_request is not None and at - last_request > RENEWAL_AFTER:
                 if upgrade and at + UPGRADE_TTL <= end:
-                    renewals[0] += 1
-                    renewals[1] += any(at < r <= at + UPGRADE_TTL for r in requests)
+                    kept = renewals if at - last_request > UPGRADE_TTL else early
+                    kept[0] += 1
+                    kept[1] += any(at < r <= at + UPGRADE_TTL for r in requests)
                 continue
             context = data.gap_context(before[-1] - before[-2] if len(before) > 1 else None)
             number = sum(
@@ -240,6 +252,7 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
         {k: (v[0], v[1]) for k, v in reads.items()},
         {k: (v[0], v[1]) for k, v in upgrades.items()},
         (renewals[0], renewals[1]),
+        (early[0], early[1]),
     )
 
 
@@ -258,10 +271,11 @@ def followed_odds(
     return shrunk(followed, reads, base, START_WEIGHT)
 
 
-def renewal_odds(record: TrackRecord) -> float:
+def renewal_odds(record: TrackRecord, early: bool = False) -> float:
     """The chance that a renewal is followed by a request on the thread within its hour: the
-    workspace's renewals, moved towards START_RENEWED."""
-    renewed, followed = record.renewals
+    workspace's renewals (`early` ones, within the hour of the thread's last request, or the
+    later ones), moved towards START_RENEWED."""
+    renewed, followed = record.early if early else record.renewals
     return shrunk(followed, renewed, START_RENEWED, START_WEIGHT)
 
 
@@ -304,6 +318,23 @@ def _epoch(value: datetime | None) -> float | None:
     return at.timestamp() if at is not None else None
 
 
+@dataclass(frozen=True)
+class _Anchor:
+    """A live 1-hour anchor beneath the thread's tail: when it was last touched, and the
+    thread's last request."""
+
+    at: float
+    last_request: float
+
+
+def _held_anchor(state: ThreadState | None, now: datetime) -> _Anchor | None:
+    """The thread's live 1-hour anchor beneath a newer tail, if any (`ttl_policy.entries`)."""
+    if state is None or entries(state, now).anchor is None:
+        return None
+    at, last = _epoch(state.anchor_at), _epoch(state.last_request_at)
+    return _Anchor(at, last) if at is not None and last is not None else None
+
+
 class KeepAlive:
     """Queues keep-alive reads after answers and runs them (the `keepalive` job)."""
 
@@ -342,8 +373,9 @@ class KeepAlive:
         seen_ts: str | None = None,
         request: dict[str, Any] | None = None,
     ) -> bool:
-        """Queue the first keep-alive read for an answer whose call left the thread's tail
-        (`boundary_ts`, last touched `written_at`) alive on a 5-minute TTL; True if queued.
+        """Queue the first keep-alive call for an answer whose call left the thread's tail
+        (`boundary_ts`, last touched `written_at`) alive: a read of a 5-minute tail, or the
+        renewal of a 1-hour one (which needs `request`); True if queued.
         `seen_ts`: the newest message the answer saw (the request's own, for a mention): only
         later ones count as activity. Call once the answer's state is committed."""
         lane = lane_of(caller.team_id, caller.channel_id, caller.thread_ts)
@@ -352,27 +384,36 @@ class KeepAlive:
         # its jobs in order).
         self._queue.drop_waiting(lane, KIND)
         touched = _epoch(written_at)
-        if ttl != "5m" or touched is None or not boundary_ts:
+        if touched is None or not boundary_ts:
             return False
-        ping = ping_body(body)
-        if ping is None:
-            return False
-        payload = {
+        payload: dict[str, Any] = {
             "caller": caller.__dict__,
             "bot_user_id": bot_user_id,
             "boundary_ts": boundary_ts,
             "seen_ts": seen_ts or "",
             "touched": touched,
             "pings": 0,
-            "body": ping,
             "request": request,
         }
+        if ttl == "1h":  # its renewal, shortly before the hour ends (it upgrades: the request)
+            if not request:
+                return False
+            payload.update(renewals=0, body=None)
+            due = touched + UPGRADE_TTL - LEAD
+        elif ttl == "5m":
+            ping = ping_body(body)
+            if ping is None:
+                return False
+            payload["body"] = ping
+            due = touched + TTL - LEAD
+        else:
+            return False
         return self._queue.enqueue(
             KIND,
             payload,
             lane=lane,
             dedupe_key=f"{lane}:{touched:.6f}",
-            run_at=datetime.fromtimestamp(touched + TTL - LEAD, UTC),
+            run_at=datetime.fromtimestamp(due, UTC),
         )
 
     def run(self, payload: dict[str, Any]) -> None:
@@ -398,12 +439,15 @@ class KeepAlive:
                     chance = self.chance(s, caller.team_id, state, number, now, record)
                 habits = self._habits(s, caller.team_id, now) if self._habits else None
                 need = needed_odds(state, now, habits)
+        stale = why is not None
         upgrade = None
         if why is None and state is not None and renewals is not None:
             if quiet:
                 why = f"nobody wrote in the thread in the last {RECENT / 60:.0f} minutes"
             else:
-                odds = renewal_odds(record)
+                last = _epoch(state.last_request_at)
+                early = last is not None and now.timestamp() - last <= UPGRADE_TTL
+                odds = renewal_odds(record, early)
                 upgrade = self._upgrade(payload, state, now, habits, 0.0, math.inf, record, odds)
                 if upgrade is None:
                     why = f"a request within the hour is {odds:.0%} likely; a renewal does not pay"
@@ -419,6 +463,8 @@ class KeepAlive:
                 )
         if why is not None:
             log.info("keep-alive for %s ends: %s", where, why)
+            if not stale and renewals is None:
+                self._renew_anchor(payload, _held_anchor(state, now), now)
             return
         body = payload["body"] if upgrade is None else upgrade[1]
         eff = self._effective(caller.team_id)
@@ -450,6 +496,7 @@ class KeepAlive:
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             same = state is not None and self._stale(state, payload) is None
             touched = usage.cache_read_tokens or usage.cache_creation_tokens
+            held = _held_anchor(state, now) if same else None
             renewable = None
             if same and upgrade is not None and touched:
                 record_entries(state, upgrade[0], usage, now)
@@ -472,7 +519,7 @@ class KeepAlive:
             raise Deferred(  # shortly before that hour ends: renew it if people still write
                 now + timedelta(seconds=UPGRADE_TTL - LEAD),
                 {**payload, "touched": now.timestamp(), "boundary_ts": renewable,
-                 "renewals": done, "body": None},
+                 "renewals": done, "body": None, "anchor_at": None},
             )
         if not usage.cache_read_tokens:
             log.info("keep-alive for %s ends: the entry was gone", where)
@@ -480,6 +527,8 @@ class KeepAlive:
         pings = payload["pings"] + 1
         if pings >= MAX_PINGS:
             log.info("keep-alive for %s ends after %d reads", where, pings)
+            if held is not None:
+                self._renew_anchor({**payload, "touched": now.timestamp()}, held, now)
             return
         at = now.timestamp()
         raise Deferred(
@@ -584,11 +633,39 @@ class KeepAlive:
             return next_within(rhythm_after(state, habits).odds, elapsed, TTL)
         return 1.0
 
+    def _renew_anchor(self, payload: dict[str, Any], anchor: _Anchor | None, now: datetime) -> None:
+        """When the reads of a 5-minute tail end above a live 1-hour anchor: its renewal, due
+        shortly before the anchor's hour ends (`Deferred`), as for an upgrade's entry. Not when
+        that comes within RENEWAL_AFTER of the thread's last request (the reads' time: it would
+        not count as a renewal)."""
+        if anchor is None:
+            return
+        due = anchor.at + UPGRADE_TTL - LEAD
+        if due <= now.timestamp() or due - anchor.last_request <= RENEWAL_AFTER:
+            return
+        log.info(
+            "keep-alive for %s/%s: the 1-hour anchor may be renewed at %s",
+            payload["caller"]["channel_id"],
+            payload["caller"]["thread_ts"],
+            datetime.fromtimestamp(due, UTC).strftime("%H:%M:%S UTC"),
+        )
+        raise Deferred(
+            datetime.fromtimestamp(due, UTC),
+            {**payload, "renewals": 0, "anchor_at": anchor.at, "body": None},
+        )
+
     @staticmethod
     def _stale(state: ThreadState | None, payload: dict[str, Any]) -> str | None:
-        """Why the thread's tail is no longer the one this job keeps (None: it still is)."""
+        """Why the thread's tail is no longer the one this job keeps (None: it still is); for
+        the renewal of an anchor, why the anchor is no longer the one it renews."""
         if state is None or state.cache_boundary_ts != payload["boundary_ts"]:
             return "a newer request moved the thread's cache entry"
+        anchor_at = payload.get("anchor_at")
+        if anchor_at is not None:
+            held = _epoch(state.anchor_at)
+            if held is None or abs(held - anchor_at) > 0.001:
+                return "a newer call used the thread's 1-hour anchor"
+            return None
         ttl = "5m" if payload.get("renewals") is None else "1h"
         if state.cache_ttl != ttl:
             return f"the thread's entry is no longer a {ttl} one"
@@ -688,6 +765,16 @@ def describe(
             f"{renewal_odds(record):.0%} of the time ({record.renewals[0]} of the workspace's "
             "own so far)"
         )
+    elif write_ttl == "1h":
+        record = track_record(session, team_id, now or datetime.now(UTC))
+        plan = (
+            "after this answer, no reads (it writes its tail for an hour); shortly before that "
+            f"hour ends, if somebody wrote in the thread in the last {RECENT / 60:.0f} minutes, "
+            f"a renewal (up to {MAX_RENEWALS} in a row) reads the entry again and writes what "
+            "was written since for another hour; a renewal is expected to be followed by a "
+            f"request {renewal_odds(record, early=True):.0%} of the time ({record.early[0]} "
+            "of the workspace's own so far)"
+        )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"
     if job is None:
@@ -698,8 +785,9 @@ def describe(
     due = data.as_utc(job.run_at)
     when = due.strftime("%Y-%m-%d %H:%M:%S UTC") if due else "now"
     if payload.get("renewals") is not None:
+        which = "1-hour anchor" if payload.get("anchor_at") else "1-hour entry"
         return (
-            f"{plan}; one waiting: a renewal of the 1-hour entry ({payload['renewals']} so far), "
+            f"{plan}; one waiting: a renewal of the {which} ({payload['renewals']} so far), "
             f"due {when}; it renews only if somebody wrote in the thread in the {RECENT / 60:.0f} "
             "minutes before"
         )

@@ -799,8 +799,10 @@ class AnswerService:
         boundary_ts: str | None,
         seen_ts: str,
     ) -> None:
-        """Queue keep-alive reads for a thread whose tail is a live 5-minute entry, where they
-        are made (`_keeps_alive`); any answer there drops the one waiting (a renewal)."""
+        """Queue keep-alive calls for a thread whose tail is a live entry, where they are made
+        (`_keeps_alive`): reads of a 5-minute tail, or the renewal of a 1-hour one (which, like
+        an upgrade, needs the thread in the mention layout: `prefix_now`); any answer there
+        drops the one waiting."""
         if self.keepalive is None:
             return
         with self._sessions() as s:
@@ -810,7 +812,7 @@ class AnswerService:
         try:
             self.keepalive.after_answer(
                 caller, req.bot_user_id, built.body, ttl, touched, boundary_ts, seen_ts,
-                request=dataclasses.asdict(req),
+                request=None if self.conversational(req) else dataclasses.asdict(req),
             )
         except Exception:  # noqa: BLE001 - the answer stands; only the keep-alive is lost
             log.exception("queueing a keep-alive for %s/%s failed", req.channel_id, req.thread_ts)

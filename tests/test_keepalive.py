@@ -348,10 +348,9 @@ def mention_heard(bot: Bot, slack: Any, parent: str, text: str, user: str = "U1"
     bot.event(slack.app_mention_event("C1", posted["ts"]))
 
 
-def test_no_reads_for_a_tail_on_a_live_1h_anchor(make_bot, slack, model, engine, caplog):
-    """A 5-minute tail written on top of a live 1-hour anchor: a follow-up after the tail
-    expired reads the anchor anyway, so reading the whole prefix to keep the newest few
-    messages alive does not pay. People go on writing, and no read is made."""
+def tail_on_a_live_anchor(make_bot, slack, model) -> tuple[Bot, str, float, int]:
+    """A thread whose prefix was written for an hour (the anchor), then a burst of requests
+    that leave a 5-minute tail on top of it; the last answer's time and the anchor's size."""
     bot = make_bot(clock=slack.clock, sleep=slack.sleep)
     root = slack.post_event("C1", long_text(0), user="U1")
     bot.deliver(root)
@@ -365,22 +364,24 @@ def test_no_reads_for_a_tail_on_a_live_1h_anchor(make_bot, slack, model, engine,
         write(bot, slack, parent, 500 + turn)
         mention_heard(bot, slack, parent, f"status {turn}?")
 
-    def marks() -> list[str]:
-        content = model.requests[-1]["body"]["messages"][0]["content"]
-        return [b["cache_control"].get("ttl", "5m") for b in content if "cache_control" in b]
-
     ask(0, 0)
     ask(1, 25 * 60)  # the first answer's upgrade read back, a 1h write on it: the anchor
-    assert marks() == ["1h", "1h"]
+    assert marks_of(model.requests[-1]) == ["1h", "1h"]
     turn = 2
-    while marks()[-1] == "1h":  # a burst: the newest messages go on top for 5 minutes
+    while marks_of(model.requests[-1])[-1] == "1h":  # a burst: the newest go on top for 5m
         ask(turn, 40)
         turn += 1
         assert turn < 12
-    assert marks() == ["1h", "5m"]
-    answered, before = slack.now, len(pings(model))
-    anchor = model.usages[-1]["cache_read_input_tokens"]
+    assert marks_of(model.requests[-1]) == ["1h", "5m"]
+    return bot, parent, slack.now, model.usages[-1]["cache_read_input_tokens"]
 
+
+def test_no_reads_for_a_tail_on_a_live_1h_anchor(make_bot, slack, model, engine, caplog):
+    """A 5-minute tail written on top of a live 1-hour anchor: a follow-up after the tail
+    expired reads the anchor anyway, so reading the whole prefix to keep the newest few
+    messages alive does not pay. People go on writing, and no read is made."""
+    bot, parent, answered, anchor = tail_on_a_live_anchor(make_bot, slack, model)
+    before = len(pings(model))
     with caplog.at_level("INFO", logger="bot.keepalive"):
         for n in range(8):  # people write every two minutes, nobody asks for 16 minutes
             when = answered + (n + 1) * 120
@@ -394,6 +395,49 @@ def test_no_reads_for_a_tail_on_a_live_1h_anchor(make_bot, slack, model, engine,
     at(slack, model, answered + 16 * 60)
     bot.mention("C1", "what is left?", thread_ts=parent)
     assert model.usages[-1]["cache_read_input_tokens"] >= anchor  # the anchor, read back
+
+
+def renewed_while_people_write(
+    bot: Bot, slack: Any, model: Any, parent: str, since: float, first: int
+) -> dict[str, Any]:
+    """People write 50 and 56 minutes after `since` (messages `first` + minutes), when a 1-hour
+    entry was last used; by 65 minutes one keep-alive call has renewed it (a 1h write): its
+    usage."""
+    before = len(pings(model))
+    for minutes in (50, 56):
+        at(slack, model, since + minutes * 60)
+        write(bot, slack, parent, first + minutes)
+    run_due(bot, slack, model, since + 65 * 60)
+    (sent,) = pings(model)[before:]
+    assert marks_of(sent)[-1] == "1h"
+    renewal = model.usages[model.requests.index(sent)]
+    assert renewal["cache_creation"]["ephemeral_1h_input_tokens"] > 0  # what came since
+    return renewal
+
+
+def test_the_anchor_under_a_tail_is_renewed_before_its_hour_ends(
+    make_bot, slack, model, engine, database_url
+):
+    """When the reads of a 5-minute tail end above a live 1-hour anchor, the anchor's renewal
+    waits for the end of its hour. People write shortly before: the keep-alive reads the
+    anchor back and writes everything after it for an hour, and a request 100 minutes after
+    the anchor was last used, which would have written the whole prefix again, reads it all."""
+    bot, parent, answered, anchor = tail_on_a_live_anchor(make_bot, slack, model)
+    before = len(pings(model))
+    run_due(bot, slack, model, answered + 10 * 60)
+    assert len(pings(model)) == before  # no read: the anchor holds the prefix
+    (job,) = waiting_jobs(engine)
+    payload = json.loads(job.payload)
+    used = payload["anchor_at"]
+    assert payload["renewals"] == 0 and used <= answered
+    due = job.run_at.replace(tzinfo=UTC).timestamp()
+    assert due == pytest.approx(used + UPGRADE_TTL - LEAD, abs=0.01)
+    _, shown = inspect(make_settings(slack, model, database_url), link_to("C1", parent))
+    assert "one waiting: a renewal of the 1-hour anchor (0 so far), due " in shown
+
+    renewal = renewed_while_people_write(bot, slack, model, parent, used, 700)
+    assert renewal["cache_read_input_tokens"] == anchor  # the anchor, read back in time
+    follow_up_reads_it_all(bot, slack, model, parent, used + 100 * 60, renewal)
 
 
 def test_a_live_anchor_raises_the_chance_a_read_needs():
@@ -673,6 +717,28 @@ def test_an_upgrade_is_renewed_while_people_write_and_a_request_later_reads_it_a
     follow_up_reads_it_all(bot, slack, model, parent, answered + 110 * 60, renewal)
 
 
+def test_a_request_written_for_an_hour_is_renewed_too(make_bot, slack, model, engine):
+    """A request that writes its tail for an hour (here 20 minutes after an upgrade) gets a
+    renewal of its own: shortly before that hour ends, people having written in the last 15
+    minutes, the keep-alive reads the entry back and writes what they wrote for an hour, and a
+    request 100 minutes after that one reads it all."""
+    bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine)
+    asked = answered + 20 * 60
+    at(slack, model, asked)
+    bot.mention("C1", "and now?", thread_ts=parent)
+    assert marks_of(model.requests[-1])[-1] == "1h"
+    written = model.usages[-1]
+    renewal = renewed_while_people_write(bot, slack, model, parent, asked, 600)
+    whole = written["cache_read_input_tokens"] + written["cache_creation_input_tokens"]
+    assert renewal["cache_read_input_tokens"] == whole
+    made = keepalive_rows(engine)[-1].created_at.replace(tzinfo=UTC).timestamp()
+    assert made == pytest.approx(asked + UPGRADE_TTL - LEAD, abs=0.01)
+    with sessionmaker(engine)() as s:  # an early renewal, not a read after a request
+        record = track_record(s, "T0001", datetime.fromtimestamp(asked + 3 * 3600, UTC))
+    assert record.early == (1, 0) and record.renewals == (0, 0)
+    follow_up_reads_it_all(bot, slack, model, parent, asked + 100 * 60, renewal)
+
+
 def test_no_renewal_when_nobody_wrote_lately(make_bot, slack, model, engine, caplog):
     """People wrote 20 minutes after the answer, then nothing: when the upgrade's hour ends
     nobody has written for over 15 minutes, so it is not renewed and the entry expires."""
@@ -713,7 +779,11 @@ def test_a_new_request_replaces_a_waiting_renewal(make_bot, slack, model, engine
     bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine)
     at(slack, model, answered + 20 * 60)
     bot.mention("C1", "and now?", thread_ts=parent)
-    assert waiting_jobs(engine) == []  # it wrote on the hour's entry for an hour: no tail
+    assert marks_of(model.requests[-1])[-1] == "1h"  # it wrote on the hour's entry for an hour
+    (job,) = waiting_jobs(engine)  # that entry's renewal, in place of the upgrade's
+    assert json.loads(job.payload)["renewals"] == 0
+    due = job.run_at.replace(tzinfo=UTC).timestamp()
+    assert due == pytest.approx(answered + 20 * 60 + UPGRADE_TTL - LEAD, abs=1)
     at(slack, model, answered + 21 * 60)
     bot.mention("C1", "and the owner?", thread_ts=parent)
     assert marks_of(model.requests[-1])[-1] == "5m"  # a burst: a 5-minute tail on top
@@ -726,8 +796,9 @@ def test_a_new_request_replaces_a_waiting_renewal(make_bot, slack, model, engine
 def test_renewals_have_a_record_of_their_own(engine, slack):
     """A call more than an hour after the thread's last request is a renewal: it counts in
     the renewals' record (followed when a request came within its hour), not among the reads
-    or the first upgrades. With 30 unfollowed renewals the odds fall below what a renewal
-    needs to pay."""
+    or the first upgrades. One between half an hour and an hour after it (the renewal of a
+    1-hour entry the request wrote) is an early renewal, counted apart. With 30 unfollowed
+    renewals the odds fall below what a renewal needs to pay."""
     now = slack.now
     with sessionmaker(engine).begin() as s:
         for i, followed in enumerate([True, False, False]):
@@ -738,8 +809,15 @@ def test_renewals_have_a_record_of_their_own(engine, slack):
             data.add_usage(s, row(thread, asked + 3840, KIND, read=5300, written=200))
             if followed:
                 data.add_usage(s, row(thread, asked + 3840 + 1800, "mention"))
+        asked = now - 30 * 3600  # a request that wrote for an hour, renewed, then followed
+        thread = f"{int(asked)}.000100"
+        data.add_usage(s, row(thread, asked, "mention"))
+        data.add_usage(s, row(thread, asked + UPGRADE_TTL - LEAD, KIND, read=9000, written=100))
+        data.add_usage(s, row(thread, asked + 100 * 60, "mention"))
     with sessionmaker(engine)() as s:
         record = track_record(s, "T0001", datetime.fromtimestamp(now, UTC))
+    assert record.early == (1, 1)
+    assert renewal_odds(record, early=True) == pytest.approx((1 + START_WEIGHT * START_RENEWED) / 6)
     assert record.renewals == (3, 1)
     assert record.upgrades == {"first": (3, 0)}  # the first upgrades: none followed in its hour
     assert record.reads[("first", 1)] == (3, 0)  # the renewals are not reads
