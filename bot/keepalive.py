@@ -91,8 +91,8 @@ LEAD = 30.0  # seconds before the entry expires that the read is sent
 MAX_PINGS = 6  # reads after one answer at most (about half an hour)
 MAX_TOKENS = 1  # the read's answer is thrown away
 UPGRADE_TTL = 3600.0  # seconds: what an upgrade writes the prefix for
-# A renewal: shortly before an upgrade's hour ends, the thread is upgraded again if somebody
-# wrote in it within the last RECENT seconds, at most MAX_RENEWALS times in a row. Before a
+# A renewal: shortly before the thread's 1-hour entry expires, the thread is upgraded again if
+# somebody wrote in it within the last RECENT seconds, at most MAX_RENEWALS times in a row. Before a
 # workspace's own renewals say otherwise, the chance that one is followed by a request within
 # its hour, worth START_WEIGHT renewals.
 RECENT = 900.0
@@ -423,7 +423,7 @@ class KeepAlive:
         caller = KeepCaller(**payload["caller"])
         where = f"{caller.channel_id}/{caller.thread_ts}"
         now = datetime.fromtimestamp(self._clock(), UTC)
-        renewals = payload.get("renewals")  # None: after an answer; else after an upgrade
+        renewals = payload.get("renewals")  # None: reads after an answer; else a renewal
         with self._sessions() as s:
             state = data.get_thread(s, caller.team_id, caller.channel_id, caller.thread_ts)
             why = self._stale(state, payload)
@@ -463,8 +463,11 @@ class KeepAlive:
                 )
         if why is not None:
             log.info("keep-alive for %s ends: %s", where, why)
-            if not stale and renewals is None:
-                self._renew_anchor(payload, _held_anchor(state, now), now)
+            renewal = None if stale or renewals is not None else self._anchor_renewal(
+                payload, _held_anchor(state, now), now
+            )
+            if renewal is not None:
+                raise renewal
             return
         body = payload["body"] if upgrade is None else upgrade[1]
         eff = self._effective(caller.team_id)
@@ -527,8 +530,9 @@ class KeepAlive:
         pings = payload["pings"] + 1
         if pings >= MAX_PINGS:
             log.info("keep-alive for %s ends after %d reads", where, pings)
-            if held is not None:
-                self._renew_anchor({**payload, "touched": now.timestamp()}, held, now)
+            renewal = self._anchor_renewal({**payload, "touched": now.timestamp()}, held, now)
+            if renewal is not None:
+                raise renewal
             return
         at = now.timestamp()
         raise Deferred(
@@ -633,23 +637,26 @@ class KeepAlive:
             return next_within(rhythm_after(state, habits).odds, elapsed, TTL)
         return 1.0
 
-    def _renew_anchor(self, payload: dict[str, Any], anchor: _Anchor | None, now: datetime) -> None:
+    @staticmethod
+    def _anchor_renewal(
+        payload: dict[str, Any], anchor: _Anchor | None, now: datetime
+    ) -> Deferred | None:
         """When the reads of a 5-minute tail end above a live 1-hour anchor: its renewal, due
-        shortly before the anchor's hour ends (`Deferred`), as for an upgrade's entry. Not when
-        that comes within RENEWAL_AFTER of the thread's last request (the reads' time: it would
-        not count as a renewal)."""
+        shortly before the anchor's hour ends (the job deferred to then), as for an upgrade's
+        entry. None when there is no anchor, or that comes within RENEWAL_AFTER of the thread's
+        last request (the reads' time: it would not count as a renewal)."""
         if anchor is None:
-            return
+            return None
         due = anchor.at + UPGRADE_TTL - LEAD
         if due <= now.timestamp() or due - anchor.last_request <= RENEWAL_AFTER:
-            return
+            return None
         log.info(
             "keep-alive for %s/%s: the 1-hour anchor may be renewed at %s",
             payload["caller"]["channel_id"],
             payload["caller"]["thread_ts"],
             datetime.fromtimestamp(due, UTC).strftime("%H:%M:%S UTC"),
         )
-        raise Deferred(
+        return Deferred(
             datetime.fromtimestamp(due, UTC),
             {**payload, "renewals": 0, "anchor_at": anchor.at, "body": None},
         )
@@ -711,6 +718,19 @@ class KeepAlive:
         return Handler(self.run, lambda payload: None)
 
 
+def _renewal_plan(record: TrackRecord, early: bool) -> str:
+    """What `inspect` says of the renewal that follows an hour's entry (`early`: one written by
+    the answer itself)."""
+    renewed = (record.early if early else record.renewals)[0]
+    return (
+        f"shortly before that hour ends, if somebody wrote in the thread in the last "
+        f"{RECENT / 60:.0f} minutes, a renewal (up to {MAX_RENEWALS} in a row) reads the entry "
+        "again and writes what was written since for another hour; a renewal is expected to be "
+        f"followed by a request {renewal_odds(record, early):.0%} of the time ({renewed} of the "
+        "workspace's own so far)"
+    )
+
+
 def describe(
     session: Session,
     team_id: str,
@@ -758,22 +778,12 @@ def describe(
             "said since the answer for an hour (an upgrade, also when nobody wrote since "
             "the last touch, instead of ending), and the reads end; of the workspace's "
             f"upgrades after a request like this one, {followed} of {upgrades} were followed "
-            "by a request within their hour; shortly before that hour ends, if somebody wrote "
-            f"in the thread in the last {RECENT / 60:.0f} minutes, a renewal (up to "
-            f"{MAX_RENEWALS} in a row) reads the entry again and writes what was written since "
-            f"for another hour; a renewal is expected to be followed by a request "
-            f"{renewal_odds(record):.0%} of the time ({record.renewals[0]} of the workspace's "
-            "own so far)"
+            "by a request within their hour; " + _renewal_plan(record, early=False)
         )
     elif write_ttl == "1h":
         record = track_record(session, team_id, now or datetime.now(UTC))
-        plan = (
-            "after this answer, no reads (it writes its tail for an hour); shortly before that "
-            f"hour ends, if somebody wrote in the thread in the last {RECENT / 60:.0f} minutes, "
-            f"a renewal (up to {MAX_RENEWALS} in a row) reads the entry again and writes what "
-            "was written since for another hour; a renewal is expected to be followed by a "
-            f"request {renewal_odds(record, early=True):.0%} of the time ({record.early[0]} "
-            "of the workspace's own so far)"
+        plan = "after this answer, no reads (it writes its tail for an hour); " + _renewal_plan(
+            record, early=True
         )
     else:
         plan = f"none after this answer (it writes {write_ttl or 'nothing'}, not a 5-minute tail)"
