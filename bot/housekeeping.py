@@ -1,4 +1,5 @@
-"""Periodic clean-up: finished jobs, stored text past the retention limit, old ledger rows."""
+"""Periodic clean-up: finished jobs, stored text past the retention limit, old ledger rows, and
+declined renewals older than the keep-alive learns from."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
+from bot.keepalive import LEARN_DAYS
 from bot.store import data
 from bot.store.db import scrub_deleted
 
@@ -28,6 +30,7 @@ def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: d
         # Receivers' uptime older than twice the retention covers nothing kept any more (a
         # thread still asked about is read once for that time, then kept as read).
         data.forget_receivers_before(s, now - 2 * timedelta(days=settings.message_retention_days))
+        data.forget_declined_before(s, now - timedelta(days=LEARN_DAYS))
     ledger = 0
     if settings.usage_retention_days:
         cutoff = now - timedelta(days=settings.usage_retention_days)

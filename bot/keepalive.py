@@ -28,7 +28,10 @@ prefix again (1.25x). A thread still being discussed an hour after its answer is
 about again (the bench's workloads: 28-37 % within the next hour when somebody wrote in the
 last 10 minutes, 0-6 % otherwise). The odds are the workspace's own renewals' (`renewal_odds`,
 from START_RENEWED; early ones, within the hour of the thread's last request, apart), weighed
-as an upgrade's; at most `MAX_RENEWALS` in a row. A new answer on the thread drops a waiting
+as an upgrade's; at most `MAX_RENEWALS` in a row. A renewal counts as followed when a request
+came within its hour or within a later one of its chain (`_bridged`); one declined on an active
+thread is noted (`RenewalDeclined`) and counts as a renewal would have, so unfollowed renewals
+cannot stop renewals for good. A new answer on the thread drops a waiting
 renewal.
 
 It reads only while the thread is active and it pays: it stops (unless it upgrades) as soon as
@@ -69,7 +72,7 @@ from bot.llm import LLMError, MessagesClient
 from bot.pricing import WRITE_1H, WRITE_5M, price_for
 from bot.prompt import Built
 from bot.store import data
-from bot.store.models import Job, ThreadMessage, ThreadState, UsageRecord
+from bot.store.models import Job, RenewalDeclined, ThreadMessage, ThreadState, UsageRecord
 from bot.ttl_policy import (
     KEEP_ALIVE_ODDS,
     MISS,
@@ -92,11 +95,12 @@ MAX_PINGS = 6  # reads after one answer at most (about half an hour)
 MAX_TOKENS = 1  # the read's answer is thrown away
 UPGRADE_TTL = 3600.0  # seconds: what an upgrade writes the prefix for
 # A renewal: shortly before the thread's 1-hour entry expires, the thread is upgraded again if
-# somebody wrote in it within the last RECENT seconds, at most MAX_RENEWALS times in a row. Before a
+# somebody wrote in it within the last RECENT seconds, at most MAX_RENEWALS times in a row (eight
+# hours: threads still discussed after four were mostly asked again, bench). Before a
 # workspace's own renewals say otherwise, the chance that one is followed by a request within
 # its hour, worth START_WEIGHT renewals.
 RECENT = 900.0
-MAX_RENEWALS = 3
+MAX_RENEWALS = 7
 START_RENEWED = 0.25
 # A keep-alive call this long after the thread's last request is a renewal: reads and first
 # upgrades come within MAX_PINGS reads of it (under half an hour), renewals about an hour or more.
@@ -202,9 +206,20 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
         .order_by(UsageRecord.created_at.desc())
         .limit(LEARN_READS)
     ).all()
-    if not calls:
+    declined = session.execute(
+        select(
+            RenewalDeclined.channel_id,
+            RenewalDeclined.thread_ts,
+            RenewalDeclined.at,
+            RenewalDeclined.early,
+        )
+        .where(RenewalDeclined.team_id == team_id, RenewalDeclined.at >= since)
+        .order_by(RenewalDeclined.at.desc())
+        .limit(LEARN_READS)
+    ).all()
+    if not calls and not declined:
         return TrackRecord({}, {})
-    threads = {c.thread_ts for c in calls}
+    threads = {c.thread_ts for c in calls} | {d.thread_ts for d in declined}
     asked: dict[tuple[str, str], list[float]] = {}
     for channel, thread, at in session.execute(
         select(UsageRecord.channel_id, UsageRecord.thread_ts, UsageRecord.created_at).where(
@@ -226,6 +241,7 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
     for key, times in by_thread.items():
         requests = sorted(asked.get(key, []))
         times.sort()
+        bridged = _bridged(times, requests)
         for i, (at, upgrade) in enumerate(times):
             if at + TTL > end:
                 continue  # its 5 minutes are not over
@@ -235,7 +251,7 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
                 if upgrade and at + UPGRADE_TTL <= end:
                     kept = renewals if at - last_request > UPGRADE_TTL else early
                     kept[0] += 1
-                    kept[1] += any(at < r <= at + UPGRADE_TTL for r in requests)
+                    kept[1] += bridged[i]
                 continue
             context = data.gap_context(before[-1] - before[-2] if len(before) > 1 else None)
             number = sum(
@@ -248,12 +264,39 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
                 counts = upgrades.setdefault(context, [0, 0])
                 counts[0] += 1
                 counts[1] += any(at < r <= at + UPGRADE_TTL for r in requests)
+    for channel, thread, at, was_early in declined:  # as if made, had no request come
+        start = _epoch(at) or 0.0
+        if start + UPGRADE_TTL > end:
+            continue  # its hour is not over
+        kept = early if was_early else renewals
+        kept[0] += 1
+        kept[1] += any(start < r <= start + UPGRADE_TTL for r in asked.get((channel, thread), []))
     return TrackRecord(
         {k: (v[0], v[1]) for k, v in reads.items()},
         {k: (v[0], v[1]) for k, v in upgrades.items()},
         (renewals[0], renewals[1]),
         (early[0], early[1]),
     )
+
+
+def _bridged(times: list[tuple[float, bool]], requests: list[float]) -> list[bool]:
+    """For each keep-alive call of a thread (time, upgrade), whether a request came while the
+    entry it kept was alive: within its hour (an upgrade's, a renewal's), or within the hour
+    of a later renewal in the same chain (the next upgrade within its hour, itself bridged).
+    A renewal that only kept the prefix for the next one paid when the chain did."""
+    out = [False] * len(times)
+    for i in range(len(times) - 1, -1, -1):
+        at, upgrade = times[i]
+        if not upgrade:
+            continue
+        if any(at < r <= at + UPGRADE_TTL for r in requests):
+            out[i] = True
+            continue
+        out[i] = any(
+            u and out[j] for j, (t, u) in enumerate(times[i + 1 :], i + 1)
+            if at < t <= at + UPGRADE_TTL
+        )
+    return out
 
 
 def followed_odds(
@@ -451,6 +494,7 @@ class KeepAlive:
                 upgrade = self._upgrade(payload, state, now, habits, 0.0, math.inf, record, odds)
                 if upgrade is None:
                     why = f"a request within the hour is {odds:.0%} likely; a renewal does not pay"
+                    self._declined(caller, now, early)
         elif why is None and state is not None:
             upgrade = self._upgrade(payload, state, now, habits, chance, need, record)
             if upgrade is None and quiet:
@@ -680,6 +724,18 @@ class KeepAlive:
         if touched is None or abs(touched - payload["touched"]) > 0.001:
             return "a newer request used the thread's cache entry"
         return None
+
+    def _declined(self, caller: KeepCaller, now: datetime, early: bool) -> None:
+        """Note a renewal not made on an active thread, so what follows it is learnt too
+        (`track_record`): a record that only counted the renewals made would stop renewing
+        after a few unfollowed ones and never see that later ones would have paid."""
+        with self._sessions.begin() as s:
+            s.add(
+                RenewalDeclined(
+                    team_id=caller.team_id, channel_id=caller.channel_id,
+                    thread_ts=caller.thread_ts, at=now, early=early,
+                )
+            )
 
     @staticmethod
     def _active(session: Session, caller: KeepCaller, payload: dict[str, Any]) -> bool:

@@ -166,10 +166,13 @@ def test_clairvoyant_may_keep_a_5_minute_entry_alive_with_reads():
     # 3 hours: an upgrade at once, renewed twice just before each hour ends (1.25 + 3 x 0.1)
     hours = [(t, "t3", _body(a, q)) for t in (0.0, 3 * 3600.0)]
     assert cb.clairvoyant_costs(hours) == pytest.approx([104 * 1.55, 104 * 0.1])
-    # 5 hours would take more renewals than the bot makes (MAX_RENEWALS): sent twice
-    assert cb.MAX_RENEWALS == 3
+    # 5 hours: an upgrade at once, renewed four times (1.25 + 5 x 0.1)
     five = [(t, "t5", _body(a, q)) for t in (0.0, 5 * 3600.0)]
-    assert cb.clairvoyant_costs(five) == pytest.approx([104, 104])
+    assert cb.clairvoyant_costs(five) == pytest.approx([104 * 1.75, 104 * 0.1])
+    # 9 hours would take more renewals than the bot makes (MAX_RENEWALS): sent twice
+    assert cb.MAX_RENEWALS == 7
+    nine_hours = [(t, "t6", _body(a, q)) for t in (0.0, 9 * 3600.0)]
+    assert cb.clairvoyant_costs(nine_hours) == pytest.approx([104, 104])
     assert cb.clairvoyant_costs(hours, pings=False) == pytest.approx([104, 104])
     assert cb.clairvoyant_costs(hours, renewals=False) == pytest.approx([104, 104])
 

@@ -14,9 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from bot.digest import Period, build_digest, render_text
+from bot.housekeeping import run_housekeeping
 from bot.keepalive import (
     KIND,
     LEAD,
+    LEARN_DAYS,
     MAX_PINGS,
     MAX_RENEWALS,
     RECENT,
@@ -31,7 +33,13 @@ from bot.keepalive import (
     upgrade_odds,
 )
 from bot.store import data
-from bot.store.models import Job, ThreadState, UsageRecord, WorkspaceSettings
+from bot.store.models import (
+    Job,
+    RenewalDeclined,
+    ThreadState,
+    UsageRecord,
+    WorkspaceSettings,
+)
 from bot.ttl_policy import KEEP_ALIVE_ODDS, MISS, READ
 from tests.harness import Bot, make_settings
 from tests.test_doctor import inspect, link_to
@@ -754,22 +762,91 @@ def test_no_renewal_when_nobody_wrote_lately(make_bot, slack, model, engine, cap
     assert model.usages[-1]["cache_read_input_tokens"] == 0  # expired
 
 
+def renewals_paid(engine, now: float, n: int = 20) -> None:
+    """A workspace whose renewals paid: `n` earlier threads (channel C9), each upgraded after
+    its request, renewed an hour later, and asked again half an hour after the renewal."""
+    with sessionmaker(engine).begin() as s:
+        for i in range(n):
+            asked = now - (i + 2) * 6 * 3600
+            thread = f"{int(asked)}.000100"
+            data.add_usage(s, row(thread, asked, "mention"))
+            data.add_usage(s, row(thread, asked + 270, KIND, read=5000, written=300))
+            data.add_usage(s, row(thread, asked + 3840, KIND, read=5300, written=200))
+            data.add_usage(s, row(thread, asked + 3840 + 1800, "mention"))
+
+
 def test_renewals_are_bounded(make_bot, slack, model, engine):
-    """People write every 10 minutes for five hours and nobody asks: the upgrade is renewed
-    MAX_RENEWALS times, each just before the previous hour ends, then the keep-alive ends. (A
-    long thread: each renewal writes an hour's messages at 2x, which pays only when the
-    prefix it keeps is much larger.)"""
+    """People write every 10 minutes for nine hours and nobody asks, in a workspace whose
+    renewals have paid: the upgrade is renewed MAX_RENEWALS times, each just before the
+    previous hour ends, then the keep-alive ends."""
     bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine, 300)
-    for n in range(30):
+    renewals_paid(engine, slack.now)
+    for n in range(54):
         when = answered + (n + 1) * 600
         run_due(bot, slack, model, when)
         at(slack, model, when)
         write(bot, slack, parent, 500 + n)
-    run_due(bot, slack, model, answered + 6 * 3600)
+    run_due(bot, slack, model, answered + 10 * 3600)
     assert len(pings(model)) == 1 + MAX_RENEWALS and waiting_jobs(engine) == []
-    times = [r.created_at.timestamp() for r in keepalive_rows(engine)]
+    times = [r.created_at.timestamp() for r in keepalive_rows(engine) if r.channel_id == "C1"]
     spacing = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert spacing == pytest.approx([UPGRADE_TTL - LEAD] * MAX_RENEWALS, abs=0.01)
+
+
+def test_a_declined_renewal_is_learnt_from_like_a_made_one(make_bot, slack, model, engine):
+    """A workspace whose last 30 renewals went unfollowed declines the next one, but notes it:
+    a request within that hour counts as a renewal that would have been followed, so the
+    record recovers without renewals being made (a record of made renewals alone would stay
+    where it fell for good)."""
+    now = slack.now
+    with sessionmaker(engine).begin() as s:
+        for i in range(30):
+            asked = now - (i + 2) * 6 * 3600
+            thread = f"{int(asked)}.000100"
+            data.add_usage(s, row(thread, asked, "mention"))
+            data.add_usage(s, row(thread, asked + 3840, KIND, read=5300, written=200))
+    bot, parent, answered, _ = upgraded_quiet_thread(make_bot, slack, model, engine)
+    at(slack, model, answered + 55 * 60)
+    write(bot, slack, parent, 400)
+    run_due(bot, slack, model, answered + 70 * 60)
+    assert len(pings(model)) == 1 and waiting_jobs(engine) == []  # declined
+    with sessionmaker(engine)() as s:
+        (noted,) = s.scalars(select(RenewalDeclined)).all()
+    assert (noted.channel_id, noted.thread_ts, noted.early) == ("C1", parent, False)
+    declined_at = noted.at.replace(tzinfo=UTC).timestamp()
+    before = track_at(engine, declined_at + UPGRADE_TTL + 1)
+    at(slack, model, declined_at + 1800)
+    bot.mention("C1", "so what was decided?", thread_ts=parent)
+    after = track_at(engine, declined_at + UPGRADE_TTL + 1)
+    assert after.renewals == (before.renewals[0], before.renewals[1] + 1) == (31, 1)
+    assert renewal_odds(after) > renewal_odds(before)
+
+
+def track_at(engine, when: float):
+    """The workspace's track record as the keep-alive would see it at `when`."""
+    with sessionmaker(engine)() as s:
+        return track_record(s, "T0001", datetime.fromtimestamp(when, UTC))
+
+
+def test_a_renewal_that_kept_the_prefix_for_a_followed_one_counts_as_followed(engine, slack):
+    """A chain of renewals bridges a long gap: the request comes in the third renewal's hour.
+    Each renewal before it kept the entry for the next one, so the chain paid for all three
+    (counted followed); a chain that no request ended paid for none."""
+    now = slack.now
+    with sessionmaker(engine).begin() as s:
+        for i, asked_again in enumerate([True, False]):
+            asked = now - (i + 1) * 12 * 3600
+            thread = f"{int(asked)}.000100"
+            data.add_usage(s, row(thread, asked, "mention"))
+            data.add_usage(s, row(thread, asked + 270, KIND, read=5000, written=300))
+            for k in range(1, 4):  # renewals, each shortly before the previous hour ends
+                at = asked + 270 + k * (UPGRADE_TTL - LEAD)
+                data.add_usage(s, row(thread, at, KIND, read=5300, written=200))
+            if asked_again:
+                data.add_usage(s, row(thread, at + 1800, "mention"))
+    record = track_at(engine, now)
+    assert record.renewals == (6, 3)
+    assert record.upgrades == {"first": (2, 0)}  # a first upgrade counts its own hour only
 
 
 def test_a_new_request_replaces_a_waiting_renewal(make_bot, slack, model, engine):
@@ -824,3 +901,20 @@ def test_renewals_have_a_record_of_their_own(engine, slack):
     assert renewal_odds(record) == pytest.approx((1 + START_WEIGHT * START_RENEWED) / 8)
     unfollowed = replace(record, renewals=(30, 0))
     assert renewal_odds(unfollowed) < READ / (MISS - READ) < START_RENEWED
+
+
+def test_declined_renewals_are_kept_only_as_long_as_they_are_learnt_from(make_bot, engine):
+    bot = make_bot()
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    with sessionmaker(engine).begin() as s:
+        for days in (LEARN_DAYS + 1, LEARN_DAYS - 1):
+            s.add(
+                RenewalDeclined(
+                    team_id="T0001", channel_id="C9", thread_ts=f"{days}.000100",
+                    at=now - timedelta(days=days), early=False,
+                )
+            )
+    run_housekeeping(sessionmaker(engine), bot.app.settings, now)
+    with sessionmaker(engine)() as s:
+        kept = [r.thread_ts for r in s.scalars(select(RenewalDeclined))]
+    assert kept == [f"{LEARN_DAYS - 1}.000100"]

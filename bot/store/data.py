@@ -22,6 +22,7 @@ from bot.store.models import (
     Job,
     KeptSpan,
     ReadBudget,
+    RenewalDeclined,
     SlackUser,
     Summary,
     ThreadFile,
@@ -59,6 +60,13 @@ def forget_usage_before(session: Session, cutoff: datetime, limit: int) -> int:
     them: ON DELETE CASCADE); returns how many."""
     old = select(UsageRecord.id).where(UsageRecord.created_at < cutoff).limit(limit)
     result = session.execute(delete(UsageRecord).where(UsageRecord.id.in_(old)))
+    return result.rowcount or 0
+
+
+def forget_declined_before(session: Session, cutoff: datetime) -> int:
+    """Delete the declined renewals noted before `cutoff` (older than anything the keep-alive
+    learns from); returns how many."""
+    result = session.execute(delete(RenewalDeclined).where(RenewalDeclined.at < cutoff))
     return result.rowcount or 0
 
 

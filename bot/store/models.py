@@ -389,6 +389,23 @@ class ThreadFile(Base):
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class RenewalDeclined(Base):
+    """A renewal the keep-alive weighed on an active thread and did not make (`bot.keepalive`):
+    what followed it (a request on the thread within the hour, or none) is learnt like a made
+    renewal's, so a workspace whose first renewals went unfollowed does not stop renewing for
+    good without ever seeing that they would have paid. Where and when only; kept LEARN_DAYS."""
+
+    __tablename__ = "renewal_declined"
+    __table_args__ = (Index("ix_renewal_declined_team_at", "team_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    early: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 # Bolt's OAuth tables, on our metadata so that Alembic migrations own them.
 slack_installations = SQLAlchemyInstallationStore.build_installations_table(
     Base.metadata, "slack_installations"
