@@ -77,8 +77,10 @@ def run_due(bot: Bot, slack: Any, model: Any, until: float) -> int:
 
 
 def keepalive_rows(engine) -> list[UsageRecord]:
+    """The ledger's keep-alive rows, oldest first (PostgreSQL returns rows in no set order)."""
     with sessionmaker(engine)() as s:
-        return list(s.scalars(select(UsageRecord).where(UsageRecord.kind == KIND)))
+        query = select(UsageRecord).where(UsageRecord.kind == KIND)
+        return list(s.scalars(query.order_by(UsageRecord.created_at, UsageRecord.id)))
 
 
 def waiting_jobs(engine) -> list[Job]:
