@@ -30,7 +30,7 @@ def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: d
         # Receivers' uptime older than twice the retention covers nothing kept any more (a
         # thread still asked about is read once for that time, then kept as read).
         data.forget_receivers_before(s, now - 2 * timedelta(days=settings.message_retention_days))
-        data.forget_declined_before(s, now - timedelta(days=LEARN_DAYS))
+        declined = data.forget_declined_before(s, now - timedelta(days=LEARN_DAYS))
     ledger = 0
     if settings.usage_retention_days:
         cutoff = now - timedelta(days=settings.usage_retention_days)
@@ -42,10 +42,12 @@ def run_housekeeping(sessions: sessionmaker[Session], settings: Settings, now: d
                 break
     scrub_deleted(sessions)
     log.info(
-        "housekeeping: %d finished jobs, %d stored messages, %d usage ledger rows removed",
+        "housekeeping: %d finished jobs, %d stored messages, %d usage ledger rows, "
+        "%d declined renewals removed",
         jobs,
         removed,
         ledger,
+        declined,
     )
 
 

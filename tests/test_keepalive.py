@@ -905,7 +905,9 @@ def test_renewals_have_a_record_of_their_own(engine, slack):
     assert renewal_odds(unfollowed) < READ / (MISS - READ) < START_RENEWED
 
 
-def test_declined_renewals_are_kept_only_as_long_as_they_are_learnt_from(make_bot, engine):
+def test_declined_renewals_are_kept_only_as_long_as_they_are_learnt_from(
+    make_bot, engine, caplog
+):
     bot = make_bot()
     now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
     with sessionmaker(engine).begin() as s:
@@ -916,7 +918,9 @@ def test_declined_renewals_are_kept_only_as_long_as_they_are_learnt_from(make_bo
                     at=now - timedelta(days=days), early=False,
                 )
             )
-    run_housekeeping(sessionmaker(engine), bot.app.settings, now)
+    with caplog.at_level("INFO", logger="bot.housekeeping"):
+        run_housekeeping(sessionmaker(engine), bot.app.settings, now)
     with sessionmaker(engine)() as s:
         kept = [r.thread_ts for r in s.scalars(select(RenewalDeclined))]
     assert kept == [f"{LEARN_DAYS - 1}.000100"]
+    assert "1 declined renewals removed" in caplog.text

@@ -398,7 +398,7 @@ def test_housekeeping_forgets_ledger_rows_past_the_retention(
     with sessionmaker(engine)() as s:
         kept = s.scalars(select(UsageRecord.created_at).order_by(UsageRecord.created_at)).all()
     assert len(kept) == 2
-    assert f"{n} usage ledger rows removed" in caplog.text
+    assert f"{n} usage ledger rows, 0 declined renewals removed" in caplog.text
 
 
 def test_usage_retention_zero_keeps_the_ledger_and_short_ones_are_refused(
