@@ -12,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from bot.housekeeping import run_housekeeping
 from bot.store.models import (
     Compaction,
+    RenewalDeclined,
     SlackUser,
     Summary,
     ThreadMessage,
@@ -303,11 +304,15 @@ def test_uninstall_purges_the_workspace_text_but_keeps_numbers(tbot, slack, mode
     parent = slack.add_thread("C1", 10, text_fn=words)
     tbot.mention("C1", "summarize", thread_ts=parent)
     SlackUI(tbot).command(f"https://acme.slack.com/archives/C1/p{parent.replace('.', '')}")
+    with sessionmaker(engine).begin() as s:  # a renewal the keep-alive did not make
+        s.add(RenewalDeclined(team_id="T0001", channel_id="C1", thread_ts=parent,
+                              at=datetime.now(UTC), early=False))
     resp = tbot.event({"type": "app_uninstalled"})
     assert resp.status_code == 200
     tbot.wait()
     with sessionmaker(engine)() as s:
-        for model_cls in (ThreadMessage, Summary, ThreadState, SlackUser, Compaction):
+        models = (ThreadMessage, Summary, ThreadState, SlackUser, Compaction, RenewalDeclined)
+        for model_cls in models:
             assert s.scalar(select(func.count()).select_from(model_cls)) == 0, model_cls
         rows = s.scalars(select(UsageRecord)).all()
     assert len(rows) == 2 and all(r.cache_creation_tokens >= 0 for r in rows)

@@ -607,6 +607,7 @@ def purge_workspace(session: Session, team_id: str) -> dict[str, int]:
         DmGreeting,
         DmConversation,
         ThreadFile,
+        RenewalDeclined,
     ):
         result = session.execute(delete(model).where(model.team_id == team_id))
         counts[model.__tablename__] = result.rowcount or 0
