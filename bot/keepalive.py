@@ -263,20 +263,25 @@ def track_record(session: Session, team_id: str, now: datetime) -> TrackRecord:
             if upgrade and at + UPGRADE_TTL <= end:
                 counts = upgrades.setdefault(context, [0, 0])
                 counts[0] += 1
-                counts[1] += any(at < r <= at + UPGRADE_TTL for r in requests)
+                counts[1] += _asked_within(at, requests)
     for channel, thread, at, was_early in declined:  # as if made, had no request come
         start = _epoch(at) or 0.0
         if start + UPGRADE_TTL > end:
             continue  # its hour is not over
         kept = early if was_early else renewals
         kept[0] += 1
-        kept[1] += any(start < r <= start + UPGRADE_TTL for r in asked.get((channel, thread), []))
+        kept[1] += _asked_within(start, asked.get((channel, thread), []))
     return TrackRecord(
         {k: (v[0], v[1]) for k, v in reads.items()},
         {k: (v[0], v[1]) for k, v in upgrades.items()},
         (renewals[0], renewals[1]),
         (early[0], early[1]),
     )
+
+
+def _asked_within(at: float, requests: list[float]) -> bool:
+    """Whether one of the thread's `requests` came within the hour after `at`."""
+    return any(at < r <= at + UPGRADE_TTL for r in requests)
 
 
 def _bridged(times: list[tuple[float, bool]], requests: list[float]) -> list[bool]:
@@ -289,7 +294,7 @@ def _bridged(times: list[tuple[float, bool]], requests: list[float]) -> list[boo
         at, upgrade = times[i]
         if not upgrade:
             continue
-        if any(at < r <= at + UPGRADE_TTL for r in requests):
+        if _asked_within(at, requests):
             out[i] = True
             continue
         out[i] = any(
